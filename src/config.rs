@@ -1,0 +1,92 @@
+//! Settings from flags and environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::domain::spec::Limits;
+use crate::worker::StepTimeouts;
+
+#[derive(Debug, Parser)]
+#[command(name = "publishd", version, about = "werf-style image publishing as a durable HTTP service")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service and its worker pool.
+    Serve(ServeArgs),
+    /// Print the OpenAPI document (what `openapi/openapi.json` must hold).
+    Openapi,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "PUBLISHD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// SQLite database file; created if missing.
+    #[arg(long, env = "PUBLISHD_DATABASE", default_value = "publishd.db")]
+    pub database: PathBuf,
+    /// Targets processed at once.
+    #[arg(long, env = "PUBLISHD_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
+    /// Docker engine: unix:///path or tcp://host:port (default: the local socket).
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// Directory holding the docker config.json with registry credentials
+    /// (default: ~/.docker).
+    #[arg(long, env = "DOCKER_CONFIG")]
+    pub docker_config: Option<PathBuf>,
+    /// Longest a push may take, in seconds.
+    #[arg(long, env = "PUBLISHD_PUSH_TIMEOUT", default_value_t = 1800)]
+    pub push_timeout: u64,
+    /// Longest the tag or the untag step may take, in seconds.
+    #[arg(long, env = "PUBLISHD_STEP_TIMEOUT", default_value_t = 120)]
+    pub step_timeout: u64,
+    /// On shutdown, how long running targets may take to finish, in seconds.
+    #[arg(long, env = "PUBLISHD_SHUTDOWN_GRACE", default_value_t = 60)]
+    pub shutdown_grace: u64,
+    /// Most targets (images x tags) one job may have.
+    #[arg(long, env = "PUBLISHD_MAX_TARGETS_PER_JOB", default_value_t = 256)]
+    pub max_targets_per_job: usize,
+}
+
+/// Everything `startup` needs, typed.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database: PathBuf,
+    pub workers: usize,
+    pub docker_host: Option<String>,
+    pub docker_config: PathBuf,
+    pub timeouts: StepTimeouts,
+    pub shutdown_grace: Duration,
+    pub limits: Limits,
+}
+
+impl From<ServeArgs> for Settings {
+    fn from(args: ServeArgs) -> Settings {
+        let docker_config = args.docker_config.unwrap_or_else(|| {
+            std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".docker")
+        });
+        Settings {
+            listen: args.listen,
+            database: args.database,
+            workers: usize::from(args.workers),
+            docker_host: args.docker_host,
+            docker_config,
+            timeouts: StepTimeouts {
+                tag: Duration::from_secs(args.step_timeout),
+                push: Duration::from_secs(args.push_timeout),
+                untag: Duration::from_secs(args.step_timeout),
+            },
+            shutdown_grace: Duration::from_secs(args.shutdown_grace),
+            limits: Limits { max_targets: args.max_targets_per_job },
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The publish procedure's rules as plain types and functions: no I/O, no
+//! async. Every 422 the API answers is born here.
+
+pub mod labels;
+pub mod naming;
+pub mod slug;
+pub mod spec;
+pub mod status;

@@ -1,0 +1,134 @@
+//! werf v1.0 naming rules: where an image lands in the images repo.
+
+use oci_spec::distribution::Reference;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// How images share the images repo.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RepoMode {
+    /// One repository per image: `REPO/IMAGE_NAME:TAG`.
+    #[default]
+    Multirepo,
+    /// All images in one repository: `REPO:IMAGE_NAME-TAG`.
+    Monorepo,
+}
+
+impl RepoMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepoMode::Multirepo => "multirepo",
+            RepoMode::Monorepo => "monorepo",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "multirepo" => Some(RepoMode::Multirepo),
+            "monorepo" => Some(RepoMode::Monorepo),
+            _ => None,
+        }
+    }
+}
+
+/// The target reference of one image and one tag. `image_name` is `None` for
+/// the nameless image, which always lands at `REPO:TAG`.
+pub fn target_reference(repo: &str, mode: RepoMode, image_name: Option<&str>, tag: &str) -> String {
+    match (image_name, mode) {
+        (None, _) => format!("{repo}:{tag}"),
+        (Some(name), RepoMode::Multirepo) => format!("{repo}/{name}:{tag}"),
+        (Some(name), RepoMode::Monorepo) => format!("{repo}:{name}-{tag}"),
+    }
+}
+
+/// werf trims a trailing `/` from the images repo.
+pub fn normalize_repo(repo: &str) -> &str {
+    repo.trim_end_matches('/')
+}
+
+/// Checks that `reference` is a `REPOSITORY:TAG` Docker reference (no digest)
+/// and says what is wrong when it is not.
+pub fn check_tagged_reference(reference: &str) -> Result<(), String> {
+    let (repository, _) = reference.rsplit_once(':').unwrap_or((reference, ""));
+    // The registry host may hold capitals (it is a DNS name); the path may not.
+    let path = repository.split_once('/').map(|(_, path)| path).unwrap_or(repository);
+    if path.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!("repository path of {reference:?} must be lowercase"));
+    }
+    let parsed = Reference::try_from(reference)
+        .map_err(|error| format!("{reference:?} is not a valid Docker reference: {error}"))?;
+    if parsed.digest().is_some() {
+        return Err(format!("{reference:?} must name a tag, not a digest"));
+    }
+    Ok(())
+}
+
+/// The registry host a reference points at (Docker Hub's canonical host for
+/// references without one).
+pub fn registry_host(reference: &str) -> Option<String> {
+    Reference::try_from(reference).ok().map(|r| r.registry().to_owned())
+}
+
+/// Splits `REPOSITORY:TAG` into its two parts.
+pub fn split_tag(reference: &str) -> (&str, &str) {
+    match reference.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => (repository, tag),
+        _ => (reference, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPO: &str = "127.0.0.1:5000/acme/shop";
+
+    #[test]
+    fn multirepo_puts_each_image_in_its_own_repository() {
+        assert_eq!(
+            target_reference(REPO, RepoMode::Multirepo, Some("backend"), "v1"),
+            "127.0.0.1:5000/acme/shop/backend:v1"
+        );
+    }
+
+    #[test]
+    fn monorepo_prefixes_the_tag_with_the_image_name() {
+        assert_eq!(
+            target_reference(REPO, RepoMode::Monorepo, Some("backend"), "v1"),
+            "127.0.0.1:5000/acme/shop:backend-v1"
+        );
+    }
+
+    #[test]
+    fn nameless_image_lands_at_repo_tag_in_both_modes() {
+        for mode in [RepoMode::Multirepo, RepoMode::Monorepo] {
+            assert_eq!(target_reference(REPO, mode, None, "v1"), format!("{REPO}:v1"));
+        }
+    }
+
+    #[test]
+    fn trailing_slashes_are_trimmed() {
+        assert_eq!(normalize_repo("reg/acme//"), "reg/acme");
+        assert_eq!(normalize_repo("reg/acme"), "reg/acme");
+    }
+
+    #[test]
+    fn tagged_references_are_checked() {
+        assert!(check_tagged_reference("127.0.0.1:5000/acme/shop/backend:v1").is_ok());
+        assert!(check_tagged_reference("localhost:5000/a:b").is_ok());
+        assert!(check_tagged_reference("reg/Acme:v1").unwrap_err().contains("lowercase"));
+        assert!(check_tagged_reference("reg/a/../b:v1").is_err());
+        assert!(check_tagged_reference("reg/a:-bad").is_err());
+        let digest = format!("reg/a@sha256:{}", "a".repeat(64));
+        assert!(check_tagged_reference(&digest).is_err());
+    }
+
+    #[test]
+    fn registry_host_and_tag_split() {
+        assert_eq!(registry_host("127.0.0.1:5000/a/b:v1").as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(registry_host("acme/app:v1").as_deref(), Some("docker.io"));
+        assert_eq!(split_tag("127.0.0.1:5000/a/b:v1"), ("127.0.0.1:5000/a/b", "v1"));
+        assert_eq!(split_tag("127.0.0.1:5000/a/b"), ("127.0.0.1:5000/a/b", "latest"));
+    }
+}

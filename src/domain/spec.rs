@@ -1,0 +1,459 @@
+//! The publish job a pipeline submits, and its validation into a plan of
+//! targets (one per image and tag).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::naming::{RepoMode, check_tagged_reference, normalize_repo, target_reference};
+use super::slug::{docker_tag, is_valid_docker_tag};
+
+/// A publish job as submitted.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// The images repo, e.g. `127.0.0.1:5000/acme/shop`; a trailing `/` is trimmed.
+    #[schema(example = "127.0.0.1:5000/acme/shop")]
+    pub repo: String,
+    #[serde(default)]
+    pub repo_mode: RepoMode,
+    /// The built images to publish.
+    pub images: Vec<ImageSpec>,
+    /// The tags each image is published under.
+    pub tags: Vec<TagSpec>,
+}
+
+/// One built image.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// werf image name; null or absent for the nameless image.
+    #[serde(default)]
+    #[schema(example = "backend")]
+    pub name: Option<String>,
+    /// A local image reference or image id on the engine.
+    #[schema(example = "acme/backend:build-42")]
+    pub source: String,
+}
+
+/// One tag, by strategy.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagSpec {
+    pub strategy: TagStrategy,
+    /// The custom tag, git branch, git tag or commit id; absent for `content`.
+    #[serde(default)]
+    #[schema(example = "v1.2.3")]
+    pub value: Option<String>,
+}
+
+/// werf's tag strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TagStrategy {
+    Custom,
+    GitBranch,
+    GitTag,
+    GitCommit,
+    Content,
+}
+
+impl TagStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TagStrategy::Custom => "custom",
+            TagStrategy::GitBranch => "git-branch",
+            TagStrategy::GitTag => "git-tag",
+            TagStrategy::GitCommit => "git-commit",
+            TagStrategy::Content => "content",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        [
+            TagStrategy::Custom,
+            TagStrategy::GitBranch,
+            TagStrategy::GitTag,
+            TagStrategy::GitCommit,
+            TagStrategy::Content,
+        ]
+        .into_iter()
+        .find(|strategy| strategy.as_str() == value)
+    }
+}
+
+/// Limits on what one job may ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_targets: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_targets: 256 }
+    }
+}
+
+/// Why a spec was refused, naming the field at fault (`images[0].source`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ValidationError { field: field.into(), message: message.into() }
+    }
+}
+
+/// A validated job: what the store records and the worker runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub repo: String,
+    pub repo_mode: RepoMode,
+    pub targets: Vec<PlannedTarget>,
+}
+
+/// One image under one tag. For the `content` strategy the tag, and so the
+/// reference, is known only once the source image id is read on the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedTarget {
+    pub image_name: Option<String>,
+    pub source: String,
+    pub strategy: TagStrategy,
+    pub tag: Option<String>,
+    pub reference: Option<String>,
+}
+
+/// Longest git name accepted before slugging; far above any real branch.
+const MAX_GIT_NAME_LEN: usize = 1024;
+
+/// A `content` tag is the 64 hex digits of an image id; used to check up front
+/// that the eventual reference will be valid.
+const CONTENT_TAG_PLACEHOLDER: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Validates `spec` and expands it into targets, image by image, tag by tag.
+pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
+    let repo = normalize_repo(spec.repo.trim_start()).to_owned();
+    if repo.is_empty() {
+        return Err(ValidationError::new("repo", "repo must not be empty"));
+    }
+    check_tagged_reference(&format!("{repo}:latest"))
+        .map_err(|message| ValidationError::new("repo", format!("invalid repo: {message}")))?;
+
+    if spec.images.is_empty() {
+        return Err(ValidationError::new("images", "at least one image is required"));
+    }
+    if spec.tags.is_empty() {
+        return Err(ValidationError::new("tags", "at least one tag is required"));
+    }
+    let count = spec.images.len().saturating_mul(spec.tags.len());
+    if count > limits.max_targets {
+        return Err(ValidationError::new(
+            "tags",
+            format!(
+                "{} images x {} tags = {count} targets, more than the limit of {}",
+                spec.images.len(),
+                spec.tags.len(),
+                limits.max_targets
+            ),
+        ));
+    }
+    if spec.images.len() > 1 && spec.images.iter().any(|image| image.name.is_none()) {
+        let index = spec.images.iter().position(|image| image.name.is_none()).unwrap_or(0);
+        return Err(ValidationError::new(
+            format!("images[{index}].name"),
+            "the nameless image cannot be published together with other images",
+        ));
+    }
+
+    let tags = resolve_tags(&spec.tags)?;
+    let mut seen_names: HashMap<&str, usize> = HashMap::new();
+    let mut targets = Vec::with_capacity(count);
+    for (index, image) in spec.images.iter().enumerate() {
+        if let Some(name) = &image.name {
+            if let Some(first) = seen_names.insert(name.as_str(), index) {
+                return Err(ValidationError::new(
+                    format!("images[{index}].name"),
+                    format!("image name {name:?} is already used by images[{first}]"),
+                ));
+            }
+            check_image_name(&repo, spec.repo_mode, name)
+                .map_err(|message| ValidationError::new(format!("images[{index}].name"), message))?;
+        }
+        check_source(&image.source)
+            .map_err(|message| ValidationError::new(format!("images[{index}].source"), message))?;
+        for tag in &tags {
+            let reference = tag.value.as_deref().map(|value| {
+                target_reference(&repo, spec.repo_mode, image.name.as_deref(), value)
+            });
+            targets.push(PlannedTarget {
+                image_name: image.name.clone(),
+                source: image.source.clone(),
+                strategy: tag.strategy,
+                tag: tag.value.clone(),
+                reference,
+            });
+        }
+    }
+    Ok(Plan { repo, repo_mode: spec.repo_mode, targets })
+}
+
+struct ResolvedTag {
+    strategy: TagStrategy,
+    /// `None` for `content`.
+    value: Option<String>,
+}
+
+fn resolve_tags(tags: &[TagSpec]) -> Result<Vec<ResolvedTag>, ValidationError> {
+    let mut seen: HashMap<Option<String>, usize> = HashMap::new();
+    let mut resolved = Vec::with_capacity(tags.len());
+    for (index, tag) in tags.iter().enumerate() {
+        let field = format!("tags[{index}].value");
+        let value = match (tag.strategy, tag.value.as_deref()) {
+            (TagStrategy::Content, None) => None,
+            (TagStrategy::Content, Some(_)) => {
+                return Err(ValidationError::new(field, "the content strategy takes no value"));
+            }
+            (_, None | Some("")) => {
+                return Err(ValidationError::new(
+                    field,
+                    format!("the {} strategy needs a value", tag.strategy.as_str()),
+                ));
+            }
+            (TagStrategy::Custom, Some(value)) => {
+                if !is_valid_docker_tag(value) {
+                    return Err(ValidationError::new(
+                        field,
+                        format!(
+                            "{value:?} is not a valid Docker tag ([A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})"
+                        ),
+                    ));
+                }
+                Some(value.to_owned())
+            }
+            (TagStrategy::GitBranch | TagStrategy::GitTag, Some(value)) => {
+                if value.len() > MAX_GIT_NAME_LEN {
+                    return Err(ValidationError::new(
+                        field,
+                        format!("git names longer than {MAX_GIT_NAME_LEN} bytes are not accepted"),
+                    ));
+                }
+                Some(docker_tag(value))
+            }
+            (TagStrategy::GitCommit, Some(value)) => {
+                let is_commit = (7..=64).contains(&value.len())
+                    && value.chars().all(|c| c.is_ascii_hexdigit());
+                if !is_commit {
+                    return Err(ValidationError::new(
+                        field,
+                        format!("{value:?} is not a git commit id (7 to 64 hex digits)"),
+                    ));
+                }
+                Some(value.to_owned())
+            }
+        };
+        if let Some(first) = seen.insert(value.clone(), index) {
+            return Err(ValidationError::new(
+                format!("tags[{index}]"),
+                format!("yields the same tag as tags[{first}]"),
+            ));
+        }
+        resolved.push(ResolvedTag { strategy: tag.strategy, value });
+    }
+    Ok(resolved)
+}
+
+/// An image name must give a valid reference with any valid tag: checked with
+/// the longest tag a `content` strategy could give.
+fn check_image_name(repo: &str, mode: RepoMode, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("image name must not be empty; use null for the nameless image".to_owned());
+    }
+    let reference = target_reference(repo, mode, Some(name), CONTENT_TAG_PLACEHOLDER);
+    if mode == RepoMode::Monorepo {
+        let tag = format!("{name}-{CONTENT_TAG_PLACEHOLDER}");
+        if !is_valid_docker_tag(&tag) {
+            return Err(format!(
+                "in monorepo mode the image name becomes part of the tag: {name:?} must be \
+                 made of [A-Za-z0-9_.-] and at most 63 characters"
+            ));
+        }
+    }
+    check_tagged_reference(&reference).map_err(|message| format!("invalid image name: {message}"))
+}
+
+/// A source is an image id (`sha256:...` or a hex prefix) or a reference.
+fn check_source(source: &str) -> Result<(), String> {
+    if source.is_empty() {
+        return Err("source must name a local image".to_owned());
+    }
+    if let Some(hex) = source.strip_prefix("sha256:") {
+        let is_id = (1..=64).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit());
+        return if is_id { Ok(()) } else { Err(format!("{source:?} is not a valid image id")) };
+    }
+    oci_spec::distribution::Reference::try_from(source)
+        .map(|_| ())
+        .map_err(|error| format!("{source:?} is not a valid image reference or id: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: serde_json::Value) -> JobSpec {
+        serde_json::from_value(json).expect("test spec parses")
+    }
+
+    fn plan_of(json: serde_json::Value) -> Result<Plan, ValidationError> {
+        plan(&spec(json), Limits::default())
+    }
+
+    fn field_of(json: serde_json::Value) -> String {
+        plan_of(json).expect_err("spec must be refused").field
+    }
+
+    #[test]
+    fn expands_images_times_tags_in_order() {
+        let plan = plan_of(serde_json::json!({
+            "repo": "127.0.0.1:5000/acme/shop/",
+            "images": [{"name": "backend", "source": "acme/backend:build-42"},
+                       {"name": "frontend", "source": "acme/frontend:build-42"}],
+            "tags": [{"strategy": "custom", "value": "v1.2.3"},
+                     {"strategy": "git-branch", "value": "core/feature/ADD_SETTINGS"}]
+        }))
+        .unwrap();
+        assert_eq!(plan.repo, "127.0.0.1:5000/acme/shop");
+        let references: Vec<_> =
+            plan.targets.iter().map(|t| t.reference.clone().unwrap()).collect();
+        assert_eq!(
+            references,
+            [
+                "127.0.0.1:5000/acme/shop/backend:v1.2.3",
+                "127.0.0.1:5000/acme/shop/backend:core-feature-add-settings-df80fdc3",
+                "127.0.0.1:5000/acme/shop/frontend:v1.2.3",
+                "127.0.0.1:5000/acme/shop/frontend:core-feature-add-settings-df80fdc3",
+            ]
+        );
+    }
+
+    #[test]
+    fn monorepo_and_nameless() {
+        let plan = plan_of(serde_json::json!({
+            "repo": "reg/acme", "repo_mode": "monorepo",
+            "images": [{"name": "api", "source": "x"}],
+            "tags": [{"strategy": "git-commit", "value": "0123abcd"}]
+        }))
+        .unwrap();
+        assert_eq!(plan.targets[0].reference.as_deref(), Some("reg/acme:api-0123abcd"));
+        let plan = plan_of(serde_json::json!({
+            "repo": "reg/acme", "repo_mode": "monorepo",
+            "images": [{"source": "x"}],
+            "tags": [{"strategy": "git-tag", "value": "v1.0"}]
+        }))
+        .unwrap();
+        assert_eq!(plan.targets[0].reference.as_deref(), Some("reg/acme:v1.0"));
+        assert_eq!(plan.targets[0].image_name, None);
+    }
+
+    #[test]
+    fn content_targets_wait_for_the_source_id() {
+        let plan = plan_of(serde_json::json!({
+            "repo": "reg/acme", "images": [{"name": "a", "source": "x"}],
+            "tags": [{"strategy": "content"}]
+        }))
+        .unwrap();
+        assert_eq!(plan.targets[0].tag, None);
+        assert_eq!(plan.targets[0].reference, None);
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let ok_images = serde_json::json!([{"name": "a", "source": "x"}]);
+        let ok_tags = serde_json::json!([{"strategy": "custom", "value": "v1"}]);
+        let cases = [
+            (serde_json::json!({"repo": "", "images": ok_images, "tags": ok_tags}), "repo"),
+            (serde_json::json!({"repo": "reg/Acme", "images": ok_images, "tags": ok_tags}), "repo"),
+            (serde_json::json!({"repo": "reg/a/../b", "images": ok_images, "tags": ok_tags}), "repo"),
+            (serde_json::json!({"repo": "reg/a:v1", "images": ok_images, "tags": ok_tags}), "repo"),
+            (serde_json::json!({"repo": "r/a", "images": [], "tags": ok_tags}), "images"),
+            (serde_json::json!({"repo": "r/a", "images": ok_images, "tags": []}), "tags"),
+            (
+                serde_json::json!({"repo": "r/a", "images": [{"name": "a", "source": "x"}, {"source": "y"}], "tags": ok_tags}),
+                "images[1].name",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "images": [{"name": "a", "source": "x"}, {"name": "a", "source": "y"}], "tags": ok_tags}),
+                "images[1].name",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "images": [{"name": "Backend", "source": "x"}], "tags": ok_tags}),
+                "images[0].name",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "repo_mode": "monorepo", "images": [{"name": "a/b", "source": "x"}], "tags": ok_tags}),
+                "images[0].name",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "images": [{"name": "a", "source": ""}], "tags": ok_tags}),
+                "images[0].source",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "images": [{"name": "a", "source": "Acme/App"}], "tags": ok_tags}),
+                "images[0].source",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "images": ok_images, "tags": [{"strategy": "custom", "value": "-bad"}]}),
+                "tags[0].value",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "images": ok_images, "tags": [{"strategy": "custom", "value": format!("sha256:{}", "a".repeat(64))}]}),
+                "tags[0].value",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "images": ok_images, "tags": [{"strategy": "custom"}]}),
+                "tags[0].value",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "images": ok_images, "tags": [{"strategy": "git-commit", "value": "xyz1234"}]}),
+                "tags[0].value",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "images": ok_images, "tags": [{"strategy": "content", "value": "v1"}]}),
+                "tags[0].value",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "images": ok_images, "tags": [{"strategy": "custom", "value": "v1"}, {"strategy": "git-tag", "value": "v1"}]}),
+                "tags[1]",
+            ),
+        ];
+        for (json, field) in cases {
+            assert_eq!(field_of(json.clone()), field, "{json}");
+        }
+    }
+
+    #[test]
+    fn target_count_is_limited() {
+        let images: Vec<_> = (0..20)
+            .map(|i| serde_json::json!({"name": format!("i{i}"), "source": "x"}))
+            .collect();
+        let tags: Vec<_> = (0..20)
+            .map(|i| serde_json::json!({"strategy": "custom", "value": format!("t{i}")}))
+            .collect();
+        let error =
+            plan_of(serde_json::json!({"repo": "r/a", "images": images, "tags": tags})).unwrap_err();
+        assert_eq!(error.field, "tags");
+        assert!(error.message.contains("400 targets"), "{}", error.message);
+    }
+
+    #[test]
+    fn sources_may_be_image_ids() {
+        let id = format!("sha256:{}", "ab".repeat(32));
+        assert!(check_source(&id).is_ok());
+        assert!(check_source("sha256:xyz").is_err());
+        assert!(check_source("abc123").is_ok());
+    }
+}

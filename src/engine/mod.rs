@@ -1,0 +1,55 @@
+//! The Docker engine, behind a small interface: what the publish procedure
+//! needs of it and nothing more. Knows the Engine API; knows nothing of jobs.
+
+mod docker;
+mod http;
+pub mod image_config;
+
+use async_trait::async_trait;
+
+pub use docker::DockerEngine;
+pub use image_config::{LabelledImage, SourceImage};
+
+use crate::credentials::RegistryAuth;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The engine could not be reached at all.
+    #[error("docker engine unreachable: {0}")]
+    Unreachable(String),
+    /// The engine answered with an error.
+    #[error("docker engine error (HTTP {status}): {message}")]
+    Api { status: u16, message: String },
+    /// A push stream carried an error item, or ended without a digest.
+    #[error("push failed: {0}")]
+    Push(String),
+    /// The engine answered something we cannot read.
+    #[error("unexpected answer from the docker engine: {0}")]
+    Protocol(String),
+}
+
+/// The operations of one publish, as the engine sees them.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    async fn ping(&self) -> Result<(), EngineError>;
+
+    /// The image a name or id points to, or `None` if there is none.
+    async fn inspect_image(&self, name: &str) -> Result<Option<SourceImage>, EngineError>;
+
+    /// The id of the image `reference` names, or `None`.
+    async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError>;
+
+    /// Makes `image` exist locally, named `reference`. Its layers are the
+    /// source's, which the engine already has, so nothing is copied.
+    async fn load_image(&self, image: &LabelledImage, reference: &str) -> Result<(), EngineError>;
+
+    /// Pushes `reference` and answers the manifest digest the registry took.
+    /// Dropping the future stops the push.
+    async fn push(&self, reference: &str, auth: &RegistryAuth) -> Result<String, EngineError>;
+
+    /// Removes the name `reference` (the image goes too if that was its last name).
+    async fn remove_reference(&self, reference: &str) -> Result<(), EngineError>;
+
+    /// Names the image `image_id` as `reference`.
+    async fn tag_image(&self, image_id: &str, reference: &str) -> Result<(), EngineError>;
+}

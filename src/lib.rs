@@ -1,0 +1,11 @@
+//! publishd: werf's image publish procedure (tag with meta-information
+//! labels, push, untag) as a durable HTTP service. See ARCHITECTURE.md.
+
+pub mod api;
+pub mod config;
+pub mod credentials;
+pub mod domain;
+pub mod engine;
+pub mod startup;
+pub mod store;
+pub mod worker;

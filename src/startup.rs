@@ -1,0 +1,106 @@
+//! Builds the application: store, engine, worker pool and router.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::credentials::DockerConfig;
+use crate::engine::{DockerEngine, Engine};
+use crate::store::Store;
+use crate::worker::{Cancellations, WorkerContext, WorkerPool};
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    context: Arc<WorkerContext>,
+    wake: Arc<Notify>,
+    settings: Settings,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let store = Store::open(&settings.database).await?;
+        let engine: Arc<dyn Engine> =
+            Arc::new(DockerEngine::connect(settings.docker_host.as_deref()).await?);
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("listening on {}", settings.listen))?;
+        let cancellations = Cancellations::default();
+        let wake = Arc::new(Notify::new());
+        let router = api::router(AppState {
+            store: store.clone(),
+            engine: engine.clone(),
+            cancellations: cancellations.clone(),
+            wake: wake.clone(),
+            limits: settings.limits,
+        });
+        let context = Arc::new(WorkerContext {
+            store,
+            engine,
+            credentials: DockerConfig::new(settings.docker_config.clone()),
+            cancellations,
+            timeouts: settings.timeouts,
+        });
+        Ok(Application { listener, router, context, wake, settings })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.settings.listen)
+    }
+
+    /// Serves until `shutdown` completes, then stops taking requests and new
+    /// work and lets running targets finish within the grace period.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let address = self.local_addr();
+        let pool = WorkerPool::start(self.context, self.settings.workers, self.wake);
+        let stopping = CancellationToken::new();
+        let trigger = stopping.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            trigger.cancel();
+        });
+        tracing::info!(%address, workers = self.settings.workers, "publishd listening");
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(stopping.clone().cancelled_owned())
+            .await
+            .context("serving HTTP");
+        tracing::info!("shutting down: draining the worker pool");
+        pool.shutdown(self.settings.shutdown_grace).await;
+        served
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}

@@ -1,0 +1,508 @@
+//! The only code that speaks SQL. SQLite in WAL mode, with one writer
+//! connection (so write transactions never race for the lock) and a small pool
+//! of readers (WAL lets them read while the writer writes).
+
+mod model;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use uuid::Uuid;
+
+pub use model::{ClaimedTarget, Job, JobPage, Target, TargetOutcome};
+
+use crate::domain::naming::RepoMode;
+use crate::domain::spec::{Plan, TagStrategy};
+use crate::domain::status::{JobStatus, TargetStatus, job_status};
+
+/// The store's failures are the database's: always an internal error to callers.
+pub type StoreResult<T> = anyhow::Result<T>;
+
+#[derive(Clone)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+/// What `create_job` did.
+pub enum Created {
+    New(Job),
+    /// The idempotency key was seen before with the same body.
+    Existing(Job),
+    /// The idempotency key was seen before with another body.
+    KeyReused,
+}
+
+/// What `cancel_job` did.
+pub enum Cancelled {
+    NotFound,
+    AlreadyFinished(Job),
+    Requested(Job),
+}
+
+/// What a new job is made of.
+pub struct NewJob<'a> {
+    pub plan: &'a Plan,
+    pub idempotency_key: Option<&'a str>,
+    pub spec_hash: &'a str,
+}
+
+const IN_FLIGHT: &str = "('tagging', 'pushing', 'untagging')";
+
+impl Store {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(path: &Path) -> StoreResult<Store> {
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a job that was answered 202 must survive a power cut too.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .with_context(|| format!("opening the database {}", path.display()))?;
+        sqlx::migrate!("./migrations")
+            .run(&writer)
+            .await
+            .with_context(|| format!("applying migrations to {}", path.display()))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await
+            .with_context(|| format!("opening readers on {}", path.display()))?;
+        Ok(Store { writer, reader })
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await.context("database ping")?;
+        Ok(())
+    }
+
+    /// Records a job and its targets in one transaction, honouring the
+    /// idempotency key.
+    pub async fn create_job(&self, new: NewJob<'_>) -> StoreResult<Created> {
+        let mut tx = self.writer.begin().await?;
+        if let Some(key) = new.idempotency_key {
+            let seen = sqlx::query("SELECT id, spec_hash FROM jobs WHERE idempotency_key = ?")
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await
+                .context("looking up the idempotency key")?;
+            if let Some(row) = seen {
+                let hash: String = row.get("spec_hash");
+                if hash != new.spec_hash {
+                    return Ok(Created::KeyReused);
+                }
+                let id = parse_uuid(row.get("id"))?;
+                let job = load_job(&mut *tx, id).await?.context("job vanished")?;
+                return Ok(Created::Existing(job));
+            }
+        }
+
+        let id = Uuid::now_v7();
+        let now = now();
+        sqlx::query(
+            "INSERT INTO jobs (id, status, repo, repo_mode, idempotency_key, spec_hash, created_at)
+             VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(&new.plan.repo)
+        .bind(new.plan.repo_mode.as_str())
+        .bind(new.idempotency_key)
+        .bind(new.spec_hash)
+        .bind(&now)
+        .execute(&mut *tx)
+        .await
+        .context("inserting the job")?;
+        for (position, target) in new.plan.targets.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO targets (job_id, position, image_name, source, strategy, tag, reference, status)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
+            )
+            .bind(id.to_string())
+            .bind(position as i64)
+            .bind(&target.image_name)
+            .bind(&target.source)
+            .bind(target.strategy.as_str())
+            .bind(&target.tag)
+            .bind(&target.reference)
+            .execute(&mut *tx)
+            .await
+            .context("inserting a target")?;
+        }
+        let job = load_job(&mut *tx, id).await?.context("job vanished")?;
+        tx.commit().await.context("committing the new job")?;
+        Ok(Created::New(job))
+    }
+
+    pub async fn get_job(&self, id: Uuid) -> StoreResult<Option<Job>> {
+        let mut conn = self.reader.acquire().await?;
+        load_job(&mut conn, id).await
+    }
+
+    /// Jobs newest first; `before` is the last id of the previous page. Ids are
+    /// uuid v7, so their order is creation order and the cursor is stable
+    /// while new jobs arrive.
+    pub async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: u32,
+        before: Option<Uuid>,
+    ) -> StoreResult<JobPage> {
+        let mut conn = self.reader.acquire().await?;
+        let rows = sqlx::query(
+            "SELECT id FROM jobs
+             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)
+             ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(status.map(JobStatus::as_str))
+        .bind(before.map(|id| id.to_string()))
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing jobs")?;
+        let mut ids = rows
+            .iter()
+            .map(|row| parse_uuid(row.get("id")))
+            .collect::<StoreResult<Vec<_>>>()?;
+        let more = ids.len() > limit as usize;
+        ids.truncate(limit as usize);
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in &ids {
+            if let Some(job) = load_job(&mut conn, *id).await? {
+                jobs.push(job);
+            }
+        }
+        let next_cursor = if more { ids.last().map(Uuid::to_string) } else { None };
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    /// Cancels what has not started and flags the job, so the targets under
+    /// way stop after their current step.
+    pub async fn cancel_job(&self, id: Uuid) -> StoreResult<Cancelled> {
+        let mut tx = self.writer.begin().await?;
+        let Some(job) = load_job(&mut *tx, id).await? else {
+            return Ok(Cancelled::NotFound);
+        };
+        if job.status.is_terminal() {
+            return Ok(Cancelled::AlreadyFinished(job));
+        }
+        let now = now();
+        sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE targets SET status = 'cancelled', finished_at = ?, error = 'cancelled before it started'
+             WHERE job_id = ? AND status = 'pending'",
+        )
+        .bind(&now)
+        .bind(id.to_string())
+        .execute(&mut *tx)
+        .await
+        .context("cancelling pending targets")?;
+        refresh_job(&mut tx, id).await?;
+        let job = load_job(&mut *tx, id).await?.context("job vanished")?;
+        tx.commit().await?;
+        Ok(Cancelled::Requested(job))
+    }
+
+    /// Claims the oldest pending target whose reference no other target is
+    /// working on, in one statement: two lanes can never hold one reference.
+    /// A `content` target has no reference yet; it takes one with
+    /// [`Store::bind_reference`].
+    pub async fn claim_target(&self) -> StoreResult<Option<ClaimedTarget>> {
+        let mut tx = self.writer.begin().await?;
+        let now = now();
+        let claimed = sqlx::query(&format!(
+            "UPDATE targets
+             SET status = 'tagging', attempts = attempts + 1, error = NULL,
+                 started_at = COALESCE(started_at, ?1)
+             WHERE id = (
+                 SELECT t.id FROM targets t JOIN jobs j ON j.id = t.job_id
+                 WHERE t.status = 'pending' AND j.cancel_requested = 0
+                   AND (t.reference IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM targets u
+                        WHERE u.reference = t.reference AND u.status IN {IN_FLIGHT}))
+                 ORDER BY t.job_id, t.position
+                 LIMIT 1)
+             RETURNING id"
+        ))
+        .bind(&now)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("claiming a target")?;
+        let Some(row) = claimed else {
+            return Ok(None);
+        };
+        let target = load_claimed(&mut tx, row.get("id")).await?;
+        refresh_job(&mut tx, target.job_id).await?;
+        tx.commit().await.context("committing a claim")?;
+        Ok(Some(target))
+    }
+
+    /// Gives a claimed `content` target its tag and reference. Answers false,
+    /// and puts the target back in the queue, when another target is working
+    /// on that reference right now.
+    pub async fn bind_reference(&self, id: i64, tag: &str, reference: &str) -> StoreResult<bool> {
+        let mut tx = self.writer.begin().await?;
+        let busy: bool = sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM targets WHERE reference = ? AND id <> ? AND status IN {IN_FLIGHT})"
+        ))
+        .bind(reference)
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let status = if busy { "pending" } else { "tagging" };
+        sqlx::query("UPDATE targets SET tag = ?, reference = ?, status = ? WHERE id = ?")
+            .bind(tag)
+            .bind(reference)
+            .bind(status)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .context("binding a content reference")?;
+        tx.commit().await?;
+        Ok(!busy)
+    }
+
+    pub async fn record_source_image(&self, id: i64, image_id: &str) -> StoreResult<()> {
+        self.set_column(id, "source_image_id", Some(image_id)).await
+    }
+
+    pub async fn record_prior_image(&self, id: i64, image_id: Option<&str>) -> StoreResult<()> {
+        self.set_column(id, "prior_image_id", image_id).await
+    }
+
+    pub async fn record_created_image(&self, id: i64, image_id: &str) -> StoreResult<()> {
+        self.set_column(id, "created_image_id", Some(image_id)).await
+    }
+
+    async fn set_column(&self, id: i64, column: &str, value: Option<&str>) -> StoreResult<()> {
+        sqlx::query(&format!("UPDATE targets SET {column} = ? WHERE id = ?"))
+            .bind(value)
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .with_context(|| format!("recording {column}"))?;
+        Ok(())
+    }
+
+    pub async fn set_step(&self, id: i64, status: TargetStatus) -> StoreResult<()> {
+        sqlx::query("UPDATE targets SET status = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .context("recording a step")?;
+        Ok(())
+    }
+
+    /// Records how a target ended and brings its job's status up to date.
+    pub async fn finish_target(
+        &self,
+        id: i64,
+        outcome: &TargetOutcome,
+        warnings: &[String],
+    ) -> StoreResult<()> {
+        let (status, digest, error) = match outcome {
+            TargetOutcome::Succeeded { digest } => ("succeeded", Some(digest.as_str()), None),
+            TargetOutcome::Failed { error } => ("failed", None, Some(error.as_str())),
+            TargetOutcome::Cancelled => ("cancelled", None, Some("cancelled")),
+        };
+        let mut tx = self.writer.begin().await?;
+        let job_id: String = sqlx::query_scalar(
+            "UPDATE targets SET status = ?, digest = ?, error = ?, warnings = ?, finished_at = ?
+             WHERE id = ? RETURNING job_id",
+        )
+        .bind(status)
+        .bind(digest)
+        .bind(error)
+        .bind(serde_json::to_string(warnings)?)
+        .bind(now())
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .context("finishing a target")?;
+        refresh_job(&mut tx, parse_uuid(job_id)?).await?;
+        tx.commit().await.context("committing a finished target")?;
+        Ok(())
+    }
+
+    /// Puts a claimed target back in the queue (shutdown, or recovery after a
+    /// crash); a target of a cancelled job is cancelled instead.
+    pub async fn release_target(&self, id: i64) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        let job_id: String = sqlx::query_scalar(
+            "UPDATE targets SET
+                 status = CASE WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)
+                          THEN 'cancelled' ELSE 'pending' END,
+                 finished_at = CASE WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)
+                          THEN ? ELSE NULL END
+             WHERE id = ? RETURNING job_id",
+        )
+        .bind(now())
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .context("releasing a target")?;
+        refresh_job(&mut tx, parse_uuid(job_id)?).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Targets left mid-step: at start-up these belong to a process that died.
+    pub async fn in_flight_targets(&self) -> StoreResult<Vec<ClaimedTarget>> {
+        let mut tx = self.writer.begin().await?;
+        let ids: Vec<i64> =
+            sqlx::query_scalar(&format!("SELECT id FROM targets WHERE status IN {IN_FLIGHT}"))
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut targets = Vec::with_capacity(ids.len());
+        for id in ids {
+            targets.push(load_claimed(&mut tx, id).await?);
+        }
+        tx.commit().await?;
+        Ok(targets)
+    }
+}
+
+fn now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| now.to_string())
+}
+
+fn parse_uuid(text: String) -> StoreResult<Uuid> {
+    Uuid::parse_str(&text).with_context(|| format!("bad job id {text:?} in the database"))
+}
+
+fn parse_enum<T>(value: &str, parse: fn(&str) -> Option<T>, what: &str) -> StoreResult<T> {
+    parse(value).with_context(|| format!("bad {what} {value:?} in the database"))
+}
+
+/// Brings a job's status in line with its targets'.
+async fn refresh_job(tx: &mut Transaction<'_, Sqlite>, id: Uuid) -> StoreResult<()> {
+    let rows = sqlx::query("SELECT status FROM targets WHERE job_id = ?")
+        .bind(id.to_string())
+        .fetch_all(&mut **tx)
+        .await?;
+    let statuses = rows
+        .iter()
+        .map(|row| parse_enum(row.get("status"), TargetStatus::parse, "target status"))
+        .collect::<StoreResult<Vec<_>>>()?;
+    let cancel_requested: bool =
+        sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_one(&mut **tx)
+            .await?;
+    let status = job_status(&statuses, cancel_requested);
+    let failed = statuses.iter().filter(|&&s| s == TargetStatus::Failed).count();
+    let error = match status {
+        JobStatus::Failed => Some(format!("{failed} of {} targets failed", statuses.len())),
+        JobStatus::Cancelled => Some("cancelled".to_owned()),
+        _ => None,
+    };
+    let now = now();
+    sqlx::query(
+        "UPDATE jobs SET status = ?1, error = ?2,
+             started_at = CASE WHEN ?1 <> 'queued' THEN COALESCE(started_at, ?3) ELSE started_at END,
+             finished_at = CASE WHEN ?4 THEN COALESCE(finished_at, ?3) ELSE NULL END
+         WHERE id = ?5",
+    )
+    .bind(status.as_str())
+    .bind(error)
+    .bind(&now)
+    .bind(status.is_terminal())
+    .bind(id.to_string())
+    .execute(&mut **tx)
+    .await
+    .context("updating the job status")?;
+    Ok(())
+}
+
+async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<ClaimedTarget> {
+    let row = sqlx::query(
+        "SELECT t.id, t.job_id, j.repo, j.repo_mode, t.image_name, t.source, t.strategy, t.tag,
+                t.reference, t.status, t.attempts, t.prior_image_id, t.created_image_id
+         FROM targets t JOIN jobs j ON j.id = t.job_id WHERE t.id = ?",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await
+    .context("loading a claimed target")?;
+    Ok(ClaimedTarget {
+        id: row.get("id"),
+        job_id: parse_uuid(row.get("job_id"))?,
+        repo: row.get("repo"),
+        repo_mode: parse_enum(row.get("repo_mode"), RepoMode::parse, "repo mode")?,
+        image_name: row.get("image_name"),
+        source: row.get("source"),
+        strategy: parse_enum(row.get("strategy"), TagStrategy::parse, "strategy")?,
+        tag: row.get("tag"),
+        reference: row.get("reference"),
+        status: parse_enum(row.get("status"), TargetStatus::parse, "target status")?,
+        attempts: row.get("attempts"),
+        prior_image_id: row.get("prior_image_id"),
+        created_image_id: row.get("created_image_id"),
+    })
+}
+
+async fn load_job(conn: &mut sqlx::SqliteConnection, id: Uuid) -> StoreResult<Option<Job>> {
+    let Some(row) = sqlx::query("SELECT * FROM jobs WHERE id = ?")
+        .bind(id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .context("loading a job")?
+    else {
+        return Ok(None);
+    };
+    let targets = sqlx::query("SELECT * FROM targets WHERE job_id = ? ORDER BY position")
+        .bind(id.to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .context("loading a job's targets")?
+        .iter()
+        .map(target_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
+    Ok(Some(Job {
+        id,
+        status: parse_enum(row.get("status"), JobStatus::parse, "job status")?,
+        repo: row.get("repo"),
+        repo_mode: parse_enum(row.get("repo_mode"), RepoMode::parse, "repo mode")?,
+        created_at: row.get("created_at"),
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+        error: row.get("error"),
+        cancel_requested: row.get("cancel_requested"),
+        targets,
+    }))
+}
+
+fn target_from_row(row: &SqliteRow) -> StoreResult<Target> {
+    let warnings: String = row.get("warnings");
+    Ok(Target {
+        image: row.get("image_name"),
+        source: row.get("source"),
+        strategy: parse_enum(row.get("strategy"), TagStrategy::parse, "strategy")?,
+        tag: row.get("tag"),
+        reference: row.get("reference"),
+        status: parse_enum(row.get("status"), TargetStatus::parse, "target status")?,
+        digest: row.get("digest"),
+        attempts: row.get("attempts"),
+        error: row.get("error"),
+        warnings: serde_json::from_str(&warnings).context("bad warnings in the database")?,
+        started_at: row.get("started_at"),
+        finished_at: row.get("finished_at"),
+    })
+}

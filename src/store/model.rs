@@ -1,0 +1,86 @@
+//! What the store hands out: jobs and targets as recorded. These are also the
+//! API's answer bodies, so their field names are the HTTP contract.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::domain::naming::RepoMode;
+use crate::domain::spec::TagStrategy;
+use crate::domain::status::{JobStatus, TargetStatus};
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Job {
+    pub id: Uuid,
+    pub status: JobStatus,
+    pub repo: String,
+    pub repo_mode: RepoMode,
+    /// RFC 3339, UTC.
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub started_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub finished_at: Option<String>,
+    /// Why the job did not succeed, in short; each target says more.
+    pub error: Option<String>,
+    pub cancel_requested: bool,
+    pub targets: Vec<Target>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Target {
+    /// The werf image name; null for the nameless image.
+    pub image: Option<String>,
+    pub source: String,
+    pub strategy: TagStrategy,
+    /// The Docker tag (without a monorepo prefix); null until a `content` tag is known.
+    pub tag: Option<String>,
+    /// The full target reference; null until a `content` tag is known.
+    pub reference: Option<String>,
+    pub status: TargetStatus,
+    /// The manifest digest the registry accepted.
+    pub digest: Option<String>,
+    pub attempts: i64,
+    pub error: Option<String>,
+    /// Problems that did not fail the target, such as a failed clean-up.
+    pub warnings: Vec<String>,
+    #[schema(format = DateTime)]
+    pub started_at: Option<String>,
+    #[schema(format = DateTime)]
+    pub finished_at: Option<String>,
+}
+
+/// A target a worker lane has claimed, with what it needs to run it.
+#[derive(Debug, Clone)]
+pub struct ClaimedTarget {
+    pub id: i64,
+    pub job_id: Uuid,
+    pub repo: String,
+    pub repo_mode: RepoMode,
+    pub image_name: Option<String>,
+    pub source: String,
+    pub strategy: TagStrategy,
+    pub tag: Option<String>,
+    pub reference: Option<String>,
+    pub status: TargetStatus,
+    pub attempts: i64,
+    pub prior_image_id: Option<String>,
+    pub created_image_id: Option<String>,
+}
+
+/// How a target's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetOutcome {
+    Succeeded { digest: String },
+    Failed { error: String },
+    Cancelled,
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}

@@ -1,0 +1,180 @@
+//! The worker pool: lanes that claim targets from the store and run the
+//! publish procedure on them, recovery after a crash, and graceful shutdown.
+
+mod cancellations;
+pub mod procedure;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+pub use cancellations::Cancellations;
+pub use procedure::StepTimeouts;
+
+use crate::credentials::DockerConfig;
+use crate::engine::Engine;
+use crate::store::{ClaimedTarget, Store};
+use procedure::{Finish, restore_reference};
+
+/// Everything a lane needs.
+pub struct WorkerContext {
+    pub store: Store,
+    pub engine: Arc<dyn Engine>,
+    pub credentials: DockerConfig,
+    pub cancellations: Cancellations,
+    pub timeouts: StepTimeouts,
+}
+
+/// How often an idle lane looks for work it was not woken for.
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// A running pool; `shutdown` stops it.
+pub struct WorkerPool {
+    lanes: JoinSet<()>,
+    stop: CancellationToken,
+}
+
+impl WorkerPool {
+    /// Recovers targets a dead process left mid-step, then starts `lanes`
+    /// lanes. `wake` is notified when new work is queued.
+    pub fn start(ctx: Arc<WorkerContext>, lanes: usize, wake: Arc<Notify>) -> WorkerPool {
+        let stop = CancellationToken::new();
+        let mut set = JoinSet::new();
+        let recovered = Arc::new(tokio::sync::Semaphore::new(0));
+        {
+            let (ctx, stop, recovered) = (ctx.clone(), stop.clone(), recovered.clone());
+            set.spawn(async move {
+                recover(&ctx, &stop).await;
+                recovered.add_permits(lanes);
+            });
+        }
+        for lane in 0..lanes {
+            let (ctx, stop, wake, recovered) =
+                (ctx.clone(), stop.clone(), wake.clone(), recovered.clone());
+            set.spawn(async move {
+                tokio::select! {
+                    permit = recovered.acquire() => drop(permit),
+                    _ = stop.cancelled() => return,
+                }
+                run_lane(&ctx, &stop, &wake).instrument(info_span!("lane", lane)).await;
+            });
+        }
+        WorkerPool { lanes: set, stop }
+    }
+
+    /// Stops claiming and lets the steps under way finish, for at most
+    /// `grace`; a target still running then is left to the next start's
+    /// recovery.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.stop.cancel();
+        let drained = tokio::time::timeout(grace, async {
+            while self.lanes.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(?grace, "targets still running after the grace period; the next start recovers them");
+            self.lanes.abort_all();
+        }
+    }
+}
+
+async fn run_lane(ctx: &WorkerContext, stop: &CancellationToken, wake: &Notify) {
+    while !stop.is_cancelled() {
+        match ctx.store.claim_target().await {
+            Ok(Some(target)) => {
+                process(ctx, target).await;
+                // A finished target may unblock others waiting on its reference.
+                wake.notify_waiters();
+            }
+            Ok(None) => {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
+            Err(error) => {
+                error!(error = format!("{error:#}"), "claiming a target failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn process(ctx: &WorkerContext, target: ClaimedTarget) {
+    let span = info_span!(
+        "target",
+        job_id = %target.job_id,
+        reference = target.reference.as_deref().unwrap_or("(content tag)"),
+        attempt = target.attempts,
+    );
+    async {
+        let guard = ctx.cancellations.register(target.job_id);
+        // A cancel that came before the registration is seen in the store.
+        match ctx.store.get_job(target.job_id).await {
+            Ok(Some(job)) if job.cancel_requested => guard.token().cancel(),
+            Ok(_) => {}
+            Err(error) => warn!(error = format!("{error:#}"), "reading the job's cancel flag"),
+        }
+        info!("started");
+        match procedure::run(ctx, &target, guard.token()).await {
+            Ok(Finish::Done { outcome, warnings }) => {
+                info!(?outcome, "finished");
+                if let Err(error) = ctx.store.finish_target(target.id, &outcome, &warnings).await {
+                    error!(error = format!("{error:#}"), "recording the outcome failed");
+                }
+            }
+            Ok(Finish::Deferred) => info!("reference busy; back in the queue"),
+            Err(error) => {
+                error!(error = format!("{error:#}"), "run aborted by a store failure");
+                if let Err(error) = ctx.store.release_target(target.id).await {
+                    error!(error = format!("{error:#}"), "releasing the target failed");
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Targets found mid-step belong to a process that died: undo what their
+/// tag step left on the engine, then queue them again. Retries until the
+/// engine answers, since claiming before that could clobber a user's image.
+async fn recover(ctx: &WorkerContext, stop: &CancellationToken) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match recover_once(ctx).await {
+            Ok(0) => return,
+            Ok(count) => {
+                info!(count, "recovered targets left running by a previous process");
+                return;
+            }
+            Err(error) => {
+                warn!(error = format!("{error:#}"), ?delay, "recovery failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+async fn recover_once(ctx: &WorkerContext) -> anyhow::Result<usize> {
+    let targets = ctx.store.in_flight_targets().await?;
+    for target in &targets {
+        if let (Some(reference), Some(created)) = (&target.reference, &target.created_image_id) {
+            let span = info_span!("recover", job_id = %target.job_id, reference = %reference);
+            restore_reference(ctx.engine.as_ref(), reference, created, target.prior_image_id.as_deref())
+                .instrument(span)
+                .await?;
+        }
+        ctx.store.release_target(target.id).await?;
+    }
+    Ok(targets.len())
+}
