@@ -378,9 +378,14 @@ impl Store {
     }
 }
 
+/// RFC 3339 in UTC with a fixed six-digit fraction, so that text order is
+/// time order (in SQL and in clients).
 fn now() -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
     let now = time::OffsetDateTime::now_utc();
-    now.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| now.to_string())
+    now.format(FORMAT).unwrap_or_else(|_| now.to_string())
 }
 
 fn parse_uuid(text: String) -> StoreResult<Uuid> {

@@ -1,0 +1,104 @@
+//! Test-side view of the real engine: make source images, read what is left.
+
+use bollard::Docker;
+use bollard::image::{BuildImageOptions, CreateImageOptions, TagImageOptions};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::TestEnv;
+
+pub struct TestEngine {
+    pub docker: Docker,
+}
+
+/// What a test needs to know of a local image.
+#[derive(Debug, Clone)]
+pub struct LocalImage {
+    pub id: String,
+    pub config: Value,
+    pub layers: Vec<String>,
+}
+
+impl TestEngine {
+    pub fn connect() -> TestEngine {
+        let host = TestEnv::get().docker_host;
+        // The test script's engine is Debian's dockerd 20.10: API 1.41.
+        let version = bollard::ClientVersion { major_version: 1, minor_version: 41 };
+        let docker = Docker::connect_with_unix(&host, 120, &version).expect("test engine");
+        TestEngine { docker }
+    }
+
+    /// `docker import` of a one-file tarball with unique content: an image
+    /// without CMD or ENTRYPOINT, named `name:tag`. `changes` are Dockerfile
+    /// instructions such as `ENV A=1`.
+    pub async fn import_image(&self, name: &str, tag: &str, changes: &[&str]) -> String {
+        let content = uuid::Uuid::now_v7().to_string();
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        archive.append_data(&mut header, "hello.txt", content.as_bytes()).unwrap();
+        let body = Bytes::from(archive.into_inner().unwrap());
+        let options = CreateImageOptions {
+            from_src: "-",
+            repo: name,
+            tag,
+            changes: changes.to_vec(),
+            ..Default::default()
+        };
+        let mut stream = self.docker.create_image(Some(options), Some(body), None);
+        while let Some(item) = stream.next().await {
+            item.expect("import");
+        }
+        self.image(&format!("{name}:{tag}")).await.expect("imported image").id
+    }
+
+    /// An Engine-API build (classic builder) of `dockerfile` with one unique
+    /// file `app.txt` in its context, named `name:tag`.
+    pub async fn build_image(&self, name: &str, tag: &str, dockerfile: &str) -> String {
+        let content = uuid::Uuid::now_v7().to_string();
+        let mut archive = tar::Builder::new(Vec::new());
+        for (file, data) in [("Dockerfile", dockerfile.as_bytes()), ("app.txt", content.as_bytes())] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            archive.append_data(&mut header, file, data).unwrap();
+        }
+        let reference = format!("{name}:{tag}");
+        let options = BuildImageOptions { dockerfile: "Dockerfile".to_owned(), t: reference.clone(), rm: true, ..Default::default() };
+        let mut stream =
+            self.docker.build_image(options, None, Some(Bytes::from(archive.into_inner().unwrap())));
+        while let Some(item) = stream.next().await {
+            let item = item.expect("build");
+            assert!(item.error.is_none(), "build failed: {:?}", item.error);
+        }
+        self.image(&reference).await.expect("built image").id
+    }
+
+    pub async fn image(&self, name: &str) -> Option<LocalImage> {
+        let inspect = self.docker.inspect_image(name).await.ok()?;
+        Some(LocalImage {
+            id: inspect.id.clone().unwrap(),
+            config: serde_json::to_value(&inspect.config).unwrap(),
+            layers: inspect.root_fs.and_then(|fs| fs.layers).unwrap_or_default(),
+        })
+    }
+
+    pub async fn tag(&self, image: &str, reference: &str) {
+        let (repo, tag) = reference.rsplit_once(':').unwrap();
+        self.docker.tag_image(image, Some(TagImageOptions { repo, tag })).await.expect("tag");
+    }
+
+    /// Every local name that starts with `prefix`.
+    pub async fn names_under(&self, prefix: &str) -> Vec<String> {
+        let images = self.docker.list_images::<String>(None).await.expect("list images");
+        images
+            .into_iter()
+            .flat_map(|image| image.repo_tags)
+            .filter(|name| name.starts_with(prefix))
+            .collect()
+    }
+}

@@ -1,0 +1,212 @@
+//! What the integration tests share: the real engine and registries brought
+//! up by `scripts/test.sh`, the real service spawned on port 0 with its own
+//! database, source images made locally, and a registry reader that checks
+//! results where they live.
+#![allow(dead_code)] // each test file uses a different part of this module
+
+pub mod engine;
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use publishd::config::Settings;
+use publishd::domain::spec::Limits;
+use publishd::startup::Application;
+use publishd::worker::StepTimeouts;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Addresses of the real parts, from the environment `scripts/test.sh` sets.
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    pub docker_host: String,
+    pub registry: String,
+    pub auth_registry: String,
+    pub auth_user: String,
+    pub auth_password: String,
+}
+
+impl TestEnv {
+    pub fn get() -> TestEnv {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: run the integration tests through scripts/test.sh")
+            })
+        };
+        TestEnv {
+            docker_host: var("PUBLISHD_TEST_DOCKER_HOST"),
+            registry: var("PUBLISHD_TEST_REGISTRY"),
+            auth_registry: var("PUBLISHD_TEST_AUTH_REGISTRY"),
+            auth_user: var("PUBLISHD_TEST_AUTH_USER"),
+            auth_password: var("PUBLISHD_TEST_AUTH_PASSWORD"),
+        }
+    }
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Logs only when asked for: `TEST_LOG=1 cargo test`.
+        if std::env::var_os("TEST_LOG").is_some() {
+            tracing_subscriber::fmt()
+                .with_env_filter("info")
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
+/// A unique, valid repository path component for one test.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Settings for a test instance: port 0, its own database and docker config.
+pub fn test_settings(dir: &std::path::Path) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database: dir.join("publishd.db"),
+        workers: 2,
+        docker_host: Some(TestEnv::get().docker_host),
+        docker_config: dir.join("docker-config"),
+        timeouts: StepTimeouts {
+            tag: Duration::from_secs(60),
+            push: Duration::from_secs(120),
+            untag: Duration::from_secs(60),
+        },
+        shutdown_grace: Duration::from_secs(30),
+        limits: Limits::default(),
+    }
+}
+
+/// The real service, running in this process on its own port and database.
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub client: reqwest::Client,
+    pub dir: PathBuf,
+    stop: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        Self::spawn_with(|_| {}).await
+    }
+
+    pub async fn spawn_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+        let tempdir = tempfile::tempdir().expect("temp dir");
+        let dir = tempdir.path().to_owned();
+        let mut app = Self::spawn_in(&dir, configure).await;
+        app._tempdir = Some(tempdir);
+        app
+    }
+
+    /// Starts an instance on the database in `dir` (which outlives it).
+    pub async fn spawn_in(dir: &std::path::Path, configure: impl FnOnce(&mut Settings)) -> TestApp {
+        init_logs();
+        let mut settings = test_settings(dir);
+        configure(&mut settings);
+        let app = Application::build(settings).await.expect("application builds");
+        let address = app.local_addr();
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until(stop.clone().cancelled_owned()));
+        TestApp {
+            address,
+            client: reqwest::Client::new(),
+            dir: dir.to_owned(),
+            stop,
+            handle,
+            _tempdir: None,
+        }
+    }
+
+    /// Stops the instance the way SIGTERM does and waits for it.
+    pub async fn stop(self) -> Option<tempfile::TempDir> {
+        self.stop.cancel();
+        self.handle.await.expect("app task").expect("app ran cleanly");
+        self._tempdir
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Writes the docker config.json this instance reads credentials from.
+    pub fn write_docker_config(&self, config: &Value) {
+        let dir = self.dir.join("docker-config");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("config.json"), serde_json::to_vec(config).unwrap()).unwrap();
+    }
+
+    pub async fn post_job(&self, body: &Value) -> reqwest::Response {
+        self.client.post(self.url("/api/v1/jobs")).json(body).send().await.expect("POST job")
+    }
+
+    /// Submits a job that must be accepted; answers its id.
+    pub async fn submit(&self, body: &Value) -> String {
+        let response = self.post_job(body).await;
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_eq!(status, 202, "job not accepted: {text}");
+        let job: Value = serde_json::from_str(&text).unwrap();
+        job["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let response = self.client.get(self.url(&format!("/api/v1/jobs/{id}"))).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// Waits until the job is succeeded, failed or cancelled.
+    pub async fn wait_finished(&self, id: &str) -> Value {
+        self.wait_for(id, Duration::from_secs(120), |job| {
+            matches!(job["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+        })
+        .await
+    }
+
+    pub async fn wait_for(&self, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let job = self.job(id).await;
+            if done(&job) {
+                return job;
+            }
+            assert!(start.elapsed() < limit, "job {id} not done after {limit:?}: {job:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A TCP port that accepts connections and never answers: a registry that
+/// hangs, so a push stays in flight for as long as a test needs.
+pub struct HangingRegistry {
+    pub address: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl HangingRegistry {
+    pub async fn start() -> HangingRegistry {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        HangingRegistry { address, task }
+    }
+}
+
+impl Drop for HangingRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,89 @@
+//! Reads the real registry over its v2 API: what was pushed, under which
+//! digest, with which config.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+                              application/vnd.oci.image.manifest.v1+json";
+
+pub struct Registry {
+    host: String,
+    auth: Option<(String, String)>,
+    client: reqwest::Client,
+}
+
+/// A pushed image as the registry serves it.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    pub digest: String,
+    pub manifest: Value,
+    pub config: Value,
+}
+
+impl Pushed {
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.config["config"]["Labels"][name].as_str()
+    }
+
+    pub fn diff_ids(&self) -> Vec<String> {
+        self.config["rootfs"]["diff_ids"]
+            .as_array()
+            .map(|ids| ids.iter().map(|id| id.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Registry {
+    pub fn open(host: &str) -> Registry {
+        Registry { host: host.to_owned(), auth: None, client: reqwest::Client::new() }
+    }
+
+    pub fn with_auth(host: &str, user: &str, password: &str) -> Registry {
+        Registry { auth: Some((user.to_owned(), password.to_owned())), ..Registry::open(host) }
+    }
+
+    async fn get(&self, path: &str, accept: Option<&str>) -> reqwest::Response {
+        let mut request = self.client.get(format!("http://{}/v2/{path}", self.host));
+        if let Some(accept) = accept {
+            request = request.header("Accept", accept);
+        }
+        if let Some((user, password)) = &self.auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        request.send().await.expect("registry answers")
+    }
+
+    /// The image `repository:tag` as pushed, or `None` if the tag is absent.
+    pub async fn pushed(&self, reference: &str) -> Option<Pushed> {
+        let path = reference.strip_prefix(&format!("{}/", self.host)).expect("reference in this registry");
+        let (repository, tag) = path.rsplit_once(':').unwrap();
+        let response = self.get(&format!("{repository}/manifests/{tag}"), Some(MANIFEST_TYPES)).await;
+        if response.status() == StatusCode::NOT_FOUND {
+            return None;
+        }
+        assert_eq!(response.status(), 200, "manifest of {reference}");
+        let digest = response.headers()["docker-content-digest"].to_str().unwrap().to_owned();
+        let manifest: Value = response.json().await.unwrap();
+        let config_digest = manifest["config"]["digest"].as_str().unwrap();
+        let config: Value = self
+            .get(&format!("{repository}/blobs/{config_digest}"), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        Some(Pushed { digest, manifest, config })
+    }
+
+    pub async fn tags(&self, repository: &str) -> Vec<String> {
+        let response = self.get(&format!("{repository}/tags/list"), None).await;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Vec::new();
+        }
+        let body: Value = response.json().await.unwrap();
+        body["tags"]
+            .as_array()
+            .map(|tags| tags.iter().map(|t| t.as_str().unwrap().to_owned()).collect())
+            .unwrap_or_default()
+    }
+}
