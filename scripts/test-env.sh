@@ -91,6 +91,22 @@ up() {
   auth_port=$(free_port)
   start_registry auth "$auth_port" yes
 
+  # A docker credential helper the credential tests name in a config: it
+  # answers for the auth registry only, like a real helper with one entry.
+  mkdir -p "$dir/bin"
+  cat >"$dir/bin/docker-credential-publishd-test" <<HELPER
+#!/bin/sh
+[ "\$1" = get ] || exit 1
+read -r server
+if [ "\$server" = "127.0.0.1:$auth_port" ]; then
+  printf '{"ServerURL":"%s","Username":"%s","Secret":"%s"}' "\$server" "$user" '$password'
+else
+  echo "credentials not found in native keychain"
+  exit 1
+fi
+HELPER
+  chmod +x "$dir/bin/docker-credential-publishd-test"
+
   cat >"$dir/env" <<ENV
 export PUBLISHD_TEST_DOCKER_HOST=unix://$sock
 export PUBLISHD_TEST_REGISTRY=127.0.0.1:$open_port
@@ -98,6 +114,7 @@ export PUBLISHD_TEST_AUTH_REGISTRY=127.0.0.1:$auth_port
 export PUBLISHD_TEST_AUTH_USER=$user
 export PUBLISHD_TEST_AUTH_PASSWORD='$password'
 export PUBLISHD_TEST_ENV_DIR=$dir
+export PATH=$dir/bin:\$PATH
 ENV
   echo "test environment up: $dir/env" >&2
 }

@@ -21,7 +21,7 @@ pub enum EngineError {
     #[error("docker engine error (HTTP {status}): {message}")]
     Api { status: u16, message: String },
     /// A push stream carried an error item, or ended without a digest.
-    #[error("push failed: {0}")]
+    #[error("{0}")]
     Push(String),
     /// The engine answered something we cannot read.
     #[error("unexpected answer from the docker engine: {0}")]

@@ -143,7 +143,7 @@ async fn push(ctx: &WorkerContext, reference: &str, cancel: &CancellationToken) 
 /// Adds what a pipeline needs to fix an authentication failure.
 fn push_error(error: StepError, registry: &str, anonymous: bool) -> String {
     let message = error.to_string();
-    let denied = ["unauthorized", "authentication required", "denied"]
+    let denied = ["unauthorized", "authentication required", "denied", "no basic auth credentials"]
         .iter()
         .any(|word| message.to_lowercase().contains(word));
     if denied && anonymous {
