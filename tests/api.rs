@@ -59,7 +59,7 @@ async fn bad_input_gets_the_error_shape_and_the_field() {
         (spec("r/a", "x", &format!("sha256:{}", "a".repeat(64))), "tags[0].value"),
         (spec("r/Upper", "x", "v1"), "repo"),
         (spec("r/a/../b", "x", "v1"), "repo"),
-        (spec("r/a", "UPPER/img", "v1"), "images[0].source"),
+        (spec("r/a", "acme/Img", "v1"), "images[0].source"),
         (spec("r/a", "", "v1"), "images[0].source"),
         (json!({"repo": "r/a", "images": [{"name": "ünïcode", "source": "x"}], "tags": [{"strategy": "content"}]}), "images[0].name"),
     ];

@@ -402,7 +402,7 @@ mod tests {
                 "images[0].source",
             ),
             (
-                serde_json::json!({"repo": "r/a", "images": [{"name": "a", "source": "Acme/App"}], "tags": ok_tags}),
+                serde_json::json!({"repo": "r/a", "images": [{"name": "a", "source": "acme/App"}], "tags": ok_tags}),
                 "images[0].source",
             ),
             (
