@@ -10,7 +10,11 @@ use crate::domain::spec::Limits;
 use crate::worker::StepTimeouts;
 
 #[derive(Debug, Parser)]
-#[command(name = "publishd", version, about = "werf-style image publishing as a durable HTTP service")]
+#[command(
+    name = "publishd",
+    version,
+    about = "werf-style image publishing as a durable HTTP service"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -72,7 +76,10 @@ pub struct Settings {
 impl From<ServeArgs> for Settings {
     fn from(args: ServeArgs) -> Settings {
         let docker_config = args.docker_config.unwrap_or_else(|| {
-            std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default().join(".docker")
+            std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default()
+                .join(".docker")
         });
         Settings {
             listen: args.listen,
@@ -86,7 +93,9 @@ impl From<ServeArgs> for Settings {
                 untag: Duration::from_secs(args.step_timeout),
             },
             shutdown_grace: Duration::from_secs(args.shutdown_grace),
-            limits: Limits { max_targets: args.max_targets_per_job },
+            limits: Limits {
+                max_targets: args.max_targets_per_job,
+            },
         }
     }
 }

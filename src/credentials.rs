@@ -65,7 +65,10 @@ impl fmt::Debug for RegistryAuth {
         f.debug_struct("RegistryAuth")
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("identity_token", &self.identity_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "identity_token",
+                &self.identity_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("server_address", &self.server_address)
             .finish()
     }
@@ -99,8 +102,13 @@ impl DockerConfig {
                     return Err(error).with_context(|| format!("reading {}", path.display()));
                 }
             };
-            let key = if registry == "docker.io" { DOCKER_HUB_KEY } else { registry.as_str() };
-            match docker_credential::get_credential_from_reader(std::io::BufReader::new(file), key) {
+            let key = if registry == "docker.io" {
+                DOCKER_HUB_KEY
+            } else {
+                registry.as_str()
+            };
+            match docker_credential::get_credential_from_reader(std::io::BufReader::new(file), key)
+            {
                 Ok(DockerCredential::UsernamePassword(username, password)) => {
                     Ok(RegistryAuth::password(key, &username, &password))
                 }
@@ -131,7 +139,8 @@ mod tests {
         let auth = RegistryAuth::password("127.0.0.1:5000", "u", "s3cr?t>>>???~~~");
         let header = auth.engine_header();
         assert!(!header.contains('+') && !header.contains('/'), "{header}");
-        let json: serde_json::Value = serde_json::from_slice(&URL_SAFE.decode(&header).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&URL_SAFE.decode(&header).unwrap()).unwrap();
         assert_eq!(json["password"], "s3cr?t>>>???~~~");
         assert_eq!(json["serveraddress"], "127.0.0.1:5000");
         // The standard alphabet would have differed: this password is a real test.
@@ -141,7 +150,12 @@ mod tests {
 
     #[test]
     fn anonymous_is_an_empty_object() {
-        assert_eq!(URL_SAFE.decode(RegistryAuth::anonymous().engine_header()).unwrap(), b"{}");
+        assert_eq!(
+            URL_SAFE
+                .decode(RegistryAuth::anonymous().engine_header())
+                .unwrap(),
+            b"{}"
+        );
     }
 
     #[test]
@@ -165,13 +179,25 @@ mod tests {
         let auth = config.auth_for("127.0.0.1:5000").await.unwrap();
         assert_eq!(auth.username.as_deref(), Some("alice"));
         assert_eq!(auth.password.as_deref(), Some("pa+ss/word"));
-        assert!(config.auth_for("127.0.0.1:6000").await.unwrap().is_anonymous());
+        assert!(
+            config
+                .auth_for("127.0.0.1:6000")
+                .await
+                .unwrap()
+                .is_anonymous()
+        );
     }
 
     #[tokio::test]
     async fn missing_config_means_anonymous() {
         let dir = tempfile::tempdir().unwrap();
         let config = DockerConfig::new(dir.path().to_owned());
-        assert!(config.auth_for("127.0.0.1:5000").await.unwrap().is_anonymous());
+        assert!(
+            config
+                .auth_for("127.0.0.1:5000")
+                .await
+                .unwrap()
+                .is_anonymous()
+        );
     }
 }

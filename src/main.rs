@@ -9,7 +9,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Openapi => {
-            println!("{}", serde_json::to_string_pretty(&publishd::api::openapi())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&publishd::api::openapi())?
+            );
             Ok(())
         }
         Command::Serve(args) => {

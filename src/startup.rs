@@ -48,7 +48,13 @@ impl Application {
             cancellations,
             timeouts: settings.timeouts,
         });
-        Ok(Application { listener, router, context, wake, settings })
+        Ok(Application {
+            listener,
+            router,
+            context,
+            wake,
+            settings,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -57,7 +63,10 @@ impl Application {
 
     /// Serves until `shutdown` completes, then stops taking requests and new
     /// work and lets running targets finish within the grace period.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let address = self.local_addr();
         let pool = WorkerPool::start(self.context, self.settings.workers, self.wake);
         let stopping = CancellationToken::new();

@@ -22,7 +22,10 @@ async fn error_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.expect("error answers are JSON");
     let error = body["error"].clone();
-    assert!(error["code"].is_string() && error["message"].is_string(), "error shape: {body}");
+    assert!(
+        error["code"].is_string() && error["message"].is_string(),
+        "error shape: {body}"
+    );
     (status, error)
 }
 
@@ -38,7 +41,10 @@ async fn bad_input_gets_the_error_shape_and_the_field() {
     };
 
     let (status, error) = error_of(post_raw("{\"repo\":".to_owned()).await.unwrap()).await;
-    assert_eq!((status, error["code"].as_str()), (400, Some("malformed_json")));
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (400, Some("malformed_json"))
+    );
 
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let (status, _) = error_of(post_raw(deep).await.unwrap()).await;
@@ -46,22 +52,46 @@ async fn bad_input_gets_the_error_shape_and_the_field() {
 
     let huge = format!("{{\"repo\":\"{}\"}}", "a".repeat(2 * 1024 * 1024));
     let (status, error) = error_of(post_raw(huge).await.unwrap()).await;
-    assert_eq!((status, error["code"].as_str()), (413, Some("payload_too_large")));
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (413, Some("payload_too_large"))
+    );
 
     let cases = [
         (json!({"repo": 5, "images": [], "tags": []}), "repo"),
-        (json!({"images": [{"name": "a", "source": "x"}], "tags": [{"strategy": "content"}]}), "repo"),
-        (json!({"repo": "r/a", "images": [{"name": "a"}], "tags": [{"strategy": "content"}]}), "images[0].source"),
-        (json!({"repo": "r/a", "images": [{"name": "a", "source": "x"}], "tags": [{"strategy": "latest"}]}), "tags[0].strategy"),
-        (json!({"repo": "r/a", "repo_mode": "mono", "images": [{"source": "x"}], "tags": [{"strategy": "content"}]}), "repo_mode"),
-        (json!({"repo": "r/a", "images": [{"name": "a", "source": "x", "extra": 1}], "tags": [{"strategy": "content"}]}), "images[0].extra"),
+        (
+            json!({"images": [{"name": "a", "source": "x"}], "tags": [{"strategy": "content"}]}),
+            "repo",
+        ),
+        (
+            json!({"repo": "r/a", "images": [{"name": "a"}], "tags": [{"strategy": "content"}]}),
+            "images[0].source",
+        ),
+        (
+            json!({"repo": "r/a", "images": [{"name": "a", "source": "x"}], "tags": [{"strategy": "latest"}]}),
+            "tags[0].strategy",
+        ),
+        (
+            json!({"repo": "r/a", "repo_mode": "mono", "images": [{"source": "x"}], "tags": [{"strategy": "content"}]}),
+            "repo_mode",
+        ),
+        (
+            json!({"repo": "r/a", "images": [{"name": "a", "source": "x", "extra": 1}], "tags": [{"strategy": "content"}]}),
+            "images[0].extra",
+        ),
         (spec("r/a", "x", "bad tag"), "tags[0].value"),
-        (spec("r/a", "x", &format!("sha256:{}", "a".repeat(64))), "tags[0].value"),
+        (
+            spec("r/a", "x", &format!("sha256:{}", "a".repeat(64))),
+            "tags[0].value",
+        ),
         (spec("r/Upper", "x", "v1"), "repo"),
         (spec("r/a/../b", "x", "v1"), "repo"),
         (spec("r/a", "acme/Img", "v1"), "images[0].source"),
         (spec("r/a", "", "v1"), "images[0].source"),
-        (json!({"repo": "r/a", "images": [{"name": "ünïcode", "source": "x"}], "tags": [{"strategy": "content"}]}), "images[0].name"),
+        (
+            json!({"repo": "r/a", "images": [{"name": "ünïcode", "source": "x"}], "tags": [{"strategy": "content"}]}),
+            "images[0].name",
+        ),
     ];
     for (body, field) in cases {
         let (status, error) = error_of(app.post_job(&body).await).await;
@@ -70,23 +100,55 @@ async fn bad_input_gets_the_error_shape_and_the_field() {
         assert_eq!(error["field"], field, "{body}: {error}");
     }
 
-    let tags: Vec<Value> = (0..10_000).map(|i| json!({"strategy": "custom", "value": format!("t{i}")})).collect();
+    let tags: Vec<Value> = (0..10_000)
+        .map(|i| json!({"strategy": "custom", "value": format!("t{i}")}))
+        .collect();
     let body = json!({"repo": "r/a", "images": [{"name": "a", "source": "x"}], "tags": tags});
     let (status, error) = error_of(app.post_job(&body).await).await;
     assert_eq!((status, error["field"].as_str()), (422, Some("tags")));
 
-    let missing = app.client.get(app.url(&format!("/api/v1/jobs/{}", uuid::Uuid::now_v7()))).send().await.unwrap();
+    let missing = app
+        .client
+        .get(app.url(&format!("/api/v1/jobs/{}", uuid::Uuid::now_v7())))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(missing).await.0, 404);
-    let nonsense = app.client.get(app.url("/api/v1/jobs/not-an-id")).send().await.unwrap();
+    let nonsense = app
+        .client
+        .get(app.url("/api/v1/jobs/not-an-id"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(nonsense).await.0, 404);
-    let route = app.client.get(app.url("/api/v2/nothing")).send().await.unwrap();
+    let route = app
+        .client
+        .get(app.url("/api/v2/nothing"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(route).await.0, 404);
-    let method = app.client.delete(app.url("/api/v1/jobs")).send().await.unwrap();
+    let method = app
+        .client
+        .delete(app.url("/api/v1/jobs"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(method).await.0, 405);
-    let status = app.client.get(app.url("/api/v1/jobs?status=done")).send().await.unwrap();
+    let status = app
+        .client
+        .get(app.url("/api/v1/jobs?status=done"))
+        .send()
+        .await
+        .unwrap();
     let (code, error) = error_of(status).await;
     assert_eq!((code, error["field"].as_str()), (422, Some("status")));
-    let limit = app.client.get(app.url("/api/v1/jobs?limit=0")).send().await.unwrap();
+    let limit = app
+        .client
+        .get(app.url("/api/v1/jobs?limit=0"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_of(limit).await.0, 422);
 }
 
@@ -109,7 +171,10 @@ async fn idempotency_key_returns_the_same_job_or_conflicts() {
     assert_eq!(first.status(), 202);
     let location = first.headers()["location"].to_str().unwrap().to_owned();
     let first: Value = first.json().await.unwrap();
-    assert_eq!(location, format!("/api/v1/jobs/{}", first["id"].as_str().unwrap()));
+    assert_eq!(
+        location,
+        format!("/api/v1/jobs/{}", first["id"].as_str().unwrap())
+    );
 
     // Same body, other key order and spacing: the same job.
     let again = post(format!(r#"{{ "tags":[{{"value":"v1","strategy":"custom"}}], "images":[{{"source":"nope:1","name":"a"}}], "repo":"{repo}" }}"#))
@@ -123,9 +188,20 @@ async fn idempotency_key_returns_the_same_job_or_conflicts() {
         .await
         .unwrap();
     let (status, error) = error_of(other).await;
-    assert_eq!((status, error["code"].as_str()), (409, Some("idempotency_conflict")));
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (409, Some("idempotency_conflict"))
+    );
 
-    let page: Value = app.client.get(app.url("/api/v1/jobs")).send().await.unwrap().json().await.unwrap();
+    let page: Value = app
+        .client
+        .get(app.url("/api/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["jobs"].as_array().unwrap().len(), 1, "one job only");
 }
 
@@ -136,7 +212,10 @@ async fn listing_pages_newest_first_with_a_stable_cursor() {
     let repo = format!("{}/{}", env.registry, unique("list"));
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(app.submit(&spec(&repo, "no-such-source:1", &format!("v{i}"))).await);
+        ids.push(
+            app.submit(&spec(&repo, "no-such-source:1", &format!("v{i}")))
+                .await,
+        );
     }
     for id in &ids {
         app.wait_finished(id).await;
@@ -148,10 +227,21 @@ async fn listing_pages_newest_first_with_a_stable_cursor() {
         if let Some(cursor) = &cursor {
             url.push_str(&format!("&cursor={cursor}"));
         }
-        let page: Value = app.client.get(url).send().await.unwrap().json().await.unwrap();
+        let page: Value = app
+            .client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         let jobs = page["jobs"].as_array().unwrap();
         assert!(jobs.len() <= 2);
-        seen.extend(jobs.iter().map(|job| job["id"].as_str().unwrap().to_owned()));
+        seen.extend(
+            jobs.iter()
+                .map(|job| job["id"].as_str().unwrap().to_owned()),
+        );
         // A job submitted while paging does not shift later pages.
         if cursor.is_none() {
             app.submit(&spec(&repo, "no-such-source:1", "late")).await;
@@ -163,7 +253,15 @@ async fn listing_pages_newest_first_with_a_stable_cursor() {
     }
     ids.reverse();
     assert_eq!(seen, ids, "newest first, each once");
-    let page: Value = app.client.get(app.url("/api/v1/jobs?status=succeeded")).send().await.unwrap().json().await.unwrap();
+    let page: Value = app
+        .client
+        .get(app.url("/api/v1/jobs?status=succeeded"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(page["jobs"].as_array().unwrap().is_empty());
 }
 
@@ -178,12 +276,23 @@ async fn cancel_stops_queued_and_running_jobs() {
 
     // A push to a registry that never answers keeps the only lane busy.
     let stuck_repo = format!("{}/{}", hanging.address, unique("stuck"));
-    let running = app.submit(&spec(&stuck_repo, &format!("{name}:b1"), "v1")).await;
-    app.wait_for(&running, Duration::from_secs(30), |job| job["targets"][0]["status"] == "pushing").await;
+    let running = app
+        .submit(&spec(&stuck_repo, &format!("{name}:b1"), "v1"))
+        .await;
+    app.wait_for(&running, Duration::from_secs(30), |job| {
+        job["targets"][0]["status"] == "pushing"
+    })
+    .await;
 
     let queued_repo = format!("{}/{}", env.registry, unique("queued"));
-    let queued = app.submit(&spec(&queued_repo, &format!("{name}:b1"), "v1")).await;
-    let cancel = |id: String| app.client.post(app.url(&format!("/api/v1/jobs/{id}/cancel"))).send();
+    let queued = app
+        .submit(&spec(&queued_repo, &format!("{name}:b1"), "v1"))
+        .await;
+    let cancel = |id: String| {
+        app.client
+            .post(app.url(&format!("/api/v1/jobs/{id}/cancel")))
+            .send()
+    };
 
     let answer = cancel(queued.clone()).await.unwrap();
     assert_eq!(answer.status(), 200);
@@ -193,14 +302,26 @@ async fn cancel_stops_queued_and_running_jobs() {
 
     let answer = cancel(running.clone()).await.unwrap();
     assert_eq!(answer.status(), 200);
-    let job = app.wait_for(&running, Duration::from_secs(30), |job| job["status"] == "cancelled").await;
+    let job = app
+        .wait_for(&running, Duration::from_secs(30), |job| {
+            job["status"] == "cancelled"
+        })
+        .await;
     assert_eq!(job["targets"][0]["status"], "cancelled");
-    assert!(engine.names_under(&stuck_repo).await.is_empty(), "untag ran after the interrupted push");
+    assert!(
+        engine.names_under(&stuck_repo).await.is_empty(),
+        "untag ran after the interrupted push"
+    );
 
     let (status, error) = error_of(cancel(running).await.unwrap()).await;
     assert_eq!((status, error["code"].as_str()), (409, Some("conflict")));
     let registry = support::registry::Registry::open(&env.registry);
-    assert!(registry.pushed(&format!("{queued_repo}/app:v1")).await.is_none());
+    assert!(
+        registry
+            .pushed(&format!("{queued_repo}/app:v1"))
+            .await
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -211,21 +332,43 @@ async fn probes_answer() {
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     let ready: Value = ready.json().await.unwrap();
-    assert_eq!(ready, json!({"status": "ready", "database": "ok", "engine": "ok"}));
+    assert_eq!(
+        ready,
+        json!({"status": "ready", "database": "ok", "engine": "ok"})
+    );
 }
 
 #[tokio::test]
 async fn served_openapi_matches_the_checked_in_document() {
     let app = TestApp::spawn().await;
-    let served: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let served: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
     let checked_in: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert!(
         served == checked_in,
         "openapi/openapi.json is stale: regenerate it with `cargo run -- openapi > openapi/openapi.json`"
     );
-    let paths: HashSet<&str> = served["paths"].as_object().unwrap().keys().map(String::as_str).collect();
-    for path in ["/api/v1/jobs", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/cancel", "/healthz", "/readyz"] {
+    let paths: HashSet<&str> = served["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for path in [
+        "/api/v1/jobs",
+        "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/cancel",
+        "/healthz",
+        "/readyz",
+    ] {
         assert!(paths.contains(path), "{path} documented");
     }
 }

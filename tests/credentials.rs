@@ -24,7 +24,10 @@ async fn publish_to_auth_registry(app: &TestApp) -> (Value, String) {
         }))
         .await;
     let job = app.wait_finished(&id).await;
-    assert!(engine.names_under(&repo).await.is_empty(), "target reference left on the engine");
+    assert!(
+        engine.names_under(&repo).await.is_empty(),
+        "target reference left on the engine"
+    );
     (job, format!("{repo}/app:v1"))
 }
 
@@ -39,25 +42,42 @@ async fn auths_entry_with_a_password_that_needs_url_safe_base64() {
     // The point of this password: its standard base64 differs from URL-safe.
     let header_json = json!({"username": env.auth_user, "password": env.auth_password, "serveraddress": env.auth_registry});
     let standard = STANDARD.encode(serde_json::to_vec(&header_json).unwrap());
-    assert!(standard.contains('+') || standard.contains('/'), "test password too tame: {standard}");
+    assert!(
+        standard.contains('+') || standard.contains('/'),
+        "test password too tame: {standard}"
+    );
 
     let app = TestApp::spawn().await;
     let auth = STANDARD.encode(format!("{}:{}", env.auth_user, env.auth_password));
     app.write_docker_config(&json!({"auths": {env.auth_registry.clone(): {"auth": auth}}}));
     let (job, reference) = publish_to_auth_registry(&app).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
-    let pushed = auth_registry().pushed(&reference).await.expect("pushed to the auth registry");
+    let pushed = auth_registry()
+        .pushed(&reference)
+        .await
+        .expect("pushed to the auth registry");
     assert_eq!(pushed.digest, job["targets"][0]["digest"].as_str().unwrap());
 
     // No credential is ever written to the database or answered.
     let dir = app.dir.clone();
-    let answers = app.client.get(app.url("/api/v1/jobs")).send().await.unwrap().text().await.unwrap();
+    let answers = app
+        .client
+        .get(app.url("/api/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     app.stop().await;
     assert!(!answers.contains(&env.auth_password));
     for file in ["publishd.db", "publishd.db-wal"] {
         if let Ok(bytes) = std::fs::read(dir.join(file)) {
             let text = String::from_utf8_lossy(&bytes);
-            assert!(!text.contains(&env.auth_password), "password found in {file}");
+            assert!(
+                !text.contains(&env.auth_password),
+                "password found in {file}"
+            );
             assert!(!text.contains(&auth), "encoded credentials found in {file}");
         }
     }
@@ -71,7 +91,10 @@ async fn credential_helper_named_for_the_registry() {
     app.write_docker_config(&json!({"credHelpers": {env.auth_registry.clone(): "publishd-test"}}));
     let (job, reference) = publish_to_auth_registry(&app).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
-    let pushed = auth_registry().pushed(&reference).await.expect("pushed via the helper's credentials");
+    let pushed = auth_registry()
+        .pushed(&reference)
+        .await
+        .expect("pushed via the helper's credentials");
     assert_eq!(pushed.digest, job["targets"][0]["digest"].as_str().unwrap());
 }
 
@@ -93,7 +116,10 @@ async fn a_wrong_password_fails_the_target_and_pushes_nothing() {
     let (job, reference) = publish_to_auth_registry(&app).await;
     assert_eq!(job["status"], "failed", "{job:#}");
     let error = job["targets"][0]["error"].as_str().unwrap().to_lowercase();
-    assert!(error.starts_with("push:") && (error.contains("unauthorized") || error.contains("denied")), "{error}");
+    assert!(
+        error.starts_with("push:") && (error.contains("unauthorized") || error.contains("denied")),
+        "{error}"
+    );
     assert!(auth_registry().pushed(&reference).await.is_none());
 }
 
@@ -104,6 +130,9 @@ async fn no_credentials_fail_with_a_hint() {
     let (job, reference) = publish_to_auth_registry(&app).await;
     assert_eq!(job["status"], "failed", "{job:#}");
     let error = job["targets"][0]["error"].as_str().unwrap();
-    assert!(error.contains(&format!("no credentials for {}", env.auth_registry)), "{error}");
+    assert!(
+        error.contains(&format!("no credentials for {}", env.auth_registry)),
+        "{error}"
+    );
     assert!(auth_registry().pushed(&reference).await.is_none());
 }

@@ -11,30 +11,72 @@ use support::{TestApp, TestEnv, unique};
 /// Checks one succeeded target where it lives: the registry holds the tag
 /// under the recorded digest, with werf's labels, the source's config and
 /// the source's layers; the engine no longer has the target reference.
-async fn assert_published(target: &Value, source: &LocalImage, registry: &Registry, engine: &TestEngine) {
+async fn assert_published(
+    target: &Value,
+    source: &LocalImage,
+    registry: &Registry,
+    engine: &TestEngine,
+) {
     assert_eq!(target["status"], "succeeded", "{target:#}");
     let reference = target["reference"].as_str().unwrap();
-    let pushed = registry.pushed(reference).await.unwrap_or_else(|| panic!("{reference} not in the registry"));
-    assert_eq!(pushed.digest, target["digest"].as_str().unwrap(), "recorded digest of {reference}");
+    let pushed = registry
+        .pushed(reference)
+        .await
+        .unwrap_or_else(|| panic!("{reference} not in the registry"));
+    assert_eq!(
+        pushed.digest,
+        target["digest"].as_str().unwrap(),
+        "recorded digest of {reference}"
+    );
     assert_eq!(pushed.label("werf-docker-image-name"), Some(reference));
-    assert_eq!(pushed.label("werf-tag-strategy"), target["strategy"].as_str());
+    assert_eq!(
+        pushed.label("werf-tag-strategy"),
+        target["strategy"].as_str()
+    );
     assert_eq!(pushed.label("werf-image"), Some("true"));
-    assert_eq!(pushed.label("werf-image-name"), Some(target["image"].as_str().unwrap_or("")));
+    assert_eq!(
+        pushed.label("werf-image-name"),
+        Some(target["image"].as_str().unwrap_or(""))
+    );
     assert_eq!(pushed.label("werf-image-tag"), target["tag"].as_str());
-    assert_eq!(pushed.label("werf-content-signature"), Some(source.id.as_str()));
+    assert_eq!(
+        pushed.label("werf-content-signature"),
+        Some(source.id.as_str())
+    );
     assert_eq!(pushed.diff_ids(), source.layers, "layers of {reference}");
-    for key in ["Cmd", "Entrypoint", "Env", "WorkingDir", "User", "ExposedPorts", "Volumes"] {
+    for key in [
+        "Cmd",
+        "Entrypoint",
+        "Env",
+        "WorkingDir",
+        "User",
+        "ExposedPorts",
+        "Volumes",
+    ] {
         let expected = source.config.get(key).cloned().unwrap_or(Value::Null);
-        let actual = pushed.config["config"].get(key).cloned().unwrap_or(Value::Null);
+        let actual = pushed.config["config"]
+            .get(key)
+            .cloned()
+            .unwrap_or(Value::Null);
         assert_eq!(actual, expected, "config {key} of {reference}");
     }
     if let Some(Value::Object(labels)) = source.config.get("Labels") {
         for (name, value) in labels {
-            assert_eq!(pushed.label(name), value.as_str(), "source label {name} kept");
+            assert_eq!(
+                pushed.label(name),
+                value.as_str(),
+                "source label {name} kept"
+            );
         }
     }
-    assert!(engine.image(reference).await.is_none(), "{reference} left on the engine");
-    assert!(engine.image(&source.id).await.is_some(), "source image removed");
+    assert!(
+        engine.image(reference).await.is_none(),
+        "{reference} left on the engine"
+    );
+    assert!(
+        engine.image(&source.id).await.is_some(),
+        "source image removed"
+    );
 }
 
 #[tokio::test]
@@ -42,7 +84,9 @@ async fn every_strategy_publishes_in_multirepo_mode() {
     let env = TestEnv::get();
     let engine = TestEngine::connect();
     let name = unique("src");
-    engine.import_image(&name, "build-1", &["ENV GREETING=hi"]).await;
+    engine
+        .import_image(&name, "build-1", &["ENV GREETING=hi"])
+        .await;
     let source = engine.image(&format!("{name}:build-1")).await.unwrap();
     let app = TestApp::spawn().await;
     let repo = format!("{}/{}", env.registry, unique("multi"));
@@ -66,7 +110,10 @@ async fn every_strategy_publishes_in_multirepo_mode() {
     assert!(job["finished_at"].is_string());
 
     let targets = job["targets"].as_array().unwrap();
-    let references: Vec<&str> = targets.iter().map(|t| t["reference"].as_str().unwrap()).collect();
+    let references: Vec<&str> = targets
+        .iter()
+        .map(|t| t["reference"].as_str().unwrap())
+        .collect();
     let hex = source.id.trim_start_matches("sha256:");
     assert_eq!(
         references,
@@ -84,7 +131,10 @@ async fn every_strategy_publishes_in_multirepo_mode() {
         assert_eq!(target["attempts"], 1);
     }
     let repository = repo.strip_prefix(&format!("{}/", env.registry)).unwrap();
-    assert_eq!(registry.tags(&format!("{repository}/backend")).await.len(), 5);
+    assert_eq!(
+        registry.tags(&format!("{repository}/backend")).await.len(),
+        5
+    );
     assert!(engine.names_under(&repo).await.is_empty());
 }
 
@@ -94,7 +144,9 @@ async fn monorepo_puts_images_in_one_repository() {
     let engine = TestEngine::connect();
     let (api, web) = (unique("api"), unique("web"));
     engine.import_image(&api, "b1", &[]).await;
-    engine.import_image(&web, "b1", &["CMD [\"/hello.txt\"]"]).await;
+    engine
+        .import_image(&web, "b1", &["CMD [\"/hello.txt\"]"])
+        .await;
     let app = TestApp::spawn().await;
     let repository = unique("mono");
     let repo = format!("{}/{repository}", env.registry);
@@ -120,7 +172,10 @@ async fn monorepo_puts_images_in_one_repository() {
         format!("{repo}:api-{}", api_image.id.trim_start_matches("sha256:"))
     );
     assert_eq!(targets[2]["reference"], format!("{repo}:web-main"));
-    for (target, source) in targets.iter().zip([&api_image, &api_image, &web_image, &web_image]) {
+    for (target, source) in targets
+        .iter()
+        .zip([&api_image, &api_image, &web_image, &web_image])
+    {
         assert_published(target, source, &registry, &engine).await;
     }
     let mut tags = registry.tags(&repository).await;
@@ -164,7 +219,11 @@ async fn a_built_image_keeps_its_whole_config() {
                       LABEL team=shop tier=backend\nENTRYPOINT [\"/srv/app\"]\nCMD [\"--serve\"]\n";
     engine.build_image(&name, "b1", dockerfile).await;
     let source = engine.image(&format!("{name}:b1")).await.unwrap();
-    assert_eq!(source.config["Cmd"], json!(["--serve"]), "the test image is what the test means");
+    assert_eq!(
+        source.config["Cmd"],
+        json!(["--serve"]),
+        "the test image is what the test means"
+    );
 
     let app = TestApp::spawn().await;
     let repo = format!("{}/{}", env.registry, unique("built"));
@@ -181,7 +240,10 @@ async fn a_built_image_keeps_its_whole_config() {
     let pushed = registry.pushed(&format!("{repo}/app:v1")).await.unwrap();
     assert_eq!(pushed.label("team"), Some("shop"));
     // Only the six werf labels were added.
-    assert_eq!(pushed.config["config"]["Labels"].as_object().unwrap().len(), 2 + 6);
+    assert_eq!(
+        pushed.config["config"]["Labels"].as_object().unwrap().len(),
+        2 + 6
+    );
 }
 
 #[tokio::test]
@@ -207,9 +269,19 @@ async fn a_users_local_image_under_the_target_name_is_put_back() {
     let job = app.wait_finished(&id).await;
     let target = &job["targets"][0];
     assert_eq!(target["status"], "succeeded", "{job:#}");
-    let pushed = Registry::open(&env.registry).pushed(&reference).await.unwrap();
-    assert_eq!(pushed.label("werf-content-signature"), Some(source.id.as_str()));
-    assert_eq!(engine.image(&reference).await.map(|i| i.id), Some(my_image), "user's image restored");
+    let pushed = Registry::open(&env.registry)
+        .pushed(&reference)
+        .await
+        .unwrap();
+    assert_eq!(
+        pushed.label("werf-content-signature"),
+        Some(source.id.as_str())
+    );
+    assert_eq!(
+        engine.image(&reference).await.map(|i| i.id),
+        Some(my_image),
+        "user's image restored"
+    );
 }
 
 #[tokio::test]
@@ -237,11 +309,19 @@ async fn a_missing_source_fails_its_targets_and_names_it() {
     for target in &targets[2..] {
         assert_eq!(target["status"], "failed");
         let error = target["error"].as_str().unwrap();
-        assert!(error.contains("no-such-image:42") && error.contains("does not exist"), "{error}");
+        assert!(
+            error.contains("no-such-image:42") && error.contains("does not exist"),
+            "{error}"
+        );
     }
     let registry = Registry::open(&env.registry);
     let repository = repo.strip_prefix(&format!("{}/", env.registry)).unwrap();
-    assert!(registry.tags(&format!("{repository}/gone")).await.is_empty());
+    assert!(
+        registry
+            .tags(&format!("{repository}/gone"))
+            .await
+            .is_empty()
+    );
     assert_eq!(registry.tags(&format!("{repository}/ok")).await.len(), 2);
 }
 
@@ -277,10 +357,16 @@ async fn targets_with_one_reference_never_interleave() {
     }
     spans.sort();
     for pair in spans.windows(2) {
-        assert!(pair[0].1 <= pair[1].0, "steps on one reference overlapped: {pair:?}");
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "steps on one reference overlapped: {pair:?}"
+        );
     }
     // The registry holds what the last one pushed.
-    let pushed = Registry::open(&env.registry).pushed(&format!("{repo}/app:latest")).await.unwrap();
+    let pushed = Registry::open(&env.registry)
+        .pushed(&format!("{repo}/app:latest"))
+        .await
+        .unwrap();
     assert_eq!(pushed.digest, spans.last().unwrap().2);
     assert!(engine.names_under(&repo).await.is_empty());
 }

@@ -41,7 +41,11 @@ async fn queued_jobs_run_after_a_restart_and_an_interrupted_push_is_recovered() 
     .await;
     let stuck_repo = format!("{}/{}", hanging.address, unique("stuck"));
     let stuck = first.submit(&spec(&stuck_repo, &source, "v1")).await;
-    first.wait_for(&stuck, Duration::from_secs(30), |job| job["targets"][0]["status"] == "pushing").await;
+    first
+        .wait_for(&stuck, Duration::from_secs(30), |job| {
+            job["targets"][0]["status"] == "pushing"
+        })
+        .await;
     let repo = format!("{}/{}", env.registry, unique("after-restart"));
     let queued: Vec<String> = vec![
         first.submit(&spec(&repo, &source, "v1")).await,
@@ -52,7 +56,10 @@ async fn queued_jobs_run_after_a_restart_and_an_interrupted_push_is_recovered() 
     }
     first.stop().await;
     let leftover = format!("{stuck_repo}/app:v1");
-    assert!(engine.image(&leftover).await.is_some(), "the abandoned tag step left its reference");
+    assert!(
+        engine.image(&leftover).await.is_some(),
+        "the abandoned tag step left its reference"
+    );
 
     let second = TestApp::spawn_in(dir.path(), |settings| {
         settings.timeouts.push = Duration::from_secs(3);
@@ -63,15 +70,24 @@ async fn queued_jobs_run_after_a_restart_and_an_interrupted_push_is_recovered() 
         let job = second.wait_finished(id).await;
         assert_eq!(job["status"], "succeeded", "{job:#}");
         let target = &job["targets"][0];
-        let pushed = registry.pushed(target["reference"].as_str().unwrap()).await.unwrap();
+        let pushed = registry
+            .pushed(target["reference"].as_str().unwrap())
+            .await
+            .unwrap();
         assert_eq!(pushed.digest, target["digest"].as_str().unwrap());
     }
     let job = second.wait_finished(&stuck).await;
     let target = &job["targets"][0];
     assert_eq!(target["status"], "failed");
     assert_eq!(target["attempts"], 2, "run again after recovery");
-    assert!(target["error"].as_str().unwrap().contains("timed out"), "{target:#}");
-    assert!(engine.image(&leftover).await.is_none(), "leftover reference removed");
+    assert!(
+        target["error"].as_str().unwrap().contains("timed out"),
+        "{target:#}"
+    );
+    assert!(
+        engine.image(&leftover).await.is_none(),
+        "leftover reference removed"
+    );
     assert!(engine.names_under(&repo).await.is_empty());
     second.stop().await;
 }
@@ -91,17 +107,25 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
     // A process that claimed the target and made the labelled image, then died.
     {
         let store = Store::open(&dir.path().join("publishd.db")).await.unwrap();
-        let spec: JobSpec = serde_json::from_value(spec(&repo, &format!("{name}:b1"), "v1")).unwrap();
+        let spec: JobSpec =
+            serde_json::from_value(spec(&repo, &format!("{name}:b1"), "v1")).unwrap();
         let plan = plan(&spec, Limits::default()).unwrap();
         let created = store
-            .create_job(NewJob { plan: &plan, idempotency_key: None, spec_hash: "x" })
+            .create_job(NewJob {
+                plan: &plan,
+                idempotency_key: None,
+                spec_hash: "x",
+            })
             .await
             .unwrap();
         assert!(matches!(created, Created::New(_)));
         let target = store.claim_target().await.unwrap().expect("claimed");
         let docker = DockerEngine::connect(Some(&env.docker_host)).await.unwrap();
         let source = docker.inspect_image(&target.source).await.unwrap().unwrap();
-        store.record_prior_image(target.id, Some(&my_image)).await.unwrap();
+        store
+            .record_prior_image(target.id, Some(&my_image))
+            .await
+            .unwrap();
         let labels = werf_labels(&LabelInput {
             reference: &reference,
             strategy: target.strategy,
@@ -110,22 +134,43 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
             source_image_id: &source.id,
         });
         let image = LabelledImage::new(&source, &labels);
-        store.record_created_image(target.id, &image.id).await.unwrap();
+        store
+            .record_created_image(target.id, &image.id)
+            .await
+            .unwrap();
         docker.load_image(&image, &reference).await.unwrap();
         assert_eq!(engine.image(&reference).await.unwrap().id, image.id);
     }
 
     let app = TestApp::spawn_in(dir.path(), |_| {}).await;
-    let page: Value = app.client.get(app.url("/api/v1/jobs")).send().await.unwrap().json().await.unwrap();
+    let page: Value = app
+        .client
+        .get(app.url("/api/v1/jobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let id = page["jobs"][0]["id"].as_str().unwrap().to_owned();
     let job = app.wait_finished(&id).await;
     let target = &job["targets"][0];
     assert_eq!(target["status"], "succeeded", "{job:#}");
     assert_eq!(target["attempts"], 2);
-    let pushed = Registry::open(&env.registry).pushed(&reference).await.unwrap();
+    let pushed = Registry::open(&env.registry)
+        .pushed(&reference)
+        .await
+        .unwrap();
     assert_eq!(pushed.digest, target["digest"].as_str().unwrap());
     let source = engine.image(&format!("{name}:b1")).await.unwrap();
-    assert_eq!(pushed.label("werf-content-signature"), Some(source.id.as_str()));
-    assert_eq!(engine.image(&reference).await.map(|i| i.id), Some(my_image), "user's image restored");
+    assert_eq!(
+        pushed.label("werf-content-signature"),
+        Some(source.id.as_str())
+    );
+    assert_eq!(
+        engine.image(&reference).await.map(|i| i.id),
+        Some(my_image),
+        "user's image restored"
+    );
     app.stop().await;
 }

@@ -16,7 +16,10 @@ pub enum ApiError {
     #[error("{0}")]
     MalformedJson(String),
     #[error("{message}")]
-    Invalid { field: Option<String>, message: String },
+    Invalid {
+        field: Option<String>,
+        message: String,
+    },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -55,7 +58,10 @@ pub struct InternalErrorDetail(pub String);
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError::Invalid { field: Some(field.into()), message: message.into() }
+        ApiError::Invalid {
+            field: Some(field.into()),
+            message: message.into(),
+        }
     }
 
     fn status_and_code(&self) -> (StatusCode, &'static str) {
@@ -65,7 +71,9 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::IdempotencyConflict(_) => (StatusCode::CONFLICT, "idempotency_conflict"),
-            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -74,7 +82,10 @@ impl ApiError {
 
 impl From<ValidationError> for ApiError {
     fn from(error: ValidationError) -> Self {
-        ApiError::Invalid { field: Some(error.field), message: error.message }
+        ApiError::Invalid {
+            field: Some(error.field),
+            message: error.message,
+        }
     }
 }
 
@@ -85,10 +96,18 @@ impl IntoResponse for ApiError {
             ApiError::Invalid { field, .. } => field.clone(),
             _ => None,
         };
-        let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message: self.to_string(), field } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: self.to_string(),
+                field,
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         if let ApiError::Internal(error) = &self {
-            response.extensions_mut().insert(InternalErrorDetail(format!("{error:#}")));
+            response
+                .extensions_mut()
+                .insert(InternalErrorDetail(format!("{error:#}")));
         }
         response
     }

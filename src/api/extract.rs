@@ -28,13 +28,15 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge { limit: BODY_LIMIT }
-            } else {
-                ApiError::MalformedJson(format!("could not read the body: {rejection}"))
-            }
-        })?;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge { limit: BODY_LIMIT }
+                } else {
+                    ApiError::MalformedJson(format!("could not read the body: {rejection}"))
+                }
+            })?;
         let json: Value = serde_json::from_slice(&bytes)
             .map_err(|error| ApiError::MalformedJson(format!("body is not valid JSON: {error}")))?;
         // serde_json's maps are ordered by key, so this is canonical.

@@ -23,7 +23,9 @@ pub struct Health {
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses((status = 200, description = "Up", body = Health)))]
 pub async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok".to_owned() })
+    Json(Health {
+        status: "ok".to_owned(),
+    })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -48,7 +50,11 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         probe(async { state.engine.ping().await.map_err(|e| e.to_string()) }),
     );
     let ready = database == "ok" && engine == "ok";
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let report = Readiness {
         status: if ready { "ready" } else { "unavailable" }.to_owned(),
         database,

@@ -53,14 +53,23 @@ pub async fn create_job(
     let spec_hash = hex::encode(Sha256::digest(&body.canonical));
     let created = state
         .store
-        .create_job(NewJob { plan: &plan, idempotency_key: idempotency_key.as_deref(), spec_hash: &spec_hash })
+        .create_job(NewJob {
+            plan: &plan,
+            idempotency_key: idempotency_key.as_deref(),
+            spec_hash: &spec_hash,
+        })
         .await?;
     match created {
         Created::New(job) => {
             tracing::info!(job_id = %job.id, targets = job.targets.len(), "job accepted");
             state.wake.notify_waiters();
             let location = format!("/api/v1/jobs/{}", job.id);
-            Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job)).into_response())
+            Ok((
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, location)],
+                Json(job),
+            )
+                .into_response())
         }
         Created::Existing(job) => {
             let location = format!("/api/v1/jobs/{}", job.id);
@@ -104,7 +113,12 @@ pub async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
     let id = job_id(&id)?;
-    state.store.get_job(id).await?.map(Json).ok_or_else(|| no_such_job(id))
+    state
+        .store
+        .get_job(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| no_such_job(id))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -134,14 +148,14 @@ pub async fn list_jobs(
     State(state): State<AppState>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<JobPage>, ApiError> {
-    let Query(params) = params.map_err(|rejection| ApiError::MalformedJson(rejection.body_text()))?;
+    let Query(params) =
+        params.map_err(|rejection| ApiError::MalformedJson(rejection.body_text()))?;
     let status = params
         .status
         .as_deref()
         .map(|value| {
-            JobStatus::parse(value).ok_or_else(|| {
-                ApiError::invalid("status", format!("unknown status {value:?}"))
-            })
+            JobStatus::parse(value)
+                .ok_or_else(|| ApiError::invalid("status", format!("unknown status {value:?}")))
         })
         .transpose()?;
     let limit = match params.limit.as_deref() {
@@ -156,7 +170,8 @@ pub async fn list_jobs(
         .cursor
         .as_deref()
         .map(|value| {
-            Uuid::parse_str(value).map_err(|_| ApiError::invalid("cursor", "not a cursor from this API"))
+            Uuid::parse_str(value)
+                .map_err(|_| ApiError::invalid("cursor", "not a cursor from this API"))
         })
         .transpose()?;
     Ok(Json(state.store.list_jobs(status, limit, cursor).await?))

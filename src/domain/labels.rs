@@ -20,12 +20,24 @@ pub struct LabelInput<'a> {
 /// follow werf exactly.
 pub fn werf_labels(input: &LabelInput<'_>) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("werf-docker-image-name".to_owned(), input.reference.to_owned()),
-        ("werf-tag-strategy".to_owned(), input.strategy.as_str().to_owned()),
+        (
+            "werf-docker-image-name".to_owned(),
+            input.reference.to_owned(),
+        ),
+        (
+            "werf-tag-strategy".to_owned(),
+            input.strategy.as_str().to_owned(),
+        ),
         ("werf-image".to_owned(), "true".to_owned()),
-        ("werf-image-name".to_owned(), input.image_name.unwrap_or("").to_owned()),
+        (
+            "werf-image-name".to_owned(),
+            input.image_name.unwrap_or("").to_owned(),
+        ),
         ("werf-image-tag".to_owned(), input.tag.to_owned()),
-        ("werf-content-signature".to_owned(), input.source_image_id.to_owned()),
+        (
+            "werf-content-signature".to_owned(),
+            input.source_image_id.to_owned(),
+        ),
     ])
 }
 

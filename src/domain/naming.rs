@@ -52,9 +52,14 @@ pub fn normalize_repo(repo: &str) -> &str {
 pub fn check_tagged_reference(reference: &str) -> Result<(), String> {
     let (repository, _) = reference.rsplit_once(':').unwrap_or((reference, ""));
     // The registry host may hold capitals (it is a DNS name); the path may not.
-    let path = repository.split_once('/').map(|(_, path)| path).unwrap_or(repository);
+    let path = repository
+        .split_once('/')
+        .map(|(_, path)| path)
+        .unwrap_or(repository);
     if path.chars().any(|c| c.is_ascii_uppercase()) {
-        return Err(format!("repository path of {reference:?} must be lowercase"));
+        return Err(format!(
+            "repository path of {reference:?} must be lowercase"
+        ));
     }
     let parsed = Reference::try_from(reference)
         .map_err(|error| format!("{reference:?} is not a valid Docker reference: {error}"))?;
@@ -67,7 +72,9 @@ pub fn check_tagged_reference(reference: &str) -> Result<(), String> {
 /// The registry host a reference points at (Docker Hub's canonical host for
 /// references without one).
 pub fn registry_host(reference: &str) -> Option<String> {
-    Reference::try_from(reference).ok().map(|r| r.registry().to_owned())
+    Reference::try_from(reference)
+        .ok()
+        .map(|r| r.registry().to_owned())
 }
 
 /// Splits `REPOSITORY:TAG` into its two parts.
@@ -103,7 +110,10 @@ mod tests {
     #[test]
     fn nameless_image_lands_at_repo_tag_in_both_modes() {
         for mode in [RepoMode::Multirepo, RepoMode::Monorepo] {
-            assert_eq!(target_reference(REPO, mode, None, "v1"), format!("{REPO}:v1"));
+            assert_eq!(
+                target_reference(REPO, mode, None, "v1"),
+                format!("{REPO}:v1")
+            );
         }
     }
 
@@ -117,7 +127,11 @@ mod tests {
     fn tagged_references_are_checked() {
         assert!(check_tagged_reference("127.0.0.1:5000/acme/shop/backend:v1").is_ok());
         assert!(check_tagged_reference("localhost:5000/a:b").is_ok());
-        assert!(check_tagged_reference("reg/Acme:v1").unwrap_err().contains("lowercase"));
+        assert!(
+            check_tagged_reference("reg/Acme:v1")
+                .unwrap_err()
+                .contains("lowercase")
+        );
         assert!(check_tagged_reference("reg/a/../b:v1").is_err());
         assert!(check_tagged_reference("reg/a:-bad").is_err());
         let digest = format!("reg/a@sha256:{}", "a".repeat(64));
@@ -126,9 +140,18 @@ mod tests {
 
     #[test]
     fn registry_host_and_tag_split() {
-        assert_eq!(registry_host("127.0.0.1:5000/a/b:v1").as_deref(), Some("127.0.0.1:5000"));
+        assert_eq!(
+            registry_host("127.0.0.1:5000/a/b:v1").as_deref(),
+            Some("127.0.0.1:5000")
+        );
         assert_eq!(registry_host("acme/app:v1").as_deref(), Some("docker.io"));
-        assert_eq!(split_tag("127.0.0.1:5000/a/b:v1"), ("127.0.0.1:5000/a/b", "v1"));
-        assert_eq!(split_tag("127.0.0.1:5000/a/b"), ("127.0.0.1:5000/a/b", "latest"));
+        assert_eq!(
+            split_tag("127.0.0.1:5000/a/b:v1"),
+            ("127.0.0.1:5000/a/b", "v1")
+        );
+        assert_eq!(
+            split_tag("127.0.0.1:5000/a/b"),
+            ("127.0.0.1:5000/a/b", "latest")
+        );
     }
 }

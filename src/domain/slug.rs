@@ -136,7 +136,14 @@ mod tests {
 
     #[test]
     fn valid_tags_are_kept_unchanged() {
-        for tag in ["main", "v1.2.3", "Feature_X", "_under", "release-2024.01", "A"] {
+        for tag in [
+            "main",
+            "v1.2.3",
+            "Feature_X",
+            "_under",
+            "release-2024.01",
+            "A",
+        ] {
             assert_eq!(docker_tag(tag), tag);
         }
         let longest = "a".repeat(128);
@@ -200,7 +207,15 @@ mod tests {
 
     #[test]
     fn every_slug_is_a_valid_docker_tag() {
-        for value in ["/", "ü", "Ω/branch", "@@@/---", "a b c", "😀/feat", "x".repeat(500).as_str()] {
+        for value in [
+            "/",
+            "ü",
+            "Ω/branch",
+            "@@@/---",
+            "a b c",
+            "😀/feat",
+            "x".repeat(500).as_str(),
+        ] {
             let slug = docker_tag(value);
             assert!(is_valid_docker_tag(&slug), "{value:?} -> {slug:?}");
         }

@@ -104,7 +104,10 @@ pub struct ValidationError {
 
 impl ValidationError {
     fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ValidationError { field: field.into(), message: message.into() }
+        ValidationError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -145,7 +148,10 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
         .map_err(|message| ValidationError::new("repo", format!("invalid repo: {message}")))?;
 
     if spec.images.is_empty() {
-        return Err(ValidationError::new("images", "at least one image is required"));
+        return Err(ValidationError::new(
+            "images",
+            "at least one image is required",
+        ));
     }
     if spec.tags.is_empty() {
         return Err(ValidationError::new("tags", "at least one tag is required"));
@@ -163,7 +169,11 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
         ));
     }
     if spec.images.len() > 1 && spec.images.iter().any(|image| image.name.is_none()) {
-        let index = spec.images.iter().position(|image| image.name.is_none()).unwrap_or(0);
+        let index = spec
+            .images
+            .iter()
+            .position(|image| image.name.is_none())
+            .unwrap_or(0);
         return Err(ValidationError::new(
             format!("images[{index}].name"),
             "the nameless image cannot be published together with other images",
@@ -181,15 +191,17 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
                     format!("image name {name:?} is already used by images[{first}]"),
                 ));
             }
-            check_image_name(&repo, spec.repo_mode, name)
-                .map_err(|message| ValidationError::new(format!("images[{index}].name"), message))?;
+            check_image_name(&repo, spec.repo_mode, name).map_err(|message| {
+                ValidationError::new(format!("images[{index}].name"), message)
+            })?;
         }
         check_source(&image.source)
             .map_err(|message| ValidationError::new(format!("images[{index}].source"), message))?;
         for tag in &tags {
-            let reference = tag.value.as_deref().map(|value| {
-                target_reference(&repo, spec.repo_mode, image.name.as_deref(), value)
-            });
+            let reference = tag
+                .value
+                .as_deref()
+                .map(|value| target_reference(&repo, spec.repo_mode, image.name.as_deref(), value));
             targets.push(PlannedTarget {
                 image_name: image.name.clone(),
                 source: image.source.clone(),
@@ -199,7 +211,11 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
             });
         }
     }
-    Ok(Plan { repo, repo_mode: spec.repo_mode, targets })
+    Ok(Plan {
+        repo,
+        repo_mode: spec.repo_mode,
+        targets,
+    })
 }
 
 struct ResolvedTag {
@@ -216,7 +232,10 @@ fn resolve_tags(tags: &[TagSpec]) -> Result<Vec<ResolvedTag>, ValidationError> {
         let value = match (tag.strategy, tag.value.as_deref()) {
             (TagStrategy::Content, None) => None,
             (TagStrategy::Content, Some(_)) => {
-                return Err(ValidationError::new(field, "the content strategy takes no value"));
+                return Err(ValidationError::new(
+                    field,
+                    "the content strategy takes no value",
+                ));
             }
             (_, None | Some("")) => {
                 return Err(ValidationError::new(
@@ -245,8 +264,8 @@ fn resolve_tags(tags: &[TagSpec]) -> Result<Vec<ResolvedTag>, ValidationError> {
                 Some(docker_tag(value))
             }
             (TagStrategy::GitCommit, Some(value)) => {
-                let is_commit = (7..=64).contains(&value.len())
-                    && value.chars().all(|c| c.is_ascii_hexdigit());
+                let is_commit =
+                    (7..=64).contains(&value.len()) && value.chars().all(|c| c.is_ascii_hexdigit());
                 if !is_commit {
                     return Err(ValidationError::new(
                         field,
@@ -262,7 +281,10 @@ fn resolve_tags(tags: &[TagSpec]) -> Result<Vec<ResolvedTag>, ValidationError> {
                 format!("yields the same tag as tags[{first}]"),
             ));
         }
-        resolved.push(ResolvedTag { strategy: tag.strategy, value });
+        resolved.push(ResolvedTag {
+            strategy: tag.strategy,
+            value,
+        });
     }
     Ok(resolved)
 }
@@ -293,7 +315,11 @@ fn check_source(source: &str) -> Result<(), String> {
     }
     if let Some(hex) = source.strip_prefix("sha256:") {
         let is_id = (1..=64).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit());
-        return if is_id { Ok(()) } else { Err(format!("{source:?} is not a valid image id")) };
+        return if is_id {
+            Ok(())
+        } else {
+            Err(format!("{source:?} is not a valid image id"))
+        };
     }
     oci_spec::distribution::Reference::try_from(source)
         .map(|_| ())
@@ -327,8 +353,11 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(plan.repo, "127.0.0.1:5000/acme/shop");
-        let references: Vec<_> =
-            plan.targets.iter().map(|t| t.reference.clone().unwrap()).collect();
+        let references: Vec<_> = plan
+            .targets
+            .iter()
+            .map(|t| t.reference.clone().unwrap())
+            .collect();
         assert_eq!(
             references,
             [
@@ -348,7 +377,10 @@ mod tests {
             "tags": [{"strategy": "git-commit", "value": "0123abcd"}]
         }))
         .unwrap();
-        assert_eq!(plan.targets[0].reference.as_deref(), Some("reg/acme:api-0123abcd"));
+        assert_eq!(
+            plan.targets[0].reference.as_deref(),
+            Some("reg/acme:api-0123abcd")
+        );
         let plan = plan_of(serde_json::json!({
             "repo": "reg/acme", "repo_mode": "monorepo",
             "images": [{"source": "x"}],
@@ -375,12 +407,30 @@ mod tests {
         let ok_images = serde_json::json!([{"name": "a", "source": "x"}]);
         let ok_tags = serde_json::json!([{"strategy": "custom", "value": "v1"}]);
         let cases = [
-            (serde_json::json!({"repo": "", "images": ok_images, "tags": ok_tags}), "repo"),
-            (serde_json::json!({"repo": "reg/Acme", "images": ok_images, "tags": ok_tags}), "repo"),
-            (serde_json::json!({"repo": "reg/a/../b", "images": ok_images, "tags": ok_tags}), "repo"),
-            (serde_json::json!({"repo": "reg/a:v1", "images": ok_images, "tags": ok_tags}), "repo"),
-            (serde_json::json!({"repo": "r/a", "images": [], "tags": ok_tags}), "images"),
-            (serde_json::json!({"repo": "r/a", "images": ok_images, "tags": []}), "tags"),
+            (
+                serde_json::json!({"repo": "", "images": ok_images, "tags": ok_tags}),
+                "repo",
+            ),
+            (
+                serde_json::json!({"repo": "reg/Acme", "images": ok_images, "tags": ok_tags}),
+                "repo",
+            ),
+            (
+                serde_json::json!({"repo": "reg/a/../b", "images": ok_images, "tags": ok_tags}),
+                "repo",
+            ),
+            (
+                serde_json::json!({"repo": "reg/a:v1", "images": ok_images, "tags": ok_tags}),
+                "repo",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "images": [], "tags": ok_tags}),
+                "images",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "images": ok_images, "tags": []}),
+                "tags",
+            ),
             (
                 serde_json::json!({"repo": "r/a", "images": [{"name": "a", "source": "x"}, {"source": "y"}], "tags": ok_tags}),
                 "images[1].name",
@@ -443,8 +493,8 @@ mod tests {
         let tags: Vec<_> = (0..20)
             .map(|i| serde_json::json!({"strategy": "custom", "value": format!("t{i}")}))
             .collect();
-        let error =
-            plan_of(serde_json::json!({"repo": "r/a", "images": images, "tags": tags})).unwrap_err();
+        let error = plan_of(serde_json::json!({"repo": "r/a", "images": images, "tags": tags}))
+            .unwrap_err();
         assert_eq!(error.field, "tags");
         assert!(error.message.contains("400 targets"), "{}", error.message);
     }

@@ -59,18 +59,27 @@ string_forms!(TargetStatus {
 
 impl JobStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled)
+        matches!(
+            self,
+            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
 }
 
 impl TargetStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, TargetStatus::Succeeded | TargetStatus::Failed | TargetStatus::Cancelled)
+        matches!(
+            self,
+            TargetStatus::Succeeded | TargetStatus::Failed | TargetStatus::Cancelled
+        )
     }
 
     /// A step is under way: the target holds its reference on the engine.
     pub fn is_in_flight(self) -> bool {
-        matches!(self, TargetStatus::Tagging | TargetStatus::Pushing | TargetStatus::Untagging)
+        matches!(
+            self,
+            TargetStatus::Tagging | TargetStatus::Pushing | TargetStatus::Untagging
+        )
     }
 }
 
@@ -79,14 +88,20 @@ impl TargetStatus {
 /// the targets tell which ones made it.
 pub fn job_status(targets: &[TargetStatus], cancel_requested: bool) -> JobStatus {
     if targets.iter().all(|status| status.is_terminal()) {
-        if targets.iter().all(|&status| status == TargetStatus::Succeeded) {
+        if targets
+            .iter()
+            .all(|&status| status == TargetStatus::Succeeded)
+        {
             JobStatus::Succeeded
         } else if cancel_requested && targets.contains(&TargetStatus::Cancelled) {
             JobStatus::Cancelled
         } else {
             JobStatus::Failed
         }
-    } else if targets.iter().all(|&status| status == TargetStatus::Pending) {
+    } else if targets
+        .iter()
+        .all(|&status| status == TargetStatus::Pending)
+    {
         JobStatus::Queued
     } else {
         JobStatus::Running
@@ -103,16 +118,27 @@ mod tests {
         assert_eq!(job_status(&[Pending, Pending], false), JobStatus::Queued);
         assert_eq!(job_status(&[Succeeded, Pending], false), JobStatus::Running);
         assert_eq!(job_status(&[Pushing, Pending], false), JobStatus::Running);
-        assert_eq!(job_status(&[Succeeded, Succeeded], false), JobStatus::Succeeded);
+        assert_eq!(
+            job_status(&[Succeeded, Succeeded], false),
+            JobStatus::Succeeded
+        );
         assert_eq!(job_status(&[Succeeded, Failed], false), JobStatus::Failed);
-        assert_eq!(job_status(&[Succeeded, Cancelled], true), JobStatus::Cancelled);
-        assert_eq!(job_status(&[Cancelled, Cancelled], true), JobStatus::Cancelled);
+        assert_eq!(
+            job_status(&[Succeeded, Cancelled], true),
+            JobStatus::Cancelled
+        );
+        assert_eq!(
+            job_status(&[Cancelled, Cancelled], true),
+            JobStatus::Cancelled
+        );
         assert_eq!(job_status(&[Failed, Succeeded], true), JobStatus::Failed);
     }
 
     #[test]
     fn string_forms_round_trip() {
-        for status in [Pending, Tagging, Pushing, Untagging, Succeeded, Failed, Cancelled] {
+        for status in [
+            Pending, Tagging, Pushing, Untagging, Succeeded, Failed, Cancelled,
+        ] {
             assert_eq!(TargetStatus::parse(status.as_str()), Some(status));
         }
         assert_eq!(JobStatus::parse("running"), Some(JobStatus::Running));

@@ -37,8 +37,9 @@ impl DockerEngine {
         let host = docker_host.unwrap_or(DEFAULT_SOCKET);
         let http = if let Some(path) = host.strip_prefix("unix://") {
             EngineHttp::unix(PathBuf::from(path))
-        } else if let Some(authority) =
-            host.strip_prefix("tcp://").or_else(|| host.strip_prefix("http://"))
+        } else if let Some(authority) = host
+            .strip_prefix("tcp://")
+            .or_else(|| host.strip_prefix("http://"))
         {
             EngineHttp::tcp(authority.trim_end_matches('/').to_owned())
         } else {
@@ -51,7 +52,10 @@ impl DockerEngine {
         let (major, minor) = parse_version(&server)
             .with_context(|| format!("the engine reports API version {server:?}"))?;
         let (major, minor) = (major, minor).min(NEWEST_API);
-        let version = bollard::ClientVersion { major_version: major, minor_version: minor };
+        let version = bollard::ClientVersion {
+            major_version: major,
+            minor_version: minor,
+        };
         let docker = if host.starts_with("unix://") {
             Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, &version)
         } else {
@@ -59,7 +63,11 @@ impl DockerEngine {
         }
         .with_context(|| format!("connecting to the docker engine at {host}"))?;
         tracing::info!(engine = host, api_version = %format!("{major}.{minor}"), "docker engine connected");
-        Ok(DockerEngine { docker, http, api_version: format!("{major}.{minor}") })
+        Ok(DockerEngine {
+            docker,
+            http,
+            api_version: format!("{major}.{minor}"),
+        })
     }
 
     async fn source_image(&self, name: &str) -> Result<Option<SourceImage>, EngineError> {
@@ -68,10 +76,17 @@ impl DockerEngine {
             Err(error) if is_not_found(&error) => return Ok(None),
             Err(error) => return Err(engine_error(error)),
         };
-        let id = inspect.id.clone().ok_or_else(|| EngineError::Protocol("image without id".into()))?;
+        let id = inspect
+            .id
+            .clone()
+            .ok_or_else(|| EngineError::Protocol("image without id".into()))?;
         // The id, not the name: the name may move between the two calls.
         let history = self.docker.image_history(&id).await.map_err(engine_error)?;
-        let diff_ids = inspect.root_fs.as_ref().and_then(|fs| fs.layers.clone()).unwrap_or_default();
+        let diff_ids = inspect
+            .root_fs
+            .as_ref()
+            .and_then(|fs| fs.layers.clone())
+            .unwrap_or_default();
 
         let mut config = json!({
             "architecture": inspect.architecture,
@@ -116,7 +131,11 @@ impl DockerEngine {
         if non_empty == diff_ids.len() {
             config["history"] = Value::Array(entries);
         }
-        Ok(Some(SourceImage { id, config, layer_count: diff_ids.len() }))
+        Ok(Some(SourceImage {
+            id,
+            config,
+            layer_count: diff_ids.len(),
+        }))
     }
 }
 
@@ -139,15 +158,21 @@ impl Engine for DockerEngine {
     }
 
     async fn load_image(&self, image: &LabelledImage, reference: &str) -> Result<(), EngineError> {
-        let archive = image
-            .archive(reference)
-            .map_err(|error| EngineError::Protocol(format!("building the image archive: {error}")))?;
-        let mut stream =
-            self.docker.import_image(ImportImageOptions { quiet: true }, Bytes::from(archive), None);
+        let archive = image.archive(reference).map_err(|error| {
+            EngineError::Protocol(format!("building the image archive: {error}"))
+        })?;
+        let mut stream = self.docker.import_image(
+            ImportImageOptions { quiet: true },
+            Bytes::from(archive),
+            None,
+        );
         while let Some(item) = stream.next().await {
             let item = item.map_err(engine_error)?;
             if let Some(detail) = item.error_detail.and_then(|d| d.message).or(item.error) {
-                return Err(EngineError::Api { status: 200, message: detail });
+                return Err(EngineError::Api {
+                    status: 200,
+                    message: detail,
+                });
             }
         }
         // The load answers success even if it named nothing; check the name.
@@ -162,12 +187,21 @@ impl Engine for DockerEngine {
 
     async fn push(&self, reference: &str, auth: &RegistryAuth) -> Result<String, EngineError> {
         let (repository, tag) = split_tag(reference);
-        self.http.push(&self.api_version, repository, tag, auth.engine_header()).await
+        self.http
+            .push(&self.api_version, repository, tag, auth.engine_header())
+            .await
     }
 
     async fn remove_reference(&self, reference: &str) -> Result<(), EngineError> {
-        let options = RemoveImageOptions { force: false, noprune: false };
-        match self.docker.remove_image(reference, Some(options), None).await {
+        let options = RemoveImageOptions {
+            force: false,
+            noprune: false,
+        };
+        match self
+            .docker
+            .remove_image(reference, Some(options), None)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(error) if is_not_found(&error) => Ok(()),
             Err(error) => Err(engine_error(error)),
@@ -191,20 +225,33 @@ fn parse_version(version: &str) -> Option<(usize, usize)> {
 fn rfc3339(unix_seconds: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix_seconds)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
 }
 
 fn is_not_found(error: &bollard::errors::Error) -> bool {
-    matches!(error, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+    matches!(
+        error,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
 }
 
 fn engine_error(error: bollard::errors::Error) -> EngineError {
     use bollard::errors::Error;
     match error {
-        Error::DockerResponseServerError { status_code, message } => {
-            EngineError::Api { status: status_code, message }
-        }
+        Error::DockerResponseServerError {
+            status_code,
+            message,
+        } => EngineError::Api {
+            status: status_code,
+            message,
+        },
         Error::HyperResponseError { .. }
         | Error::IOError { .. }
         | Error::SocketNotFoundError(_)

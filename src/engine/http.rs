@@ -21,8 +21,14 @@ use super::EngineError;
 
 #[derive(Clone)]
 pub(super) enum EngineHttp {
-    Unix { client: Client<UnixConnector, Full<Bytes>>, socket: PathBuf },
-    Tcp { client: Client<HttpConnector, Full<Bytes>>, authority: String },
+    Unix {
+        client: Client<UnixConnector, Full<Bytes>>,
+        socket: PathBuf,
+    },
+    Tcp {
+        client: Client<HttpConnector, Full<Bytes>>,
+        authority: String,
+    },
 }
 
 impl EngineHttp {
@@ -82,14 +88,19 @@ impl EngineHttp {
         registry_auth: String,
     ) -> Result<String, EngineError> {
         let path = format!("/v{api_version}/images/{repository}/push?tag={tag}");
-        let response =
-            self.send(Method::POST, &path, &[("X-Registry-Auth", registry_auth)]).await?;
+        let response = self
+            .send(Method::POST, &path, &[("X-Registry-Auth", registry_auth)])
+            .await?;
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let message = read_json(response)
                 .await
                 .ok()
-                .and_then(|body| body.get("message").and_then(Value::as_str).map(str::to_owned))
+                .and_then(|body| {
+                    body.get("message")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
                 .unwrap_or_else(|| "no message".to_owned());
             return Err(EngineError::Api { status, message });
         }
@@ -97,8 +108,11 @@ impl EngineHttp {
         let mut digest = None;
         let mut stream = BodyStream::new(response.into_body());
         while let Some(frame) = stream.next().await {
-            let frame = frame.map_err(|error| EngineError::Push(format!("stream broke: {error}")))?;
-            let Ok(data) = frame.into_data() else { continue };
+            let frame =
+                frame.map_err(|error| EngineError::Push(format!("stream broke: {error}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             for line in lines.push(&data) {
                 let item: Value = serde_json::from_slice(&line).map_err(|error| {
                     EngineError::Protocol(format!("push stream item is not JSON: {error}"))
@@ -127,7 +141,10 @@ async fn read_json(response: Response<Incoming>) -> Result<Value, EngineError> {
 }
 
 fn push_error(item: &Value) -> Option<String> {
-    let detail = item.get("errorDetail").and_then(|d| d.get("message")).and_then(Value::as_str);
+    let detail = item
+        .get("errorDetail")
+        .and_then(|d| d.get("message"))
+        .and_then(Value::as_str);
     let error = item.get("error").and_then(Value::as_str);
     detail.or(error).map(str::to_owned)
 }
@@ -135,13 +152,19 @@ fn push_error(item: &Value) -> Option<String> {
 /// The digest from the final items: `aux.Digest`, or the status line
 /// `TAG: digest: sha256:... size: N` that every engine version prints.
 fn push_digest(item: &Value, tag: &str) -> Option<String> {
-    if let Some(digest) = item.get("aux").and_then(|aux| aux.get("Digest")).and_then(Value::as_str)
+    if let Some(digest) = item
+        .get("aux")
+        .and_then(|aux| aux.get("Digest"))
+        .and_then(Value::as_str)
     {
         return Some(digest.to_owned());
     }
     let status = item.get("status").and_then(Value::as_str)?;
     let rest = status.strip_prefix(tag)?.strip_prefix(": digest: ")?;
-    rest.split_whitespace().next().filter(|d| d.starts_with("sha256:")).map(str::to_owned)
+    rest.split_whitespace()
+        .next()
+        .filter(|d| d.starts_with("sha256:"))
+        .map(str::to_owned)
 }
 
 /// Splits a byte stream into lines, whatever the frame boundaries.
@@ -173,7 +196,10 @@ mod tests {
     fn lines_survive_any_framing() {
         let mut reader = LineReader::default();
         assert!(reader.push(b"{\"a\":").is_empty());
-        assert_eq!(reader.push(b"1}\r\n{\"b\":2}\n\n{"), vec![b"{\"a\":1}\r\n".to_vec(), b"{\"b\":2}\n".to_vec()]);
+        assert_eq!(
+            reader.push(b"1}\r\n{\"b\":2}\n\n{"),
+            vec![b"{\"a\":1}\r\n".to_vec(), b"{\"b\":2}\n".to_vec()]
+        );
     }
 
     #[test]

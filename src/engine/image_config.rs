@@ -49,7 +49,11 @@ impl LabelledImage {
         }
         let bytes = serde_json::to_vec(&config).unwrap_or_default();
         let id = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        LabelledImage { id, config: bytes, layer_count: source.layer_count }
+        LabelledImage {
+            id,
+            config: bytes,
+            layer_count: source.layer_count,
+        }
     }
 
     /// A `docker save` style archive holding only the manifest and the config:
@@ -57,8 +61,9 @@ impl LabelledImage {
     /// but absent, since the engine already holds every layer.
     pub fn archive(&self, reference: &str) -> std::io::Result<Vec<u8>> {
         let config_name = format!("{}.json", self.id.trim_start_matches("sha256:"));
-        let layers: Vec<String> =
-            (0..self.layer_count).map(|index| format!("{index}/layer.tar")).collect();
+        let layers: Vec<String> = (0..self.layer_count)
+            .map(|index| format!("{index}/layer.tar"))
+            .collect();
         let manifest = serde_json::to_vec(&json!([{
             "Config": config_name,
             "RepoTags": [reference],
@@ -104,10 +109,16 @@ mod tests {
         let labels = BTreeMap::from([("werf-image".to_owned(), "true".to_owned())]);
         let image = LabelledImage::new(&source(), &labels);
         let config: Value = serde_json::from_slice(image.config()).unwrap();
-        assert_eq!(config["config"]["Labels"], json!({"keep": "me", "werf-image": "true"}));
+        assert_eq!(
+            config["config"]["Labels"],
+            json!({"keep": "me", "werf-image": "true"})
+        );
         assert_eq!(config["config"]["Env"], json!(["A=1"]));
         assert_eq!(config["rootfs"]["diff_ids"], json!(["sha256:aa"]));
-        assert_eq!(image.id, format!("sha256:{}", hex::encode(Sha256::digest(image.config()))));
+        assert_eq!(
+            image.id,
+            format!("sha256:{}", hex::encode(Sha256::digest(image.config())))
+        );
     }
 
     #[test]

@@ -85,7 +85,10 @@ impl Store {
     }
 
     pub async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await.context("database ping")?;
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .context("database ping")?;
         Ok(())
     }
 
@@ -105,7 +108,7 @@ impl Store {
                     return Ok(Created::KeyReused);
                 }
                 let id = parse_uuid(row.get("id"))?;
-                let job = load_job(&mut *tx, id).await?.context("job vanished")?;
+                let job = load_job(&mut tx, id).await?.context("job vanished")?;
                 return Ok(Created::Existing(job));
             }
         }
@@ -141,7 +144,7 @@ impl Store {
             .await
             .context("inserting a target")?;
         }
-        let job = load_job(&mut *tx, id).await?.context("job vanished")?;
+        let job = load_job(&mut tx, id).await?.context("job vanished")?;
         tx.commit().await.context("committing the new job")?;
         Ok(Created::New(job))
     }
@@ -184,7 +187,11 @@ impl Store {
                 jobs.push(job);
             }
         }
-        let next_cursor = if more { ids.last().map(Uuid::to_string) } else { None };
+        let next_cursor = if more {
+            ids.last().map(Uuid::to_string)
+        } else {
+            None
+        };
         Ok(JobPage { jobs, next_cursor })
     }
 
@@ -192,7 +199,7 @@ impl Store {
     /// way stop after their current step.
     pub async fn cancel_job(&self, id: Uuid) -> StoreResult<Cancelled> {
         let mut tx = self.writer.begin().await?;
-        let Some(job) = load_job(&mut *tx, id).await? else {
+        let Some(job) = load_job(&mut tx, id).await? else {
             return Ok(Cancelled::NotFound);
         };
         if job.status.is_terminal() {
@@ -213,7 +220,7 @@ impl Store {
         .await
         .context("cancelling pending targets")?;
         refresh_job(&mut tx, id).await?;
-        let job = load_job(&mut *tx, id).await?.context("job vanished")?;
+        let job = load_job(&mut tx, id).await?.context("job vanished")?;
         tx.commit().await?;
         Ok(Cancelled::Requested(job))
     }
@@ -286,7 +293,8 @@ impl Store {
     }
 
     pub async fn record_created_image(&self, id: i64, image_id: &str) -> StoreResult<()> {
-        self.set_column(id, "created_image_id", Some(image_id)).await
+        self.set_column(id, "created_image_id", Some(image_id))
+            .await
     }
 
     async fn set_column(&self, id: i64, column: &str, value: Option<&str>) -> StoreResult<()> {
@@ -365,10 +373,11 @@ impl Store {
     /// Targets left mid-step: at start-up these belong to a process that died.
     pub async fn in_flight_targets(&self) -> StoreResult<Vec<ClaimedTarget>> {
         let mut tx = self.writer.begin().await?;
-        let ids: Vec<i64> =
-            sqlx::query_scalar(&format!("SELECT id FROM targets WHERE status IN {IN_FLIGHT}"))
-                .fetch_all(&mut *tx)
-                .await?;
+        let ids: Vec<i64> = sqlx::query_scalar(&format!(
+            "SELECT id FROM targets WHERE status IN {IN_FLIGHT}"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
         let mut targets = Vec::with_capacity(ids.len());
         for id in ids {
             targets.push(load_claimed(&mut tx, id).await?);
@@ -412,7 +421,10 @@ async fn refresh_job(tx: &mut Transaction<'_, Sqlite>, id: Uuid) -> StoreResult<
             .fetch_one(&mut **tx)
             .await?;
     let status = job_status(&statuses, cancel_requested);
-    let failed = statuses.iter().filter(|&&s| s == TargetStatus::Failed).count();
+    let failed = statuses
+        .iter()
+        .filter(|&&s| s == TargetStatus::Failed)
+        .count();
     let error = match status {
         JobStatus::Failed => Some(format!("{failed} of {} targets failed", statuses.len())),
         JobStatus::Cancelled => Some("cancelled".to_owned()),

@@ -15,15 +15,27 @@ pub struct Cancellations {
 impl Cancellations {
     /// The job's token, held for as long as the guard lives.
     pub fn register(&self, job_id: Uuid) -> CancelGuard {
-        let mut jobs = self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = jobs.entry(job_id).or_insert_with(|| (CancellationToken::new(), 0));
+        let mut jobs = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = jobs
+            .entry(job_id)
+            .or_insert_with(|| (CancellationToken::new(), 0));
         entry.1 += 1;
-        CancelGuard { cancellations: self.clone(), job_id, token: entry.0.clone() }
+        CancelGuard {
+            cancellations: self.clone(),
+            job_id,
+            token: entry.0.clone(),
+        }
     }
 
     /// Signals the lanes working on the job, if any.
     pub fn cancel(&self, job_id: Uuid) {
-        let jobs = self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let jobs = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((token, _)) = jobs.get(&job_id) {
             token.cancel();
         }
@@ -44,8 +56,11 @@ impl CancelGuard {
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        let mut jobs =
-            self.cancellations.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut jobs = self
+            .cancellations
+            .jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(entry) = jobs.get_mut(&self.job_id) {
             entry.1 -= 1;
             if entry.1 == 0 {

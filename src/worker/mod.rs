@@ -60,7 +60,9 @@ impl WorkerPool {
                     permit = recovered.acquire() => drop(permit),
                     _ = stop.cancelled() => return,
                 }
-                run_lane(&ctx, &stop, &wake).instrument(info_span!("lane", lane)).await;
+                run_lane(&ctx, &stop, &wake)
+                    .instrument(info_span!("lane", lane))
+                    .await;
             });
         }
         WorkerPool { lanes: set, stop }
@@ -76,7 +78,10 @@ impl WorkerPool {
         })
         .await;
         if drained.is_err() {
-            warn!(?grace, "targets still running after the grace period; the next start recovers them");
+            warn!(
+                ?grace,
+                "targets still running after the grace period; the next start recovers them"
+            );
             self.lanes.abort_all();
         }
     }
@@ -118,19 +123,29 @@ async fn process(ctx: &WorkerContext, target: ClaimedTarget) {
         match ctx.store.get_job(target.job_id).await {
             Ok(Some(job)) if job.cancel_requested => guard.token().cancel(),
             Ok(_) => {}
-            Err(error) => warn!(error = format!("{error:#}"), "reading the job's cancel flag"),
+            Err(error) => warn!(
+                error = format!("{error:#}"),
+                "reading the job's cancel flag"
+            ),
         }
         info!("started");
         match procedure::run(ctx, &target, guard.token()).await {
             Ok(Finish::Done { outcome, warnings }) => {
                 info!(?outcome, "finished");
-                if let Err(error) = ctx.store.finish_target(target.id, &outcome, &warnings).await {
+                if let Err(error) = ctx
+                    .store
+                    .finish_target(target.id, &outcome, &warnings)
+                    .await
+                {
                     error!(error = format!("{error:#}"), "recording the outcome failed");
                 }
             }
             Ok(Finish::Deferred) => info!("reference busy; back in the queue"),
             Err(error) => {
-                error!(error = format!("{error:#}"), "run aborted by a store failure");
+                error!(
+                    error = format!("{error:#}"),
+                    "run aborted by a store failure"
+                );
                 if let Err(error) = ctx.store.release_target(target.id).await {
                     error!(error = format!("{error:#}"), "releasing the target failed");
                 }
@@ -150,11 +165,18 @@ async fn recover(ctx: &WorkerContext, stop: &CancellationToken) {
         match recover_once(ctx).await {
             Ok(0) => return,
             Ok(count) => {
-                info!(count, "recovered targets left running by a previous process");
+                info!(
+                    count,
+                    "recovered targets left running by a previous process"
+                );
                 return;
             }
             Err(error) => {
-                warn!(error = format!("{error:#}"), ?delay, "recovery failed; retrying");
+                warn!(
+                    error = format!("{error:#}"),
+                    ?delay,
+                    "recovery failed; retrying"
+                );
             }
         }
         tokio::select! {
@@ -170,9 +192,14 @@ async fn recover_once(ctx: &WorkerContext) -> anyhow::Result<usize> {
     for target in &targets {
         if let (Some(reference), Some(created)) = (&target.reference, &target.created_image_id) {
             let span = info_span!("recover", job_id = %target.job_id, reference = %reference);
-            restore_reference(ctx.engine.as_ref(), reference, created, target.prior_image_id.as_deref())
-                .instrument(span)
-                .await?;
+            restore_reference(
+                ctx.engine.as_ref(),
+                reference,
+                created,
+                target.prior_image_id.as_deref(),
+            )
+            .instrument(span)
+            .await?;
         }
         ctx.store.release_target(target.id).await?;
     }

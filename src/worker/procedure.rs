@@ -27,7 +27,10 @@ pub struct StepTimeouts {
 
 /// How a run of the procedure ended.
 pub enum Finish {
-    Done { outcome: TargetOutcome, warnings: Vec<String> },
+    Done {
+        outcome: TargetOutcome,
+        warnings: Vec<String>,
+    },
     /// Another target is working on the same reference: the target went back
     /// to the queue untouched.
     Deferred,
@@ -64,9 +67,17 @@ pub async fn run(
         (Some(tag), Some(reference)) => (tag.clone(), reference.clone()),
         _ if target.strategy == TagStrategy::Content => {
             let tag = source.id.trim_start_matches("sha256:").to_owned();
-            let reference =
-                target_reference(&target.repo, target.repo_mode, target.image_name.as_deref(), &tag);
-            if !ctx.store.bind_reference(target.id, &tag, &reference).await? {
+            let reference = target_reference(
+                &target.repo,
+                target.repo_mode,
+                target.image_name.as_deref(),
+                &tag,
+            );
+            if !ctx
+                .store
+                .bind_reference(target.id, &tag, &reference)
+                .await?
+            {
                 return Ok(Finish::Deferred);
             }
             (tag, reference)
@@ -74,7 +85,10 @@ pub async fn run(
         _ => anyhow::bail!("target {} has no reference", target.id),
     };
     if cancel.is_cancelled() {
-        return Ok(Finish::Done { outcome: TargetOutcome::Cancelled, warnings: Vec::new() });
+        return Ok(Finish::Done {
+            outcome: TargetOutcome::Cancelled,
+            warnings: Vec::new(),
+        });
     }
 
     // Tag. What the reference named before is recorded first, and the new
@@ -84,7 +98,9 @@ pub async fn run(
         Ok(prior) => prior,
         Err(error) => return Ok(failed(format!("tag: inspecting {reference}: {error}"))),
     };
-    ctx.store.record_prior_image(target.id, prior.as_deref()).await?;
+    ctx.store
+        .record_prior_image(target.id, prior.as_deref())
+        .await?;
     let labels = werf_labels(&LabelInput {
         reference: &reference,
         strategy: target.strategy,
@@ -97,7 +113,9 @@ pub async fn run(
     let tagged = bounded(timeouts.tag, engine.load_image(&image, &reference)).await;
 
     let outcome = match tagged {
-        Err(error) => TargetOutcome::Failed { error: format!("tag: {error}") },
+        Err(error) => TargetOutcome::Failed {
+            error: format!("tag: {error}"),
+        },
         Ok(()) if cancel.is_cancelled() => TargetOutcome::Cancelled,
         Ok(()) => {
             info!(image_id = %image.id, "tagged");
@@ -107,11 +125,15 @@ pub async fn run(
     };
 
     // Untag, whatever happened above.
-    ctx.store.set_step(target.id, TargetStatus::Untagging).await?;
+    ctx.store
+        .set_step(target.id, TargetStatus::Untagging)
+        .await?;
     let mut warnings = Vec::new();
-    let restored =
-        bounded(timeouts.untag, restore_reference(engine, &reference, &image.id, prior.as_deref()))
-            .await;
+    let restored = bounded(
+        timeouts.untag,
+        restore_reference(engine, &reference, &image.id, prior.as_deref()),
+    )
+    .await;
     if let Err(error) = restored {
         warn!(%error, "untag failed");
         warnings.push(format!("untag: {error}"));
@@ -121,11 +143,17 @@ pub async fn run(
 
 async fn push(ctx: &WorkerContext, reference: &str, cancel: &CancellationToken) -> TargetOutcome {
     let Some(registry) = registry_host(reference) else {
-        return TargetOutcome::Failed { error: format!("push: no registry in {reference}") };
+        return TargetOutcome::Failed {
+            error: format!("push: no registry in {reference}"),
+        };
     };
     let auth = match ctx.credentials.auth_for(&registry).await {
         Ok(auth) => auth,
-        Err(error) => return TargetOutcome::Failed { error: format!("push: {error:#}") },
+        Err(error) => {
+            return TargetOutcome::Failed {
+                error: format!("push: {error:#}"),
+            };
+        }
     };
     // Dropping the push future drops the engine's stream, which stops the push.
     tokio::select! {
@@ -143,9 +171,14 @@ async fn push(ctx: &WorkerContext, reference: &str, cancel: &CancellationToken) 
 /// Adds what a pipeline needs to fix an authentication failure.
 fn push_error(error: StepError, registry: &str, anonymous: bool) -> String {
     let message = error.to_string();
-    let denied = ["unauthorized", "authentication required", "denied", "no basic auth credentials"]
-        .iter()
-        .any(|word| message.to_lowercase().contains(word));
+    let denied = [
+        "unauthorized",
+        "authentication required",
+        "denied",
+        "no basic auth credentials",
+    ]
+    .iter()
+    .any(|word| message.to_lowercase().contains(word));
     if denied && anonymous {
         format!("push: {message} (no credentials for {registry} in the docker config)")
     } else {
@@ -169,10 +202,10 @@ pub async fn restore_reference(
     if engine.image_id(reference).await?.as_deref() == Some(created_image_id) {
         engine.remove_reference(reference).await?;
     }
-    if let Some(prior) = prior_image_id {
-        if engine.image_id(reference).await?.as_deref() != Some(prior) {
-            engine.tag_image(prior, reference).await?;
-        }
+    if let Some(prior) = prior_image_id
+        && engine.image_id(reference).await?.as_deref() != Some(prior)
+    {
+        engine.tag_image(prior, reference).await?;
     }
     Ok(())
 }

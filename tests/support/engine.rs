@@ -24,7 +24,10 @@ impl TestEngine {
     pub fn connect() -> TestEngine {
         let host = TestEnv::get().docker_host;
         // The test script's engine is Debian's dockerd 20.10: API 1.41.
-        let version = bollard::ClientVersion { major_version: 1, minor_version: 41 };
+        let version = bollard::ClientVersion {
+            major_version: 1,
+            minor_version: 41,
+        };
         let docker = Docker::connect_with_unix(&host, 120, &version).expect("test engine");
         TestEngine { docker }
     }
@@ -39,7 +42,9 @@ impl TestEngine {
         header.set_size(content.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        archive.append_data(&mut header, "hello.txt", content.as_bytes()).unwrap();
+        archive
+            .append_data(&mut header, "hello.txt", content.as_bytes())
+            .unwrap();
         let body = Bytes::from(archive.into_inner().unwrap());
         let options = CreateImageOptions {
             from_src: "-",
@@ -52,7 +57,10 @@ impl TestEngine {
         while let Some(item) = stream.next().await {
             item.expect("import");
         }
-        self.image(&format!("{name}:{tag}")).await.expect("imported image").id
+        self.image(&format!("{name}:{tag}"))
+            .await
+            .expect("imported image")
+            .id
     }
 
     /// An Engine-API build (classic builder) of `dockerfile` with one unique
@@ -60,7 +68,10 @@ impl TestEngine {
     pub async fn build_image(&self, name: &str, tag: &str, dockerfile: &str) -> String {
         let content = uuid::Uuid::now_v7().to_string();
         let mut archive = tar::Builder::new(Vec::new());
-        for (file, data) in [("Dockerfile", dockerfile.as_bytes()), ("app.txt", content.as_bytes())] {
+        for (file, data) in [
+            ("Dockerfile", dockerfile.as_bytes()),
+            ("app.txt", content.as_bytes()),
+        ] {
             let mut header = tar::Header::new_gnu();
             header.set_size(data.len() as u64);
             header.set_mode(0o644);
@@ -68,9 +79,17 @@ impl TestEngine {
             archive.append_data(&mut header, file, data).unwrap();
         }
         let reference = format!("{name}:{tag}");
-        let options = BuildImageOptions { dockerfile: "Dockerfile".to_owned(), t: reference.clone(), rm: true, ..Default::default() };
-        let mut stream =
-            self.docker.build_image(options, None, Some(Bytes::from(archive.into_inner().unwrap())));
+        let options = BuildImageOptions {
+            dockerfile: "Dockerfile".to_owned(),
+            t: reference.clone(),
+            rm: true,
+            ..Default::default()
+        };
+        let mut stream = self.docker.build_image(
+            options,
+            None,
+            Some(Bytes::from(archive.into_inner().unwrap())),
+        );
         while let Some(item) = stream.next().await {
             let item = item.expect("build");
             assert!(item.error.is_none(), "build failed: {:?}", item.error);
@@ -89,12 +108,19 @@ impl TestEngine {
 
     pub async fn tag(&self, image: &str, reference: &str) {
         let (repo, tag) = reference.rsplit_once(':').unwrap();
-        self.docker.tag_image(image, Some(TagImageOptions { repo, tag })).await.expect("tag");
+        self.docker
+            .tag_image(image, Some(TagImageOptions { repo, tag }))
+            .await
+            .expect("tag");
     }
 
     /// Every local name that starts with `prefix`.
     pub async fn names_under(&self, prefix: &str) -> Vec<String> {
-        let images = self.docker.list_images::<String>(None).await.expect("list images");
+        let images = self
+            .docker
+            .list_images::<String>(None)
+            .await
+            .expect("list images");
         images
             .into_iter()
             .flat_map(|image| image.repo_tags)

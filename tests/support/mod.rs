@@ -111,7 +111,9 @@ impl TestApp {
         init_logs();
         let mut settings = test_settings(dir);
         configure(&mut settings);
-        let app = Application::build(settings).await.expect("application builds");
+        let app = Application::build(settings)
+            .await
+            .expect("application builds");
         let address = app.local_addr();
         let stop = CancellationToken::new();
         let handle = tokio::spawn(app.run_until(stop.clone().cancelled_owned()));
@@ -128,7 +130,10 @@ impl TestApp {
     /// Stops the instance the way SIGTERM does and waits for it.
     pub async fn stop(self) -> Option<tempfile::TempDir> {
         self.stop.cancel();
-        self.handle.await.expect("app task").expect("app ran cleanly");
+        self.handle
+            .await
+            .expect("app task")
+            .expect("app ran cleanly");
         self._tempdir
     }
 
@@ -144,7 +149,12 @@ impl TestApp {
     }
 
     pub async fn post_job(&self, body: &Value) -> reqwest::Response {
-        self.client.post(self.url("/api/v1/jobs")).json(body).send().await.expect("POST job")
+        self.client
+            .post(self.url("/api/v1/jobs"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST job")
     }
 
     /// Submits a job that must be accepted; answers its id.
@@ -158,7 +168,12 @@ impl TestApp {
     }
 
     pub async fn job(&self, id: &str) -> Value {
-        let response = self.client.get(self.url(&format!("/api/v1/jobs/{id}"))).send().await.unwrap();
+        let response = self
+            .client
+            .get(self.url(&format!("/api/v1/jobs/{id}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), 200);
         response.json().await.unwrap()
     }
@@ -166,19 +181,30 @@ impl TestApp {
     /// Waits until the job is succeeded, failed or cancelled.
     pub async fn wait_finished(&self, id: &str) -> Value {
         self.wait_for(id, Duration::from_secs(120), |job| {
-            matches!(job["status"].as_str(), Some("succeeded" | "failed" | "cancelled"))
+            matches!(
+                job["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
         })
         .await
     }
 
-    pub async fn wait_for(&self, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = Instant::now();
         loop {
             let job = self.job(id).await;
             if done(&job) {
                 return job;
             }
-            assert!(start.elapsed() < limit, "job {id} not done after {limit:?}: {job:#}");
+            assert!(
+                start.elapsed() < limit,
+                "job {id} not done after {limit:?}: {job:#}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

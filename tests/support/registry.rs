@@ -29,18 +29,29 @@ impl Pushed {
     pub fn diff_ids(&self) -> Vec<String> {
         self.config["rootfs"]["diff_ids"]
             .as_array()
-            .map(|ids| ids.iter().map(|id| id.as_str().unwrap().to_owned()).collect())
+            .map(|ids| {
+                ids.iter()
+                    .map(|id| id.as_str().unwrap().to_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
 
 impl Registry {
     pub fn open(host: &str) -> Registry {
-        Registry { host: host.to_owned(), auth: None, client: reqwest::Client::new() }
+        Registry {
+            host: host.to_owned(),
+            auth: None,
+            client: reqwest::Client::new(),
+        }
     }
 
     pub fn with_auth(host: &str, user: &str, password: &str) -> Registry {
-        Registry { auth: Some((user.to_owned(), password.to_owned())), ..Registry::open(host) }
+        Registry {
+            auth: Some((user.to_owned(), password.to_owned())),
+            ..Registry::open(host)
+        }
     }
 
     async fn get(&self, path: &str, accept: Option<&str>) -> reqwest::Response {
@@ -56,14 +67,24 @@ impl Registry {
 
     /// The image `repository:tag` as pushed, or `None` if the tag is absent.
     pub async fn pushed(&self, reference: &str) -> Option<Pushed> {
-        let path = reference.strip_prefix(&format!("{}/", self.host)).expect("reference in this registry");
+        let path = reference
+            .strip_prefix(&format!("{}/", self.host))
+            .expect("reference in this registry");
         let (repository, tag) = path.rsplit_once(':').unwrap();
-        let response = self.get(&format!("{repository}/manifests/{tag}"), Some(MANIFEST_TYPES)).await;
+        let response = self
+            .get(
+                &format!("{repository}/manifests/{tag}"),
+                Some(MANIFEST_TYPES),
+            )
+            .await;
         if response.status() == StatusCode::NOT_FOUND {
             return None;
         }
         assert_eq!(response.status(), 200, "manifest of {reference}");
-        let digest = response.headers()["docker-content-digest"].to_str().unwrap().to_owned();
+        let digest = response.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_owned();
         let manifest: Value = response.json().await.unwrap();
         let config_digest = manifest["config"]["digest"].as_str().unwrap();
         let config: Value = self
@@ -72,7 +93,11 @@ impl Registry {
             .json()
             .await
             .unwrap();
-        Some(Pushed { digest, manifest, config })
+        Some(Pushed {
+            digest,
+            manifest,
+            config,
+        })
     }
 
     pub async fn tags(&self, repository: &str) -> Vec<String> {
@@ -83,7 +108,11 @@ impl Registry {
         let body: Value = response.json().await.unwrap();
         body["tags"]
             .as_array()
-            .map(|tags| tags.iter().map(|t| t.as_str().unwrap().to_owned()).collect())
+            .map(|tags| {
+                tags.iter()
+                    .map(|t| t.as_str().unwrap().to_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
