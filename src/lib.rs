@@ -2,6 +2,7 @@
 //! labels, push, untag) as a durable HTTP service. See ARCHITECTURE.md.
 
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod credentials;
 pub mod domain;

@@ -15,6 +15,16 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        // Exit codes a pipeline can act on: 0 published, 1 a target failed
+        // or was cancelled, 2 the job could not be submitted or followed.
+        Command::Publish(args) => match publishd::client::publish(args).await {
+            Ok(true) => std::process::exit(0),
+            Ok(false) => std::process::exit(1),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                std::process::exit(2);
+            }
+        },
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -69,6 +69,23 @@ pub fn check_tagged_reference(reference: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks that `repo` is a repository name (registry host and path, no tag,
+/// no digest) and says what is wrong when it is not.
+pub fn check_repository(repo: &str) -> Result<(), String> {
+    let path = repo.split_once('/').map(|(_, path)| path).unwrap_or(repo);
+    if path.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!("the repository path of {repo:?} must be lowercase"));
+    }
+    let parsed = Reference::try_from(format!("{repo}:latest"))
+        .map_err(|error| format!("{repo:?} is not a valid repository: {error}"))?;
+    if parsed.tag() != Some("latest") || parsed.digest().is_some() {
+        return Err(format!(
+            "{repo:?} must name a repository, without a tag or digest"
+        ));
+    }
+    Ok(())
+}
+
 /// The registry host a reference points at (Docker Hub's canonical host for
 /// references without one).
 pub fn registry_host(reference: &str) -> Option<String> {
@@ -136,6 +153,20 @@ mod tests {
         assert!(check_tagged_reference("reg/a:-bad").is_err());
         let digest = format!("reg/a@sha256:{}", "a".repeat(64));
         assert!(check_tagged_reference(&digest).is_err());
+    }
+
+    #[test]
+    fn repositories_are_checked() {
+        assert!(check_repository("127.0.0.1:5000/acme/shop").is_ok());
+        assert!(check_repository("acme").is_ok());
+        assert!(
+            check_repository("reg/Acme")
+                .unwrap_err()
+                .contains("lowercase")
+        );
+        assert!(check_repository("reg/acme:v1").is_err());
+        assert!(check_repository("reg/a/../b").is_err());
+        assert!(check_repository(&format!("reg/a@sha256:{}", "a".repeat(64))).is_err());
     }
 
     #[test]

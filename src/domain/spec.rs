@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::naming::{RepoMode, check_tagged_reference, normalize_repo, target_reference};
+use super::naming::{
+    RepoMode, check_repository, check_tagged_reference, normalize_repo, target_reference,
+};
 use super::slug::{docker_tag, is_valid_docker_tag};
 
 /// A publish job as submitted.
@@ -144,8 +146,7 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
     if repo.is_empty() {
         return Err(ValidationError::new("repo", "repo must not be empty"));
     }
-    check_tagged_reference(&format!("{repo}:latest"))
-        .map_err(|message| ValidationError::new("repo", format!("invalid repo: {message}")))?;
+    check_repository(&repo).map_err(|message| ValidationError::new("repo", message))?;
 
     if spec.images.is_empty() {
         return Err(ValidationError::new(
