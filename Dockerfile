@@ -1,0 +1,36 @@
+# Multi-stage build: compile in the Rust image, run from a slim Debian.
+#
+#   docker build -t publishd .
+#   docker run -d -p 8080:8080 \
+#     -v /var/run/docker.sock:/var/run/docker.sock \   # the engine publishd drives
+#     -v publishd-data:/data \                         # the SQLite database
+#     -v $HOME/.docker:/docker-config:ro \             # registry credentials (config.json)
+#     publishd
+#
+# publishd talks to the engine through the mounted socket: it tags, pushes and
+# removes images there, so the engine's registry access is what matters, not
+# the container's. Mounting the socket gives the container full control of
+# that engine; run it only where that is intended.
+
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src src
+COPY migrations migrations
+RUN cargo build --release --locked && strip target/release/publishd
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /data /docker-config
+COPY --from=build /src/target/release/publishd /usr/local/bin/publishd
+ENV PUBLISHD_LISTEN=0.0.0.0:8080 \
+    PUBLISHD_DATABASE=/data/publishd.db \
+    DOCKER_HOST=unix:///var/run/docker.sock \
+    DOCKER_CONFIG=/docker-config
+VOLUME /data
+EXPOSE 8080
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["publishd"]
+CMD ["serve"]
