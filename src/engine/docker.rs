@@ -1,7 +1,9 @@
 //! The engine through bollard (and, for push and version discovery, the bare
 //! client in `http.rs`).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -23,11 +25,17 @@ const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
 /// Bounds each non-streaming request; streamed pushes are bounded by the worker.
 const REQUEST_TIMEOUT_SECS: u64 = 120;
 
+/// History entries kept per image id: an id's history never changes, and a
+/// job usually publishes one source under several tags.
+const HISTORY_CACHE_SIZE: usize = 1024;
+
 #[derive(Clone)]
 pub struct DockerEngine {
     docker: Docker,
     http: EngineHttp,
     api_version: String,
+    /// Image id -> its config's `history`, or `None` where it cannot be used.
+    history: Arc<Mutex<HashMap<String, Option<Value>>>>,
 }
 
 impl DockerEngine {
@@ -67,6 +75,7 @@ impl DockerEngine {
             docker,
             http,
             api_version: format!("{major}.{minor}"),
+            history: Arc::default(),
         })
     }
 
@@ -80,14 +89,11 @@ impl DockerEngine {
             .id
             .clone()
             .ok_or_else(|| EngineError::Protocol("image without id".into()))?;
-        // The id, not the name: the name may move between the two calls.
-        let history = self.docker.image_history(&id).await.map_err(engine_error)?;
         let diff_ids = inspect
             .root_fs
             .as_ref()
             .and_then(|fs| fs.layers.clone())
             .unwrap_or_default();
-
         let mut config = json!({
             "architecture": inspect.architecture,
             "os": inspect.os,
@@ -107,17 +113,31 @@ impl DockerEngine {
                 config[key] = Value::String(value);
             }
         }
-        // History is oldest first in a config and newest first from the API.
-        // The engine insists that non-empty entries match the layers one to
-        // one; when the sizes cannot tell us that, leave history out.
-        let entries: Vec<Value> = history
-            .iter()
-            .rev()
-            .map(|item| {
-                let mut entry = json!({
-                    "created": rfc3339(item.created),
-                    "created_by": item.created_by,
-                });
+        if let Some(history) = self.config_history(&id, diff_ids.len()).await? {
+            config["history"] = history;
+        }
+        Ok(Some(SourceImage {
+            id,
+            config,
+            layer_count: diff_ids.len(),
+        }))
+    }
+
+    /// The image's history as its config holds it: oldest first, where the
+    /// API answers newest first. The engine insists that non-empty entries
+    /// match the layers one to one; when the sizes cannot tell us that, the
+    /// history is left out (`None`).
+    async fn config_history(&self, id: &str, layers: usize) -> Result<Option<Value>, EngineError> {
+        if let Some(cached) = self.lock_history().get(id) {
+            return Ok(cached.clone());
+        }
+        // By id, not by name: the name may have moved since the inspect.
+        let items = self.docker.image_history(id).await.map_err(engine_error)?;
+        let non_empty = items.iter().filter(|item| item.size != 0).count();
+        let history = (non_empty == layers).then(|| {
+            let entries = items.iter().rev().map(|item| {
+                let mut entry =
+                    json!({"created": rfc3339(item.created), "created_by": item.created_by});
                 if !item.comment.is_empty() {
                     entry["comment"] = Value::String(item.comment.clone());
                 }
@@ -125,17 +145,21 @@ impl DockerEngine {
                     entry["empty_layer"] = Value::Bool(true);
                 }
                 entry
-            })
-            .collect();
-        let non_empty = history.iter().filter(|item| item.size != 0).count();
-        if non_empty == diff_ids.len() {
-            config["history"] = Value::Array(entries);
+            });
+            Value::Array(entries.collect())
+        });
+        let mut cache = self.lock_history();
+        if cache.len() >= HISTORY_CACHE_SIZE {
+            cache.clear();
         }
-        Ok(Some(SourceImage {
-            id,
-            config,
-            layer_count: diff_ids.len(),
-        }))
+        cache.insert(id.to_owned(), history.clone());
+        Ok(history)
+    }
+
+    fn lock_history(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Value>>> {
+        self.history
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -166,6 +190,9 @@ impl Engine for DockerEngine {
             Bytes::from(archive),
             None,
         );
+        // The load answers 200 whatever happens; its stream says what it did.
+        let loaded = format!("Loaded image: {reference}");
+        let mut named = false;
         while let Some(item) = stream.next().await {
             let item = item.map_err(engine_error)?;
             if let Some(detail) = item.error_detail.and_then(|d| d.message).or(item.error) {
@@ -174,14 +201,14 @@ impl Engine for DockerEngine {
                     message: detail,
                 });
             }
+            named |= item.stream.is_some_and(|text| text.trim_end() == loaded);
         }
-        // The load answers success even if it named nothing; check the name.
-        match self.image_id(reference).await? {
-            Some(id) if id == image.id => Ok(()),
-            other => Err(EngineError::Protocol(format!(
-                "after loading, {reference} names {other:?} instead of {}",
-                image.id
-            ))),
+        if named {
+            Ok(())
+        } else {
+            Err(EngineError::Protocol(format!(
+                "the load did not name {reference}"
+            )))
         }
     }
 
