@@ -8,6 +8,10 @@ CREATE TABLE jobs (
     idempotency_key  TEXT UNIQUE,
     spec_hash        TEXT NOT NULL,              -- sha256 of the canonical request body
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    force            INTEGER NOT NULL DEFAULT 0,  -- push even when the registry is up to date
+    -- The job came with its own registry credentials. They are kept in memory
+    -- only, never here; after a restart they are gone and the job must be resubmitted.
+    has_registry_auth INTEGER NOT NULL DEFAULT 0,
     error            TEXT,
     created_at       TEXT NOT NULL,
     started_at       TEXT,
@@ -31,6 +35,8 @@ CREATE TABLE targets (
     digest           TEXT,
     attempts         INTEGER NOT NULL DEFAULT 0,
     error            TEXT,
+    attempt_errors   TEXT NOT NULL DEFAULT '[]',  -- JSON array: every failed try, in order
+    up_to_date       INTEGER NOT NULL DEFAULT 0,  -- succeeded without a push (werf's rule)
     warnings         TEXT NOT NULL DEFAULT '[]',  -- JSON array of strings
     source_image_id  TEXT,
     prior_image_id   TEXT,                        -- what REFERENCE named locally before the tag step

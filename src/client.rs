@@ -15,7 +15,16 @@ const POLL: Duration = Duration::from_millis(500);
 /// Runs the step; answers whether every target succeeded.
 pub async fn publish(args: PublishArgs) -> anyhow::Result<bool> {
     let body = job_body(&args)?;
-    let client = reqwest::Client::new();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &args.token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the token is not a valid header value")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?;
     let base = args.server.trim_end_matches('/');
     let mut request = client.post(format!("{base}/api/v1/jobs")).json(&body);
     if let Some(key) = &args.idempotency_key {
@@ -121,6 +130,7 @@ mod tests {
             repo_mode: "monorepo".to_owned(),
             images: vec!["api=acme/api:b1".to_owned(), "sha256:abc".to_owned()],
             tags: vec!["git-branch:feature/x:y".to_owned(), "content".to_owned()],
+            token: None,
             idempotency_key: None,
             wait_timeout: 1,
         };

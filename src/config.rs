@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use anyhow::Context;
+
+use crate::api::ApiTokens;
+use crate::domain::retry::RetryPolicy;
 use crate::domain::spec::Limits;
 use crate::worker::StepTimeouts;
 
@@ -49,6 +53,9 @@ pub struct PublishArgs {
     /// git-commit:SHA) or `content`. Repeatable.
     #[arg(long = "tag", required = true)]
     pub tags: Vec<String>,
+    /// API bearer token, when the service requires one.
+    #[arg(long, env = "PUBLISHD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Makes a retried pipeline step return the same job instead of a new one.
     #[arg(long, env = "PUBLISHD_IDEMPOTENCY_KEY")]
     pub idempotency_key: Option<String>,
@@ -87,6 +94,34 @@ pub struct ServeArgs {
     /// Most targets (images x tags) one job may have.
     #[arg(long, env = "PUBLISHD_MAX_TARGETS_PER_JOB", default_value_t = 256)]
     pub max_targets_per_job: usize,
+    /// Past this many queued targets, new jobs get 503 with Retry-After.
+    #[arg(long, env = "PUBLISHD_MAX_QUEUED_TARGETS", default_value_t = 10_000)]
+    pub max_queued_targets: usize,
+    /// Tries of a step that fails transiently (5xx, 429, resets, timeouts).
+    #[arg(long, env = "PUBLISHD_RETRY_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub retry_attempts: u32,
+    /// First wait before a retry, in seconds.
+    #[arg(long, env = "PUBLISHD_RETRY_INITIAL_BACKOFF", default_value_t = 1.0)]
+    pub retry_initial_backoff: f64,
+    /// Growth of the wait from one retry to the next.
+    #[arg(long, env = "PUBLISHD_RETRY_MULTIPLIER", default_value_t = 2.0)]
+    pub retry_multiplier: f64,
+    /// Longest wait between retries, in seconds.
+    #[arg(long, env = "PUBLISHD_RETRY_MAX_BACKOFF", default_value_t = 60.0)]
+    pub retry_max_backoff: f64,
+    /// How long a step waits for an unreachable engine or registry to come
+    /// back before it fails, in seconds.
+    #[arg(long, env = "PUBLISHD_OUTAGE_LIMIT", default_value_t = 600)]
+    pub outage_limit: u64,
+    /// File of API bearer tokens, one per line.
+    #[arg(long, env = "PUBLISHD_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// API bearer tokens, separated by commas or newlines.
+    #[arg(long, env = "PUBLISHD_API_TOKENS", hide_env_values = true)]
+    pub api_tokens: Option<String>,
+    /// Listen on a non-loopback address without API tokens.
+    #[arg(long, env = "PUBLISHD_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
 }
 
 /// Everything `startup` needs, typed.
@@ -100,17 +135,32 @@ pub struct Settings {
     pub timeouts: StepTimeouts,
     pub shutdown_grace: Duration,
     pub limits: Limits,
+    pub max_queued_targets: usize,
+    pub retry: RetryPolicy,
+    pub api_tokens: ApiTokens,
+    pub allow_unauthenticated: bool,
 }
 
-impl From<ServeArgs> for Settings {
-    fn from(args: ServeArgs) -> Settings {
+impl Settings {
+    pub fn from_args(args: ServeArgs) -> anyhow::Result<Settings> {
         let docker_config = args.docker_config.unwrap_or_else(|| {
             std::env::var_os("HOME")
                 .map(PathBuf::from)
                 .unwrap_or_default()
                 .join(".docker")
         });
-        Settings {
+        let mut tokens = args.api_tokens.unwrap_or_default();
+        if let Some(file) = &args.api_token_file {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading the API token file {}", file.display()))?;
+            tokens.push('\n');
+            tokens.push_str(&text);
+        }
+        let seconds = |value: f64, flag: &str| {
+            Duration::try_from_secs_f64(value)
+                .with_context(|| format!("{flag} {value} is not a duration"))
+        };
+        Ok(Settings {
             listen: args.listen,
             database: args.database,
             workers: usize::from(args.workers),
@@ -125,6 +175,16 @@ impl From<ServeArgs> for Settings {
             limits: Limits {
                 max_targets: args.max_targets_per_job,
             },
-        }
+            max_queued_targets: args.max_queued_targets,
+            retry: RetryPolicy {
+                attempts: args.retry_attempts,
+                initial_backoff: seconds(args.retry_initial_backoff, "--retry-initial-backoff")?,
+                multiplier: args.retry_multiplier.max(1.0),
+                max_backoff: seconds(args.retry_max_backoff, "--retry-max-backoff")?,
+                outage_limit: Duration::from_secs(args.outage_limit),
+            },
+            api_tokens: ApiTokens::parse(&tokens),
+            allow_unauthenticated: args.allow_unauthenticated,
+        })
     }
 }

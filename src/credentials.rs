@@ -2,14 +2,17 @@
 //! credential helpers (`credsStore`, `credHelpers`), chosen by registry host.
 //! Credentials live in memory only, for the length of one push.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE;
 use docker_credential::{CredentialRetrievalError, DockerCredential};
 use serde::Serialize;
+use uuid::Uuid;
 
 /// Docker Hub's key in a docker config.
 const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
@@ -49,6 +52,18 @@ impl RegistryAuth {
         }
     }
 
+    /// Username and password, when these are the credentials.
+    pub fn basic(&self) -> Option<(&str, &str)> {
+        Some((
+            self.username.as_deref()?,
+            self.password.as_deref().unwrap_or(""),
+        ))
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.identity_token.as_deref()
+    }
+
     pub fn is_anonymous(&self) -> bool {
         self.username.is_none() && self.identity_token.is_none()
     }
@@ -71,6 +86,33 @@ impl fmt::Debug for RegistryAuth {
             )
             .field("server_address", &self.server_address)
             .finish()
+    }
+}
+
+/// Credentials jobs brought with them, by job: in memory only, dropped when
+/// the job ends, gone after a restart.
+#[derive(Clone, Default)]
+pub struct JobCredentials {
+    jobs: Arc<Mutex<HashMap<Uuid, RegistryAuth>>>,
+}
+
+impl JobCredentials {
+    pub fn insert(&self, job_id: Uuid, auth: RegistryAuth) {
+        self.lock().insert(job_id, auth);
+    }
+
+    pub fn get(&self, job_id: Uuid) -> Option<RegistryAuth> {
+        self.lock().get(&job_id).cloned()
+    }
+
+    pub fn remove(&self, job_id: Uuid) {
+        self.lock().remove(&job_id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, RegistryAuth>> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

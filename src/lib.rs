@@ -7,6 +7,7 @@ pub mod config;
 pub mod credentials;
 pub mod domain;
 pub mod engine;
+pub mod registry;
 pub mod startup;
 pub mod store;
 pub mod worker;

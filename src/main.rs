@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
                         .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info")),
                 )
                 .init();
-            let app = Application::build(Settings::from(args)).await?;
+            let app = Application::build(Settings::from_args(args)?).await?;
             app.run_until(shutdown_signal()).await
         }
     }

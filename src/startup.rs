@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::config::Settings;
-use crate::credentials::DockerConfig;
+use crate::credentials::{DockerConfig, JobCredentials};
 use crate::engine::{DockerEngine, Engine};
+use crate::registry::OciRegistry;
 use crate::store::Store;
 use crate::worker::{Cancellations, WorkerContext, WorkerPool};
 
@@ -26,6 +27,17 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        if settings.api_tokens.is_empty()
+            && !settings.listen.ip().is_loopback()
+            && !settings.allow_unauthenticated
+        {
+            anyhow::bail!(
+                "refusing to listen on {} without API tokens: anyone who reaches it could publish \
+                 through this engine. Give tokens (--api-token-file or PUBLISHD_API_TOKENS), \
+                 listen on a loopback address, or pass --allow-unauthenticated",
+                settings.listen
+            );
+        }
         let store = Store::open(&settings.database).await?;
         let engine: Arc<dyn Engine> =
             Arc::new(DockerEngine::connect(settings.docker_host.as_deref()).await?);
@@ -34,19 +46,28 @@ impl Application {
             .with_context(|| format!("listening on {}", settings.listen))?;
         let cancellations = Cancellations::default();
         let wake = Arc::new(Notify::new());
-        let router = api::router(AppState {
-            store: store.clone(),
-            engine: engine.clone(),
-            cancellations: cancellations.clone(),
-            wake: wake.clone(),
-            limits: settings.limits,
-        });
+        let job_credentials = JobCredentials::default();
+        let router = api::router(
+            AppState {
+                store: store.clone(),
+                engine: engine.clone(),
+                cancellations: cancellations.clone(),
+                wake: wake.clone(),
+                limits: settings.limits,
+                max_queued_targets: settings.max_queued_targets,
+                job_credentials: job_credentials.clone(),
+            },
+            settings.api_tokens.clone(),
+        );
         let context = Arc::new(WorkerContext {
             store,
             engine,
+            registry: Arc::new(OciRegistry),
             credentials: DockerConfig::new(settings.docker_config.clone()),
+            job_credentials,
             cancellations,
             timeouts: settings.timeouts,
+            retry: settings.retry,
         });
         Ok(Application {
             listener,
@@ -75,7 +96,12 @@ impl Application {
             shutdown.await;
             trigger.cancel();
         });
-        tracing::info!(%address, workers = self.settings.workers, "publishd listening");
+        tracing::info!(
+            %address,
+            workers = self.settings.workers,
+            api_tokens = self.settings.api_tokens.len(),
+            "publishd listening"
+        );
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(stopping.clone().cancelled_owned())
             .await

@@ -276,9 +276,10 @@ async fn cancel_stops_queued_and_running_jobs() {
 
     // A push to a registry that never answers keeps the only lane busy.
     let stuck_repo = format!("{}/{}", hanging.address, unique("stuck"));
-    let running = app
-        .submit(&spec(&stuck_repo, &format!("{name}:b1"), "v1"))
-        .await;
+    // `force` skips the up-to-date read, which would hang before the push.
+    let mut stuck_spec = spec(&stuck_repo, &format!("{name}:b1"), "v1");
+    stuck_spec["force"] = json!(true);
+    let running = app.submit(&stuck_spec).await;
     app.wait_for(&running, Duration::from_secs(30), |job| {
         job["targets"][0]["status"] == "pushing"
     })

@@ -40,7 +40,10 @@ async fn queued_jobs_run_after_a_restart_and_an_interrupted_push_is_recovered() 
     })
     .await;
     let stuck_repo = format!("{}/{}", hanging.address, unique("stuck"));
-    let stuck = first.submit(&spec(&stuck_repo, &source, "v1")).await;
+    // `force` skips the up-to-date read, which would hang before the push.
+    let mut stuck_spec = spec(&stuck_repo, &source, "v1");
+    stuck_spec["force"] = json!(true);
+    let stuck = first.submit(&stuck_spec).await;
     first
         .wait_for(&stuck, Duration::from_secs(30), |job| {
             job["targets"][0]["status"] == "pushing"
@@ -62,7 +65,8 @@ async fn queued_jobs_run_after_a_restart_and_an_interrupted_push_is_recovered() 
     );
 
     let second = TestApp::spawn_in(dir.path(), |settings| {
-        settings.timeouts.push = Duration::from_secs(3);
+        settings.timeouts.push = Duration::from_secs(2);
+        settings.retry.attempts = 2;
     })
     .await;
     let registry = Registry::open(&env.registry);
@@ -79,11 +83,19 @@ async fn queued_jobs_run_after_a_restart_and_an_interrupted_push_is_recovered() 
     let job = second.wait_finished(&stuck).await;
     let target = &job["targets"][0];
     assert_eq!(target["status"], "failed");
-    assert_eq!(target["attempts"], 2, "run again after recovery");
+    // Run 1 was abandoned by the first process; run 2 tried the push twice.
+    assert_eq!(target["attempts"], 3, "{target:#}");
+    let error = target["error"].as_str().unwrap();
     assert!(
-        target["error"].as_str().unwrap().contains("timed out"),
+        error.contains("timed out") && error.contains("gave up after 2 tries"),
         "{target:#}"
     );
+    let tries = target["attempt_errors"].as_array().unwrap();
+    assert_eq!(tries.len(), 2, "{target:#}");
+    for (index, attempt) in tries.iter().enumerate() {
+        assert_eq!(attempt["step"], "push");
+        assert_eq!(attempt["attempt"], index as i64 + 2);
+    }
     assert!(
         engine.image(&leftover).await.is_none(),
         "leftover reference removed"
@@ -113,6 +125,7 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
         let created = store
             .create_job(NewJob {
                 plan: &plan,
+                has_registry_auth: false,
                 idempotency_key: None,
                 spec_hash: "x",
             })

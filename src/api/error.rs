@@ -4,7 +4,7 @@
 //! middleware in a response extension.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -30,6 +30,10 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     MethodNotAllowed(String),
+    #[error("a valid bearer token is required (Authorization: Bearer TOKEN)")]
+    Unauthorized,
+    #[error("{pending} targets are queued, the limit is {limit}: retry later")]
+    Overloaded { pending: i64, limit: usize },
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -44,13 +48,16 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `malformed_json`, `invalid_spec`, `not_found`,
     /// `conflict`, `idempotency_conflict`, `payload_too_large`,
-    /// `method_not_allowed`, `internal`.
+    /// `method_not_allowed`, `unauthorized`, `overloaded`, `internal`.
     pub code: String,
     pub message: String,
     /// The field at fault, as a path such as `images[0].source`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
+
+/// What an overloaded service asks a client to wait, in seconds.
+const RETRY_AFTER_SECS: &str = "5";
 
 /// The detail of an internal error, for the log middleware.
 #[derive(Debug, Clone)]
@@ -75,6 +82,8 @@ impl ApiError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -104,6 +113,20 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        match &self {
+            ApiError::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::Overloaded { .. } => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from_static(RETRY_AFTER_SECS),
+                );
+            }
+            _ => {}
+        }
         if let ApiError::Internal(error) = &self {
             response
                 .extensions_mut()

@@ -13,11 +13,10 @@ use super::error::ApiError;
 /// The largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-/// A JSON body, typed, together with its canonical form (keys sorted, no
-/// insignificant space) for comparing bodies.
+/// A JSON body, typed, together with the JSON it was read from.
 pub struct JsonBody<T> {
     pub value: T,
-    pub canonical: Vec<u8>,
+    pub json: Value,
 }
 
 impl<S, T> FromRequest<S> for JsonBody<T>
@@ -39,10 +38,8 @@ where
             })?;
         let json: Value = serde_json::from_slice(&bytes)
             .map_err(|error| ApiError::MalformedJson(format!("body is not valid JSON: {error}")))?;
-        // serde_json's maps are ordered by key, so this is canonical.
-        let canonical = serde_json::to_vec(&json).map_err(anyhow::Error::from)?;
-        let value = serde_path_to_error::deserialize(json).map_err(shape_error)?;
-        Ok(JsonBody { value, canonical })
+        let value = serde_path_to_error::deserialize(&json).map_err(shape_error)?;
+        Ok(JsonBody { value, json })
     }
 }
 

@@ -6,6 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -13,7 +14,9 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::JsonBody;
-use crate::domain::spec::{JobSpec, plan};
+use crate::credentials::RegistryAuth;
+use crate::domain::naming::registry_host;
+use crate::domain::spec::{JobSpec, RegistryAuthSpec, plan};
 use crate::domain::status::JobStatus;
 use crate::store::{Cancelled, Created, Job, JobPage, NewJob};
 
@@ -40,8 +43,12 @@ const MAX_PAGE: u32 = 100;
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 422, description = "Invalid spec", body = ErrorBody),
-    )
+        (status = 503, description = "Too many targets queued; see Retry-After", body = ErrorBody,
+         headers(("Retry-After" = String, description = "Seconds to wait"))),
+    ),
+    security(("bearer" = []))
 )]
 pub async fn create_job(
     State(state): State<AppState>,
@@ -50,34 +57,70 @@ pub async fn create_job(
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
     let plan = plan(&body.value, state.limits)?;
-    let spec_hash = hex::encode(Sha256::digest(&body.canonical));
+    let pending = state.store.pending_targets().await?;
+    if pending.saturating_add(plan.targets.len() as i64) > state.max_queued_targets as i64 {
+        return Err(ApiError::Overloaded {
+            pending,
+            limit: state.max_queued_targets,
+        });
+    }
+    let auth = body
+        .value
+        .registry_auth
+        .as_ref()
+        .map(|auth| registry_auth(&plan.repo, auth));
     let created = state
         .store
         .create_job(NewJob {
             plan: &plan,
+            has_registry_auth: auth.is_some(),
             idempotency_key: idempotency_key.as_deref(),
-            spec_hash: &spec_hash,
+            spec_hash: &spec_hash(&body.json),
         })
         .await?;
-    match created {
+    let (status, job) = match created {
         Created::New(job) => {
             tracing::info!(job_id = %job.id, targets = job.targets.len(), "job accepted");
-            state.wake.notify_waiters();
-            let location = format!("/api/v1/jobs/{}", job.id);
-            Ok((
-                StatusCode::ACCEPTED,
-                [(header::LOCATION, location)],
-                Json(job),
-            )
-                .into_response())
+            (StatusCode::ACCEPTED, job)
         }
-        Created::Existing(job) => {
-            let location = format!("/api/v1/jobs/{}", job.id);
-            Ok((StatusCode::OK, [(header::LOCATION, location)], Json(job)).into_response())
+        Created::Existing(job) => (StatusCode::OK, job),
+        Created::KeyReused => {
+            return Err(ApiError::IdempotencyConflict(
+                "this Idempotency-Key was used for a job with a different body".to_owned(),
+            ));
         }
-        Created::KeyReused => Err(ApiError::IdempotencyConflict(
-            "this Idempotency-Key was used for a job with a different body".to_owned(),
-        )),
+    };
+    // A resubmission brings the credentials again, which revives a job whose
+    // credentials a restart lost, as long as its targets have not failed yet.
+    if let Some(auth) = auth
+        && !job.status.is_terminal()
+    {
+        state.job_credentials.insert(job.id, auth);
+    }
+    state.wake.notify_waiters();
+    let location = format!("/api/v1/jobs/{}", job.id);
+    Ok((status, [(header::LOCATION, location)], Json(job)).into_response())
+}
+
+/// The body's identity for idempotency: canonical JSON (serde_json's maps
+/// are ordered by key) without the credentials, so that no digest of a
+/// secret is ever stored.
+fn spec_hash(json: &Value) -> String {
+    let mut json = json.clone();
+    if let Some(object) = json.as_object_mut() {
+        object.remove("registry_auth");
+    }
+    hex::encode(Sha256::digest(json.to_string().as_bytes()))
+}
+
+fn registry_auth(repo: &str, spec: &RegistryAuthSpec) -> RegistryAuth {
+    let registry = registry_host(&format!("{repo}:latest")).unwrap_or_default();
+    match (&spec.username, &spec.password, &spec.identity_token) {
+        (Some(username), Some(password), _) => {
+            RegistryAuth::password(&registry, username, password)
+        }
+        (_, _, Some(token)) => RegistryAuth::identity_token(&registry, token),
+        _ => RegistryAuth::anonymous(),
     }
 }
 
@@ -105,8 +148,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "The job", body = Job),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
-    )
+    ),
+    security(("bearer" = []))
 )]
 pub async fn get_job(
     State(state): State<AppState>,
@@ -141,8 +186,10 @@ pub struct ListParams {
     responses(
         (status = 200, description = "A page of jobs", body = JobPage),
         (status = 400, description = "Unreadable query string", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 422, description = "Invalid parameter", body = ErrorBody),
-    )
+    ),
+    security(("bearer" = []))
 )]
 pub async fn list_jobs(
     State(state): State<AppState>,
@@ -189,8 +236,10 @@ pub async fn list_jobs(
     responses(
         (status = 200, description = "Cancel recorded; the job as it is now", body = Job),
         (status = 404, description = "No such job", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 409, description = "The job has already finished", body = ErrorBody),
-    )
+    ),
+    security(("bearer" = []))
 )]
 pub async fn cancel_job(
     State(state): State<AppState>,
@@ -205,6 +254,9 @@ pub async fn cancel_job(
         ))),
         Cancelled::Requested(job) => {
             state.cancellations.cancel(id);
+            if job.status.is_terminal() {
+                state.job_credentials.remove(id);
+            }
             tracing::info!(job_id = %id, "cancel requested");
             Ok(Json(job))
         }

@@ -2,6 +2,7 @@
 //! Every route and schema is in the OpenAPI document served at
 //! `/openapi.json` and checked in as `openapi/openapi.json`.
 
+mod auth;
 pub mod error;
 mod extract;
 mod health;
@@ -23,6 +24,9 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use auth::ApiTokens;
+
+use crate::credentials::JobCredentials;
 use crate::domain::spec::Limits;
 use crate::engine::Engine;
 use crate::store::Store;
@@ -38,6 +42,9 @@ pub struct AppState {
     /// Wakes idle worker lanes when a job is queued.
     pub wake: Arc<Notify>,
     pub limits: Limits,
+    /// Past this many pending targets, new jobs are refused with 503.
+    pub max_queued_targets: usize,
+    pub job_credentials: JobCredentials,
 }
 
 /// Bounds every request; a slow client cannot hold a connection open forever.
@@ -49,9 +56,24 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
         title = "publishd",
         description = "werf-style image publishing (tag with meta labels, push, untag) as a durable HTTP service."
     ),
-    tags((name = "jobs", description = "Publish jobs"), (name = "health", description = "Probes"))
+    tags((name = "jobs", description = "Publish jobs"), (name = "health", description = "Probes")),
+    modifiers(&BearerScheme)
 )]
 struct ApiDoc;
+
+/// Documents the bearer tokens `/api/` takes when tokens are configured.
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
 
 fn parts() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -68,7 +90,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     parts().1
 }
 
-pub fn router(state: AppState) -> axum::Router {
+pub fn router(state: AppState, tokens: ApiTokens) -> axum::Router {
     let (router, document) = parts();
     let document = Arc::new(document);
     router
@@ -81,6 +103,10 @@ pub fn router(state: AppState) -> axum::Router {
             ApiError::MethodNotAllowed("method not allowed on this route".to_owned())
         })
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(tokens),
+            auth::require_token,
+        ))
         .layer(middleware::from_fn(log_internal_errors))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

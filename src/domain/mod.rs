@@ -3,6 +3,7 @@
 
 pub mod labels;
 pub mod naming;
+pub mod retry;
 pub mod slug;
 pub mod spec;
 pub mod status;

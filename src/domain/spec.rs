@@ -24,6 +24,34 @@ pub struct JobSpec {
     pub images: Vec<ImageSpec>,
     /// The tags each image is published under.
     pub tags: Vec<TagSpec>,
+    /// Push even when the registry already holds the tag with the same
+    /// `werf-content-signature`.
+    #[serde(default)]
+    pub force: bool,
+    /// Credentials for the repo's registry, for this job only: held in memory,
+    /// never stored or answered. Without them the service's docker config is used.
+    #[serde(default)]
+    pub registry_auth: Option<RegistryAuthSpec>,
+}
+
+/// Per-job registry credentials: a username and password, or an identity token.
+#[derive(Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuthSpec {
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub identity_token: Option<String>,
+}
+
+impl std::fmt::Debug for RegistryAuthSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuthSpec")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One built image.
@@ -118,6 +146,7 @@ impl ValidationError {
 pub struct Plan {
     pub repo: String,
     pub repo_mode: RepoMode,
+    pub force: bool,
     pub targets: Vec<PlannedTarget>,
 }
 
@@ -212,9 +241,13 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
             });
         }
     }
+    if let Some(auth) = &spec.registry_auth {
+        check_registry_auth(auth)?;
+    }
     Ok(Plan {
         repo,
         repo_mode: spec.repo_mode,
+        force: spec.force,
         targets,
     })
 }
@@ -307,6 +340,21 @@ fn check_image_name(repo: &str, mode: RepoMode, name: &str) -> Result<(), String
         }
     }
     check_tagged_reference(&reference).map_err(|message| format!("invalid image name: {message}"))
+}
+
+fn check_registry_auth(auth: &RegistryAuthSpec) -> Result<(), ValidationError> {
+    let filled = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
+    match (
+        filled(&auth.username),
+        filled(&auth.password),
+        filled(&auth.identity_token),
+    ) {
+        (true, true, false) | (false, false, true) => Ok(()),
+        _ => Err(ValidationError::new(
+            "registry_auth",
+            "give either username and password, or identity_token",
+        )),
+    }
 }
 
 /// A source is an image id (`sha256:...` or a hex prefix) or a reference.

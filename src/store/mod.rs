@@ -16,7 +16,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
-pub use model::{ClaimedTarget, Job, JobPage, Target, TargetOutcome};
+pub use model::{AttemptError, ClaimedTarget, Job, JobPage, Target, TargetOutcome};
 
 use crate::domain::naming::RepoMode;
 use crate::domain::spec::{Plan, TagStrategy};
@@ -50,6 +50,7 @@ pub enum Cancelled {
 /// What a new job is made of.
 pub struct NewJob<'a> {
     pub plan: &'a Plan,
+    pub has_registry_auth: bool,
     pub idempotency_key: Option<&'a str>,
     pub spec_hash: &'a str,
 }
@@ -116,12 +117,15 @@ impl Store {
         let id = Uuid::now_v7();
         let now = now();
         sqlx::query(
-            "INSERT INTO jobs (id, status, repo, repo_mode, idempotency_key, spec_hash, created_at)
-             VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, status, repo, repo_mode, force, has_registry_auth,
+                               idempotency_key, spec_hash, created_at)
+             VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.to_string())
         .bind(&new.plan.repo)
         .bind(new.plan.repo_mode.as_str())
+        .bind(new.plan.force)
+        .bind(new.has_registry_auth)
         .bind(new.idempotency_key)
         .bind(new.spec_hash)
         .bind(&now)
@@ -317,35 +321,75 @@ impl Store {
         Ok(())
     }
 
-    /// Records how a target ended and brings its job's status up to date.
+    /// Records how a target ended and brings its job's status up to date;
+    /// answers the job's new status.
     pub async fn finish_target(
         &self,
         id: i64,
         outcome: &TargetOutcome,
         warnings: &[String],
-    ) -> StoreResult<()> {
-        let (status, digest, error) = match outcome {
-            TargetOutcome::Succeeded { digest } => ("succeeded", Some(digest.as_str()), None),
-            TargetOutcome::Failed { error } => ("failed", None, Some(error.as_str())),
-            TargetOutcome::Cancelled => ("cancelled", None, Some("cancelled")),
+    ) -> StoreResult<JobStatus> {
+        let (status, digest, error, up_to_date) = match outcome {
+            TargetOutcome::Succeeded { digest, up_to_date } => {
+                ("succeeded", Some(digest.as_str()), None, *up_to_date)
+            }
+            TargetOutcome::Failed { error } => ("failed", None, Some(error.as_str()), false),
+            TargetOutcome::Cancelled => ("cancelled", None, Some("cancelled"), false),
         };
         let mut tx = self.writer.begin().await?;
         let job_id: String = sqlx::query_scalar(
-            "UPDATE targets SET status = ?, digest = ?, error = ?, warnings = ?, finished_at = ?
+            "UPDATE targets SET status = ?, digest = ?, error = ?, up_to_date = ?, warnings = ?,
+                                finished_at = ?
              WHERE id = ? RETURNING job_id",
         )
         .bind(status)
         .bind(digest)
         .bind(error)
+        .bind(up_to_date)
         .bind(serde_json::to_string(warnings)?)
         .bind(now())
         .bind(id)
         .fetch_one(&mut *tx)
         .await
         .context("finishing a target")?;
-        refresh_job(&mut tx, parse_uuid(job_id)?).await?;
+        let status = refresh_job(&mut tx, parse_uuid(job_id)?).await?;
         tx.commit().await.context("committing a finished target")?;
+        Ok(status)
+    }
+
+    /// Records a failed try of `step`; when another try follows, counts it.
+    pub async fn record_failed_attempt(
+        &self,
+        id: i64,
+        step: &str,
+        error: &str,
+        retrying: bool,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE targets SET
+                 attempt_errors = json_insert(attempt_errors, '$[#]',
+                     json_object('attempt', attempts, 'step', ?, 'error', ?, 'at', ?)),
+                 attempts = attempts + ?
+             WHERE id = ?",
+        )
+        .bind(step)
+        .bind(error)
+        .bind(now())
+        .bind(i64::from(retrying))
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .context("recording a failed attempt")?;
         Ok(())
+    }
+
+    /// Targets waiting to run, for back-pressure.
+    pub async fn pending_targets(&self) -> StoreResult<i64> {
+        let count = sqlx::query_scalar("SELECT count(*) FROM targets WHERE status = 'pending'")
+            .fetch_one(&self.reader)
+            .await
+            .context("counting pending targets")?;
+        Ok(count)
     }
 
     /// Puts a claimed target back in the queue (shutdown, or recovery after a
@@ -371,24 +415,25 @@ impl Store {
     }
 
     /// Targets left mid-step: at start-up these belong to a process that died.
-    pub async fn in_flight_targets(&self) -> StoreResult<Vec<ClaimedTarget>> {
-        let mut tx = self.writer.begin().await?;
-        let ids: Vec<i64> = sqlx::query_scalar(&format!(
+    pub async fn in_flight_targets(&self) -> StoreResult<Vec<i64>> {
+        let ids = sqlx::query_scalar(&format!(
             "SELECT id FROM targets WHERE status IN {IN_FLIGHT}"
         ))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut targets = Vec::with_capacity(ids.len());
-        for id in ids {
-            targets.push(load_claimed(&mut tx, id).await?);
-        }
+        .fetch_all(&self.writer)
+        .await
+        .context("listing targets in flight")?;
+        Ok(ids)
+    }
+
+    /// A target as a lane sees it, with what its last run recorded.
+    pub async fn claimed_target(&self, id: i64) -> StoreResult<ClaimedTarget> {
+        let mut tx = self.writer.begin().await?;
+        let target = load_claimed(&mut tx, id).await?;
         tx.commit().await?;
-        Ok(targets)
+        Ok(target)
     }
 }
 
-/// RFC 3339 in UTC with a fixed six-digit fraction, so that text order is
-/// time order (in SQL and in clients).
 fn now() -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
@@ -405,8 +450,8 @@ fn parse_enum<T>(value: &str, parse: fn(&str) -> Option<T>, what: &str) -> Store
     parse(value).with_context(|| format!("bad {what} {value:?} in the database"))
 }
 
-/// Brings a job's status in line with its targets'.
-async fn refresh_job(tx: &mut Transaction<'_, Sqlite>, id: Uuid) -> StoreResult<()> {
+/// Brings a job's status in line with its targets' and answers it.
+async fn refresh_job(tx: &mut Transaction<'_, Sqlite>, id: Uuid) -> StoreResult<JobStatus> {
     let rows = sqlx::query("SELECT status FROM targets WHERE job_id = ?")
         .bind(id.to_string())
         .fetch_all(&mut **tx)
@@ -445,13 +490,14 @@ async fn refresh_job(tx: &mut Transaction<'_, Sqlite>, id: Uuid) -> StoreResult<
     .execute(&mut **tx)
     .await
     .context("updating the job status")?;
-    Ok(())
+    Ok(status)
 }
 
 async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<ClaimedTarget> {
     let row = sqlx::query(
         "SELECT t.id, t.job_id, j.repo, j.repo_mode, t.image_name, t.source, t.strategy, t.tag,
-                t.reference, t.status, t.attempts, t.prior_image_id, t.created_image_id
+                t.reference, t.status, t.attempts, j.force, j.has_registry_auth,
+                t.prior_image_id, t.created_image_id
          FROM targets t JOIN jobs j ON j.id = t.job_id WHERE t.id = ?",
     )
     .bind(id)
@@ -470,6 +516,8 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
         reference: row.get("reference"),
         status: parse_enum(row.get("status"), TargetStatus::parse, "target status")?,
         attempts: row.get("attempts"),
+        force: row.get("force"),
+        has_registry_auth: row.get("has_registry_auth"),
         prior_image_id: row.get("prior_image_id"),
         created_image_id: row.get("created_image_id"),
     })
@@ -508,6 +556,7 @@ async fn load_job(conn: &mut sqlx::SqliteConnection, id: Uuid) -> StoreResult<Op
 
 fn target_from_row(row: &SqliteRow) -> StoreResult<Target> {
     let warnings: String = row.get("warnings");
+    let attempt_errors: String = row.get("attempt_errors");
     Ok(Target {
         image: row.get("image_name"),
         source: row.get("source"),
@@ -518,6 +567,9 @@ fn target_from_row(row: &SqliteRow) -> StoreResult<Target> {
         digest: row.get("digest"),
         attempts: row.get("attempts"),
         error: row.get("error"),
+        attempt_errors: serde_json::from_str(&attempt_errors)
+            .context("bad attempt errors in the database")?,
+        up_to_date: row.get("up_to_date"),
         warnings: serde_json::from_str(&warnings).context("bad warnings in the database")?,
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),

@@ -1,7 +1,7 @@
 //! What the store hands out: jobs and targets as recorded. These are also the
 //! API's answer bodies, so their field names are the HTTP contract.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -41,14 +41,31 @@ pub struct Target {
     pub status: TargetStatus,
     /// The manifest digest the registry accepted.
     pub digest: Option<String>,
+    /// Tries of the target's steps so far, retries and reruns after a restart included.
     pub attempts: i64,
     pub error: Option<String>,
+    /// Every failed try, oldest first.
+    pub attempt_errors: Vec<AttemptError>,
+    /// The registry already held this image (same `werf-content-signature`),
+    /// so it was not pushed again; `digest` is the registry's.
+    pub up_to_date: bool,
     /// Problems that did not fail the target, such as a failed clean-up.
     pub warnings: Vec<String>,
     #[schema(format = DateTime)]
     pub started_at: Option<String>,
     #[schema(format = DateTime)]
     pub finished_at: Option<String>,
+}
+
+/// One failed try of a step.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AttemptError {
+    pub attempt: i64,
+    /// `tag`, `push`, `verify` or `untag`.
+    pub step: String,
+    pub error: String,
+    #[schema(format = DateTime)]
+    pub at: String,
 }
 
 /// A target a worker lane has claimed, with what it needs to run it.
@@ -65,6 +82,8 @@ pub struct ClaimedTarget {
     pub reference: Option<String>,
     pub status: TargetStatus,
     pub attempts: i64,
+    pub force: bool,
+    pub has_registry_auth: bool,
     pub prior_image_id: Option<String>,
     pub created_image_id: Option<String>,
 }
@@ -72,7 +91,7 @@ pub struct ClaimedTarget {
 /// How a target's run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetOutcome {
-    Succeeded { digest: String },
+    Succeeded { digest: String, up_to_date: bool },
     Failed { error: String },
     Cancelled,
 }

@@ -15,18 +15,23 @@ use tracing::{Instrument, error, info, info_span, warn};
 pub use cancellations::Cancellations;
 pub use procedure::StepTimeouts;
 
-use crate::credentials::DockerConfig;
+use crate::credentials::{DockerConfig, JobCredentials};
+use crate::domain::retry::RetryPolicy;
 use crate::engine::Engine;
+use crate::registry::Registry;
 use crate::store::{ClaimedTarget, Store};
-use procedure::{Finish, restore_reference};
+use procedure::{Finish, Signals, restore_reference};
 
 /// Everything a lane needs.
 pub struct WorkerContext {
     pub store: Store,
     pub engine: Arc<dyn Engine>,
+    pub registry: Arc<dyn Registry>,
     pub credentials: DockerConfig,
+    pub job_credentials: JobCredentials,
     pub cancellations: Cancellations,
     pub timeouts: StepTimeouts,
+    pub retry: RetryPolicy,
 }
 
 /// How often an idle lane looks for work it was not woken for.
@@ -91,7 +96,7 @@ async fn run_lane(ctx: &WorkerContext, stop: &CancellationToken, wake: &Notify) 
     while !stop.is_cancelled() {
         match ctx.store.claim_target().await {
             Ok(Some(target)) => {
-                process(ctx, target).await;
+                process(ctx, target, stop).await;
                 // A finished target may unblock others waiting on its reference.
                 wake.notify_waiters();
             }
@@ -110,7 +115,7 @@ async fn run_lane(ctx: &WorkerContext, stop: &CancellationToken, wake: &Notify) 
     }
 }
 
-async fn process(ctx: &WorkerContext, target: ClaimedTarget) {
+async fn process(ctx: &WorkerContext, target: ClaimedTarget, stop: &CancellationToken) {
     let span = info_span!(
         "target",
         job_id = %target.job_id,
@@ -129,25 +134,44 @@ async fn process(ctx: &WorkerContext, target: ClaimedTarget) {
             ),
         }
         info!("started");
-        match procedure::run(ctx, &target, guard.token()).await {
+        let signals = Signals {
+            cancel: guard.token(),
+            stop,
+        };
+        match procedure::run(ctx, &target, signals).await {
             Ok(Finish::Done { outcome, warnings }) => {
                 info!(?outcome, "finished");
-                if let Err(error) = ctx
+                match ctx
                     .store
                     .finish_target(target.id, &outcome, &warnings)
                     .await
                 {
-                    error!(error = format!("{error:#}"), "recording the outcome failed");
+                    Ok(status) if status.is_terminal() => ctx.job_credentials.remove(target.job_id),
+                    Ok(_) => {}
+                    Err(error) => {
+                        error!(error = format!("{error:#}"), "recording the outcome failed");
+                    }
                 }
             }
             Ok(Finish::Deferred) => info!("reference busy; back in the queue"),
+            Ok(Finish::Release) => {
+                info!("stopping: back in the queue for the next start");
+                if let Err(error) = ctx.store.release_target(target.id).await {
+                    error!(error = format!("{error:#}"), "releasing the target failed");
+                }
+            }
+            Ok(Finish::Abandon) => warn!("stopping mid-step: the next start recovers this target"),
             Err(error) => {
                 error!(
                     error = format!("{error:#}"),
                     "run aborted by a store failure"
                 );
-                if let Err(error) = ctx.store.release_target(target.id).await {
-                    error!(error = format!("{error:#}"), "releasing the target failed");
+                // Undo what the run left on the engine, as after a crash.
+                if let Err(error) = recover_target(ctx, target.id).await {
+                    error!(
+                        error = format!("{error:#}"),
+                        "the next start recovers this target"
+                    );
                 }
             }
         }
@@ -188,20 +212,27 @@ async fn recover(ctx: &WorkerContext, stop: &CancellationToken) {
 }
 
 async fn recover_once(ctx: &WorkerContext) -> anyhow::Result<usize> {
-    let targets = ctx.store.in_flight_targets().await?;
-    for target in &targets {
-        if let (Some(reference), Some(created)) = (&target.reference, &target.created_image_id) {
-            let span = info_span!("recover", job_id = %target.job_id, reference = %reference);
-            restore_reference(
-                ctx.engine.as_ref(),
-                reference,
-                created,
-                target.prior_image_id.as_deref(),
-            )
-            .instrument(span)
-            .await?;
-        }
-        ctx.store.release_target(target.id).await?;
+    let ids = ctx.store.in_flight_targets().await?;
+    for id in &ids {
+        recover_target(ctx, *id).await?;
     }
-    Ok(targets.len())
+    Ok(ids.len())
+}
+
+/// Undoes what a run of the target left on the engine and queues it again.
+async fn recover_target(ctx: &WorkerContext, id: i64) -> anyhow::Result<()> {
+    let target = ctx.store.claimed_target(id).await?;
+    if let (Some(reference), Some(created)) = (&target.reference, &target.created_image_id) {
+        let span = info_span!("recover", job_id = %target.job_id, reference = %reference);
+        restore_reference(
+            ctx.engine.as_ref(),
+            reference,
+            created,
+            target.prior_image_id.as_deref(),
+        )
+        .instrument(span)
+        .await?;
+    }
+    ctx.store.release_target(id).await?;
+    Ok(())
 }

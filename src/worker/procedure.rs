@@ -1,31 +1,42 @@
-//! The publish procedure for one target: tag -> push -> untag, with its
-//! clean-up guarantees. The only code that drives the engine for a job.
+//! The publish procedure for one target: tag -> push -> verify -> untag, with
+//! retries per step and its clean-up guarantees. The only code that drives
+//! the engine for a job.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::credentials::RegistryAuth;
 use crate::domain::labels::{LabelInput, werf_labels};
 use crate::domain::naming::{registry_host, target_reference};
+use crate::domain::retry::{FailureKind, classify_registry_message};
 use crate::domain::spec::TagStrategy;
 use crate::domain::status::TargetStatus;
-use crate::engine::{Engine, EngineError, LabelledImage};
+use crate::engine::{Engine, EngineError, LabelledImage, SourceImage};
+use crate::registry::RegistryError;
 use crate::store::{ClaimedTarget, TargetOutcome};
 
 use super::WorkerContext;
 
-/// How long each step may take.
+/// How long one try of each step may take.
 #[derive(Debug, Clone, Copy)]
 pub struct StepTimeouts {
-    /// Inspecting the source and making the labelled image.
+    /// Inspecting the source, making the labelled image, reading the registry.
     pub tag: Duration,
     pub push: Duration,
     pub untag: Duration,
 }
 
+/// What can interrupt a run: a cancel of its job, or the service stopping.
+pub struct Signals<'a> {
+    pub cancel: &'a CancellationToken,
+    pub stop: &'a CancellationToken,
+}
+
 /// How a run of the procedure ended.
+#[derive(Debug)]
 pub enum Finish {
     Done {
         outcome: TargetOutcome,
@@ -34,32 +45,87 @@ pub enum Finish {
     /// Another target is working on the same reference: the target went back
     /// to the queue untouched.
     Deferred,
+    /// The service is stopping: the engine is clean and the target can go
+    /// back to the queue.
+    Release,
+    /// The service is stopping and the engine could not be cleaned: leave the
+    /// target mid-step for the next start's recovery.
+    Abandon,
+}
+
+/// Why a step did not produce its result.
+enum Stop {
+    Failed(String),
+    Cancelled,
+    ShuttingDown,
+    Store(anyhow::Error),
+}
+
+/// One failed try.
+struct Failure {
+    kind: FailureKind,
+    message: String,
+}
+
+impl Failure {
+    fn permanent(message: String) -> Failure {
+        Failure {
+            kind: FailureKind::Permanent,
+            message,
+        }
+    }
+}
+
+impl From<EngineError> for Failure {
+    fn from(error: EngineError) -> Failure {
+        let kind = match &error {
+            EngineError::Unreachable(_) => FailureKind::Outage,
+            EngineError::Api { status, .. } if *status >= 500 => FailureKind::Transient,
+            EngineError::Api { .. } => FailureKind::Permanent,
+            EngineError::Push(message) => classify_registry_message(message),
+            EngineError::Protocol(_) => FailureKind::Transient,
+        };
+        Failure {
+            kind,
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<RegistryError> for Failure {
+    fn from(error: RegistryError) -> Failure {
+        Failure {
+            kind: error.kind,
+            message: error.to_string(),
+        }
+    }
 }
 
 /// Runs one claimed target. Store failures abort the run (the target is then
-/// recovered like after a crash); every engine or registry failure becomes
-/// the target's outcome.
+/// recovered like after a crash); engine and registry failures are retried as
+/// their kind allows and otherwise become the target's outcome.
 pub async fn run(
     ctx: &WorkerContext,
     target: &ClaimedTarget,
-    cancel: &CancellationToken,
+    signals: Signals<'_>,
 ) -> anyhow::Result<Finish> {
-    let engine = ctx.engine.as_ref();
-    let timeouts = ctx.timeouts;
-    let failed = |error: String| Finish::Done {
-        outcome: TargetOutcome::Failed { error },
-        warnings: Vec::new(),
+    let run = Run {
+        ctx,
+        target,
+        signals,
     };
-
-    let source = match bounded(timeouts.tag, engine.inspect_image(&target.source)).await {
-        Ok(Some(source)) => source,
-        Ok(None) => {
-            return Ok(failed(format!(
-                "source image {:?} does not exist on the docker engine",
-                target.source
-            )));
-        }
-        Err(error) => return Ok(failed(format!("tag: inspecting the source image: {error}"))),
+    let done = |outcome| {
+        Ok(Finish::Done {
+            outcome,
+            warnings: Vec::new(),
+        })
+    };
+    let source = match run
+        .step("tag", ctx.timeouts.tag, true, || run.source_image())
+        .await
+    {
+        Ok(source) => source,
+        Err(stop) => return run.stopped_before_tag(stop),
     };
     ctx.store.record_source_image(target.id, &source.id).await?;
 
@@ -84,19 +150,39 @@ pub async fn run(
         }
         _ => anyhow::bail!("target {} has no reference", target.id),
     };
-    if cancel.is_cancelled() {
-        return Ok(Finish::Done {
-            outcome: TargetOutcome::Cancelled,
-            warnings: Vec::new(),
+
+    let auth = match run.auth(&reference).await {
+        Ok(auth) => auth,
+        Err(message) => return done(TargetOutcome::Failed { error: message }),
+    };
+    if !target.force
+        && let Some(digest) = run.up_to_date(&reference, &source, &auth).await
+    {
+        info!(%digest, "registry already up to date; not pushed");
+        return done(TargetOutcome::Succeeded {
+            digest,
+            up_to_date: true,
+        });
+    }
+    if signals_stopped(&run.signals) {
+        return run.stopped_before_tag(if run.signals.cancel.is_cancelled() {
+            Stop::Cancelled
+        } else {
+            Stop::ShuttingDown
         });
     }
 
     // Tag. What the reference named before is recorded first, and the new
     // image's id (known before the engine sees it) next, so that a crash at
     // any point can be undone.
-    let prior = match bounded(timeouts.tag, engine.image_id(&reference)).await {
+    let prior = match run
+        .step("tag", ctx.timeouts.tag, true, || async {
+            Ok(ctx.engine.image_id(&reference).await?)
+        })
+        .await
+    {
         Ok(prior) => prior,
-        Err(error) => return Ok(failed(format!("tag: inspecting {reference}: {error}"))),
+        Err(stop) => return run.stopped_before_tag(stop),
     };
     ctx.store
         .record_prior_image(target.id, prior.as_deref())
@@ -110,79 +196,273 @@ pub async fn run(
     });
     let image = LabelledImage::new(&source, &labels);
     ctx.store.record_created_image(target.id, &image.id).await?;
-    let tagged = bounded(timeouts.tag, engine.load_image(&image, &reference)).await;
+    let tagged = run
+        .step("tag", ctx.timeouts.tag, true, || async {
+            Ok(ctx.engine.load_image(&image, &reference).await?)
+        })
+        .await;
 
-    let outcome = match tagged {
-        Err(error) => TargetOutcome::Failed {
-            error: format!("tag: {error}"),
-        },
-        Ok(()) if cancel.is_cancelled() => TargetOutcome::Cancelled,
+    let published = match tagged {
         Ok(()) => {
             info!(image_id = %image.id, "tagged");
             ctx.store.set_step(target.id, TargetStatus::Pushing).await?;
-            push(ctx, &reference, cancel).await
+            run.push_and_verify(&reference, &auth).await
         }
+        Err(stop) => Err(stop),
     };
 
     // Untag, whatever happened above.
     ctx.store
         .set_step(target.id, TargetStatus::Untagging)
         .await?;
+    let untagged = run
+        .step("untag", ctx.timeouts.untag, false, || async {
+            Ok(
+                restore_reference(ctx.engine.as_ref(), &reference, &image.id, prior.as_deref())
+                    .await?,
+            )
+        })
+        .await;
     let mut warnings = Vec::new();
-    let restored = bounded(
-        timeouts.untag,
-        restore_reference(engine, &reference, &image.id, prior.as_deref()),
-    )
-    .await;
-    if let Err(error) = restored {
-        warn!(%error, "untag failed");
-        warnings.push(format!("untag: {error}"));
+    match untagged {
+        Ok(()) => {}
+        Err(Stop::Store(error)) => return Err(error),
+        // Stopping mid-way through the untag: the next start finishes it.
+        Err(Stop::ShuttingDown) => return Ok(Finish::Abandon),
+        Err(Stop::Failed(message)) => {
+            warn!(%message, "untag failed");
+            warnings.push(message);
+        }
+        // The untag ignores cancels; nothing else yields this.
+        Err(Stop::Cancelled) => warnings.push("untag: interrupted".to_owned()),
     }
+
+    let outcome = match published {
+        Ok(digest) => TargetOutcome::Succeeded {
+            digest,
+            up_to_date: false,
+        },
+        Err(Stop::Failed(error)) => TargetOutcome::Failed { error },
+        Err(Stop::Cancelled) => TargetOutcome::Cancelled,
+        Err(Stop::Store(error)) => return Err(error),
+        Err(Stop::ShuttingDown) => {
+            return Ok(if warnings.is_empty() {
+                Finish::Release
+            } else {
+                Finish::Abandon
+            });
+        }
+    };
     Ok(Finish::Done { outcome, warnings })
 }
 
-async fn push(ctx: &WorkerContext, reference: &str, cancel: &CancellationToken) -> TargetOutcome {
-    let Some(registry) = registry_host(reference) else {
-        return TargetOutcome::Failed {
-            error: format!("push: no registry in {reference}"),
-        };
-    };
-    let auth = match ctx.credentials.auth_for(&registry).await {
-        Ok(auth) => auth,
-        Err(error) => {
-            return TargetOutcome::Failed {
-                error: format!("push: {error:#}"),
-            };
-        }
-    };
-    // Dropping the push future drops the engine's stream, which stops the push.
-    tokio::select! {
-        _ = cancel.cancelled() => TargetOutcome::Cancelled,
-        pushed = bounded(ctx.timeouts.push, ctx.engine.push(reference, &auth)) => match pushed {
-            Ok(digest) => {
-                info!(%digest, "pushed");
-                TargetOutcome::Succeeded { digest }
-            }
-            Err(error) => TargetOutcome::Failed { error: push_error(error, &registry, auth.is_anonymous()) },
-        },
-    }
+fn signals_stopped(signals: &Signals<'_>) -> bool {
+    signals.cancel.is_cancelled() || signals.stop.is_cancelled()
 }
 
-/// Adds what a pipeline needs to fix an authentication failure.
-fn push_error(error: StepError, registry: &str, anonymous: bool) -> String {
-    let message = error.to_string();
-    let denied = [
-        "unauthorized",
-        "authentication required",
-        "denied",
-        "no basic auth credentials",
-    ]
-    .iter()
-    .any(|word| message.to_lowercase().contains(word));
-    if denied && anonymous {
-        format!("push: {message} (no credentials for {registry} in the docker config)")
-    } else {
-        format!("push: {message}")
+struct Run<'a> {
+    ctx: &'a WorkerContext,
+    target: &'a ClaimedTarget,
+    signals: Signals<'a>,
+}
+
+impl Run<'_> {
+    async fn source_image(&self) -> Result<SourceImage, Failure> {
+        match self.ctx.engine.inspect_image(&self.target.source).await? {
+            Some(source) => Ok(source),
+            None => Err(Failure::permanent(format!(
+                "source image {:?} does not exist on the docker engine",
+                self.target.source
+            ))),
+        }
+    }
+
+    /// Nothing was changed on the engine yet: a stop ends the run plainly.
+    fn stopped_before_tag(&self, stop: Stop) -> anyhow::Result<Finish> {
+        let outcome = match stop {
+            Stop::Failed(error) => TargetOutcome::Failed { error },
+            Stop::Cancelled => TargetOutcome::Cancelled,
+            Stop::ShuttingDown => return Ok(Finish::Release),
+            Stop::Store(error) => return Err(error),
+        };
+        Ok(Finish::Done {
+            outcome,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// The job's own credentials if it brought some, else the docker config's
+    /// for the reference's registry.
+    async fn auth(&self, reference: &str) -> Result<RegistryAuth, String> {
+        if self.target.has_registry_auth {
+            return self
+                .ctx
+                .job_credentials
+                .get(self.target.job_id)
+                .ok_or_else(|| {
+                    "the job's registry credentials were lost when publishd restarted (they are \
+                 never stored): resubmit the job"
+                        .to_owned()
+                });
+        }
+        let registry =
+            registry_host(reference).ok_or_else(|| format!("push: no registry in {reference}"))?;
+        self.ctx
+            .credentials
+            .auth_for(&registry)
+            .await
+            .map_err(|error| format!("push: {error:#}"))
+    }
+
+    /// werf's rule: a tag whose image carries the source id as its content
+    /// signature is already published. A registry that cannot answer is no
+    /// reason to fail: the push will meet (and retry) the same problem.
+    async fn up_to_date(
+        &self,
+        reference: &str,
+        source: &SourceImage,
+        auth: &RegistryAuth,
+    ) -> Option<String> {
+        let read = tokio::time::timeout(
+            self.ctx.timeouts.tag,
+            self.ctx.registry.image(reference, auth),
+        );
+        let read = tokio::select! {
+            read = read => read,
+            // The caller sees the cancel right after.
+            _ = self.signals.cancel.cancelled() => return None,
+        };
+        match read {
+            Ok(Ok(Some(remote)))
+                if remote.content_signature.as_deref() == Some(source.id.as_str()) =>
+            {
+                Some(remote.digest)
+            }
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => {
+                warn!(%error, "up-to-date check failed; pushing");
+                None
+            }
+            Err(_) => {
+                warn!("up-to-date check timed out; pushing");
+                None
+            }
+        }
+    }
+
+    async fn push_and_verify(&self, reference: &str, auth: &RegistryAuth) -> Result<String, Stop> {
+        let ctx = self.ctx;
+        let digest = self
+            .step("push", ctx.timeouts.push, true, || async {
+                ctx.engine.push(reference, auth).await.map_err(|error| {
+                    let mut failure = Failure::from(error);
+                    if failure.kind == FailureKind::Permanent && auth.is_anonymous() {
+                        failure.message = format!(
+                            "{} (no credentials for {} in the docker config)",
+                            failure.message,
+                            registry_host(reference).unwrap_or_default()
+                        );
+                    }
+                    failure
+                })
+            })
+            .await?;
+        info!(%digest, "pushed");
+        // Read the tag back: the registry, not the engine's report, is the truth.
+        self.step("verify", ctx.timeouts.tag, true, || async {
+            match ctx.registry.digest(reference, auth).await? {
+                Some(served) if served == digest => Ok(()),
+                Some(served) => Err(Failure::permanent(format!(
+                    "the registry serves {served} for {reference}, the engine pushed {digest}"
+                ))),
+                None => Err(Failure {
+                    kind: FailureKind::Transient,
+                    message: format!("{reference} is not in the registry right after its push"),
+                }),
+            }
+        })
+        .await?;
+        Ok(digest)
+    }
+
+    /// Runs one step with its timeout and retries: transient failures up to
+    /// the policy's attempts, outages until the outage limit, permanent
+    /// failures never. Every failed try is recorded on the target. With
+    /// `interruptible`, a cancel of the job interrupts the step, even mid-try.
+    async fn step<T, Op, Fut>(
+        &self,
+        step: &'static str,
+        limit: Duration,
+        interruptible: bool,
+        mut op: Op,
+    ) -> Result<T, Stop>
+    where
+        Op: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let policy = self.ctx.retry;
+        let never = CancellationToken::new();
+        let cancel = if interruptible {
+            self.signals.cancel
+        } else {
+            &never
+        };
+        let (mut tries, mut outage_waits) = (0u32, 0u32);
+        let mut outage_since: Option<Instant> = None;
+        loop {
+            let attempt = async {
+                match tokio::time::timeout(limit, op()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Failure {
+                        kind: FailureKind::Transient,
+                        message: format!("timed out after {}s", limit.as_secs_f64()),
+                    }),
+                }
+            };
+            let failure = tokio::select! {
+                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                result = attempt => match result {
+                    Ok(value) => return Ok(value),
+                    Err(failure) => failure,
+                },
+            };
+            let retry_number = match failure.kind {
+                FailureKind::Permanent => None,
+                FailureKind::Transient => {
+                    tries += 1;
+                    (tries < policy.attempts).then_some(tries)
+                }
+                FailureKind::Outage => {
+                    let since = *outage_since.get_or_insert_with(Instant::now);
+                    outage_waits += 1;
+                    (since.elapsed() < policy.outage_limit).then_some(outage_waits)
+                }
+            };
+            let message = format!("{step}: {}", failure.message);
+            self.ctx
+                .store
+                .record_failed_attempt(self.target.id, step, &message, retry_number.is_some())
+                .await
+                .map_err(Stop::Store)?;
+            let Some(retry_number) = retry_number else {
+                let message = match failure.kind {
+                    FailureKind::Transient => format!("{message} (gave up after {tries} tries)"),
+                    FailureKind::Outage => format!(
+                        "{message} (gave up after waiting {}s for it)",
+                        policy.outage_limit.as_secs()
+                    ),
+                    FailureKind::Permanent => message,
+                };
+                return Err(Stop::Failed(message));
+            };
+            let wait = policy.backoff(retry_number, fastrand::f64());
+            warn!(%message, ?wait, "step failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = self.signals.stop.cancelled() => return Err(Stop::ShuttingDown),
+            }
+        }
     }
 }
 
@@ -208,22 +488,4 @@ pub async fn restore_reference(
         engine.tag_image(prior, reference).await?;
     }
     Ok(())
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error("timed out after {0:?}")]
-    TimedOut(Duration),
-}
-
-async fn bounded<T>(
-    limit: Duration,
-    step: impl Future<Output = Result<T, EngineError>>,
-) -> Result<T, StepError> {
-    match tokio::time::timeout(limit, step).await {
-        Ok(result) => result.map_err(StepError::from),
-        Err(_) => Err(StepError::TimedOut(limit)),
-    }
 }

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
+use publishd::api::ApiTokens;
 use publishd::config::Settings;
+use publishd::domain::retry::RetryPolicy;
 use publishd::domain::spec::Limits;
 use publishd::startup::Application;
 use publishd::worker::StepTimeouts;
@@ -80,6 +82,17 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         },
         shutdown_grace: Duration::from_secs(30),
         limits: Limits::default(),
+        max_queued_targets: 10_000,
+        // Quick retries keep fault tests short; the policy's shape is the real one.
+        retry: RetryPolicy {
+            attempts: 5,
+            initial_backoff: Duration::from_millis(100),
+            multiplier: 2.0,
+            max_backoff: Duration::from_secs(1),
+            outage_limit: Duration::from_secs(60),
+        },
+        api_tokens: ApiTokens::default(),
+        allow_unauthenticated: false,
     }
 }
 

@@ -1,0 +1,140 @@
+//! Which failures are worth another try, and how long to wait before it.
+
+use std::time::Duration;
+
+/// How a failed step is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Retrying cannot help: bad credentials, a missing image, an invalid name.
+    Permanent,
+    /// May pass on another try (5xx, 429, a reset, a timeout); costs an attempt.
+    Transient,
+    /// A dependency (the engine, the registry) cannot be reached at all: wait
+    /// for it to come back without spending attempts, up to the outage limit.
+    Outage,
+}
+
+/// Retry settings; the defaults are the documented ones.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Tries of one step before it fails, the first included.
+    pub attempts: u32,
+    pub initial_backoff: Duration,
+    pub multiplier: f64,
+    pub max_backoff: Duration,
+    /// How long a step waits out an unreachable dependency before failing.
+    pub outage_limit: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 5,
+            initial_backoff: Duration::from_secs(1),
+            multiplier: 2.0,
+            max_backoff: Duration::from_secs(60),
+            outage_limit: Duration::from_secs(600),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (1 for the first retry):
+    /// exponential, capped, with "equal jitter" (between half and all of it)
+    /// so that lanes failing together do not retry together. `jitter` is a
+    /// random number in [0, 1).
+    pub fn backoff(&self, retry: u32, jitter: f64) -> Duration {
+        let exponent = retry.saturating_sub(1).min(63) as i32;
+        let full = self.initial_backoff.as_secs_f64() * self.multiplier.powi(exponent);
+        let capped = full.min(self.max_backoff.as_secs_f64());
+        Duration::from_secs_f64(capped * (0.5 + 0.5 * jitter.clamp(0.0, 1.0)))
+    }
+}
+
+/// Classifies an error message from the engine's push stream or a registry.
+/// The engine passes registry errors through as text, so text is what there is.
+pub fn classify_registry_message(message: &str) -> FailureKind {
+    let message = message.to_lowercase();
+    let permanent = [
+        "unauthorized",
+        "authentication required",
+        "no basic auth credentials",
+        "denied",
+        "name unknown",
+        "manifest unknown",
+        "invalid reference",
+        "repository name must",
+        "does not exist locally",
+        "manifest invalid",
+        "blob unknown to registry",
+    ];
+    let outage = [
+        "connection refused",
+        "no such host",
+        "no route to host",
+        "network is unreachable",
+    ];
+    if outage.iter().any(|word| message.contains(word)) {
+        FailureKind::Outage
+    } else if permanent.iter().any(|word| message.contains(word)) {
+        FailureKind::Permanent
+    } else {
+        // 5xx, 429 / TOOMANYREQUESTS, resets, EOFs, timeouts, TLS handshake
+        // timeouts and anything unknown: worth another bounded try.
+        FailureKind::Transient
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let policy = RetryPolicy::default();
+        assert_eq!(policy.backoff(1, 0.999_999).as_millis(), 999);
+        assert_eq!(policy.backoff(1, 0.0), Duration::from_millis(500));
+        assert_eq!(policy.backoff(3, 0.999_999).as_secs(), 3);
+        assert_eq!(policy.backoff(30, 0.999_999).as_secs(), 59);
+        assert_eq!(policy.backoff(30, 0.0), Duration::from_secs(30));
+        assert!(policy.backoff(200, 0.5) <= policy.max_backoff);
+    }
+
+    #[test]
+    fn registry_messages_are_classified() {
+        use FailureKind::*;
+        let cases = [
+            ("unauthorized: authentication required", Permanent),
+            (
+                "denied: requested access to the resource is denied",
+                Permanent,
+            ),
+            ("no basic auth credentials", Permanent),
+            (
+                "received unexpected HTTP status: 503 Service Unavailable",
+                Transient,
+            ),
+            ("toomanyrequests: slow down", Transient),
+            (
+                "error parsing HTTP 429 response body: unexpected end of JSON input",
+                Transient,
+            ),
+            (
+                "Put \"http://127.0.0.1:5000/v2/x/blobs/uploads/1\": EOF",
+                Transient,
+            ),
+            (
+                "read tcp 127.0.0.1:1->127.0.0.1:2: read: connection reset by peer",
+                Transient,
+            ),
+            ("net/http: TLS handshake timeout", Transient),
+            (
+                "dial tcp 127.0.0.1:5000: connect: connection refused",
+                Outage,
+            ),
+        ];
+        for (message, kind) in cases {
+            assert_eq!(classify_registry_message(message), kind, "{message}");
+        }
+    }
+}
