@@ -60,6 +60,7 @@ pub fn classify_registry_message(message: &str) -> FailureKind {
         "authentication required",
         "no basic auth credentials",
         "denied",
+        "403 forbidden",
         "name unknown",
         "manifest unknown",
         "invalid reference",
@@ -110,6 +111,7 @@ mod tests {
                 Permanent,
             ),
             ("no basic auth credentials", Permanent),
+            ("received unexpected HTTP status: 403 Forbidden", Permanent),
             (
                 "received unexpected HTTP status: 503 Service Unavailable",
                 Transient,

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test file uses a different part of this module
 
 pub mod engine;
+pub mod fault_proxy;
 pub mod registry;
 
 use std::net::SocketAddr;

@@ -1,0 +1,104 @@
+//! Publishing through a registry that fails: a fault-injecting proxy in
+//! front of the real registry. Results are checked on the real registry
+//! directly, behind the proxy.
+
+mod support;
+
+use serde_json::json;
+use support::engine::TestEngine;
+use support::fault_proxy::{FaultProxy, Faults};
+use support::registry::Registry;
+use support::{TestApp, TestEnv, unique};
+
+#[tokio::test]
+async fn every_job_succeeds_through_a_flaky_registry() {
+    let env = TestEnv::get();
+    let engine = TestEngine::connect();
+    let faults = Faults::Random { rate: 0.2, seed: 7, latency: std::time::Duration::from_millis(20) };
+    let proxy = FaultProxy::start(&env.registry, faults).await;
+    let app = TestApp::spawn_with(|settings| {
+        settings.workers = 4;
+        settings.retry.attempts = 10;
+    })
+    .await;
+    let repository = unique("flaky");
+    let mut jobs = Vec::new();
+    for index in 0..4 {
+        let name = unique("flaky-src");
+        engine.import_image(&name, "b1", &[]).await;
+        let id = app
+            .submit(&json!({
+                "repo": format!("{}/{repository}", proxy.address),
+                "images": [{"name": format!("app{index}"), "source": format!("{name}:b1")}],
+                "tags": [{"strategy": "custom", "value": "v1"}, {"strategy": "git-branch", "value": "main"}]
+            }))
+            .await;
+        jobs.push(id);
+    }
+    let direct = Registry::open(&env.registry);
+    let mut retried = 0;
+    for id in &jobs {
+        let job = app.wait_finished(id).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        for target in job["targets"].as_array().unwrap() {
+            let reference = target["reference"].as_str().unwrap();
+            let behind_proxy = reference.replacen(&proxy.address.to_string(), &env.registry, 1);
+            let pushed = direct.pushed(&behind_proxy).await.expect("in the registry");
+            assert_eq!(pushed.digest, target["digest"].as_str().unwrap());
+            retried += target["attempt_errors"].as_array().unwrap().len();
+        }
+    }
+    assert!(engine.names_under(&format!("{}/{repository}", proxy.address)).await.is_empty());
+    assert!(proxy.injected() > 0, "the proxy injected no fault");
+    eprintln!("faults injected: {}, failed tries recorded: {retried}", proxy.injected());
+}
+
+#[tokio::test]
+async fn a_registry_that_keeps_failing_fails_the_target_after_the_attempts() {
+    let env = TestEnv::get();
+    let engine = TestEngine::connect();
+    let proxy = FaultProxy::start(&env.registry, Faults::ManifestPut(503)).await;
+    let app = TestApp::spawn_with(|settings| settings.retry.attempts = 3).await;
+    let name = unique("down");
+    engine.import_image(&name, "b1", &[]).await;
+    let repo = format!("{}/{}", proxy.address, unique("down"));
+    let id = app
+        .submit(&json!({
+            "repo": repo,
+            "images": [{"name": "app", "source": format!("{name}:b1")}],
+            "tags": [{"strategy": "custom", "value": "v1"}]
+        }))
+        .await;
+    let job = app.wait_finished(&id).await;
+    let target = &job["targets"][0];
+    assert_eq!(target["status"], "failed", "{job:#}");
+    let error = target["error"].as_str().unwrap();
+    assert!(error.starts_with("push:") && error.contains("gave up after 3 tries"), "{error}");
+    let tries = target["attempt_errors"].as_array().unwrap();
+    assert_eq!(tries.len(), 3);
+    assert_eq!(target["attempts"], 3);
+    assert!(tries.iter().all(|t| t["step"] == "push"));
+    assert!(engine.names_under(&repo).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_denied_push_is_not_retried() {
+    let env = TestEnv::get();
+    let engine = TestEngine::connect();
+    let proxy = FaultProxy::start(&env.registry, Faults::ManifestPut(403)).await;
+    let app = TestApp::spawn().await;
+    let name = unique("denied");
+    engine.import_image(&name, "b1", &[]).await;
+    let id = app
+        .submit(&json!({
+            "repo": format!("{}/{}", proxy.address, unique("denied")),
+            "images": [{"name": "app", "source": format!("{name}:b1")}],
+            "tags": [{"strategy": "custom", "value": "v1"}]
+        }))
+        .await;
+    let job = app.wait_finished(&id).await;
+    let target = &job["targets"][0];
+    assert_eq!(target["status"], "failed", "{job:#}");
+    assert_eq!(target["attempts"], 1, "{target:#}");
+    assert_eq!(target["attempt_errors"].as_array().unwrap().len(), 1);
+}

@@ -1,0 +1,162 @@
+//! A fault-injecting HTTP proxy in front of a real registry: answers a share
+//! of requests with 503, 500 or 429, resets connections mid-upload, and adds
+//! latency; everything else goes through untouched (the Host header too, so
+//! the registry's upload URLs point back at the proxy).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::task::JoinHandle;
+
+/// What the proxy does to requests.
+#[derive(Debug, Clone, Copy)]
+pub enum Faults {
+    /// Each request fails with probability `rate`, evenly spread over 503,
+    /// 500, 429 and a reset; the others wait `latency` first.
+    Random { rate: f64, seed: u64, latency: Duration },
+    /// Every manifest upload is answered with this status.
+    ManifestPut(u16),
+}
+
+enum Fault {
+    Status(StatusCode),
+    Reset,
+    Delay(Duration),
+}
+
+pub struct FaultProxy {
+    pub address: SocketAddr,
+    injected: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: &str, faults: Faults) -> FaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let injected = Arc::new(AtomicUsize::new(0));
+        let state = Arc::new(State {
+            upstream: upstream.to_owned(),
+            faults,
+            rng: std::sync::Mutex::new(match faults {
+                Faults::Random { seed, .. } => fastrand::Rng::with_seed(seed),
+                Faults::ManifestPut(_) => fastrand::Rng::with_seed(0),
+            }),
+            injected: injected.clone(),
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+        });
+        let task = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let state = state.clone();
+                        async move { state.handle(request).await }
+                    });
+                    // A connection the proxy resets on purpose ends in an error.
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(socket), service).await;
+                });
+            }
+        });
+        FaultProxy { address, injected, task }
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> usize {
+        self.injected.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+struct State {
+    upstream: String,
+    faults: Faults,
+    rng: std::sync::Mutex<fastrand::Rng>,
+    injected: Arc<AtomicUsize>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl State {
+    fn decide(&self, request: &Request<Incoming>) -> Option<Fault> {
+        match self.faults {
+            Faults::ManifestPut(status) => (request.method() == hyper::Method::PUT
+                && request.uri().path().contains("/manifests/"))
+            .then(|| Fault::Status(StatusCode::from_u16(status).unwrap())),
+            Faults::Random { rate, latency, .. } => {
+                let mut rng = self.rng.lock().unwrap();
+                if rng.f64() >= rate {
+                    return (!latency.is_zero()).then_some(Fault::Delay(latency));
+                }
+                Some(match rng.u8(0..4) {
+                    0 => Fault::Status(StatusCode::SERVICE_UNAVAILABLE),
+                    1 => Fault::Status(StatusCode::INTERNAL_SERVER_ERROR),
+                    2 => Fault::Status(StatusCode::TOO_MANY_REQUESTS),
+                    _ => Fault::Reset,
+                })
+            }
+        }
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+        match self.decide(&request) {
+            Some(Fault::Status(status)) => {
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                let body = if request.method() == hyper::Method::HEAD {
+                    Bytes::new()
+                } else {
+                    Bytes::from(format!(
+                        r#"{{"errors":[{{"code":"UNAVAILABLE","message":"injected {status}"}}]}}"#
+                    ))
+                };
+                return Ok(Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(Full::new(body))
+                    .unwrap());
+            }
+            Some(Fault::Reset) => {
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                // Take a little of the upload, then drop the connection.
+                let mut body = request.into_body();
+                let _ = body.frame().await;
+                return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"));
+            }
+            Some(Fault::Delay(latency)) => tokio::time::sleep(latency).await,
+            None => {}
+        }
+        self.forward(request).await
+    }
+
+    async fn forward(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+        let (parts, body) = request.into_parts();
+        let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let mut upstream = Request::builder()
+            .method(parts.method)
+            .uri(format!("http://{}{path}", self.upstream));
+        for (name, value) in &parts.headers {
+            upstream = upstream.header(name, value);
+        }
+        let upstream = upstream.body(Full::new(body)).map_err(std::io::Error::other)?;
+        let response = self.client.request(upstream).await.map_err(std::io::Error::other)?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+        Ok(Response::from_parts(parts, Full::new(body)))
+    }
+}
