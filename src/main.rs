@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
         },
         Command::Serve(args) => {
             tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
                 .with_env_filter(
                     EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info")),

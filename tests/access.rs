@@ -13,29 +13,57 @@ use support::registry::Registry;
 use support::{HangingRegistry, TestApp, TestEnv, test_settings, unique};
 
 fn spec(repo: &str, source: &str, tags: &[&str]) -> Value {
-    let tags: Vec<Value> = tags.iter().map(|tag| json!({"strategy": "custom", "value": tag})).collect();
+    let tags: Vec<Value> = tags
+        .iter()
+        .map(|tag| json!({"strategy": "custom", "value": tag}))
+        .collect();
     json!({"repo": repo, "images": [{"name": "app", "source": source}], "tags": tags, "force": true})
 }
 
 #[tokio::test]
 async fn api_routes_need_a_token_when_tokens_are_set() {
-    let app = TestApp::spawn_with(|settings| settings.api_tokens = ApiTokens::parse("s3cret-one\ns3cret-two")).await;
+    let app = TestApp::spawn_with(|settings| {
+        settings.api_tokens = ApiTokens::parse("s3cret-one\ns3cret-two")
+    })
+    .await;
     let jobs = app.url("/api/v1/jobs");
     let anonymous = app.client.get(&jobs).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
     assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
     let body: Value = anonymous.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unauthorized");
-    let wrong = app.client.get(&jobs).bearer_auth("s3cret-on").send().await.unwrap();
+    let wrong = app
+        .client
+        .get(&jobs)
+        .bearer_auth("s3cret-on")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
-    let post = app.client.post(&jobs).json(&json!({})).send().await.unwrap();
+    let post = app
+        .client
+        .post(&jobs)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(post.status(), 401, "checked before the body");
     for token in ["s3cret-one", "s3cret-two"] {
-        let ok = app.client.get(&jobs).bearer_auth(token).send().await.unwrap();
+        let ok = app
+            .client
+            .get(&jobs)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(ok.status(), 200);
     }
     for open in ["/healthz", "/readyz", "/openapi.json"] {
-        assert_eq!(app.client.get(app.url(open)).send().await.unwrap().status(), 200, "{open}");
+        assert_eq!(
+            app.client.get(app.url(open)).send().await.unwrap().status(),
+            200,
+            "{open}"
+        );
     }
 }
 
@@ -44,8 +72,14 @@ async fn no_tokens_on_a_public_address_is_refused_unless_allowed() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = test_settings(dir.path());
     settings.listen = "0.0.0.0:0".parse().unwrap();
-    let refused = Application::build(settings.clone()).await.err().expect("refused");
-    assert!(refused.to_string().contains("--allow-unauthenticated"), "{refused}");
+    let refused = Application::build(settings.clone())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        refused.to_string().contains("--allow-unauthenticated"),
+        "{refused}"
+    );
     settings.allow_unauthenticated = true;
     assert!(Application::build(settings.clone()).await.is_ok());
     settings.allow_unauthenticated = false;
@@ -67,7 +101,10 @@ async fn a_full_queue_answers_503_with_retry_after() {
     let repo = format!("{}/{}", hanging.address, unique("full"));
     let source = format!("{name}:b1");
     let busy = app.submit(&spec(&repo, &source, &["busy"])).await;
-    app.wait_for(&busy, Duration::from_secs(30), |job| job["targets"][0]["status"] == "pushing").await;
+    app.wait_for(&busy, Duration::from_secs(30), |job| {
+        job["targets"][0]["status"] == "pushing"
+    })
+    .await;
     app.submit(&spec(&repo, &source, &["a", "b"])).await;
     let refused = app.post_job(&spec(&repo, &source, &["c", "d"])).await;
     assert_eq!(refused.status(), 503);
@@ -101,18 +138,34 @@ async fn per_job_credentials_publish_and_are_lost_by_a_restart() {
     let job = first.wait_finished(&id).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let registry = Registry::with_auth(&env.auth_registry, &env.auth_user, &env.auth_password);
-    let pushed = registry.pushed(&format!("{repo}/app:v1")).await.expect("pushed with the job's credentials");
+    let pushed = registry
+        .pushed(&format!("{repo}/app:v1"))
+        .await
+        .expect("pushed with the job's credentials");
     assert_eq!(pushed.digest, job["targets"][0]["digest"].as_str().unwrap());
 
     // Keep the only lane busy, queue a job with credentials, restart.
-    let stuck = first.submit(&spec(&format!("{}/{}", hanging.address, unique("s")), &source, &["x"])).await;
-    first.wait_for(&stuck, Duration::from_secs(30), |job| job["targets"][0]["status"] == "pushing").await;
+    let stuck = first
+        .submit(&spec(
+            &format!("{}/{}", hanging.address, unique("s")),
+            &source,
+            &["x"],
+        ))
+        .await;
+    first
+        .wait_for(&stuck, Duration::from_secs(30), |job| {
+            job["targets"][0]["status"] == "pushing"
+        })
+        .await;
     let mut queued = spec(&repo, &source, &["v2"]);
     queued["registry_auth"] = auth;
     let queued = first.submit(&queued).await;
     first.stop().await;
 
-    let second = TestApp::spawn_in(dir.path(), |settings| settings.timeouts.push = Duration::from_secs(1)).await;
+    let second = TestApp::spawn_in(dir.path(), |settings| {
+        settings.timeouts.push = Duration::from_secs(1)
+    })
+    .await;
     let job = second.wait_finished(&queued).await;
     assert_eq!(job["status"], "failed");
     let error = job["targets"][0]["error"].as_str().unwrap();

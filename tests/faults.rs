@@ -14,7 +14,11 @@ use support::{TestApp, TestEnv, unique};
 async fn every_job_succeeds_through_a_flaky_registry() {
     let env = TestEnv::get();
     let engine = TestEngine::connect();
-    let faults = Faults::Random { rate: 0.2, seed: 7, latency: std::time::Duration::from_millis(20) };
+    let faults = Faults::Random {
+        rate: 0.2,
+        seed: 7,
+        latency: std::time::Duration::from_millis(20),
+    };
     let proxy = FaultProxy::start(&env.registry, faults).await;
     let app = TestApp::spawn_with(|settings| {
         settings.workers = 4;
@@ -48,9 +52,17 @@ async fn every_job_succeeds_through_a_flaky_registry() {
             retried += target["attempt_errors"].as_array().unwrap().len();
         }
     }
-    assert!(engine.names_under(&format!("{}/{repository}", proxy.address)).await.is_empty());
+    assert!(
+        engine
+            .names_under(&format!("{}/{repository}", proxy.address))
+            .await
+            .is_empty()
+    );
     assert!(proxy.injected() > 0, "the proxy injected no fault");
-    eprintln!("faults injected: {}, failed tries recorded: {retried}", proxy.injected());
+    eprintln!(
+        "faults injected: {}, failed tries recorded: {retried}",
+        proxy.injected()
+    );
 }
 
 #[tokio::test]
@@ -73,7 +85,10 @@ async fn a_registry_that_keeps_failing_fails_the_target_after_the_attempts() {
     let target = &job["targets"][0];
     assert_eq!(target["status"], "failed", "{job:#}");
     let error = target["error"].as_str().unwrap();
-    assert!(error.starts_with("push:") && error.contains("gave up after 3 tries"), "{error}");
+    assert!(
+        error.starts_with("push:") && error.contains("gave up after 3 tries"),
+        "{error}"
+    );
     let tries = target["attempt_errors"].as_array().unwrap();
     assert_eq!(tries.len(), 3);
     assert_eq!(target["attempts"], 3);

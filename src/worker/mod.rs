@@ -224,12 +224,16 @@ async fn recover_target(ctx: &WorkerContext, id: i64) -> anyhow::Result<()> {
     let target = ctx.store.claimed_target(id).await?;
     if let (Some(reference), Some(created)) = (&target.reference, &target.created_image_id) {
         let span = info_span!("recover", job_id = %target.job_id, reference = %reference);
-        restore_reference(
-            ctx.engine.as_ref(),
-            reference,
-            created,
-            target.prior_image_id.as_deref(),
-        )
+        async {
+            info!("undoing what an interrupted run left on the engine");
+            restore_reference(
+                ctx.engine.as_ref(),
+                reference,
+                created,
+                target.prior_image_id.as_deref(),
+            )
+            .await
+        }
         .instrument(span)
         .await?;
     }

@@ -184,6 +184,13 @@ pub async fn run(
         Ok(prior) => prior,
         Err(stop) => return run.stopped_before_tag(stop),
     };
+    // A name pointing at the image an earlier run of this target made is that
+    // run's leftover (its load finished after its process died), not the
+    // user's: the earlier run's record of what the name held stays true.
+    let prior = match &target.created_image_id {
+        Some(created) if prior.as_ref() == Some(created) => target.prior_image_id.clone(),
+        _ => prior,
+    };
     ctx.store
         .record_prior_image(target.id, prior.as_deref())
         .await?;
@@ -204,7 +211,7 @@ pub async fn run(
 
     let published = match tagged {
         Ok(()) => {
-            info!(image_id = %image.id, "tagged");
+            info!(image_id = %image.id, prior = ?prior, "tagged");
             ctx.store.set_step(target.id, TargetStatus::Pushing).await?;
             run.push_and_verify(&reference, &auth).await
         }

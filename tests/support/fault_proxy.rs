@@ -24,7 +24,11 @@ use tokio::task::JoinHandle;
 pub enum Faults {
     /// Each request fails with probability `rate`, evenly spread over 503,
     /// 500, 429 and a reset; the others wait `latency` first.
-    Random { rate: f64, seed: u64, latency: Duration },
+    Random {
+        rate: f64,
+        seed: u64,
+        latency: Duration,
+    },
     /// Every manifest upload is answered with this status.
     ManifestPut(u16),
 }
@@ -65,11 +69,17 @@ impl FaultProxy {
                         async move { state.handle(request).await }
                     });
                     // A connection the proxy resets on purpose ends in an error.
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(socket), service).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(socket), service)
+                        .await;
                 });
             }
         });
-        FaultProxy { address, injected, task }
+        FaultProxy {
+            address,
+            injected,
+            task,
+        }
     }
 
     /// Faults injected so far.
@@ -113,7 +123,10 @@ impl State {
         }
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
         match self.decide(&request) {
             Some(Fault::Status(status)) => {
                 self.injected.fetch_add(1, Ordering::Relaxed);
@@ -135,7 +148,10 @@ impl State {
                 // Take a little of the upload, then drop the connection.
                 let mut body = request.into_body();
                 let _ = body.frame().await;
-                return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "injected reset"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "injected reset",
+                ));
             }
             Some(Fault::Delay(latency)) => tokio::time::sleep(latency).await,
             None => {}
@@ -143,20 +159,41 @@ impl State {
         self.forward(request).await
     }
 
-    async fn forward(&self, request: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
         let (parts, body) = request.into_parts();
-        let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let body = body
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
         let mut upstream = Request::builder()
             .method(parts.method)
             .uri(format!("http://{}{path}", self.upstream));
         for (name, value) in &parts.headers {
             upstream = upstream.header(name, value);
         }
-        let upstream = upstream.body(Full::new(body)).map_err(std::io::Error::other)?;
-        let response = self.client.request(upstream).await.map_err(std::io::Error::other)?;
+        let upstream = upstream
+            .body(Full::new(body))
+            .map_err(std::io::Error::other)?;
+        let response = self
+            .client
+            .request(upstream)
+            .await
+            .map_err(std::io::Error::other)?;
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+        let body = body
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
         Ok(Response::from_parts(parts, Full::new(body)))
     }
 }
