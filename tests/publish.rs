@@ -326,33 +326,48 @@ async fn a_missing_source_fails_its_targets_and_names_it() {
 }
 
 #[tokio::test]
-async fn targets_with_one_reference_never_interleave() {
+async fn twenty_jobs_racing_for_one_reference_never_interleave() {
     let env = TestEnv::get();
     let engine = TestEngine::connect();
     let app = TestApp::spawn_with(|settings| settings.workers = 4).await;
-    let repo = format!("{}/{}", env.registry, unique("race"));
-    let mut jobs = Vec::new();
-    for _ in 0..6 {
+    let repository = unique("race");
+    let repo = format!("{}/{repository}", env.registry);
+    let mut sources = Vec::new();
+    for _ in 0..20 {
         let name = unique("racer");
-        engine.import_image(&name, "b1", &[]).await;
+        sources.push(engine.import_image(&name, "b1", &[]).await);
+    }
+    // Submitted back to back, so that all twenty are queued together.
+    let mut jobs = Vec::new();
+    for source in &sources {
         let id = app
             .submit(&json!({
                 "repo": repo,
-                "images": [{"name": "app", "source": format!("{name}:b1")}],
+                "images": [{"name": "app", "source": source}],
                 "tags": [{"strategy": "custom", "value": "latest"}]
             }))
             .await;
-        jobs.push(id);
+        jobs.push((id, source.clone()));
     }
+    let registry = Registry::open(&env.registry);
     let mut spans = Vec::new();
-    for id in &jobs {
+    for (id, source) in &jobs {
         let job = app.wait_finished(id).await;
         assert_eq!(job["status"], "succeeded", "{job:#}");
         let target = &job["targets"][0];
+        let digest = target["digest"].as_str().unwrap().to_owned();
+        // The recorded digest is this job's image: its config carries this source.
+        let pushed = registry
+            .by_digest(&format!("{repository}/app"), &digest)
+            .await;
+        assert_eq!(
+            pushed.label("werf-content-signature"),
+            Some(source.as_str())
+        );
         spans.push((
             target["started_at"].as_str().unwrap().to_owned(),
             target["finished_at"].as_str().unwrap().to_owned(),
-            target["digest"].as_str().unwrap().to_owned(),
+            digest,
         ));
     }
     spans.sort();
@@ -363,7 +378,7 @@ async fn targets_with_one_reference_never_interleave() {
         );
     }
     // The registry holds what the last one pushed.
-    let pushed = Registry::open(&env.registry)
+    let pushed = registry
         .pushed(&format!("{repo}/app:latest"))
         .await
         .unwrap();

@@ -100,6 +100,30 @@ impl Registry {
         })
     }
 
+    /// The image stored under `digest` in `repository`.
+    pub async fn by_digest(&self, repository: &str, digest: &str) -> Pushed {
+        let response = self
+            .get(
+                &format!("{repository}/manifests/{digest}"),
+                Some(MANIFEST_TYPES),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "manifest {repository}@{digest}");
+        let manifest: Value = response.json().await.unwrap();
+        let config_digest = manifest["config"]["digest"].as_str().unwrap();
+        let config: Value = self
+            .get(&format!("{repository}/blobs/{config_digest}"), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        Pushed {
+            digest: digest.to_owned(),
+            manifest,
+            config,
+        }
+    }
+
     pub async fn tags(&self, repository: &str) -> Vec<String> {
         let response = self.get(&format!("{repository}/tags/list"), None).await;
         if response.status() == StatusCode::NOT_FOUND {
