@@ -280,6 +280,7 @@ fn engine_error(error: bollard::errors::Error) -> EngineError {
             message,
         },
         Error::HyperResponseError { .. }
+        | Error::HyperLegacyError { .. }
         | Error::IOError { .. }
         | Error::SocketNotFoundError(_)
         | Error::RequestTimeoutError => EngineError::Unreachable(error.to_string()),

@@ -22,13 +22,16 @@ pub struct LocalImage {
 
 impl TestEngine {
     pub fn connect() -> TestEngine {
-        let host = TestEnv::get().docker_host;
+        Self::connect_to(&TestEnv::get().docker_host)
+    }
+
+    pub fn connect_to(host: &str) -> TestEngine {
         // The test script's engine is Debian's dockerd 20.10: API 1.41.
         let version = bollard::ClientVersion {
             major_version: 1,
             minor_version: 41,
         };
-        let docker = Docker::connect_with_unix(&host, 120, &version).expect("test engine");
+        let docker = Docker::connect_with_unix(host, 120, &version).expect("test engine");
         TestEngine { docker }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod engine;
 pub mod fault_proxy;
+pub mod procs;
 pub mod registry;
 
 use std::net::SocketAddr;
