@@ -13,14 +13,20 @@ use support::{TestApp, TestEnv, unique};
 use tokio::task::block_in_place;
 
 fn spec(repo: &str, source: &str, tags: &[&str]) -> Value {
-    let tags: Vec<Value> = tags.iter().map(|tag| json!({"strategy": "custom", "value": tag})).collect();
+    let tags: Vec<Value> = tags
+        .iter()
+        .map(|tag| json!({"strategy": "custom", "value": tag}))
+        .collect();
     json!({"repo": repo, "images": [{"name": "app", "source": source}], "tags": tags})
 }
 
 async fn assert_published(job: &Value, registry: &Registry) {
     assert_eq!(job["status"], "succeeded", "{job:#}");
     for target in job["targets"].as_array().unwrap() {
-        let pushed = registry.pushed(target["reference"].as_str().unwrap()).await.expect("pushed");
+        let pushed = registry
+            .pushed(target["reference"].as_str().unwrap())
+            .await
+            .expect("pushed");
         assert_eq!(pushed.digest, target["digest"].as_str().unwrap());
     }
 }
@@ -29,7 +35,9 @@ async fn assert_published(job: &Value, registry: &Registry) {
 /// waiting for the dependency.
 async fn wait_for_a_failed_try(app: &TestApp, id: &str) -> Value {
     app.wait_for(id, Duration::from_secs(30), |job| {
-        job["targets"][0]["attempt_errors"].as_array().is_some_and(|tries| !tries.is_empty())
+        job["targets"][0]["attempt_errors"]
+            .as_array()
+            .is_some_and(|tries| !tries.is_empty())
     })
     .await
 }
@@ -49,19 +57,35 @@ async fn an_engine_restart_is_waited_out() {
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     let ready: Value = ready.json().await.unwrap();
-    assert!(ready["engine"].as_str().unwrap().contains("unreachable"), "{ready}");
+    assert!(
+        ready["engine"].as_str().unwrap().contains("unreachable"),
+        "{ready}"
+    );
     assert_eq!(ready["database"], "ok");
 
     let repo = format!("{}/{}", env.registry, unique("engine-down"));
-    let id = app.submit(&spec(&repo, &format!("{name}:b1"), &["v1", "v2"])).await;
+    let id = app
+        .submit(&spec(&repo, &format!("{name}:b1"), &["v1", "v2"]))
+        .await;
     let waiting = wait_for_a_failed_try(&app, &id).await;
-    assert_eq!(waiting["status"], "running", "targets wait, they do not fail: {waiting:#}");
+    assert_eq!(
+        waiting["status"], "running",
+        "targets wait, they do not fail: {waiting:#}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     block_in_place(|| private.start_again());
     let job = app.wait_finished(&id).await;
     assert_published(&job, &Registry::open(&env.registry)).await;
-    assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     assert!(engine.names_under(&repo).await.is_empty());
 }
 
@@ -76,10 +100,14 @@ async fn a_registry_restart_is_waited_out() {
     let repo = format!("{}/{}", private.host, unique("registry-down"));
 
     block_in_place(|| private.stop());
-    let id = app.submit(&spec(&repo, &format!("{name}:b1"), &["v1", "v2"])).await;
+    let id = app
+        .submit(&spec(&repo, &format!("{name}:b1"), &["v1", "v2"]))
+        .await;
     let waiting = wait_for_a_failed_try(&app, &id).await;
     assert_eq!(waiting["status"], "running", "{waiting:#}");
-    let error = waiting["targets"][0]["attempt_errors"][0]["error"].as_str().unwrap();
+    let error = waiting["targets"][0]["attempt_errors"][0]["error"]
+        .as_str()
+        .unwrap();
     assert!(error.contains("connection refused"), "{error}");
     tokio::time::sleep(Duration::from_secs(3)).await;
 

@@ -4,6 +4,7 @@
 //! results where they live.
 #![allow(dead_code)] // each test file uses a different part of this module
 
+pub mod binary;
 pub mod engine;
 pub mod fault_proxy;
 pub mod procs;

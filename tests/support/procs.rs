@@ -18,7 +18,8 @@ fn stop(child: &mut Option<Child>) {
         // SIGTERM, so dockerd unmounts what it mounted.
         let _ = Command::new("kill").arg(child.id().to_string()).status();
         let start = Instant::now();
-        while child.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(20) {
+        while child.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(20)
+        {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
@@ -34,7 +35,10 @@ pub struct PrivateEngine {
 
 impl PrivateEngine {
     pub fn start(dir: &Path) -> PrivateEngine {
-        let mut engine = PrivateEngine { dir: dir.to_owned(), child: None };
+        let mut engine = PrivateEngine {
+            dir: dir.to_owned(),
+            child: None,
+        };
         engine.start_again();
         engine
     }
@@ -90,7 +94,11 @@ pub struct PrivateRegistry {
 
 impl PrivateRegistry {
     pub fn start(dir: &Path) -> PrivateRegistry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let config = dir.join("registry.yml");
         std::fs::write(
             &config,
@@ -101,7 +109,11 @@ impl PrivateRegistry {
             ),
         )
         .unwrap();
-        let mut registry = PrivateRegistry { host: format!("127.0.0.1:{port}"), config, child: None };
+        let mut registry = PrivateRegistry {
+            host: format!("127.0.0.1:{port}"),
+            config,
+            child: None,
+        };
         registry.start_again();
         registry
     }

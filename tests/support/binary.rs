@@ -1,0 +1,135 @@
+//! The real `publishd` binary as a child process, for tests that kill it,
+//! signal it or read its logs.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use super::TestEnv;
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Server {
+    /// Starts `publishd serve` on the database in `dir`, logging to
+    /// `dir/serve-{round}.log`, with `env` added to its environment.
+    pub async fn start(dir: &Path, round: usize, env: &[(&str, &str)]) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(dir.join(format!("serve-{round}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_publishd"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--workers",
+                "4",
+            ])
+            .arg("--database")
+            .arg(dir.join("publishd.db"))
+            .arg("--docker-config")
+            .arg(dir.join("docker-config"))
+            .env("DOCKER_HOST", TestEnv::get().docker_host)
+            .env("PUBLISHD_RETRY_INITIAL_BACKOFF", "0.1")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("publishd starts");
+        let server = Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            client: reqwest::Client::new(),
+        };
+        let start = Instant::now();
+        while server
+            .client
+            .get(format!("{}/healthz", server.base))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "publishd did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let url = format!("{}/api/v1/jobs/{id}", self.base);
+        self.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn statuses(&self, ids: &[String]) -> Vec<String> {
+        let mut statuses = Vec::new();
+        for id in ids {
+            let job = self.job(id).await;
+            for target in job["targets"].as_array().unwrap() {
+                statuses.push(target["status"].as_str().unwrap().to_owned());
+            }
+        }
+        statuses
+    }
+
+    /// Polls until `moment` holds for the target statuses, then SIGKILLs.
+    pub async fn kill_when(mut self, ids: &[String], moment: impl Fn(&[String]) -> bool) -> bool {
+        let start = Instant::now();
+        let mut seen = false;
+        while start.elapsed() < Duration::from_secs(30) {
+            if moment(&self.statuses(ids).await) {
+                seen = true;
+                break;
+            }
+        }
+        self.child.start_kill().unwrap();
+        self.child.wait().await.unwrap();
+        seen
+    }
+
+    /// Waits for the job to end and answers it.
+    pub async fn wait_finished(&self, id: &str) -> Value {
+        let start = Instant::now();
+        loop {
+            let job = self.job(id).await;
+            if matches!(
+                job["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            ) {
+                return job;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "job {id} never finished: {job:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, and wait for the process to exit.
+    pub async fn terminate(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill").arg(pid.to_string()).status().await;
+        }
+        self.child.wait().await.unwrap();
+    }
+}
