@@ -48,3 +48,10 @@ CREATE TABLE targets (
 
 CREATE INDEX targets_claimable ON targets (status, job_id, position);
 CREATE INDEX targets_by_reference ON targets (reference, status);
+
+-- One row that /readyz rewrites: proves the database still takes writes
+-- (not locked by another process, not read-only, not out of space).
+CREATE TABLE liveness (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    checked_at TEXT NOT NULL
+);

@@ -79,6 +79,16 @@ up() {
     >"$dir/docker/log" 2>&1 &
   wait_for dockerd "curl -sf --unix-socket $sock http://d/_ping" || { tail -n 30 "$dir/docker/log" >&2; exit 1; }
 
+  # A second engine with no images at all, for the schemathesis run: no
+  # generated job can name an image that exists, so nothing is ever pushed.
+  local empty_sock="$dir/e.sock"
+  mkdir -p "$dir/empty"
+  dockerd --data-root "$dir/empty/data" --exec-root "$dir/empty/exec" \
+    --pidfile "$dir/empty/pid" -H "unix://$empty_sock" \
+    --iptables=false --ip6tables=false --bridge=none \
+    >"$dir/empty/log" 2>&1 &
+  wait_for "empty dockerd" "curl -sf --unix-socket $empty_sock http://d/_ping" || { tail -n 30 "$dir/empty/log" >&2; exit 1; }
+
   local open_port auth_port user=publisher
   # The password is chosen so that the standard base64 of the auth JSON holds
   # '+' and '/': the engine wants URL-safe base64, and this catches a client
@@ -109,6 +119,7 @@ HELPER
 
   cat >"$dir/env" <<ENV
 export PUBLISHD_TEST_DOCKER_HOST=unix://$sock
+export PUBLISHD_TEST_EMPTY_DOCKER_HOST=unix://$empty_sock
 export PUBLISHD_TEST_REGISTRY=127.0.0.1:$open_port
 export PUBLISHD_TEST_AUTH_REGISTRY=127.0.0.1:$auth_port
 export PUBLISHD_TEST_AUTH_USER=$user
@@ -135,6 +146,7 @@ down() {
   stop_pidfile "$dir/open/pid"
   stop_pidfile "$dir/auth/pid"
   stop_pidfile "$dir/docker/pid"
+  stop_pidfile "$dir/empty/pid"
   # dockerd leaves overlay mounts behind if it was killed hard.
   grep -o " $dir/[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$dir"

@@ -19,3 +19,6 @@ scripts/test-env.sh up "$env_dir"
 
 echo "== cargo test"
 cargo test --all-targets --locked -- "$@"
+
+echo "== schemathesis against openapi/openapi.json"
+scripts/schemathesis.sh target/debug/publishd "$env_dir/schemathesis"

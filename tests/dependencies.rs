@@ -116,3 +116,51 @@ async fn a_registry_restart_is_waited_out() {
     assert_published(&job, &Registry::open(&private.host)).await;
     assert!(engine.names_under(&repo).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_locked_database_makes_the_service_unready() {
+    use sqlx::Connection;
+    let app = TestApp::spawn().await;
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let mut other = sqlx::SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        app.dir.join("publishd.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert_ne!(ready["database"], "ok", "{ready}");
+    assert_eq!(ready["engine"], "ok");
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    // The probe that timed out may still hold the writer for a moment.
+    let start = std::time::Instant::now();
+    while app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "never ready again"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -168,10 +168,14 @@ pub async fn get_job(
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
+// Read as text and checked by hand, so that a bad value gets this API's 422
+// naming the parameter; the documented types are what is accepted.
 pub struct ListParams {
-    /// Only jobs in this status: queued, running, succeeded, failed, cancelled.
+    /// Only jobs in this status.
+    #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
-    /// Page size, 1 to 100 (default 20).
+    /// Page size (default 20).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     limit: Option<String>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,

@@ -85,11 +85,18 @@ impl Store {
         Ok(Store { writer, reader })
     }
 
+    /// Checks that the database reads and takes writes: a locked database, a
+    /// read-only file system or a full disk shows here, not at the next POST.
     pub async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)
             .await
-            .context("database ping")?;
+            .context("reading the database")?;
+        sqlx::query("REPLACE INTO liveness (id, checked_at) VALUES (1, ?)")
+            .bind(now())
+            .execute(&self.writer)
+            .await
+            .context("writing to the database")?;
         Ok(())
     }
 

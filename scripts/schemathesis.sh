@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Fuzzes the running API against openapi/openapi.json with schemathesis:
+# zero 5xx, and every answer (status, headers, body) must match the spec.
+# Needs the environment of test-env.sh; the service under test drives the
+# empty engine, so no generated job can ever push anything anywhere.
+#
+#   scripts/schemathesis.sh PUBLISHD_BINARY WORK_DIR
+set -euo pipefail
+cd "$(dirname "$0")/.."
+binary=${1:?usage: schemathesis.sh PUBLISHD_BINARY WORK_DIR}
+work=${2:?usage: schemathesis.sh PUBLISHD_BINARY WORK_DIR}
+: "${PUBLISHD_TEST_EMPTY_DOCKER_HOST:?run through scripts/test.sh}"
+
+venv="${SCHEMATHESIS_VENV:-$HOME/.cache/publishd/schemathesis-4.32.5}"
+if [ ! -x "$venv/bin/schemathesis" ]; then
+  echo "installing schemathesis into $venv" >&2
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    # Debian's python3 keeps venv in a package of its own.
+    apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install --quiet 'schemathesis==4.32.5'
+fi
+
+mkdir -p "$work"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$binary" serve --listen "127.0.0.1:$port" --database "$work/schemathesis.db" \
+  --docker-host "$PUBLISHD_TEST_EMPTY_DOCKER_HOST" --docker-config "$work/no-docker-config" \
+  >"$work/schemathesis-serve.log" 2>&1 &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+
+"$venv/bin/schemathesis" run openapi/openapi.json \
+  --url "http://127.0.0.1:$port" \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
+  --max-time "${SCHEMATHESIS_MAX_TIME:-90}" \
+  --workers 2 \
+  --suppress-health-check all
