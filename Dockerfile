@@ -2,6 +2,7 @@
 #
 #   docker build -t publishd .
 #   docker run -d -p 8080:8080 \
+#     -e PUBLISHD_API_TOKENS=... \                     # required: it listens on 0.0.0.0
 #     -v /var/run/docker.sock:/var/run/docker.sock \   # the engine publishd drives
 #     -v publishd-data:/data \                         # the SQLite database
 #     -v $HOME/.docker:/docker-config:ro \             # registry credentials (config.json)
