@@ -41,6 +41,7 @@ CREATE TABLE targets (
     source_image_id  TEXT,
     prior_image_id   TEXT,                        -- what REFERENCE named locally before the tag step
     created_image_id TEXT,                        -- the labelled image the tag step made
+    lease_until      TEXT,                        -- a lane working on the target renews this
     started_at       TEXT,
     finished_at      TEXT,
     UNIQUE (job_id, position)

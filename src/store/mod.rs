@@ -6,6 +6,7 @@ mod model;
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,7 +30,14 @@ pub type StoreResult<T> = anyhow::Result<T>;
 pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Held while the store lives: one publishd per database, so targets
+    /// found mid-step at start-up belong to a dead process, not a live one.
+    _owner: Arc<std::fs::File>,
 }
+
+/// How long a claim holds without being renewed. Lanes renew it every third
+/// of that while they work; an expired lease means the lane is gone.
+pub const LEASE: Duration = Duration::from_secs(30);
 
 /// What `create_job` did.
 pub enum Created {
@@ -60,6 +68,7 @@ const IN_FLIGHT: &str = "('tagging', 'pushing', 'untagging')";
 impl Store {
     /// Opens (creating if needed) the database file and applies migrations.
     pub async fn open(path: &Path) -> StoreResult<Store> {
+        let owner = lock_database(path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -82,7 +91,11 @@ impl Store {
             .connect_with(options.read_only(true))
             .await
             .with_context(|| format!("opening readers on {}", path.display()))?;
-        Ok(Store { writer, reader })
+        Ok(Store {
+            writer,
+            reader,
+            _owner: Arc::new(owner),
+        })
     }
 
     /// Checks that the database reads and takes writes: a locked database, a
@@ -246,7 +259,7 @@ impl Store {
         let claimed = sqlx::query(&format!(
             "UPDATE targets
              SET status = 'tagging', attempts = attempts + 1, error = NULL,
-                 started_at = COALESCE(started_at, ?1)
+                 started_at = COALESCE(started_at, ?1), lease_until = ?2
              WHERE id = (
                  SELECT t.id FROM targets t JOIN jobs j ON j.id = t.job_id
                  WHERE t.status = 'pending' AND j.cancel_requested = 0
@@ -258,6 +271,7 @@ impl Store {
              RETURNING id"
         ))
         .bind(&now)
+        .bind(lease_end())
         .fetch_optional(&mut *tx)
         .await
         .context("claiming a target")?;
@@ -432,6 +446,31 @@ impl Store {
         Ok(ids)
     }
 
+    /// Extends the claim of a target a lane is working on.
+    pub async fn renew_lease(&self, id: i64) -> StoreResult<()> {
+        sqlx::query(&format!(
+            "UPDATE targets SET lease_until = ? WHERE id = ? AND status IN {IN_FLIGHT}"
+        ))
+        .bind(lease_end())
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .context("renewing a lease")?;
+        Ok(())
+    }
+
+    /// Targets mid-step whose lane stopped renewing its claim.
+    pub async fn expired_leases(&self) -> StoreResult<Vec<i64>> {
+        let ids = sqlx::query_scalar(&format!(
+            "SELECT id FROM targets WHERE status IN {IN_FLIGHT} AND (lease_until IS NULL OR lease_until < ?)"
+        ))
+        .bind(now())
+        .fetch_all(&self.writer)
+        .await
+        .context("listing expired leases")?;
+        Ok(ids)
+    }
+
     /// A target as a lane sees it, with what its last run recorded.
     pub async fn claimed_target(&self, id: i64) -> StoreResult<ClaimedTarget> {
         let mut tx = self.writer.begin().await?;
@@ -442,11 +481,41 @@ impl Store {
 }
 
 fn now() -> String {
+    format_time(time::OffsetDateTime::now_utc())
+}
+
+fn format_time(at: time::OffsetDateTime) -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
     );
-    let now = time::OffsetDateTime::now_utc();
-    now.format(FORMAT).unwrap_or_else(|_| now.to_string())
+    at.format(FORMAT).unwrap_or_else(|_| at.to_string())
+}
+
+fn lease_end() -> String {
+    format_time(time::OffsetDateTime::now_utc() + LEASE)
+}
+
+/// Takes the database's lock file, or says which database is in use.
+fn lock_database(path: &Path) -> StoreResult<std::fs::File> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening the lock file {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "the database {} is in use by another publishd (its lock file {} is held)",
+            path.display(),
+            Path::new(&lock_path).display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("locking {}", Path::new(&lock_path).display()))
+        }
+    }
 }
 
 fn parse_uuid(text: String) -> StoreResult<Uuid> {
@@ -581,4 +650,68 @@ fn target_from_row(row: &SqliteRow) -> StoreResult<Target> {
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::spec::{JobSpec, Limits, plan};
+
+    async fn store_with_a_job(dir: &Path) -> Store {
+        let store = Store::open(&dir.join("publishd.db")).await.unwrap();
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "repo": "127.0.0.1:5000/a",
+            "images": [{"name": "app", "source": "src:1"}],
+            "tags": [{"strategy": "custom", "value": "v1"}, {"strategy": "custom", "value": "v2"}]
+        }))
+        .unwrap();
+        let plan = plan(&spec, Limits::default()).unwrap();
+        let new = NewJob {
+            plan: &plan,
+            has_registry_auth: false,
+            idempotency_key: None,
+            spec_hash: "h",
+        };
+        store.create_job(new).await.unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn one_process_per_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("publishd.db")).await.unwrap();
+        let error = Store::open(&dir.path().join("publishd.db"))
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            error.to_string().contains("in use by another publishd"),
+            "{error}"
+        );
+        drop(store);
+        Store::open(&dir.path().join("publishd.db"))
+            .await
+            .expect("free again");
+    }
+
+    #[tokio::test]
+    async fn claims_are_leased_and_expired_leases_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_a_job(dir.path()).await;
+        let first = store.claim_target().await.unwrap().unwrap();
+        let second = store.claim_target().await.unwrap().unwrap();
+        assert_ne!(first.id, second.id);
+        assert!(store.claim_target().await.unwrap().is_none());
+        assert!(store.expired_leases().await.unwrap().is_empty());
+
+        sqlx::query("UPDATE targets SET lease_until = '2000-01-01T00:00:00.000000Z'")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        store.renew_lease(second.id).await.unwrap();
+        assert_eq!(store.expired_leases().await.unwrap(), vec![first.id]);
+        store.release_target(first.id).await.unwrap();
+        assert!(store.expired_leases().await.unwrap().is_empty());
+        assert_eq!(store.claim_target().await.unwrap().unwrap().id, first.id);
+    }
 }

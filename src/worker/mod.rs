@@ -19,7 +19,7 @@ use crate::credentials::{DockerConfig, JobCredentials};
 use crate::domain::retry::RetryPolicy;
 use crate::engine::Engine;
 use crate::registry::Registry;
-use crate::store::{ClaimedTarget, Store};
+use crate::store::{ClaimedTarget, LEASE, Store};
 use procedure::{Finish, Signals, restore_reference};
 
 /// Everything a lane needs.
@@ -55,6 +55,7 @@ impl WorkerPool {
             set.spawn(async move {
                 recover(&ctx, &stop).await;
                 recovered.add_permits(lanes);
+                reap_expired_leases(&ctx, &stop).await;
             });
         }
         for lane in 0..lanes {
@@ -88,6 +89,9 @@ impl WorkerPool {
                 "targets still running after the grace period; the next start recovers them"
             );
             self.lanes.abort_all();
+            // Wait for the aborted tasks to be dropped, so that nothing of
+            // this pool (the store's lock among it) outlives it.
+            while self.lanes.join_next().await.is_some() {}
         }
     }
 }
@@ -138,7 +142,21 @@ async fn process(ctx: &WorkerContext, target: ClaimedTarget, stop: &Cancellation
             cancel: guard.token(),
             stop,
         };
-        match procedure::run(ctx, &target, signals).await {
+        let run = procedure::run(ctx, &target, signals);
+        tokio::pin!(run);
+        let mut renewal = tokio::time::interval(LEASE / 3);
+        renewal.tick().await;
+        let finish = loop {
+            tokio::select! {
+                finish = &mut run => break finish,
+                _ = renewal.tick() => {
+                    if let Err(error) = ctx.store.renew_lease(target.id).await {
+                        warn!(error = format!("{error:#}"), "renewing the lease failed");
+                    }
+                }
+            }
+        };
+        match finish {
             Ok(Finish::Done { outcome, warnings }) => {
                 info!(?outcome, "finished");
                 match ctx
@@ -217,6 +235,37 @@ async fn recover_once(ctx: &WorkerContext) -> anyhow::Result<usize> {
         recover_target(ctx, *id).await?;
     }
     Ok(ids.len())
+}
+
+/// Recovers targets whose lane stopped renewing its lease (a lane that
+/// panicked, or was aborted), as often as leases are renewed.
+async fn reap_expired_leases(ctx: &WorkerContext, stop: &CancellationToken) {
+    let mut tick = tokio::time::interval(LEASE / 3);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let expired = match ctx.store.expired_leases().await {
+            Ok(expired) => expired,
+            Err(error) => {
+                warn!(
+                    error = format!("{error:#}"),
+                    "looking for expired leases failed"
+                );
+                continue;
+            }
+        };
+        for id in expired {
+            warn!(target_id = id, "lease expired; recovering the target");
+            if let Err(error) = recover_target(ctx, id).await {
+                warn!(
+                    error = format!("{error:#}"),
+                    "recovering an expired target failed"
+                );
+            }
+        }
+    }
 }
 
 /// Undoes what a run of the target left on the engine and queues it again.
