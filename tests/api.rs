@@ -114,19 +114,9 @@ async fn bad_input_gets_the_error_shape_and_the_field() {
         .await
         .unwrap();
     assert_eq!(error_of(missing).await.0, 404);
-    let nonsense = app
-        .client
-        .get(app.url("/api/v1/jobs/not-an-id"))
-        .send()
-        .await
-        .unwrap();
+    let nonsense = app.get("/api/v1/jobs/not-an-id").await;
     assert_eq!(error_of(nonsense).await.0, 404);
-    let route = app
-        .client
-        .get(app.url("/api/v2/nothing"))
-        .send()
-        .await
-        .unwrap();
+    let route = app.get("/api/v2/nothing").await;
     assert_eq!(error_of(route).await.0, 404);
     let method = app
         .client
@@ -135,20 +125,10 @@ async fn bad_input_gets_the_error_shape_and_the_field() {
         .await
         .unwrap();
     assert_eq!(error_of(method).await.0, 405);
-    let status = app
-        .client
-        .get(app.url("/api/v1/jobs?status=done"))
-        .send()
-        .await
-        .unwrap();
+    let status = app.get("/api/v1/jobs?status=done").await;
     let (code, error) = error_of(status).await;
     assert_eq!((code, error["field"].as_str()), (422, Some("status")));
-    let limit = app
-        .client
-        .get(app.url("/api/v1/jobs?limit=0"))
-        .send()
-        .await
-        .unwrap();
+    let limit = app.get("/api/v1/jobs?limit=0").await;
     assert_eq!(error_of(limit).await.0, 422);
 }
 
@@ -193,15 +173,7 @@ async fn idempotency_key_returns_the_same_job_or_conflicts() {
         (409, Some("idempotency_conflict"))
     );
 
-    let page: Value = app
-        .client
-        .get(app.url("/api/v1/jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get("/api/v1/jobs").await.json().await.unwrap();
     assert_eq!(page["jobs"].as_array().unwrap().len(), 1, "one job only");
 }
 
@@ -254,11 +226,8 @@ async fn listing_pages_newest_first_with_a_stable_cursor() {
     ids.reverse();
     assert_eq!(seen, ids, "newest first, each once");
     let page: Value = app
-        .client
-        .get(app.url("/api/v1/jobs?status=succeeded"))
-        .send()
+        .get("/api/v1/jobs?status=succeeded")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -328,9 +297,9 @@ async fn cancel_stops_queued_and_running_jobs() {
 #[tokio::test]
 async fn probes_answer() {
     let app = TestApp::spawn().await;
-    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let health = app.get("/healthz").await;
     assert_eq!(health.status(), 200);
-    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 200);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(
@@ -342,15 +311,7 @@ async fn probes_answer() {
 #[tokio::test]
 async fn served_openapi_matches_the_checked_in_document() {
     let app = TestApp::spawn().await;
-    let served: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let served: Value = app.get("/openapi.json").await.json().await.unwrap();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
     let checked_in: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert!(

@@ -54,7 +54,7 @@ async fn an_engine_restart_is_waited_out() {
     let app = TestApp::spawn_with(|settings| settings.docker_host = Some(host)).await;
 
     block_in_place(|| private.stop());
-    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 503);
     let ready: Value = ready.json().await.unwrap();
     assert!(
@@ -77,15 +77,7 @@ async fn an_engine_restart_is_waited_out() {
     block_in_place(|| private.start_again());
     let job = app.wait_finished(&id).await;
     assert_published(&job, &Registry::open(&env.registry)).await;
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get("/readyz").await.status(), 200);
     assert!(engine.names_under(&repo).await.is_empty());
 }
 
@@ -121,15 +113,7 @@ async fn a_registry_restart_is_waited_out() {
 async fn a_locked_database_makes_the_service_unready() {
     use sqlx::Connection;
     let app = TestApp::spawn().await;
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get("/readyz").await.status(), 200);
     let mut other = sqlx::SqliteConnection::connect(&format!(
         "sqlite://{}",
         app.dir.join("publishd.db").display()
@@ -140,7 +124,7 @@ async fn a_locked_database_makes_the_service_unready() {
         .execute(&mut other)
         .await
         .unwrap();
-    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 503);
     let ready: Value = ready.json().await.unwrap();
     assert_ne!(ready["database"], "ok", "{ready}");
@@ -148,15 +132,7 @@ async fn a_locked_database_makes_the_service_unready() {
     sqlx::query("COMMIT").execute(&mut other).await.unwrap();
     // The probe that timed out may still hold the writer for a moment.
     let start = std::time::Instant::now();
-    while app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        != 200
-    {
+    while app.get("/readyz").await.status() != 200 {
         assert!(
             start.elapsed() < Duration::from_secs(15),
             "never ready again"

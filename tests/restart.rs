@@ -156,15 +156,7 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
     }
 
     let app = TestApp::spawn_in(dir.path(), |_| {}).await;
-    let page: Value = app
-        .client
-        .get(app.url("/api/v1/jobs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value = app.get("/api/v1/jobs").await.json().await.unwrap();
     let id = page["jobs"][0]["id"].as_str().unwrap().to_owned();
     let job = app.wait_finished(&id).await;
     let target = &job["targets"][0];

@@ -164,6 +164,10 @@ impl TestApp {
         std::fs::write(dir.join("config.json"), serde_json::to_vec(config).unwrap()).unwrap();
     }
 
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
     pub async fn post_job(&self, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url("/api/v1/jobs"))
@@ -184,12 +188,7 @@ impl TestApp {
     }
 
     pub async fn job(&self, id: &str) -> Value {
-        let response = self
-            .client
-            .get(self.url(&format!("/api/v1/jobs/{id}")))
-            .send()
-            .await
-            .unwrap();
+        let response = self.get(&format!("/api/v1/jobs/{id}")).await;
         assert_eq!(response.status(), 200);
         response.json().await.unwrap()
     }

@@ -71,16 +71,31 @@ impl Registry {
             .strip_prefix(&format!("{}/", self.host))
             .expect("reference in this registry");
         let (repository, tag) = path.rsplit_once(':').unwrap();
+        self.image(repository, tag).await
+    }
+
+    /// The image stored under `digest` in `repository`.
+    pub async fn by_digest(&self, repository: &str, digest: &str) -> Pushed {
+        let image = self.image(repository, digest).await;
+        image.unwrap_or_else(|| panic!("no manifest {repository}@{digest}"))
+    }
+
+    /// A manifest by tag or digest, with its config.
+    async fn image(&self, repository: &str, tag_or_digest: &str) -> Option<Pushed> {
         let response = self
             .get(
-                &format!("{repository}/manifests/{tag}"),
+                &format!("{repository}/manifests/{tag_or_digest}"),
                 Some(MANIFEST_TYPES),
             )
             .await;
         if response.status() == StatusCode::NOT_FOUND {
             return None;
         }
-        assert_eq!(response.status(), 200, "manifest of {reference}");
+        assert_eq!(
+            response.status(),
+            200,
+            "manifest {repository}:{tag_or_digest}"
+        );
         let digest = response.headers()["docker-content-digest"]
             .to_str()
             .unwrap()
@@ -98,30 +113,6 @@ impl Registry {
             manifest,
             config,
         })
-    }
-
-    /// The image stored under `digest` in `repository`.
-    pub async fn by_digest(&self, repository: &str, digest: &str) -> Pushed {
-        let response = self
-            .get(
-                &format!("{repository}/manifests/{digest}"),
-                Some(MANIFEST_TYPES),
-            )
-            .await;
-        assert_eq!(response.status(), 200, "manifest {repository}@{digest}");
-        let manifest: Value = response.json().await.unwrap();
-        let config_digest = manifest["config"]["digest"].as_str().unwrap();
-        let config: Value = self
-            .get(&format!("{repository}/blobs/{config_digest}"), None)
-            .await
-            .json()
-            .await
-            .unwrap();
-        Pushed {
-            digest: digest.to_owned(),
-            manifest,
-            config,
-        }
     }
 
     pub async fn tags(&self, repository: &str) -> Vec<String> {
