@@ -53,6 +53,19 @@ pub enum Finish {
     Abandon,
 }
 
+/// What a cancel of the job does to a step.
+#[derive(Debug, Clone, Copy)]
+enum OnCancel {
+    /// Stop at once, even mid-try: for reads, and for the push (dropping its
+    /// stream stops it on the engine).
+    Interrupt,
+    /// Let a try finish, then stop: for the load, which the engine completes
+    /// even when its caller is gone, so the untag must come after it.
+    BetweenTries,
+    /// Run to the end: the untag.
+    Ignore,
+}
+
 /// Why a step did not produce its result.
 enum Stop {
     Failed(String),
@@ -121,7 +134,9 @@ pub async fn run(
         })
     };
     let source = match run
-        .step("tag", ctx.timeouts.tag, true, || run.source_image())
+        .step("tag", ctx.timeouts.tag, OnCancel::Interrupt, || {
+            run.source_image()
+        })
         .await
     {
         Ok(source) => source,
@@ -176,7 +191,7 @@ pub async fn run(
     // image's id (known before the engine sees it) next, so that a crash at
     // any point can be undone.
     let prior = match run
-        .step("tag", ctx.timeouts.tag, true, || async {
+        .step("tag", ctx.timeouts.tag, OnCancel::Interrupt, || async {
             Ok(ctx.engine.image_id(&reference).await?)
         })
         .await
@@ -204,7 +219,7 @@ pub async fn run(
     let image = LabelledImage::new(&source, &labels);
     ctx.store.record_created_image(target.id, &image.id).await?;
     let tagged = run
-        .step("tag", ctx.timeouts.tag, true, || async {
+        .step("tag", ctx.timeouts.tag, OnCancel::BetweenTries, || async {
             Ok(ctx.engine.load_image(&image, &reference).await?)
         })
         .await;
@@ -223,7 +238,7 @@ pub async fn run(
         .set_step(target.id, TargetStatus::Untagging)
         .await?;
     let untagged = run
-        .step("untag", ctx.timeouts.untag, false, || async {
+        .step("untag", ctx.timeouts.untag, OnCancel::Ignore, || async {
             Ok(
                 restore_reference(ctx.engine.as_ref(), &reference, &image.id, prior.as_deref())
                     .await?,
@@ -360,7 +375,7 @@ impl Run<'_> {
     async fn push_and_verify(&self, reference: &str, auth: &RegistryAuth) -> Result<String, Stop> {
         let ctx = self.ctx;
         let digest = self
-            .step("push", ctx.timeouts.push, true, || async {
+            .step("push", ctx.timeouts.push, OnCancel::Interrupt, || async {
                 ctx.engine.push(reference, auth).await.map_err(|error| {
                     let mut failure = Failure::from(error);
                     if failure.kind == FailureKind::Permanent && auth.is_anonymous() {
@@ -376,7 +391,7 @@ impl Run<'_> {
             .await?;
         info!(%digest, "pushed");
         // Read the tag back: the registry, not the engine's report, is the truth.
-        self.step("verify", ctx.timeouts.tag, true, || async {
+        self.step("verify", ctx.timeouts.tag, OnCancel::Interrupt, || async {
             match ctx.registry.digest(reference, auth).await? {
                 Some(served) if served == digest => Ok(()),
                 Some(served) => Err(Failure::permanent(format!(
@@ -395,12 +410,12 @@ impl Run<'_> {
     /// Runs one step with its timeout and retries: transient failures up to
     /// the policy's attempts, outages until the outage limit, permanent
     /// failures never. Every failed try is recorded on the target. With
-    /// `interruptible`, a cancel of the job interrupts the step, even mid-try.
+    /// `on_cancel` says what a cancel of the job does to the step.
     async fn step<T, Op, Fut>(
         &self,
         step: &'static str,
         limit: Duration,
-        interruptible: bool,
+        on_cancel: OnCancel,
         mut op: Op,
     ) -> Result<T, Stop>
     where
@@ -409,10 +424,10 @@ impl Run<'_> {
     {
         let policy = self.ctx.retry;
         let never = CancellationToken::new();
-        let cancel = if interruptible {
-            self.signals.cancel
-        } else {
-            &never
+        let (mid_try, between_tries) = match on_cancel {
+            OnCancel::Interrupt => (self.signals.cancel, self.signals.cancel),
+            OnCancel::BetweenTries => (&never, self.signals.cancel),
+            OnCancel::Ignore => (&never, &never),
         };
         let (mut tries, mut outage_waits) = (0u32, 0u32);
         let mut outage_since: Option<Instant> = None;
@@ -427,7 +442,7 @@ impl Run<'_> {
                 }
             };
             let failure = tokio::select! {
-                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = mid_try.cancelled() => return Err(Stop::Cancelled),
                 result = attempt => match result {
                     Ok(value) => return Ok(value),
                     Err(failure) => failure,
@@ -466,7 +481,7 @@ impl Run<'_> {
             warn!(%message, ?wait, "step failed; retrying");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                _ = cancel.cancelled() => return Err(Stop::Cancelled),
+                _ = between_tries.cancelled() => return Err(Stop::Cancelled),
                 _ = self.signals.stop.cancelled() => return Err(Stop::ShuttingDown),
             }
         }
