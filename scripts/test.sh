@@ -12,13 +12,17 @@ cargo clippy --all-targets --locked -- -D warnings
 
 env_dir=$(mktemp -d /tmp/publishd-test.XXXXXX)
 trap 'scripts/test-env.sh down "$env_dir"' EXIT
-echo "== starting dockerd and two registries under $env_dir"
+echo "== starting two dockerds and two registries under $env_dir"
 scripts/test-env.sh up "$env_dir"
 # shellcheck disable=SC1091
 . "$env_dir/env"
 
 echo "== cargo test"
-cargo test --all-targets --locked -- "$@"
+cargo test --all-targets --locked -- "$@" 2>&1 | tee "$env_dir/cargo-test.log"
 
 echo "== schemathesis against openapi/openapi.json"
 scripts/schemathesis.sh target/debug/publishd "$env_dir/schemathesis"
+
+# One closing line for the whole suite: cargo's results added up.
+awk '/^test result:/ { passed += $4; failed += $6 }
+     END { printf "tests: %d passed, %d failed\n", passed, failed }' "$env_dir/cargo-test.log"
