@@ -385,3 +385,65 @@ async fn twenty_jobs_racing_for_one_reference_never_interleave() {
     assert_eq!(pushed.digest, spans.last().unwrap().2);
     assert!(engine.names_under(&repo).await.is_empty());
 }
+
+#[tokio::test]
+async fn an_up_to_date_tag_is_not_pushed_again_unless_forced() {
+    let env = TestEnv::get();
+    let engine = TestEngine::connect();
+    let (first, second) = (unique("same"), unique("other"));
+    let first_id = engine.import_image(&first, "b1", &[]).await;
+    engine.import_image(&second, "b1", &[]).await;
+    let app = TestApp::spawn().await;
+    let repo = format!("{}/{}", env.registry, unique("uptodate"));
+    let job = |source: &str, force: bool| {
+        json!({"repo": repo, "images": [{"name": "app", "source": source}],
+               "tags": [{"strategy": "custom", "value": "v1"}], "force": force})
+    };
+    let target_of = |job: Value| job["targets"][0].clone();
+
+    let pushed = target_of(
+        app.wait_finished(&app.submit(&job(&first_id, false)).await)
+            .await,
+    );
+    assert_eq!(
+        (pushed["status"].as_str(), pushed["up_to_date"].as_bool()),
+        (Some("succeeded"), Some(false))
+    );
+
+    let again = target_of(
+        app.wait_finished(&app.submit(&job(&first_id, false)).await)
+            .await,
+    );
+    assert_eq!(
+        (again["status"].as_str(), again["up_to_date"].as_bool()),
+        (Some("succeeded"), Some(true))
+    );
+    assert_eq!(again["digest"], pushed["digest"]);
+    assert!(
+        engine.names_under(&repo).await.is_empty(),
+        "nothing was tagged"
+    );
+
+    let forced = target_of(
+        app.wait_finished(&app.submit(&job(&first_id, true)).await)
+            .await,
+    );
+    assert_eq!(
+        (forced["status"].as_str(), forced["up_to_date"].as_bool()),
+        (Some("succeeded"), Some(false))
+    );
+
+    // Another source under the same tag is not up to date.
+    let other = target_of(
+        app.wait_finished(&app.submit(&job(&format!("{second}:b1"), false)).await)
+            .await,
+    );
+    assert_eq!(other["up_to_date"], false);
+    let registry = Registry::open(&env.registry);
+    let served = registry.pushed(&format!("{repo}/app:v1")).await.unwrap();
+    assert_eq!(served.digest, other["digest"].as_str().unwrap());
+    assert_ne!(
+        served.label("werf-content-signature"),
+        Some(first_id.as_str())
+    );
+}
