@@ -1,10 +1,14 @@
 //! Reads the registry over its v2 API with the push's credentials: checks
 //! the digest a push left there, and answers werf's up-to-date question.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use async_trait::async_trait;
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth as OciAuth;
 use oci_client::{Client, Reference, client::ClientConfig, client::ClientProtocol};
+use sha2::{Digest, Sha256};
 
 use crate::credentials::RegistryAuth;
 use crate::domain::retry::{FailureKind, classify_registry_message};
@@ -44,23 +48,46 @@ pub trait Registry: Send + Sync + 'static {
 /// The registry through oci-client. Loopback registries are spoken to over
 /// plain HTTP, as the engine does (127.0.0.0/8 is insecure by default);
 /// every other registry over HTTPS.
-#[derive(Debug, Default, Clone)]
-pub struct OciRegistry;
+#[derive(Default, Clone)]
+pub struct OciRegistry {
+    clients: Arc<Mutex<HashMap<(String, [u8; 32]), Client>>>,
+}
+
+/// Clients kept for reuse (their connections and tokens with them).
+const CLIENT_CACHE_SIZE: usize = 64;
 
 impl OciRegistry {
-    /// A client per call: oci-client keeps the first credentials it sees per
-    /// registry, and two jobs may bring different ones for the same registry.
-    fn client(reference: &Reference) -> Client {
+    /// A client for this registry and these credentials. oci-client keeps the
+    /// first credentials it sees per registry, and two jobs may bring
+    /// different ones, so clients are kept per registry and credentials (by a
+    /// digest of them, in memory only).
+    fn client(&self, reference: &Reference, auth: &RegistryAuth) -> Client {
         let registry = reference.registry().to_owned();
+        let key = (
+            registry.clone(),
+            Sha256::digest(auth.engine_header().as_bytes()).into(),
+        );
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return client.clone();
+        }
         let protocol = if is_loopback(&registry) {
             ClientProtocol::HttpsExcept(vec![registry])
         } else {
             ClientProtocol::Https
         };
-        Client::new(ClientConfig {
+        let client = Client::new(ClientConfig {
             protocol,
             ..ClientConfig::default()
-        })
+        });
+        if clients.len() >= CLIENT_CACHE_SIZE {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        client
     }
 }
 
@@ -72,7 +99,8 @@ impl Registry for OciRegistry {
         auth: &RegistryAuth,
     ) -> Result<Option<String>, RegistryError> {
         let reference = parse(reference)?;
-        match Self::client(&reference)
+        match self
+            .client(&reference, auth)
             .fetch_manifest_digest(&reference, &oci_auth(auth))
             .await
         {
@@ -88,7 +116,8 @@ impl Registry for OciRegistry {
         auth: &RegistryAuth,
     ) -> Result<Option<RemoteImage>, RegistryError> {
         let reference = parse(reference)?;
-        let pulled = Self::client(&reference)
+        let pulled = self
+            .client(&reference, auth)
             .pull_manifest_and_config(&reference, &oci_auth(auth))
             .await;
         let (_, digest, config) = match pulled {

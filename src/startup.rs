@@ -62,7 +62,7 @@ impl Application {
         let context = Arc::new(WorkerContext {
             store,
             engine,
-            registry: Arc::new(OciRegistry),
+            registry: Arc::new(OciRegistry::default()),
             credentials: DockerConfig::new(settings.docker_config.clone()),
             job_credentials,
             cancellations,
