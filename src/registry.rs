@@ -50,8 +50,11 @@ pub trait Registry: Send + Sync + 'static {
 /// every other registry over HTTPS.
 #[derive(Default, Clone)]
 pub struct OciRegistry {
-    clients: Arc<Mutex<HashMap<(String, [u8; 32]), Client>>>,
+    clients: Arc<Mutex<HashMap<ClientKey, Client>>>,
 }
+
+/// A registry host and a digest of the credentials used with it.
+type ClientKey = (String, [u8; 32]);
 
 /// Clients kept for reuse (their connections and tokens with them).
 const CLIENT_CACHE_SIZE: usize = 64;
