@@ -446,6 +446,15 @@ impl Store {
         Ok(ids)
     }
 
+    pub async fn cancel_requested(&self, job_id: Uuid) -> StoreResult<bool> {
+        let requested = sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = ?")
+            .bind(job_id.to_string())
+            .fetch_one(&self.reader)
+            .await
+            .context("reading a job's cancel flag")?;
+        Ok(requested)
+    }
+
     /// Extends the claim of a target a lane is working on.
     pub async fn renew_lease(&self, id: i64) -> StoreResult<()> {
         sqlx::query(&format!(

@@ -129,9 +129,9 @@ async fn process(ctx: &WorkerContext, target: ClaimedTarget, stop: &Cancellation
     async {
         let guard = ctx.cancellations.register(target.job_id);
         // A cancel that came before the registration is seen in the store.
-        match ctx.store.get_job(target.job_id).await {
-            Ok(Some(job)) if job.cancel_requested => guard.token().cancel(),
-            Ok(_) => {}
+        match ctx.store.cancel_requested(target.job_id).await {
+            Ok(true) => guard.token().cancel(),
+            Ok(false) => {}
             Err(error) => warn!(
                 error = format!("{error:#}"),
                 "reading the job's cancel flag"
