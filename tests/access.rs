@@ -10,14 +10,13 @@ use publishd::startup::Application;
 use serde_json::{Value, json};
 use support::engine::TestEngine;
 use support::registry::Registry;
-use support::{HangingRegistry, TestApp, TestEnv, test_settings, unique};
+use support::{HangingRegistry, TestApp, TestEnv, app_job, test_settings, unique};
 
-fn spec(repo: &str, source: &str, tags: &[&str]) -> Value {
-    let tags: Vec<Value> = tags
-        .iter()
-        .map(|tag| json!({"strategy": "custom", "value": tag}))
-        .collect();
-    json!({"repo": repo, "images": [{"name": "app", "source": source}], "tags": tags, "force": true})
+/// `force` skips the up-to-date read, which would hang on a hanging registry.
+fn forced_job(repo: &str, source: &str, tags: &[&str]) -> Value {
+    let mut job = app_job(repo, source, tags);
+    job["force"] = json!(true);
+    job
 }
 
 #[tokio::test]
@@ -96,18 +95,18 @@ async fn a_full_queue_answers_503_with_retry_after() {
     .await;
     let repo = format!("{}/{}", hanging.address, unique("full"));
     let source = format!("{name}:b1");
-    let busy = app.submit(&spec(&repo, &source, &["busy"])).await;
+    let busy = app.submit(&forced_job(&repo, &source, &["busy"])).await;
     app.wait_for(&busy, Duration::from_secs(30), |job| {
         job["targets"][0]["status"] == "pushing"
     })
     .await;
-    app.submit(&spec(&repo, &source, &["a", "b"])).await;
-    let refused = app.post_job(&spec(&repo, &source, &["c", "d"])).await;
+    app.submit(&forced_job(&repo, &source, &["a", "b"])).await;
+    let refused = app.post_job(&forced_job(&repo, &source, &["c", "d"])).await;
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "5");
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "overloaded");
-    let fits = app.post_job(&spec(&repo, &source, &["c"])).await;
+    let fits = app.post_job(&forced_job(&repo, &source, &["c"])).await;
     assert_eq!(fits.status(), 202, "one more target still fits");
 }
 
@@ -128,10 +127,9 @@ async fn per_job_credentials_publish_and_are_lost_by_a_restart() {
     })
     .await;
     let repo = format!("{}/{}", env.auth_registry, unique("jobcred"));
-    let mut published = spec(&repo, &source, &["v1"]);
+    let mut published = forced_job(&repo, &source, &["v1"]);
     published["registry_auth"] = auth.clone();
-    let id = first.submit(&published).await;
-    let job = first.wait_finished(&id).await;
+    let job = first.run_job(&published).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let registry = Registry::with_auth(&env.auth_registry, &env.auth_user, &env.auth_password);
     let pushed = registry
@@ -142,7 +140,7 @@ async fn per_job_credentials_publish_and_are_lost_by_a_restart() {
 
     // Keep the only lane busy, queue a job with credentials, restart.
     let stuck = first
-        .submit(&spec(
+        .submit(&forced_job(
             &format!("{}/{}", hanging.address, unique("s")),
             &source,
             &["x"],
@@ -153,7 +151,7 @@ async fn per_job_credentials_publish_and_are_lost_by_a_restart() {
             job["targets"][0]["status"] == "pushing"
         })
         .await;
-    let mut queued = spec(&repo, &source, &["v2"]);
+    let mut queued = forced_job(&repo, &source, &["v2"]);
     queued["registry_auth"] = auth;
     let queued = first.submit(&queued).await;
     first.stop().await;

@@ -8,15 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::engine::TestEngine;
-use support::{HangingRegistry, TestApp, TestEnv, unique};
-
-fn spec(repo: &str, source: &str, tag: &str) -> Value {
-    json!({
-        "repo": repo,
-        "images": [{"name": "app", "source": source}],
-        "tags": [{"strategy": "custom", "value": tag}]
-    })
-}
+use support::{HangingRegistry, TestApp, TestEnv, app_job, unique};
 
 async fn error_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
@@ -79,15 +71,15 @@ async fn bad_input_gets_the_error_shape_and_the_field() {
             json!({"repo": "r/a", "images": [{"name": "a", "source": "x", "extra": 1}], "tags": [{"strategy": "content"}]}),
             "images[0].extra",
         ),
-        (spec("r/a", "x", "bad tag"), "tags[0].value"),
+        (app_job("r/a", "x", &["bad tag"]), "tags[0].value"),
         (
-            spec("r/a", "x", &format!("sha256:{}", "a".repeat(64))),
+            app_job("r/a", "x", &[&format!("sha256:{}", "a".repeat(64))]),
             "tags[0].value",
         ),
-        (spec("r/Upper", "x", "v1"), "repo"),
-        (spec("r/a/../b", "x", "v1"), "repo"),
-        (spec("r/a", "acme/Img", "v1"), "images[0].source"),
-        (spec("r/a", "", "v1"), "images[0].source"),
+        (app_job("r/Upper", "x", &["v1"]), "repo"),
+        (app_job("r/a/../b", "x", &["v1"]), "repo"),
+        (app_job("r/a", "acme/Img", &["v1"]), "images[0].source"),
+        (app_job("r/a", "", &["v1"]), "images[0].source"),
         (
             json!({"repo": "r/a", "images": [{"name": "ünïcode", "source": "x"}], "tags": [{"strategy": "content"}]}),
             "images[0].name",
@@ -185,7 +177,7 @@ async fn listing_pages_newest_first_with_a_stable_cursor() {
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(
-            app.submit(&spec(&repo, "no-such-source:1", &format!("v{i}")))
+            app.submit(&app_job(&repo, "no-such-source:1", &[&format!("v{i}")]))
                 .await,
         );
     }
@@ -216,7 +208,8 @@ async fn listing_pages_newest_first_with_a_stable_cursor() {
         );
         // A job submitted while paging does not shift later pages.
         if cursor.is_none() {
-            app.submit(&spec(&repo, "no-such-source:1", "late")).await;
+            app.submit(&app_job(&repo, "no-such-source:1", &["late"]))
+                .await;
         }
         match page["next_cursor"].as_str() {
             Some(next) => cursor = Some(next.to_owned()),
@@ -246,7 +239,7 @@ async fn cancel_stops_queued_and_running_jobs() {
     // A push to a registry that never answers keeps the only lane busy.
     let stuck_repo = format!("{}/{}", hanging.address, unique("stuck"));
     // `force` skips the up-to-date read, which would hang before the push.
-    let mut stuck_spec = spec(&stuck_repo, &format!("{name}:b1"), "v1");
+    let mut stuck_spec = app_job(&stuck_repo, &format!("{name}:b1"), &["v1"]);
     stuck_spec["force"] = json!(true);
     let running = app.submit(&stuck_spec).await;
     app.wait_for(&running, Duration::from_secs(30), |job| {
@@ -256,7 +249,7 @@ async fn cancel_stops_queued_and_running_jobs() {
 
     let queued_repo = format!("{}/{}", env.registry, unique("queued"));
     let queued = app
-        .submit(&spec(&queued_repo, &format!("{name}:b1"), "v1"))
+        .submit(&app_job(&queued_repo, &format!("{name}:b1"), &["v1"]))
         .await;
     let cancel = |id: String| {
         app.client

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 use support::engine::TestEngine;
 use support::registry::Registry;
-use support::{TestApp, TestEnv, unique};
+use support::{TestApp, TestEnv, app_job, unique};
 
 async fn publish_to_auth_registry(app: &TestApp) -> (Value, String) {
     let env = TestEnv::get();
@@ -16,14 +16,9 @@ async fn publish_to_auth_registry(app: &TestApp) -> (Value, String) {
     let name = unique("cred");
     engine.import_image(&name, "b1", &[]).await;
     let repo = format!("{}/{}", env.auth_registry, unique("private"));
-    let id = app
-        .submit(&json!({
-            "repo": repo,
-            "images": [{"name": "app", "source": format!("{name}:b1")}],
-            "tags": [{"strategy": "custom", "value": "v1"}]
-        }))
+    let job = app
+        .run_job(&app_job(&repo, &format!("{name}:b1"), &["v1"]))
         .await;
-    let job = app.wait_finished(&id).await;
     assert!(
         engine.names_under(&repo).await.is_empty(),
         "target reference left on the engine"

@@ -5,20 +5,12 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::engine::TestEngine;
 use support::procs::{PrivateEngine, PrivateRegistry};
 use support::registry::Registry;
-use support::{TestApp, TestEnv, unique};
+use support::{TestApp, TestEnv, app_job, unique};
 use tokio::task::block_in_place;
-
-fn spec(repo: &str, source: &str, tags: &[&str]) -> Value {
-    let tags: Vec<Value> = tags
-        .iter()
-        .map(|tag| json!({"strategy": "custom", "value": tag}))
-        .collect();
-    json!({"repo": repo, "images": [{"name": "app", "source": source}], "tags": tags})
-}
 
 async fn assert_published(job: &Value, registry: &Registry) {
     assert_eq!(job["status"], "succeeded", "{job:#}");
@@ -65,7 +57,7 @@ async fn an_engine_restart_is_waited_out() {
 
     let repo = format!("{}/{}", env.registry, unique("engine-down"));
     let id = app
-        .submit(&spec(&repo, &format!("{name}:b1"), &["v1", "v2"]))
+        .submit(&app_job(&repo, &format!("{name}:b1"), &["v1", "v2"]))
         .await;
     let waiting = wait_for_a_failed_try(&app, &id).await;
     assert_eq!(
@@ -93,7 +85,7 @@ async fn a_registry_restart_is_waited_out() {
 
     block_in_place(|| private.stop());
     let id = app
-        .submit(&spec(&repo, &format!("{name}:b1"), &["v1", "v2"]))
+        .submit(&app_job(&repo, &format!("{name}:b1"), &["v1", "v2"]))
         .await;
     let waiting = wait_for_a_failed_try(&app, &id).await;
     assert_eq!(waiting["status"], "running", "{waiting:#}");

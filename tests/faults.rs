@@ -8,7 +8,7 @@ use serde_json::json;
 use support::engine::TestEngine;
 use support::fault_proxy::{FaultProxy, Faults};
 use support::registry::Registry;
-use support::{TestApp, TestEnv, unique};
+use support::{TestApp, TestEnv, app_job, unique};
 
 #[tokio::test]
 async fn every_job_succeeds_through_a_flaky_registry() {
@@ -75,11 +75,7 @@ async fn a_registry_that_keeps_failing_fails_the_target_after_the_attempts() {
     engine.import_image(&name, "b1", &[]).await;
     let repo = format!("{}/{}", proxy.address, unique("down"));
     let id = app
-        .submit(&json!({
-            "repo": repo,
-            "images": [{"name": "app", "source": format!("{name}:b1")}],
-            "tags": [{"strategy": "custom", "value": "v1"}]
-        }))
+        .submit(&app_job(&repo, &format!("{name}:b1"), &["v1"]))
         .await;
     let job = app.wait_finished(&id).await;
     let target = &job["targets"][0];

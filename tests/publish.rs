@@ -6,7 +6,7 @@ mod support;
 use serde_json::{Value, json};
 use support::engine::{LocalImage, TestEngine};
 use support::registry::Registry;
-use support::{TestApp, TestEnv, unique};
+use support::{TestApp, TestEnv, app_job, unique};
 
 /// Checks one succeeded target where it lives: the registry holds the tag
 /// under the recorded digest, with werf's labels, the source's config and
@@ -91,8 +91,8 @@ async fn every_strategy_publishes_in_multirepo_mode() {
     let app = TestApp::spawn().await;
     let repo = format!("{}/{}", env.registry, unique("multi"));
 
-    let id = app
-        .submit(&json!({
+    let job = app
+        .run_job(&json!({
             "repo": format!("{repo}/"),
             "repo_mode": "multirepo",
             "images": [{"name": "backend", "source": format!("{name}:build-1")}],
@@ -105,7 +105,6 @@ async fn every_strategy_publishes_in_multirepo_mode() {
             ]
         }))
         .await;
-    let job = app.wait_finished(&id).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     assert!(job["finished_at"].is_string());
 
@@ -151,15 +150,14 @@ async fn monorepo_puts_images_in_one_repository() {
     let repository = unique("mono");
     let repo = format!("{}/{repository}", env.registry);
 
-    let id = app
-        .submit(&json!({
+    let job = app
+        .run_job(&json!({
             "repo": repo, "repo_mode": "monorepo",
             "images": [{"name": "api", "source": format!("{api}:b1")},
                        {"name": "web", "source": format!("{web}:b1")}],
             "tags": [{"strategy": "git-branch", "value": "main"}, {"strategy": "content"}]
         }))
         .await;
-    let job = app.wait_finished(&id).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let registry = Registry::open(&env.registry);
     let api_image = engine.image(&format!("{api}:b1")).await.unwrap();
@@ -194,14 +192,13 @@ async fn nameless_image_lands_at_repo_tag() {
     let app = TestApp::spawn().await;
     for mode in ["multirepo", "monorepo"] {
         let repo = format!("{}/{}", env.registry, unique(mode));
-        let id = app
-            .submit(&json!({
+        let job = app
+            .run_job(&json!({
                 "repo": repo, "repo_mode": mode,
                 "images": [{"name": null, "source": source.id}],
                 "tags": [{"strategy": "custom", "value": "stable"}]
             }))
             .await;
-        let job = app.wait_finished(&id).await;
         let target = &job["targets"][0];
         assert_eq!(target["reference"], format!("{repo}:stable"));
         assert_eq!(target["image"], Value::Null);
@@ -227,14 +224,9 @@ async fn a_built_image_keeps_its_whole_config() {
 
     let app = TestApp::spawn().await;
     let repo = format!("{}/{}", env.registry, unique("built"));
-    let id = app
-        .submit(&json!({
-            "repo": repo,
-            "images": [{"name": "app", "source": format!("{name}:b1")}],
-            "tags": [{"strategy": "custom", "value": "v1"}]
-        }))
+    let job = app
+        .run_job(&app_job(&repo, &format!("{name}:b1"), &["v1"]))
         .await;
-    let job = app.wait_finished(&id).await;
     let registry = Registry::open(&env.registry);
     assert_published(&job["targets"][0], &source, &registry, &engine).await;
     let pushed = registry.pushed(&format!("{repo}/app:v1")).await.unwrap();
@@ -259,14 +251,9 @@ async fn a_users_local_image_under_the_target_name_is_put_back() {
     engine.tag(&my_image, &reference).await;
 
     let app = TestApp::spawn().await;
-    let id = app
-        .submit(&json!({
-            "repo": repo,
-            "images": [{"name": "app", "source": format!("{name}:b1")}],
-            "tags": [{"strategy": "custom", "value": "v1"}]
-        }))
+    let job = app
+        .run_job(&app_job(&repo, &format!("{name}:b1"), &["v1"]))
         .await;
-    let job = app.wait_finished(&id).await;
     let target = &job["targets"][0];
     assert_eq!(target["status"], "succeeded", "{job:#}");
     let pushed = Registry::open(&env.registry)
@@ -292,15 +279,14 @@ async fn a_missing_source_fails_its_targets_and_names_it() {
     engine.import_image(&present, "b1", &[]).await;
     let app = TestApp::spawn().await;
     let repo = format!("{}/{}", env.registry, unique("missing"));
-    let id = app
-        .submit(&json!({
+    let job = app
+        .run_job(&json!({
             "repo": repo,
             "images": [{"name": "ok", "source": format!("{present}:b1")},
                        {"name": "gone", "source": "no-such-image:42"}],
             "tags": [{"strategy": "custom", "value": "v1"}, {"strategy": "content"}]
         }))
         .await;
-    let job = app.wait_finished(&id).await;
     assert_eq!(job["status"], "failed");
     assert_eq!(job["error"], "2 of 4 targets failed");
     let targets = job["targets"].as_array().unwrap();
@@ -340,13 +326,7 @@ async fn twenty_jobs_racing_for_one_reference_never_interleave() {
     // Submitted back to back, so that all twenty are queued together.
     let mut jobs = Vec::new();
     for source in &sources {
-        let id = app
-            .submit(&json!({
-                "repo": repo,
-                "images": [{"name": "app", "source": source}],
-                "tags": [{"strategy": "custom", "value": "latest"}]
-            }))
-            .await;
+        let id = app.submit(&app_job(&repo, source, &["latest"])).await;
         jobs.push((id, source.clone()));
     }
     let registry = Registry::open(&env.registry);

@@ -12,15 +12,7 @@ use publishd::store::{Created, NewJob, Store};
 use serde_json::{Value, json};
 use support::engine::TestEngine;
 use support::registry::Registry;
-use support::{HangingRegistry, TestApp, TestEnv, unique};
-
-fn spec(repo: &str, source: &str, tag: &str) -> Value {
-    json!({
-        "repo": repo,
-        "images": [{"name": "app", "source": source}],
-        "tags": [{"strategy": "custom", "value": tag}]
-    })
-}
+use support::{HangingRegistry, TestApp, TestEnv, app_job, unique};
 
 #[tokio::test]
 async fn queued_jobs_run_after_a_restart_and_an_interrupted_push_is_recovered() {
@@ -41,7 +33,7 @@ async fn queued_jobs_run_after_a_restart_and_an_interrupted_push_is_recovered() 
     .await;
     let stuck_repo = format!("{}/{}", hanging.address, unique("stuck"));
     // `force` skips the up-to-date read, which would hang before the push.
-    let mut stuck_spec = spec(&stuck_repo, &source, "v1");
+    let mut stuck_spec = app_job(&stuck_repo, &source, &["v1"]);
     stuck_spec["force"] = json!(true);
     let stuck = first.submit(&stuck_spec).await;
     first
@@ -51,8 +43,8 @@ async fn queued_jobs_run_after_a_restart_and_an_interrupted_push_is_recovered() 
         .await;
     let repo = format!("{}/{}", env.registry, unique("after-restart"));
     let queued: Vec<String> = vec![
-        first.submit(&spec(&repo, &source, "v1")).await,
-        first.submit(&spec(&repo, &source, "v2")).await,
+        first.submit(&app_job(&repo, &source, &["v1"])).await,
+        first.submit(&app_job(&repo, &source, &["v2"])).await,
     ];
     for id in &queued {
         assert_eq!(first.job(id).await["status"], "queued");
@@ -120,7 +112,7 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
     {
         let store = Store::open(&dir.path().join("publishd.db")).await.unwrap();
         let spec: JobSpec =
-            serde_json::from_value(spec(&repo, &format!("{name}:b1"), "v1")).unwrap();
+            serde_json::from_value(app_job(&repo, &format!("{name}:b1"), &["v1"])).unwrap();
         let plan = plan(&spec, Limits::default()).unwrap();
         let created = store
             .create_job(NewJob {

@@ -65,6 +65,15 @@ fn init_logs() {
     });
 }
 
+/// A job that publishes `source` as the image `app` under custom `tags`.
+pub fn app_job(repo: &str, source: &str, tags: &[&str]) -> Value {
+    let tags: Vec<Value> = tags
+        .iter()
+        .map(|tag| serde_json::json!({"strategy": "custom", "value": tag}))
+        .collect();
+    serde_json::json!({"repo": repo, "images": [{"name": "app", "source": source}], "tags": tags})
+}
+
 /// A unique, valid repository path component for one test.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
@@ -185,6 +194,12 @@ impl TestApp {
         assert_eq!(status, 202, "job not accepted: {text}");
         let job: Value = serde_json::from_str(&text).unwrap();
         job["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Submits a job and waits for it to end.
+    pub async fn run_job(&self, body: &Value) -> Value {
+        let id = self.submit(body).await;
+        self.wait_finished(&id).await
     }
 
     pub async fn job(&self, id: &str) -> Value {
