@@ -65,29 +65,28 @@ start_registry() {
   wait_for "registry $name" "curl -s -o /dev/null http://127.0.0.1:$port/v2/" || { cat "$dir/$name/log" >&2; exit 1; }
 }
 
+# start_dockerd NAME SOCKET: a private dockerd with its state under $dir/NAME.
+# SOCKET stays short: unix socket paths are limited to 108 bytes.
+start_dockerd() {
+  local name=$1 sock=$2
+  mkdir -p "$dir/$name"
+  dockerd --data-root "$dir/$name/data" --exec-root "$dir/$name/exec" \
+    --pidfile "$dir/$name/pid" -H "unix://$sock" \
+    --iptables=false --ip6tables=false --bridge=none \
+    >"$dir/$name/log" 2>&1 &
+  wait_for "dockerd ($name)" "curl -sf --unix-socket $sock http://d/_ping" || { tail -n 30 "$dir/$name/log" >&2; exit 1; }
+}
+
 up() {
   need_packages
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
 
-  # A short socket path: unix socket paths are limited to 108 bytes.
-  local sock="$dir/d.sock"
-  mkdir -p "$dir/docker"
-  dockerd --data-root "$dir/docker/data" --exec-root "$dir/docker/exec" \
-    --pidfile "$dir/docker/pid" -H "unix://$sock" \
-    --iptables=false --ip6tables=false --bridge=none \
-    >"$dir/docker/log" 2>&1 &
-  wait_for dockerd "curl -sf --unix-socket $sock http://d/_ping" || { tail -n 30 "$dir/docker/log" >&2; exit 1; }
-
+  # The engine the tests publish through.
+  start_dockerd docker "$dir/d.sock"
   # A second engine with no images at all, for the schemathesis run: no
   # generated job can name an image that exists, so nothing is ever pushed.
-  local empty_sock="$dir/e.sock"
-  mkdir -p "$dir/empty"
-  dockerd --data-root "$dir/empty/data" --exec-root "$dir/empty/exec" \
-    --pidfile "$dir/empty/pid" -H "unix://$empty_sock" \
-    --iptables=false --ip6tables=false --bridge=none \
-    >"$dir/empty/log" 2>&1 &
-  wait_for "empty dockerd" "curl -sf --unix-socket $empty_sock http://d/_ping" || { tail -n 30 "$dir/empty/log" >&2; exit 1; }
+  start_dockerd empty "$dir/e.sock"
 
   local open_port auth_port user=publisher
   # The password is chosen so that the standard base64 of the auth JSON holds
@@ -118,8 +117,8 @@ HELPER
   chmod +x "$dir/bin/docker-credential-publishd-test"
 
   cat >"$dir/env" <<ENV
-export PUBLISHD_TEST_DOCKER_HOST=unix://$sock
-export PUBLISHD_TEST_EMPTY_DOCKER_HOST=unix://$empty_sock
+export PUBLISHD_TEST_DOCKER_HOST=unix://$dir/d.sock
+export PUBLISHD_TEST_EMPTY_DOCKER_HOST=unix://$dir/e.sock
 export PUBLISHD_TEST_REGISTRY=127.0.0.1:$open_port
 export PUBLISHD_TEST_AUTH_REGISTRY=127.0.0.1:$auth_port
 export PUBLISHD_TEST_AUTH_USER=$user
