@@ -81,10 +81,18 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<bool> {
     for target in job["targets"].as_array().into_iter().flatten() {
         let reference = target["reference"].as_str().unwrap_or("(no reference)");
         match target["status"].as_str() {
-            Some("succeeded") => println!(
-                "published {reference}@{}",
-                target["digest"].as_str().unwrap_or("?")
-            ),
+            Some("succeeded") => {
+                // An up-to-date target was already in the registry: not pushed.
+                let verb = if target["up_to_date"] == true {
+                    "up-to-date"
+                } else {
+                    "published"
+                };
+                println!(
+                    "{verb} {reference}@{}",
+                    target["digest"].as_str().unwrap_or("?")
+                );
+            }
             other => println!(
                 "{} {reference}: {}",
                 other.unwrap_or("?"),

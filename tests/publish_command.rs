@@ -32,42 +32,33 @@ async fn publishes_and_reports_each_reference_with_its_digest() {
     let app = TestApp::spawn().await;
     let repo = format!("{}/{}", env.registry, unique("cmd"));
     let source = format!("backend={name}:b1");
-    let output = run_publish(
-        &app,
-        &[
-            "--repo",
-            &repo,
-            "--image",
-            &source,
-            "--tag",
-            "custom:v1",
-            "--tag",
-            "git-branch:feature/Login",
-        ],
-    )
-    .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     let registry = Registry::open(&env.registry);
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "{stdout}");
-    for line in lines {
-        let (reference, digest) = line
-            .strip_prefix("published ")
-            .and_then(|rest| rest.rsplit_once('@'))
-            .expect("report line");
-        assert_eq!(
-            registry
-                .pushed(reference)
-                .await
-                .expect("in the registry")
-                .digest,
-            digest
-        );
+    let args = [
+        "--repo",
+        &repo,
+        "--image",
+        &source,
+        "--tag",
+        "custom:v1",
+        "--tag",
+        "git-branch:feature/Login",
+    ];
+    // The second run finds the same build in the registry: nothing is pushed.
+    for verb in ["published ", "up-to-date "] {
+        let output = run_publish(&app, &args).await;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stdout}\n{stderr}");
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 2, "{stdout}");
+        for line in lines {
+            let (reference, digest) = line
+                .strip_prefix(verb)
+                .and_then(|rest| rest.rsplit_once('@'))
+                .unwrap_or_else(|| panic!("report line {line:?}"));
+            let pushed = registry.pushed(reference).await.expect("in the registry");
+            assert_eq!(pushed.digest, digest);
+        }
     }
 }
 
