@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use support::binary::Server;
 use support::engine::TestEngine;
 use support::registry::Registry;
-use support::{TestEnv, unique};
+use support::{TestEnv, app_job, unique};
 
 #[tokio::test]
 async fn sigkill_at_any_point_loses_nothing() {
@@ -93,4 +93,70 @@ async fn sigkill_at_any_point_loses_nothing() {
         );
     }
     assert_eq!(registry.tags(&format!("{repository}/app0")).await.len(), 8);
+}
+
+#[tokio::test]
+async fn sigterm_drains_running_steps_and_the_next_start_finishes() {
+    use sqlx::Connection;
+    let env = TestEnv::get();
+    let engine = TestEngine::connect();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = format!("{}/{}", env.registry, unique("drain"));
+    let name = unique("drain-src");
+    engine.import_image(&name, "b1", &[]).await;
+    let tags: Vec<String> = (0..12).map(|t| format!("v{t}")).collect();
+    let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+
+    let server = Server::start(dir.path(), 0, &[]).await;
+    let url = format!("{}/api/v1/jobs", server.base);
+    let body = app_job(&repo, &format!("{name}:b1"), &tags);
+    let answer: Value = server
+        .client
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let ids = [id.clone()];
+    while !server.statuses(&ids).await.iter().any(|s| s == "pushing") {}
+    let stopping = std::time::Instant::now();
+    server.terminate().await;
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(20),
+        "drain took too long"
+    );
+
+    // Every step under way finished: nothing is left mid-step, on disk or on the engine.
+    let database = format!("sqlite://{}", dir.path().join("publishd.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&database).await.unwrap();
+    let in_flight: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM targets WHERE status IN ('tagging', 'pushing', 'untagging')",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    assert_eq!(in_flight, 0);
+    assert!(engine.names_under(&repo).await.is_empty());
+
+    let server = Server::start(dir.path(), 1, &[]).await;
+    let job = server.wait_finished(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let registry = Registry::open(&env.registry);
+    for target in job["targets"].as_array().unwrap() {
+        assert_eq!(
+            target["attempts"], 1,
+            "drained, not interrupted: {target:#}"
+        );
+        let pushed = registry
+            .pushed(target["reference"].as_str().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(pushed.digest, target["digest"].as_str().unwrap());
+    }
+    server.terminate().await;
 }

@@ -6,7 +6,7 @@ mod support;
 
 use serde_json::json;
 use support::engine::TestEngine;
-use support::fault_proxy::{FaultProxy, Faults};
+use support::fault_proxy::{FaultProxy, Faults, WRONG_DIGEST};
 use support::registry::Registry;
 use support::{TestApp, TestEnv, app_job, unique};
 
@@ -112,4 +112,27 @@ async fn a_denied_push_is_not_retried() {
     assert_eq!(target["status"], "failed", "{job:#}");
     assert_eq!(target["attempts"], 1, "{target:#}");
     assert_eq!(target["attempt_errors"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_registry_serving_another_digest_fails_the_target() {
+    let env = TestEnv::get();
+    let engine = TestEngine::connect();
+    let proxy = FaultProxy::start(&env.registry, Faults::WrongDigest).await;
+    let app = TestApp::spawn().await;
+    let name = unique("mismatch");
+    engine.import_image(&name, "b1", &[]).await;
+    let repo = format!("{}/{}", proxy.address, unique("mismatch"));
+    let job = app
+        .run_job(&app_job(&repo, &format!("{name}:b1"), &["v1"]))
+        .await;
+    let target = &job["targets"][0];
+    assert_eq!(target["status"], "failed", "{job:#}");
+    let error = target["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("verify:") && error.contains(WRONG_DIGEST),
+        "{error}"
+    );
+    assert_eq!(target["attempts"], 1, "a mismatch is not retried");
+    assert!(engine.names_under(&repo).await.is_empty());
 }

@@ -31,13 +31,20 @@ pub enum Faults {
     },
     /// Every manifest upload is answered with this status.
     ManifestPut(u16),
+    /// Manifest HEAD requests (digest read-backs) report another digest.
+    WrongDigest,
 }
 
 enum Fault {
     Status(StatusCode),
     Reset,
     Delay(Duration),
+    WrongDigest,
 }
+
+/// What `Faults::WrongDigest` reports.
+pub const WRONG_DIGEST: &str =
+    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
 pub struct FaultProxy {
     pub address: SocketAddr,
@@ -55,7 +62,7 @@ impl FaultProxy {
             faults,
             rng: std::sync::Mutex::new(match faults {
                 Faults::Random { seed, .. } => fastrand::Rng::with_seed(seed),
-                Faults::ManifestPut(_) => fastrand::Rng::with_seed(0),
+                Faults::ManifestPut(_) | Faults::WrongDigest => fastrand::Rng::with_seed(0),
             }),
             injected: injected.clone(),
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
@@ -108,6 +115,9 @@ impl State {
             Faults::ManifestPut(status) => (request.method() == hyper::Method::PUT
                 && request.uri().path().contains("/manifests/"))
             .then(|| Fault::Status(StatusCode::from_u16(status).unwrap())),
+            Faults::WrongDigest => (request.method() == hyper::Method::HEAD
+                && request.uri().path().contains("/manifests/"))
+            .then_some(Fault::WrongDigest),
             Faults::Random { rate, latency, .. } => {
                 let mut rng = self.rng.lock().unwrap();
                 if rng.f64() >= rate {
@@ -154,6 +164,14 @@ impl State {
                 ));
             }
             Some(Fault::Delay(latency)) => tokio::time::sleep(latency).await,
+            Some(Fault::WrongDigest) => {
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                let mut response = self.forward(request).await?;
+                response
+                    .headers_mut()
+                    .insert("docker-content-digest", WRONG_DIGEST.parse().unwrap());
+                return Ok(response);
+            }
             None => {}
         }
         self.forward(request).await
