@@ -27,6 +27,15 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let engine = DockerEngine::connect(settings.docker_host.as_deref()).await?;
+        Self::build_with_engine(settings, Arc::new(engine)).await
+    }
+
+    /// Builds on a given engine: the seam tests use to inject engine faults.
+    pub async fn build_with_engine(
+        settings: Settings,
+        engine: Arc<dyn Engine>,
+    ) -> anyhow::Result<Application> {
         if settings.api_tokens.is_empty()
             && !settings.listen.ip().is_loopback()
             && !settings.allow_unauthenticated
@@ -39,8 +48,6 @@ impl Application {
             );
         }
         let store = Store::open(&settings.database).await?;
-        let engine: Arc<dyn Engine> =
-            Arc::new(DockerEngine::connect(settings.docker_host.as_deref()).await?);
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;

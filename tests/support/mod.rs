@@ -12,13 +12,14 @@ pub mod registry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
 use publishd::api::ApiTokens;
 use publishd::config::Settings;
 use publishd::domain::retry::RetryPolicy;
 use publishd::domain::spec::Limits;
+use publishd::engine::Engine;
 use publishd::startup::Application;
 use publishd::worker::StepTimeouts;
 use serde_json::Value;
@@ -133,12 +134,28 @@ impl TestApp {
 
     /// Starts an instance on the database in `dir` (which outlives it).
     pub async fn spawn_in(dir: &std::path::Path, configure: impl FnOnce(&mut Settings)) -> TestApp {
-        init_logs();
         let mut settings = test_settings(dir);
         configure(&mut settings);
         let app = Application::build(settings)
             .await
             .expect("application builds");
+        Self::run(app, dir).await
+    }
+
+    /// Starts an instance on `engine`, a wrapper that injects faults.
+    pub async fn spawn_on_engine(engine: Arc<dyn Engine>) -> TestApp {
+        let tempdir = tempfile::tempdir().expect("temp dir");
+        let settings = test_settings(tempdir.path());
+        let app = Application::build_with_engine(settings, engine)
+            .await
+            .expect("application builds");
+        let mut app = Self::run(app, tempdir.path()).await;
+        app._tempdir = Some(tempdir);
+        app
+    }
+
+    async fn run(app: Application, dir: &std::path::Path) -> TestApp {
+        init_logs();
         let address = app.local_addr();
         let stop = CancellationToken::new();
         let handle = tokio::spawn(app.run_until(stop.clone().cancelled_owned()));
