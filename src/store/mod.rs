@@ -493,6 +493,8 @@ fn now() -> String {
     format_time(time::OffsetDateTime::now_utc())
 }
 
+/// RFC 3339 in UTC with a fixed six-digit fraction, so that text order is
+/// time order (in SQL, for leases, and for clients).
 fn format_time(at: time::OffsetDateTime) -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
