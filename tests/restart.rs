@@ -116,7 +116,9 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
         let plan = plan(&spec, Limits::default()).unwrap();
         let created = store
             .create_job(NewJob {
+                id: uuid::Uuid::now_v7(),
                 plan: &plan,
+                max_pending: 100,
                 has_registry_auth: false,
                 idempotency_key: None,
                 spec_hash: "x",

@@ -57,46 +57,58 @@ pub async fn create_job(
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
     let plan = plan(&body.value, state.limits)?;
-    let pending = state.store.pending_targets().await?;
-    if pending.saturating_add(plan.targets.len() as i64) > state.max_queued_targets as i64 {
-        return Err(ApiError::Overloaded {
-            pending,
-            limit: state.max_queued_targets,
-        });
-    }
     let auth = body
         .value
         .registry_auth
         .as_ref()
         .map(|auth| registry_auth(&plan.repo, auth));
+    // The credentials are in place before the job exists: a lane may claim
+    // it the moment it is committed.
+    let id = Uuid::now_v7();
+    if let Some(auth) = &auth {
+        state.job_credentials.insert(id, auth.clone());
+    }
     let created = state
         .store
         .create_job(NewJob {
+            id,
             plan: &plan,
+            max_pending: state.max_queued_targets,
             has_registry_auth: auth.is_some(),
             idempotency_key: idempotency_key.as_deref(),
             spec_hash: &spec_hash(&body.json),
         })
-        .await?;
-    let (status, job) = match created {
+        .await;
+    if !matches!(created, Ok(Created::New(_))) {
+        state.job_credentials.remove(id);
+    }
+    let (status, job) = match created? {
         Created::New(job) => {
             tracing::info!(job_id = %job.id, targets = job.targets.len(), "job accepted");
             (StatusCode::ACCEPTED, job)
         }
-        Created::Existing(job) => (StatusCode::OK, job),
+        Created::Existing(job) => {
+            // A resubmission brings the credentials again, which revives a job
+            // whose credentials a restart lost, as long as it has not ended.
+            if let Some(auth) = auth
+                && !job.status.is_terminal()
+            {
+                state.job_credentials.insert(job.id, auth);
+            }
+            (StatusCode::OK, job)
+        }
         Created::KeyReused => {
             return Err(ApiError::IdempotencyConflict(
                 "this Idempotency-Key was used for a job with a different body".to_owned(),
             ));
         }
+        Created::Overloaded { pending } => {
+            return Err(ApiError::Overloaded {
+                pending,
+                limit: state.max_queued_targets,
+            });
+        }
     };
-    // A resubmission brings the credentials again, which revives a job whose
-    // credentials a restart lost, as long as its targets have not failed yet.
-    if let Some(auth) = auth
-        && !job.status.is_terminal()
-    {
-        state.job_credentials.insert(job.id, auth);
-    }
     state.wake.notify_waiters();
     let location = format!("/api/v1/jobs/{}", job.id);
     Ok((status, [(header::LOCATION, location)], Json(job)).into_response())

@@ -46,6 +46,10 @@ pub enum Created {
     Existing(Job),
     /// The idempotency key was seen before with another body.
     KeyReused,
+    /// Queuing the job would take the pending targets past the limit.
+    Overloaded {
+        pending: i64,
+    },
 }
 
 /// What `cancel_job` did.
@@ -57,7 +61,12 @@ pub enum Cancelled {
 
 /// What a new job is made of.
 pub struct NewJob<'a> {
+    /// Chosen by the caller, so that what belongs to the job in memory (its
+    /// credentials) can be in place before a lane can claim it.
+    pub id: Uuid,
     pub plan: &'a Plan,
+    /// Most pending targets there may be once the job is queued.
+    pub max_pending: usize,
     pub has_registry_auth: bool,
     pub idempotency_key: Option<&'a str>,
     pub spec_hash: &'a str,
@@ -134,7 +143,18 @@ impl Store {
             }
         }
 
-        let id = Uuid::now_v7();
+        // Counted in the same transaction as the insert: concurrent submissions
+        // cannot overshoot the limit together.
+        let pending: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM targets WHERE status = 'pending'")
+                .fetch_one(&mut *tx)
+                .await
+                .context("counting pending targets")?;
+        if pending.saturating_add(new.plan.targets.len() as i64) > new.max_pending as i64 {
+            return Ok(Created::Overloaded { pending });
+        }
+
+        let id = new.id;
         let now = now();
         sqlx::query(
             "INSERT INTO jobs (id, status, repo, repo_mode, force, has_registry_auth,
@@ -404,15 +424,6 @@ impl Store {
         Ok(())
     }
 
-    /// Targets waiting to run, for back-pressure.
-    pub async fn pending_targets(&self) -> StoreResult<i64> {
-        let count = sqlx::query_scalar("SELECT count(*) FROM targets WHERE status = 'pending'")
-            .fetch_one(&self.reader)
-            .await
-            .context("counting pending targets")?;
-        Ok(count)
-    }
-
     /// Puts a claimed target back in the queue (shutdown, or recovery after a
     /// crash); a target of a cancelled job is cancelled instead.
     pub async fn release_target(&self, id: i64) -> StoreResult<()> {
@@ -678,13 +689,41 @@ mod tests {
         .unwrap();
         let plan = plan(&spec, Limits::default()).unwrap();
         let new = NewJob {
+            id: Uuid::now_v7(),
             plan: &plan,
+            max_pending: 100,
             has_registry_auth: false,
             idempotency_key: None,
             spec_hash: "h",
         };
         store.create_job(new).await.unwrap();
         store
+    }
+
+    #[tokio::test]
+    async fn a_job_past_the_queue_limit_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_a_job(dir.path()).await;
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "repo": "127.0.0.1:5000/a", "images": [{"name": "app", "source": "src:1"}],
+            "tags": [{"strategy": "custom", "value": "v3"}]
+        }))
+        .unwrap();
+        let plan = plan(&spec, Limits::default()).unwrap();
+        let new = |max_pending| NewJob {
+            id: Uuid::now_v7(),
+            plan: &plan,
+            max_pending,
+            has_registry_auth: false,
+            idempotency_key: None,
+            spec_hash: "h2",
+        };
+        let refused = store.create_job(new(2)).await.unwrap();
+        assert!(matches!(refused, Created::Overloaded { pending: 2 }));
+        assert!(matches!(
+            store.create_job(new(3)).await.unwrap(),
+            Created::New(_)
+        ));
     }
 
     #[tokio::test]
