@@ -12,17 +12,6 @@ use support::registry::Registry;
 use support::{TestApp, TestEnv, app_job, unique};
 use tokio::task::block_in_place;
 
-async fn assert_published(job: &Value, registry: &Registry) {
-    assert_eq!(job["status"], "succeeded", "{job:#}");
-    for target in job["targets"].as_array().unwrap() {
-        let pushed = registry
-            .pushed(target["reference"].as_str().unwrap())
-            .await
-            .expect("pushed");
-        assert_eq!(pushed.digest, target["digest"].as_str().unwrap());
-    }
-}
-
 /// Waits until the job's first target has recorded a failed try: it is
 /// waiting for the dependency.
 async fn wait_for_a_failed_try(app: &TestApp, id: &str) -> Value {
@@ -68,7 +57,7 @@ async fn an_engine_restart_is_waited_out() {
 
     block_in_place(|| private.start_again());
     let job = app.wait_finished(&id).await;
-    assert_published(&job, &Registry::open(&env.registry)).await;
+    Registry::open(&env.registry).assert_holds(&job).await;
     assert_eq!(app.get("/readyz").await.status(), 200);
     assert!(engine.names_under(&repo).await.is_empty());
 }
@@ -97,7 +86,7 @@ async fn a_registry_restart_is_waited_out() {
 
     block_in_place(|| private.start_again());
     let job = app.wait_finished(&id).await;
-    assert_published(&job, &Registry::open(&private.host)).await;
+    Registry::open(&private.host).assert_holds(&job).await;
     assert!(engine.names_under(&repo).await.is_empty());
 }
 

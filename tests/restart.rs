@@ -63,14 +63,7 @@ async fn queued_jobs_run_after_a_restart_and_an_interrupted_push_is_recovered() 
     .await;
     let registry = Registry::open(&env.registry);
     for id in &queued {
-        let job = second.wait_finished(id).await;
-        assert_eq!(job["status"], "succeeded", "{job:#}");
-        let target = &job["targets"][0];
-        let pushed = registry
-            .pushed(target["reference"].as_str().unwrap())
-            .await
-            .unwrap();
-        assert_eq!(pushed.digest, target["digest"].as_str().unwrap());
+        registry.assert_holds(&second.wait_finished(id).await).await;
     }
     let job = second.wait_finished(&stuck).await;
     let target = &job["targets"][0];

@@ -68,6 +68,15 @@ impl Server {
         server
     }
 
+    /// Submits a job that must be accepted; answers its id.
+    pub async fn submit(&self, body: &Value) -> String {
+        let url = format!("{}/api/v1/jobs", self.base);
+        let response = self.client.post(url).json(body).send().await.unwrap();
+        assert_eq!(response.status(), 202);
+        let job: Value = response.json().await.unwrap();
+        job["id"].as_str().unwrap().to_owned()
+    }
+
     pub async fn job(&self, id: &str) -> Value {
         let url = format!("{}/api/v1/jobs/{id}", self.base);
         self.client

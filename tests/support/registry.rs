@@ -74,6 +74,23 @@ impl Registry {
         self.image(repository, tag).await
     }
 
+    /// `job` succeeded, and the registry serves each target's recorded digest.
+    pub async fn assert_holds(&self, job: &Value) {
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        for target in job["targets"].as_array().unwrap() {
+            let reference = target["reference"].as_str().unwrap();
+            let pushed = self
+                .pushed(reference)
+                .await
+                .unwrap_or_else(|| panic!("{reference} is not in the registry"));
+            assert_eq!(
+                pushed.digest,
+                target["digest"].as_str().unwrap(),
+                "{reference}"
+            );
+        }
+    }
+
     /// The image stored under `digest` in `repository`.
     pub async fn by_digest(&self, repository: &str, digest: &str) -> Pushed {
         let image = self.image(repository, digest).await;
