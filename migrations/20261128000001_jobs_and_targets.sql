@@ -38,7 +38,6 @@ CREATE TABLE targets (
     attempt_errors   TEXT NOT NULL DEFAULT '[]',  -- JSON array: every failed try, in order
     up_to_date       INTEGER NOT NULL DEFAULT 0,  -- succeeded without a push (werf's rule)
     warnings         TEXT NOT NULL DEFAULT '[]',  -- JSON array of strings
-    source_image_id  TEXT,
     prior_image_id   TEXT,                        -- what REFERENCE named locally before the tag step
     created_image_id TEXT,                        -- the labelled image the tag step made
     lease_until      TEXT,                        -- a lane working on the target renews this

@@ -122,10 +122,6 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
         let target = store.claim_target().await.unwrap().expect("claimed");
         let docker = DockerEngine::connect(Some(&env.docker_host)).await.unwrap();
         let source = docker.inspect_image(&target.source).await.unwrap().unwrap();
-        store
-            .record_prior_image(target.id, Some(&my_image))
-            .await
-            .unwrap();
         let labels = werf_labels(&LabelInput {
             reference: &reference,
             strategy: target.strategy,
@@ -135,7 +131,7 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
         });
         let image = LabelledImage::new(&source, &labels);
         store
-            .record_created_image(target.id, &image.id)
+            .record_tag_plan(target.id, Some(&my_image), &image.id)
             .await
             .unwrap();
         docker.load_image(&image, &reference).await.unwrap();

@@ -329,26 +329,22 @@ impl Store {
         Ok(!busy)
     }
 
-    pub async fn record_source_image(&self, id: i64, image_id: &str) -> StoreResult<()> {
-        self.set_column(id, "source_image_id", Some(image_id)).await
-    }
-
-    pub async fn record_prior_image(&self, id: i64, image_id: Option<&str>) -> StoreResult<()> {
-        self.set_column(id, "prior_image_id", image_id).await
-    }
-
-    pub async fn record_created_image(&self, id: i64, image_id: &str) -> StoreResult<()> {
-        self.set_column(id, "created_image_id", Some(image_id))
-            .await
-    }
-
-    async fn set_column(&self, id: i64, column: &str, value: Option<&str>) -> StoreResult<()> {
-        sqlx::query(&format!("UPDATE targets SET {column} = ? WHERE id = ?"))
-            .bind(value)
+    /// Records, before the tag step touches the engine, what the reference
+    /// named and the id of the image about to be made: what recovery needs
+    /// to undo the step whenever the process dies.
+    pub async fn record_tag_plan(
+        &self,
+        id: i64,
+        prior_image_id: Option<&str>,
+        created_image_id: &str,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE targets SET prior_image_id = ?, created_image_id = ? WHERE id = ?")
+            .bind(prior_image_id)
+            .bind(created_image_id)
             .bind(id)
             .execute(&self.writer)
             .await
-            .with_context(|| format!("recording {column}"))?;
+            .context("recording the tag step's plan")?;
         Ok(())
     }
 

@@ -127,12 +127,6 @@ pub async fn run(
         target,
         signals,
     };
-    let done = |outcome| {
-        Ok(Finish::Done {
-            outcome,
-            warnings: Vec::new(),
-        })
-    };
     let source = match run
         .step("tag", ctx.timeouts.tag, OnCancel::Interrupt, || {
             run.source_image()
@@ -140,9 +134,8 @@ pub async fn run(
         .await
     {
         Ok(source) => source,
-        Err(stop) => return run.stopped_before_tag(stop),
+        Err(stop) => return conclude(Err(stop), Vec::new()),
     };
-    ctx.store.record_source_image(target.id, &source.id).await?;
 
     let (tag, reference) = match (&target.tag, &target.reference) {
         (Some(tag), Some(reference)) => (tag.clone(), reference.clone()),
@@ -168,27 +161,27 @@ pub async fn run(
 
     let auth = match run.auth(&reference).await {
         Ok(auth) => auth,
-        Err(message) => return done(TargetOutcome::Failed { error: message }),
+        Err(message) => return conclude(Err(Stop::Failed(message)), Vec::new()),
     };
     if !target.force
         && let Some(digest) = run.up_to_date(&reference, &source, &auth).await
     {
         info!(%digest, "registry already up to date; not pushed");
-        return done(TargetOutcome::Succeeded {
+        let outcome = TargetOutcome::Succeeded {
             digest,
             up_to_date: true,
+        };
+        return Ok(Finish::Done {
+            outcome,
+            warnings: Vec::new(),
         });
     }
-    if signals_stopped(&run.signals) {
-        return run.stopped_before_tag(if run.signals.cancel.is_cancelled() {
-            Stop::Cancelled
-        } else {
-            Stop::ShuttingDown
-        });
+    if let Some(stop) = run.signals.interruption() {
+        return conclude(Err(stop), Vec::new());
     }
 
-    // Tag. What the reference named before is recorded first, and the new
-    // image's id (known before the engine sees it) next, so that a crash at
+    // Tag. What the reference names now and the new image's id (known before
+    // the engine sees it) are recorded before the load, so that a crash at
     // any point can be undone.
     let prior = match run
         .step("tag", ctx.timeouts.tag, OnCancel::Interrupt, || async {
@@ -197,7 +190,7 @@ pub async fn run(
         .await
     {
         Ok(prior) => prior,
-        Err(stop) => return run.stopped_before_tag(stop),
+        Err(stop) => return conclude(Err(stop), Vec::new()),
     };
     // A name pointing at the image an earlier run of this target made is that
     // run's leftover (its load finished after its process died), not the
@@ -206,9 +199,6 @@ pub async fn run(
         Some(created) if prior.as_ref() == Some(created) => target.prior_image_id.clone(),
         _ => prior,
     };
-    ctx.store
-        .record_prior_image(target.id, prior.as_deref())
-        .await?;
     let labels = werf_labels(&LabelInput {
         reference: &reference,
         strategy: target.strategy,
@@ -217,7 +207,9 @@ pub async fn run(
         source_image_id: &source.id,
     });
     let image = LabelledImage::new(&source, &labels);
-    ctx.store.record_created_image(target.id, &image.id).await?;
+    ctx.store
+        .record_tag_plan(target.id, prior.as_deref(), &image.id)
+        .await?;
     let tagged = run
         .step("tag", ctx.timeouts.tag, OnCancel::BetweenTries, || async {
             Ok(ctx.engine.load_image(&image, &reference).await?)
@@ -259,6 +251,12 @@ pub async fn run(
         Err(Stop::Cancelled) => warnings.push("untag: interrupted".to_owned()),
     }
 
+    conclude(published, warnings)
+}
+
+/// How a run ends: `published` is the pushed digest or why there is none;
+/// `warnings` are what the untag could not clean up.
+fn conclude(published: Result<String, Stop>, warnings: Vec<String>) -> anyhow::Result<Finish> {
     let outcome = match published {
         Ok(digest) => TargetOutcome::Succeeded {
             digest,
@@ -267,6 +265,8 @@ pub async fn run(
         Err(Stop::Failed(error)) => TargetOutcome::Failed { error },
         Err(Stop::Cancelled) => TargetOutcome::Cancelled,
         Err(Stop::Store(error)) => return Err(error),
+        // Stopping: a clean engine lets the target go back to the queue;
+        // otherwise the next start's recovery cleans up first.
         Err(Stop::ShuttingDown) => {
             return Ok(if warnings.is_empty() {
                 Finish::Release
@@ -278,8 +278,17 @@ pub async fn run(
     Ok(Finish::Done { outcome, warnings })
 }
 
-fn signals_stopped(signals: &Signals<'_>) -> bool {
-    signals.cancel.is_cancelled() || signals.stop.is_cancelled()
+impl Signals<'_> {
+    /// A cancel or a stop that came while nothing was being done.
+    fn interruption(&self) -> Option<Stop> {
+        if self.cancel.is_cancelled() {
+            Some(Stop::Cancelled)
+        } else if self.stop.is_cancelled() {
+            Some(Stop::ShuttingDown)
+        } else {
+            None
+        }
+    }
 }
 
 struct Run<'a> {
@@ -297,20 +306,6 @@ impl Run<'_> {
                 self.target.source
             ))),
         }
-    }
-
-    /// Nothing was changed on the engine yet: a stop ends the run plainly.
-    fn stopped_before_tag(&self, stop: Stop) -> anyhow::Result<Finish> {
-        let outcome = match stop {
-            Stop::Failed(error) => TargetOutcome::Failed { error },
-            Stop::Cancelled => TargetOutcome::Cancelled,
-            Stop::ShuttingDown => return Ok(Finish::Release),
-            Stop::Store(error) => return Err(error),
-        };
-        Ok(Finish::Done {
-            outcome,
-            warnings: Vec::new(),
-        })
     }
 
     /// The job's own credentials if it brought some, else the docker config's
@@ -409,7 +404,7 @@ impl Run<'_> {
 
     /// Runs one step with its timeout and retries: transient failures up to
     /// the policy's attempts, outages until the outage limit, permanent
-    /// failures never. Every failed try is recorded on the target. With
+    /// failures never. Every failed try is recorded on the target.
     /// `on_cancel` says what a cancel of the job does to the step.
     async fn step<T, Op, Fut>(
         &self,
