@@ -202,6 +202,12 @@ async fn listing_pages_newest_first_with_a_stable_cursor() {
             .unwrap();
         let jobs = page["jobs"].as_array().unwrap();
         assert!(jobs.len() <= 2);
+        // Listed jobs come whole, each with its own target.
+        for job in jobs {
+            let id = job["id"].as_str().unwrap();
+            assert_eq!(job, &app.job(id).await, "listed as read");
+            assert_eq!(job["targets"].as_array().unwrap().len(), 1);
+        }
         seen.extend(
             jobs.iter()
                 .map(|job| job["id"].as_str().unwrap().to_owned()),

@@ -4,6 +4,7 @@
 
 mod model;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -207,32 +208,49 @@ impl Store {
         limit: u32,
         before: Option<Uuid>,
     ) -> StoreResult<JobPage> {
-        let mut conn = self.reader.acquire().await?;
-        let rows = sqlx::query(
-            "SELECT id FROM jobs
+        // Two queries for the page, whatever its size: the jobs, then all
+        // their targets through the same filter.
+        const PAGE: &str = "SELECT * FROM jobs
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)
-             ORDER BY id DESC LIMIT ?3",
-        )
+             ORDER BY id DESC LIMIT ?3";
+        // One read transaction: both queries see the same snapshot.
+        let mut tx = self.reader.begin().await?;
+        let mut rows = sqlx::query(PAGE)
+            .bind(status.map(JobStatus::as_str))
+            .bind(before.map(|id| id.to_string()))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&mut *tx)
+            .await
+            .context("listing jobs")?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let target_rows = sqlx::query(&format!(
+            "SELECT * FROM targets WHERE job_id IN (SELECT id FROM ({PAGE}))
+             ORDER BY job_id, position"
+        ))
         .bind(status.map(JobStatus::as_str))
         .bind(before.map(|id| id.to_string()))
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&mut *conn)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
         .await
-        .context("listing jobs")?;
-        let mut ids = rows
-            .iter()
-            .map(|row| parse_uuid(row.get("id")))
-            .collect::<StoreResult<Vec<_>>>()?;
-        let more = ids.len() > limit as usize;
-        ids.truncate(limit as usize);
-        let mut jobs = Vec::with_capacity(ids.len());
-        for id in &ids {
-            if let Some(job) = load_job(&mut conn, *id).await? {
-                jobs.push(job);
-            }
+        .context("listing the jobs' targets")?;
+        let mut targets: HashMap<String, Vec<Target>> = HashMap::new();
+        for row in &target_rows {
+            targets
+                .entry(row.get("job_id"))
+                .or_default()
+                .push(target_from_row(row)?);
         }
+        let jobs = rows
+            .iter()
+            .map(|row| {
+                let id: String = row.get("id");
+                let job_targets = targets.remove(&id).unwrap_or_default();
+                job_from_row(row, job_targets)
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
         let next_cursor = if more {
-            ids.last().map(Uuid::to_string)
+            jobs.last().map(|job| job.id.to_string())
         } else {
             None
         };
@@ -634,8 +652,12 @@ async fn load_job(conn: &mut sqlx::SqliteConnection, id: Uuid) -> StoreResult<Op
         .iter()
         .map(target_from_row)
         .collect::<StoreResult<Vec<_>>>()?;
-    Ok(Some(Job {
-        id,
+    job_from_row(&row, targets).map(Some)
+}
+
+fn job_from_row(row: &SqliteRow, targets: Vec<Target>) -> StoreResult<Job> {
+    Ok(Job {
+        id: parse_uuid(row.get("id"))?,
         status: parse_enum(row.get("status"), JobStatus::parse, "job status")?,
         repo: row.get("repo"),
         repo_mode: parse_enum(row.get("repo_mode"), RepoMode::parse, "repo mode")?,
@@ -645,7 +667,7 @@ async fn load_job(conn: &mut sqlx::SqliteConnection, id: Uuid) -> StoreResult<Op
         error: row.get("error"),
         cancel_requested: row.get("cancel_requested"),
         targets,
-    }))
+    })
 }
 
 fn target_from_row(row: &SqliteRow) -> StoreResult<Target> {
