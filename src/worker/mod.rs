@@ -49,12 +49,13 @@ impl WorkerPool {
     pub fn start(ctx: Arc<WorkerContext>, lanes: usize, wake: Arc<Notify>) -> WorkerPool {
         let stop = CancellationToken::new();
         let mut set = JoinSet::new();
-        let recovered = Arc::new(tokio::sync::Semaphore::new(0));
+        // Cancelled once recovery is done: lanes wait for it before claiming.
+        let recovered = CancellationToken::new();
         {
             let (ctx, stop, recovered) = (ctx.clone(), stop.clone(), recovered.clone());
             set.spawn(async move {
                 recover(&ctx, &stop).await;
-                recovered.add_permits(lanes);
+                recovered.cancel();
                 reap_expired_leases(&ctx, &stop).await;
             });
         }
@@ -63,7 +64,7 @@ impl WorkerPool {
                 (ctx.clone(), stop.clone(), wake.clone(), recovered.clone());
             set.spawn(async move {
                 tokio::select! {
-                    permit = recovered.acquire() => drop(permit),
+                    _ = recovered.cancelled() => {}
                     _ = stop.cancelled() => return,
                 }
                 run_lane(&ctx, &stop, &wake)
