@@ -126,7 +126,7 @@ fn spec_hash(json: &Value) -> String {
 }
 
 fn registry_auth(repo: &str, spec: &RegistryAuthSpec) -> RegistryAuth {
-    let registry = registry_host(&format!("{repo}:latest")).unwrap_or_default();
+    let registry = registry_host(repo).unwrap_or_default();
     match (&spec.username, &spec.password, &spec.identity_token) {
         (Some(username), Some(password), _) => {
             RegistryAuth::password(&registry, username, password)

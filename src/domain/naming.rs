@@ -51,12 +51,7 @@ pub fn normalize_repo(repo: &str) -> &str {
 /// and says what is wrong when it is not.
 pub fn check_tagged_reference(reference: &str) -> Result<(), String> {
     let (repository, _) = reference.rsplit_once(':').unwrap_or((reference, ""));
-    // The registry host may hold capitals (it is a DNS name); the path may not.
-    let path = repository
-        .split_once('/')
-        .map(|(_, path)| path)
-        .unwrap_or(repository);
-    if path.chars().any(|c| c.is_ascii_uppercase()) {
+    if has_uppercase_path(repository) {
         return Err(format!(
             "repository path of {reference:?} must be lowercase"
         ));
@@ -72,8 +67,7 @@ pub fn check_tagged_reference(reference: &str) -> Result<(), String> {
 /// Checks that `repo` is a repository name (registry host and path, no tag,
 /// no digest) and says what is wrong when it is not.
 pub fn check_repository(repo: &str) -> Result<(), String> {
-    let path = repo.split_once('/').map(|(_, path)| path).unwrap_or(repo);
-    if path.chars().any(|c| c.is_ascii_uppercase()) {
+    if has_uppercase_path(repo) {
         return Err(format!("the repository path of {repo:?} must be lowercase"));
     }
     let parsed = Reference::try_from(format!("{repo}:latest"))
@@ -86,7 +80,18 @@ pub fn check_repository(repo: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The registry host a reference points at (Docker Hub's canonical host for
+/// The reference grammar rejects capitals in a repository path with a bare
+/// "invalid reference format"; this lets the answer say what is wrong. The
+/// registry host may hold capitals (it is a DNS name); the path may not.
+fn has_uppercase_path(repository: &str) -> bool {
+    let path = repository
+        .split_once('/')
+        .map(|(_, path)| path)
+        .unwrap_or(repository);
+    path.chars().any(|c| c.is_ascii_uppercase())
+}
+
+/// The registry host a reference (or a repository) points at (Docker Hub's canonical host for
 /// references without one).
 pub fn registry_host(reference: &str) -> Option<String> {
     Reference::try_from(reference)
