@@ -182,6 +182,10 @@ mod tests {
         );
         assert_eq!(registry_host("acme/app:v1").as_deref(), Some("docker.io"));
         assert_eq!(
+            registry_host("127.0.0.1:5000/a").as_deref(),
+            Some("127.0.0.1:5000")
+        );
+        assert_eq!(
             split_tag("127.0.0.1:5000/a/b:v1"),
             ("127.0.0.1:5000/a/b", "v1")
         );
