@@ -264,6 +264,7 @@ async fn a_users_local_image_under_the_target_name_is_put_back() {
         pushed.label("werf-content-signature"),
         Some(source.id.as_str())
     );
+    assert_eq!(pushed.digest, target["digest"].as_str().unwrap());
     assert_eq!(
         engine.image(&reference).await.map(|i| i.id),
         Some(my_image),
