@@ -11,6 +11,7 @@ use anyhow::Context;
 use crate::api::ApiTokens;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::spec::Limits;
+use crate::engine::TagMethod;
 use crate::worker::StepTimeouts;
 
 #[derive(Debug, Parser)]
@@ -82,6 +83,24 @@ pub struct ServeArgs {
     /// (default: ~/.docker).
     #[arg(long, env = "DOCKER_CONFIG")]
     pub docker_config: Option<PathBuf>,
+    /// The engine's `certs.d`: per-registry CAs (`HOST[:PORT]/*.crt`) and
+    /// client certificates (`*.cert` + `*.key`) for reading registries as
+    /// the engine reaches them.
+    #[arg(
+        long,
+        env = "PUBLISHD_DOCKER_CERTS_DIR",
+        default_value = "/etc/docker/certs.d"
+    )]
+    pub docker_certs_dir: PathBuf,
+    /// How the tag step makes the labelled image: `load` (a config-only
+    /// load: fastest, classic image store only), `build` (`FROM` + `LABEL`:
+    /// every engine), or `auto` (load on the classic store, else build).
+    #[arg(long, env = "PUBLISHD_TAG_METHOD", default_value = "auto", value_parser = parse_tag_method)]
+    pub tag_method: TagMethod,
+    /// Longest a docker credential helper may take to answer, in seconds;
+    /// one that takes longer is stopped and the step fails.
+    #[arg(long, env = "PUBLISHD_CREDENTIAL_HELPER_TIMEOUT", default_value_t = 30)]
+    pub credential_helper_timeout: u64,
     /// Longest a push may take, in seconds.
     #[arg(long, env = "PUBLISHD_PUSH_TIMEOUT", default_value_t = 1800)]
     pub push_timeout: u64,
@@ -132,6 +151,9 @@ pub struct Settings {
     pub workers: usize,
     pub docker_host: Option<String>,
     pub docker_config: PathBuf,
+    pub docker_certs_dir: PathBuf,
+    pub tag_method: TagMethod,
+    pub credential_helper_timeout: Duration,
     pub timeouts: StepTimeouts,
     pub shutdown_grace: Duration,
     pub limits: Limits,
@@ -166,6 +188,9 @@ impl Settings {
             workers: usize::from(args.workers),
             docker_host: args.docker_host,
             docker_config,
+            docker_certs_dir: args.docker_certs_dir,
+            tag_method: args.tag_method,
+            credential_helper_timeout: Duration::from_secs(args.credential_helper_timeout),
             timeouts: StepTimeouts {
                 tag: Duration::from_secs(args.step_timeout),
                 push: Duration::from_secs(args.push_timeout),
@@ -187,4 +212,8 @@ impl Settings {
             allow_unauthenticated: args.allow_unauthenticated,
         })
     }
+}
+
+fn parse_tag_method(value: &str) -> Result<TagMethod, String> {
+    TagMethod::parse(value).ok_or_else(|| format!("{value:?} is not auto, load or build"))
 }

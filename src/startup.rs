@@ -13,7 +13,7 @@ use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::credentials::{DockerConfig, JobCredentials};
 use crate::engine::{DockerEngine, Engine};
-use crate::registry::OciRegistry;
+use crate::registry::HttpRegistry;
 use crate::store::Store;
 use crate::worker::{Cancellations, WorkerContext, WorkerPool};
 
@@ -27,7 +27,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let engine = DockerEngine::connect(settings.docker_host.as_deref()).await?;
+        let engine = DockerEngine::new(settings.docker_host.as_deref())?;
         Self::build_with_engine(settings, Arc::new(engine)).await
     }
 
@@ -68,13 +68,20 @@ impl Application {
         );
         let context = Arc::new(WorkerContext {
             store,
+            registry: Arc::new(HttpRegistry::new(
+                engine.clone(),
+                settings.docker_certs_dir.clone(),
+            )),
             engine,
-            registry: Arc::new(OciRegistry::default()),
-            credentials: DockerConfig::new(settings.docker_config.clone()),
+            credentials: DockerConfig::new(
+                settings.docker_config.clone(),
+                settings.credential_helper_timeout,
+            ),
             job_credentials,
             cancellations,
             timeouts: settings.timeouts,
             retry: settings.retry,
+            tag_method: settings.tag_method,
         });
         Ok(Application {
             listener,

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use publishd::credentials::RegistryAuth;
-use publishd::engine::{DockerEngine, Engine, EngineError, LabelledImage, SourceImage};
+use publishd::engine::{
+    DockerEngine, Engine, EngineDescription, EngineError, LabelBuild, LabelledImage, SourceImage,
+};
 use support::engine::TestEngine;
 use support::registry::Registry;
 use support::{TestApp, TestEnv, app_job, unique};
@@ -19,6 +21,12 @@ struct RemoveFails(DockerEngine);
 impl Engine for RemoveFails {
     async fn ping(&self) -> Result<(), EngineError> {
         self.0.ping().await
+    }
+    async fn describe(&self) -> Result<EngineDescription, EngineError> {
+        self.0.describe().await
+    }
+    async fn build_image(&self, build: &LabelBuild, name: &str) -> Result<String, EngineError> {
+        self.0.build_image(build, name).await
     }
     async fn inspect_image(&self, name: &str) -> Result<Option<SourceImage>, EngineError> {
         self.0.inspect_image(name).await
@@ -49,7 +57,7 @@ async fn a_failed_untag_is_a_warning() {
     let engine = TestEngine::connect();
     let name = unique("untag");
     engine.import_image(&name, "b1", &[]).await;
-    let docker = DockerEngine::connect(Some(&env.docker_host)).await.unwrap();
+    let docker = DockerEngine::new(Some(&env.docker_host)).unwrap();
     let app = TestApp::spawn_on_engine(Arc::new(RemoveFails(docker))).await;
     let repo = format!("{}/{}", env.registry, unique("untag"));
 
@@ -75,7 +83,11 @@ async fn a_failed_untag_is_a_warning() {
     assert!(engine.image(reference).await.is_some());
     engine
         .docker
-        .remove_image(reference, None, None)
+        .remove_image(
+            reference,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )
         .await
         .unwrap();
 }

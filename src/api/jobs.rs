@@ -16,13 +16,16 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::JsonBody;
 use crate::credentials::RegistryAuth;
 use crate::domain::naming::registry_host;
-use crate::domain::spec::{JobSpec, RegistryAuthSpec, plan};
+use crate::domain::spec::{JobSpec, Plan, RegistryAuthSpec, plan};
 use crate::domain::status::JobStatus;
+use crate::engine::Engine;
 use crate::store::{Cancelled, Created, Job, JobPage, NewJob};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 const DEFAULT_PAGE: u32 = 20;
+/// How long a submission waits for the engine to say what its sources are.
+const SOURCE_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 const MAX_PAGE: u32 = 100;
 
 /// Submit a publish job.
@@ -56,7 +59,8 @@ pub async fn create_job(
     body: JsonBody<JobSpec>,
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(&headers)?;
-    let plan = plan(&body.value, state.limits)?;
+    let mut plan = plan(&body.value, state.limits)?;
+    plan.resolve_sources(&source_ids(state.engine.as_ref(), &plan).await);
     let auth = body
         .value
         .registry_auth
@@ -112,6 +116,20 @@ pub async fn create_job(
     state.wake.notify_waiters();
     let location = format!("/api/v1/jobs/{}", job.id);
     Ok((status, [(header::LOCATION, location)], Json(job)).into_response())
+}
+
+/// Each image's source as an image id, where the engine can say within a
+/// moment: the job then publishes the image the pipeline had just built,
+/// even if the name moves before a lane gets to it. The others are resolved
+/// when their first target runs.
+async fn source_ids(engine: &dyn Engine, plan: &Plan) -> Vec<Option<String>> {
+    let lookups = plan.images.iter().map(|image| async move {
+        match tokio::time::timeout(SOURCE_LOOKUP_TIMEOUT, engine.image_id(&image.source)).await {
+            Ok(Ok(id)) => id,
+            Ok(Err(_)) | Err(_) => None,
+        }
+    });
+    futures_util::future::join_all(lookups).await
 }
 
 /// The body's identity for idempotency: canonical JSON (serde_json's maps

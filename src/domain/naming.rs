@@ -42,6 +42,21 @@ pub fn target_reference(repo: &str, mode: RepoMode, image_name: Option<&str>, ta
     }
 }
 
+/// The `content` strategy's tag: the hex of the source image id.
+pub fn content_tag(image_id: &str) -> String {
+    image_id.trim_start_matches("sha256:").to_owned()
+}
+
+/// What two references that name the same tag have in common: `app:v1`,
+/// `docker.io/library/app:v1` and `index.docker.io/library/app:v1` are one
+/// name on the engine and in the registry. Answers the reference itself if
+/// it does not parse (validation refuses those before they get here).
+pub fn reference_key(reference: &str) -> String {
+    Reference::try_from(reference)
+        .map(|parsed| parsed.whole())
+        .unwrap_or_else(|_| reference.to_owned())
+}
+
 /// werf trims a trailing `/` from the images repo.
 pub fn normalize_repo(repo: &str) -> &str {
     repo.trim_end_matches('/')
@@ -172,6 +187,21 @@ mod tests {
         assert!(check_repository("reg/acme:v1").is_err());
         assert!(check_repository("reg/a/../b").is_err());
         assert!(check_repository(&format!("reg/a@sha256:{}", "a".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn spellings_of_one_reference_share_a_key() {
+        let key = reference_key("docker.io/library/foo:v1");
+        assert_eq!(key, "docker.io/library/foo:v1");
+        assert_eq!(reference_key("foo:v1"), key);
+        assert_eq!(reference_key("index.docker.io/library/foo:v1"), key);
+        assert_eq!(reference_key("index.docker.io/foo:v1"), key);
+        assert_ne!(reference_key("127.0.0.1:5000/foo:v1"), key);
+        assert_eq!(
+            reference_key("127.0.0.1:5000/a/b:v1"),
+            "127.0.0.1:5000/a/b:v1"
+        );
+        assert_eq!(content_tag("sha256:abc"), "abc");
     }
 
     #[test]

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::naming::{
-    RepoMode, check_repository, check_tagged_reference, normalize_repo, target_reference,
+    RepoMode, check_repository, check_tagged_reference, content_tag, normalize_repo,
+    target_reference,
 };
 use super::slug::{docker_tag, is_valid_docker_tag};
 
@@ -147,13 +148,50 @@ pub struct Plan {
     pub repo: String,
     pub repo_mode: RepoMode,
     pub force: bool,
+    pub images: Vec<PlannedImage>,
     pub targets: Vec<PlannedTarget>,
+}
+
+/// One image of the job: every target of it publishes the one image its
+/// source names when it is resolved (at acceptance, or at its first claim).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedImage {
+    pub name: Option<String>,
+    pub source: String,
+    /// The source's image id, once known.
+    pub source_image_id: Option<String>,
+}
+
+impl Plan {
+    /// Records what each image's source resolved to (`None` where it could
+    /// not be read yet); a `content` target of a resolved image then has its
+    /// tag and reference at once.
+    pub fn resolve_sources(&mut self, ids: &[Option<String>]) {
+        for (image, id) in self.images.iter_mut().zip(ids) {
+            image.source_image_id.clone_from(id);
+        }
+        for target in &mut self.targets {
+            let image = &self.images[target.image_index];
+            if let (TagStrategy::Content, Some(id)) = (target.strategy, &image.source_image_id) {
+                let tag = content_tag(id);
+                target.reference = Some(target_reference(
+                    &self.repo,
+                    self.repo_mode,
+                    image.name.as_deref(),
+                    &tag,
+                ));
+                target.tag = Some(tag);
+            }
+        }
+    }
 }
 
 /// One image under one tag. For the `content` strategy the tag, and so the
 /// reference, is known only once the source image id is read on the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedTarget {
+    /// Which of the plan's images.
+    pub image_index: usize,
     pub image_name: Option<String>,
     pub source: String,
     pub strategy: TagStrategy,
@@ -212,6 +250,7 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
 
     let tags = resolve_tags(&spec.tags)?;
     let mut seen_names: HashMap<&str, usize> = HashMap::new();
+    let mut images = Vec::with_capacity(spec.images.len());
     let mut targets = Vec::with_capacity(count);
     for (index, image) in spec.images.iter().enumerate() {
         if let Some(name) = &image.name {
@@ -227,12 +266,18 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
         }
         check_source(&image.source)
             .map_err(|message| ValidationError::new(format!("images[{index}].source"), message))?;
+        images.push(PlannedImage {
+            name: image.name.clone(),
+            source: image.source.clone(),
+            source_image_id: None,
+        });
         for tag in &tags {
             let reference = tag
                 .value
                 .as_deref()
                 .map(|value| target_reference(&repo, spec.repo_mode, image.name.as_deref(), value));
             targets.push(PlannedTarget {
+                image_index: index,
                 image_name: image.name.clone(),
                 source: image.source.clone(),
                 strategy: tag.strategy,
@@ -248,6 +293,7 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
         repo,
         repo_mode: spec.repo_mode,
         force: spec.force,
+        images,
         targets,
     })
 }
@@ -438,6 +484,32 @@ mod tests {
         .unwrap();
         assert_eq!(plan.targets[0].reference.as_deref(), Some("reg/acme:v1.0"));
         assert_eq!(plan.targets[0].image_name, None);
+    }
+
+    #[test]
+    fn resolved_sources_give_content_targets_their_reference() {
+        let mut plan = plan_of(serde_json::json!({
+            "repo": "127.0.0.1:5000/shop", "repo_mode": "monorepo",
+            "images": [{"name": "api", "source": "api:b1"}, {"name": "web", "source": "web:b1"}],
+            "tags": [{"strategy": "content"}, {"strategy": "custom", "value": "v1"}]
+        }))
+        .unwrap();
+        let id = format!("sha256:{}", "ab".repeat(32));
+        plan.resolve_sources(&[Some(id.clone()), None]);
+        assert_eq!(plan.images[0].source_image_id.as_deref(), Some(id.as_str()));
+        let content = &plan.targets[0];
+        assert_eq!(content.tag.as_deref(), Some("ab".repeat(32).as_str()));
+        assert_eq!(
+            content.reference.as_deref(),
+            Some(format!("127.0.0.1:5000/shop:api-{}", "ab".repeat(32)).as_str())
+        );
+        // The unresolved image's content target waits for its first claim.
+        assert_eq!(plan.targets[2].image_index, 1);
+        assert_eq!(plan.targets[2].reference, None);
+        assert_eq!(
+            plan.targets[3].reference.as_deref(),
+            Some("127.0.0.1:5000/shop:web-v1")
+        );
     }
 
     #[test]

@@ -1,86 +1,98 @@
-//! The engine through bollard (and, for push and version discovery, the bare
-//! client in `http.rs`).
+//! The engine through bollard: dockerd, or any engine with its API (Podman's
+//! `podman system service`).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use async_trait::async_trait;
-use bollard::Docker;
-use bollard::image::{ImportImageOptions, RemoveImageOptions, TagImageOptions};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, ImportImageOptionsBuilder, PushImageOptionsBuilder,
+    RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+};
+use bollard::{API_DEFAULT_VERSION, BollardRequest, Docker, body_full};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tokio::sync::OnceCell;
 
-use super::http::EngineHttp;
-use super::{Engine, EngineError, LabelledImage, SourceImage};
+use super::settings::{EngineDescription, InfoReport, VersionReport};
+use super::{Engine, EngineError, LabelBuild, LabelledImage, SourceImage};
 use crate::credentials::RegistryAuth;
 use crate::domain::naming::split_tag;
 
-/// The newest Engine API version this code speaks; older engines are spoken
-/// to in their own version.
-const NEWEST_API: (usize, usize) = (1, 47);
 const DEFAULT_SOCKET: &str = "unix:///var/run/docker.sock";
-/// Bounds each non-streaming request; streamed pushes are bounded by the worker.
+/// Bounds how long the engine may take to start answering a request (the
+/// response headers); streamed answers are bounded by the worker's timeouts.
 const REQUEST_TIMEOUT_SECS: u64 = 120;
 
 /// History entries kept per image id: an id's history never changes, and a
 /// job usually publishes one source under several tags.
 const HISTORY_CACHE_SIZE: usize = 1024;
 
+/// How long the engine's description is trusted before it is read again:
+/// its registry settings change on a daemon reload, its store on a restart.
+const DESCRIPTION_TTL: Duration = Duration::from_secs(60);
+
 #[derive(Clone)]
 pub struct DockerEngine {
-    docker: Docker,
-    http: EngineHttp,
-    api_version: String,
+    host: String,
+    /// Made on first use: the engine may not be up yet when publishd starts,
+    /// and bollard refuses a unix socket path that does not exist yet.
+    docker: Arc<OnceCell<Docker>>,
     /// Image id -> its config's `history`, or `None` where it cannot be used.
     history: Arc<Mutex<HashMap<String, Option<Value>>>>,
+    description: Arc<Mutex<Option<(Instant, EngineDescription)>>>,
 }
 
 impl DockerEngine {
-    /// Connects to `docker_host` (`unix://…` or `tcp://…`; the default socket
-    /// if `None`) and settles on an API version both sides speak.
-    pub async fn connect(docker_host: Option<&str>) -> anyhow::Result<DockerEngine> {
-        let host = docker_host.unwrap_or(DEFAULT_SOCKET);
-        let http = if let Some(path) = host.strip_prefix("unix://") {
-            EngineHttp::unix(PathBuf::from(path))
-        } else if let Some(authority) = host
-            .strip_prefix("tcp://")
-            .or_else(|| host.strip_prefix("http://"))
+    /// An engine at `docker_host` (`unix://…` or `tcp://…`; the default
+    /// socket if `None`). Nothing is asked of the engine yet.
+    pub fn new(docker_host: Option<&str>) -> anyhow::Result<DockerEngine> {
+        let host = docker_host.unwrap_or(DEFAULT_SOCKET).to_owned();
+        if !(host.starts_with("unix://")
+            || host.starts_with("tcp://")
+            || host.starts_with("http://"))
         {
-            EngineHttp::tcp(authority.trim_end_matches('/').to_owned())
-        } else {
             anyhow::bail!("DOCKER_HOST {host:?} is neither unix:// nor tcp://");
-        };
-        let server = http
-            .api_version()
-            .await
-            .with_context(|| format!("asking the docker engine at {host} for its API version"))?;
-        let (major, minor) = parse_version(&server)
-            .with_context(|| format!("the engine reports API version {server:?}"))?;
-        let (major, minor) = (major, minor).min(NEWEST_API);
-        let version = bollard::ClientVersion {
-            major_version: major,
-            minor_version: minor,
-        };
-        let docker = if host.starts_with("unix://") {
-            Docker::connect_with_unix(host, REQUEST_TIMEOUT_SECS, &version)
-        } else {
-            Docker::connect_with_http(host, REQUEST_TIMEOUT_SECS, &version)
         }
-        .with_context(|| format!("connecting to the docker engine at {host}"))?;
-        tracing::info!(engine = host, api_version = %format!("{major}.{minor}"), "docker engine connected");
         Ok(DockerEngine {
-            docker,
-            http,
-            api_version: format!("{major}.{minor}"),
+            host,
+            docker: Arc::default(),
             history: Arc::default(),
+            description: Arc::default(),
         })
     }
 
+    /// The client, connected and its API version settled on first use.
+    async fn docker(&self) -> Result<&Docker, EngineError> {
+        self.docker
+            .get_or_try_init(|| async {
+                let docker = if self.host.starts_with("unix://") {
+                    Docker::connect_with_unix(&self.host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+                } else {
+                    let address = self.host.replacen("tcp://", "http://", 1);
+                    Docker::connect_with_http(&address, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
+                }
+                .map_err(engine_error)?
+                .with_request_modifier(url_safe_registry_auth);
+                let docker = docker.negotiate_version().await.map_err(engine_error)?;
+                let version = docker.client_version();
+                tracing::info!(
+                    engine = %self.host,
+                    api_version = %format!("{}.{}", version.major_version, version.minor_version),
+                    "docker engine connected"
+                );
+                Ok(docker)
+            })
+            .await
+    }
+
     async fn source_image(&self, name: &str) -> Result<Option<SourceImage>, EngineError> {
-        let inspect = match self.docker.inspect_image(name).await {
+        let docker = self.docker().await?;
+        let inspect = match docker.inspect_image(name).await {
             Ok(inspect) => inspect,
             Err(error) if is_not_found(&error) => return Ok(None),
             Err(error) => return Err(engine_error(error)),
@@ -105,7 +117,6 @@ impl DockerEngine {
             ("variant", inspect.variant.clone()),
             ("os.version", inspect.os_version.clone()),
             ("author", inspect.author.clone()),
-            ("docker_version", inspect.docker_version.clone()),
             ("comment", inspect.comment.clone()),
         ];
         for (key, value) in optional {
@@ -113,7 +124,7 @@ impl DockerEngine {
                 config[key] = Value::String(value);
             }
         }
-        if let Some(history) = self.config_history(&id, diff_ids.len()).await? {
+        if let Some(history) = self.config_history(docker, &id, diff_ids.len()).await? {
             config["history"] = history;
         }
         Ok(Some(SourceImage {
@@ -127,12 +138,17 @@ impl DockerEngine {
     /// API answers newest first. The engine insists that non-empty entries
     /// match the layers one to one; when the sizes cannot tell us that, the
     /// history is left out (`None`).
-    async fn config_history(&self, id: &str, layers: usize) -> Result<Option<Value>, EngineError> {
-        if let Some(cached) = self.lock_history().get(id) {
+    async fn config_history(
+        &self,
+        docker: &Docker,
+        id: &str,
+        layers: usize,
+    ) -> Result<Option<Value>, EngineError> {
+        if let Some(cached) = lock(&self.history).get(id) {
             return Ok(cached.clone());
         }
         // By id, not by name: the name may have moved since the inspect.
-        let items = self.docker.image_history(id).await.map_err(engine_error)?;
+        let items = docker.image_history(id).await.map_err(engine_error)?;
         let non_empty = items.iter().filter(|item| item.size != 0).count();
         let history = (non_empty == layers).then(|| {
             let entries = items.iter().rev().map(|item| {
@@ -148,7 +164,7 @@ impl DockerEngine {
             });
             Value::Array(entries.collect())
         });
-        let mut cache = self.lock_history();
+        let mut cache = lock(&self.history);
         if cache.len() >= HISTORY_CACHE_SIZE {
             cache.clear();
         }
@@ -156,17 +172,64 @@ impl DockerEngine {
         Ok(history)
     }
 
-    fn lock_history(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<Value>>> {
-        self.history
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    async fn read_description(&self) -> Result<EngineDescription, EngineError> {
+        let docker = self.docker().await?;
+        let (version, info) =
+            tokio::try_join!(docker.version(), docker.info()).map_err(engine_error)?;
+        // bollard's models serialize under the Engine API's own names, which
+        // is what the description reads.
+        let reread = |value: Result<Value, serde_json::Error>| {
+            value.map_err(|error| EngineError::Protocol(error.to_string()))
+        };
+        let version: VersionReport = serde_json::from_value(reread(serde_json::to_value(version))?)
+            .map_err(|error| EngineError::Protocol(format!("/version: {error}")))?;
+        let info: InfoReport = serde_json::from_value(reread(serde_json::to_value(info))?)
+            .map_err(|error| EngineError::Protocol(format!("/info: {error}")))?;
+        Ok(EngineDescription::from_reports(&version, &info))
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// bollard encodes `X-Registry-Auth` in standard base64; the engine decodes
+/// it as URL-safe and silently drops what it cannot decode, so a password
+/// whose encoding holds `+` or `/` would push as anonymous. Re-encode it.
+fn url_safe_registry_auth(mut request: BollardRequest) -> BollardRequest {
+    let reencoded = request
+        .headers()
+        .get("X-Registry-Auth")
+        .and_then(|value| STANDARD.decode(value.as_bytes()).ok())
+        .and_then(|json| URL_SAFE.encode(json).parse().ok());
+    if let Some(value) = reencoded {
+        request.headers_mut().insert("X-Registry-Auth", value);
+    }
+    request
 }
 
 #[async_trait]
 impl Engine for DockerEngine {
     async fn ping(&self) -> Result<(), EngineError> {
-        self.docker.ping().await.map(|_| ()).map_err(engine_error)
+        self.docker()
+            .await?
+            .ping()
+            .await
+            .map(|_| ())
+            .map_err(engine_error)
+    }
+
+    async fn describe(&self) -> Result<EngineDescription, EngineError> {
+        if let Some((at, description)) = lock(&self.description).as_ref()
+            && at.elapsed() < DESCRIPTION_TTL
+        {
+            return Ok(description.clone());
+        }
+        let description = self.read_description().await?;
+        *lock(&self.description) = Some((Instant::now(), description.clone()));
+        Ok(description)
     }
 
     async fn inspect_image(&self, name: &str) -> Result<Option<SourceImage>, EngineError> {
@@ -174,7 +237,7 @@ impl Engine for DockerEngine {
     }
 
     async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError> {
-        match self.docker.inspect_image(reference).await {
+        match self.docker().await?.inspect_image(reference).await {
             Ok(inspect) => Ok(inspect.id),
             Err(error) if is_not_found(&error) => Ok(None),
             Err(error) => Err(engine_error(error)),
@@ -185,9 +248,10 @@ impl Engine for DockerEngine {
         let archive = image.archive(reference).map_err(|error| {
             EngineError::Protocol(format!("building the image archive: {error}"))
         })?;
-        let mut stream = self.docker.import_image(
-            ImportImageOptions { quiet: true },
-            Bytes::from(archive),
+        let docker = self.docker().await?;
+        let mut stream = docker.import_image(
+            ImportImageOptionsBuilder::default().quiet(true).build(),
+            body_full(Bytes::from(archive)),
             None,
         );
         // The load answers 200 whatever happens; its stream says what it did.
@@ -195,12 +259,6 @@ impl Engine for DockerEngine {
         let mut named = false;
         while let Some(item) = stream.next().await {
             let item = item.map_err(engine_error)?;
-            if let Some(detail) = item.error_detail.and_then(|d| d.message).or(item.error) {
-                return Err(EngineError::Api {
-                    status: 200,
-                    message: detail,
-                });
-            }
             named |= item.stream.is_some_and(|text| text.trim_end() == loaded);
         }
         if named {
@@ -212,20 +270,86 @@ impl Engine for DockerEngine {
         }
     }
 
+    async fn build_image(&self, build: &LabelBuild, name: &str) -> Result<String, EngineError> {
+        let context = build.context().map_err(|error| {
+            EngineError::Protocol(format!("building the build context: {error}"))
+        })?;
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(name)
+            .rm(true)
+            .forcerm(true)
+            .q(true)
+            .build();
+        let docker = self.docker().await?;
+        let mut stream = docker.build_image(options, None, Some(body_full(Bytes::from(context))));
+        while let Some(item) = stream.next().await {
+            let item = item.map_err(engine_error)?;
+            if let Some(message) = item.error_detail.and_then(|detail| detail.message) {
+                return Err(EngineError::Api {
+                    status: 200,
+                    message: format!("build: {message}"),
+                });
+            }
+        }
+        // The id as the engine names it now: the build's own report of it
+        // differs in form between engines.
+        self.image_id(name)
+            .await?
+            .ok_or_else(|| EngineError::Protocol(format!("the build did not name {name}")))
+    }
+
     async fn push(&self, reference: &str, auth: &RegistryAuth) -> Result<String, EngineError> {
         let (repository, tag) = split_tag(reference);
-        self.http
-            .push(&self.api_version, repository, tag, auth.engine_header())
+        let docker = self.docker().await?;
+        let options = PushImageOptionsBuilder::default().tag(tag).build();
+        let mut stream =
+            docker.push_image(repository, Some(options), Some(auth.engine_credentials()));
+        // The engine answers 200 at once and reports errors as items inside
+        // the stream, so it is drained to its end.
+        let mut digest = None;
+        while let Some(item) = stream.next().await {
+            let item = match item {
+                Ok(item) => item,
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    return Err(EngineError::Push(error));
+                }
+                Err(error) => return Err(push_stream_error(error)),
+            };
+            if let Some(status) = item.status {
+                digest = push_digest(&status, tag).or(digest);
+            }
+        }
+        if let Some(digest) = digest {
+            return Ok(digest);
+        }
+        // Engines that report the digest only in `aux` (which bollard does
+        // not read) record it among the image's repo digests.
+        let inspect = docker
+            .inspect_image(reference)
             .await
+            .map_err(engine_error)?;
+        inspect
+            .repo_digests
+            .unwrap_or_default()
+            .iter()
+            .find_map(|pinned| {
+                let (name, digest) = pinned.split_once('@')?;
+                same_repository(name, repository).then(|| digest.to_owned())
+            })
+            .ok_or_else(|| {
+                EngineError::Push("the push stream ended without reporting a digest".to_owned())
+            })
     }
 
     async fn remove_reference(&self, reference: &str) -> Result<(), EngineError> {
-        let options = RemoveImageOptions {
-            force: false,
-            noprune: false,
-        };
+        let options = RemoveImageOptionsBuilder::default()
+            .force(false)
+            .noprune(false)
+            .build();
         match self
-            .docker
+            .docker()
+            .await?
             .remove_image(reference, Some(options), None)
             .await
         {
@@ -237,16 +361,37 @@ impl Engine for DockerEngine {
 
     async fn tag_image(&self, image_id: &str, reference: &str) -> Result<(), EngineError> {
         let (repo, tag) = split_tag(reference);
-        self.docker
-            .tag_image(image_id, Some(TagImageOptions { repo, tag }))
+        let options = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
+        self.docker()
+            .await?
+            .tag_image(image_id, Some(options))
             .await
             .map_err(engine_error)
     }
 }
 
-fn parse_version(version: &str) -> Option<(usize, usize)> {
-    let (major, minor) = version.split_once('.')?;
-    Some((major.parse().ok()?, minor.parse().ok()?))
+/// The digest in the status line `TAG: digest: sha256:... size: N` that
+/// every engine version prints at the end of a push.
+fn push_digest(status: &str, tag: &str) -> Option<String> {
+    let rest = status.strip_prefix(tag)?.strip_prefix(": digest: ")?;
+    rest.split_whitespace()
+        .next()
+        .filter(|digest| digest.starts_with("sha256:"))
+        .map(str::to_owned)
+}
+
+/// Repo digests name the repository as the engine normalises it
+/// (`docker.io/library/app` for `app`).
+fn same_repository(a: &str, b: &str) -> bool {
+    let normal = |name: &str| {
+        oci_spec::distribution::Reference::try_from(name)
+            .map(|parsed| format!("{}/{}", parsed.registry(), parsed.repository()))
+            .unwrap_or_else(|_| name.to_owned())
+    };
+    normal(a) == normal(b)
 }
 
 fn rfc3339(unix_seconds: i64) -> String {
@@ -269,6 +414,14 @@ fn is_not_found(error: &bollard::errors::Error) -> bool {
     )
 }
 
+/// A broken push stream is a push that failed, to be retried as such.
+fn push_stream_error(error: bollard::errors::Error) -> EngineError {
+    match engine_error(error) {
+        EngineError::Protocol(message) => EngineError::Push(format!("push stream: {message}")),
+        other => other,
+    }
+}
+
 fn engine_error(error: bollard::errors::Error) -> EngineError {
     use bollard::errors::Error;
     match error {
@@ -279,11 +432,53 @@ fn engine_error(error: bollard::errors::Error) -> EngineError {
             status: status_code,
             message,
         },
+        Error::DockerStreamError { error } => EngineError::Api {
+            status: 200,
+            message: error,
+        },
         Error::HyperResponseError { .. }
         | Error::HyperLegacyError { .. }
         | Error::IOError { .. }
         | Error::SocketNotFoundError(_)
         | Error::RequestTimeoutError => EngineError::Unreachable(error.to_string()),
         other => EngineError::Protocol(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digests_are_read_from_the_final_status_line() {
+        assert_eq!(
+            push_digest("v1: digest: sha256:abc size: 528", "v1").as_deref(),
+            Some("sha256:abc")
+        );
+        assert_eq!(push_digest("v1: digest: sha256:abc size: 528", "v2"), None);
+        assert_eq!(push_digest("Pushed", "v1"), None);
+    }
+
+    #[test]
+    fn registry_auth_is_reencoded_url_safe() {
+        // A payload whose standard base64 holds both `+` and `/`.
+        let json = br#"{"password":"s3cr?t>>>???~~~>?>?"}"#;
+        let standard = STANDARD.encode(json);
+        assert!(standard.contains('+') && standard.contains('/'));
+        let request = BollardRequest::new(bollard::body_full(Bytes::new()));
+        let mut request = request;
+        request
+            .headers_mut()
+            .insert("X-Registry-Auth", standard.parse().unwrap());
+        let request = url_safe_registry_auth(request);
+        let header = request.headers()["X-Registry-Auth"].to_str().unwrap();
+        assert_eq!(URL_SAFE.decode(header).unwrap(), json);
+    }
+
+    #[test]
+    fn repositories_compare_normalised() {
+        assert!(same_repository("docker.io/library/app", "app"));
+        assert!(same_repository("127.0.0.1:5000/a/b", "127.0.0.1:5000/a/b"));
+        assert!(!same_repository("127.0.0.1:5000/a/b", "127.0.0.1:5000/a/c"));
     }
 }

@@ -1,8 +1,10 @@
-//! The labelled image the tag step makes: the source's image config, byte for
-//! byte what the engine would serve, plus werf's labels, loaded with the
-//! source's own layers. The engine loads it in about 46 ms without reading a
-//! layer (it finds them by chain id), and unlike a `FROM src` + `LABEL` build
-//! it adds nothing else to the config (see ENGINE-NOTES).
+//! The labelled image the tag step makes, in the two ways the engine can make
+//! it. The load way: the source's image config, as the engine reports it,
+//! plus werf's labels, loaded with the source's own layers; the engine loads
+//! it in about 46 ms without reading a layer (it finds them by chain id), and
+//! unlike a build it adds nothing else to the config (see ENGINE-NOTES). The
+//! build way: `FROM <source id>` and one `LABEL` instruction, which every
+//! engine with the build API can run, whatever its image store.
 
 use std::collections::BTreeMap;
 
@@ -80,6 +82,51 @@ impl LabelledImage {
     }
 }
 
+/// A build of the labelled image: `FROM` the source image by id (so a name
+/// that moved meanwhile cannot change what is built) and the labels.
+#[derive(Debug, Clone)]
+pub struct LabelBuild {
+    dockerfile: String,
+}
+
+impl LabelBuild {
+    pub fn new(source_id: &str, labels: &BTreeMap<String, String>) -> LabelBuild {
+        // The bare hex is what `FROM` takes as an image id on every engine.
+        let mut dockerfile = format!("FROM {}\nLABEL", source_id.trim_start_matches("sha256:"));
+        for (key, value) in labels {
+            dockerfile.push_str(&format!(" {}={}", quoted(key), quoted(value)));
+        }
+        dockerfile.push('\n');
+        LabelBuild { dockerfile }
+    }
+
+    pub fn dockerfile(&self) -> &str {
+        &self.dockerfile
+    }
+
+    /// The build context: the Dockerfile alone.
+    pub fn context(&self) -> std::io::Result<Vec<u8>> {
+        let mut archive = tar::Builder::new(Vec::new());
+        append(&mut archive, "Dockerfile", self.dockerfile.as_bytes())?;
+        archive.into_inner()
+    }
+}
+
+/// A Dockerfile string in double quotes: `\`, `"` and `$` (which LABEL
+/// would expand as a variable) escaped, so a value arrives as written.
+fn quoted(value: &str) -> String {
+    let mut quoted = String::with_capacity(value.len() + 2);
+    quoted.push('"');
+    for c in value.chars() {
+        if matches!(c, '\\' | '"' | '$') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
 fn append(archive: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) -> std::io::Result<()> {
     let mut header = tar::Header::new_gnu();
     header.set_size(data.len() as u64);
@@ -129,6 +176,27 @@ mod tests {
         let image = LabelledImage::new(&source, &labels);
         let config: Value = serde_json::from_slice(image.config()).unwrap();
         assert_eq!(config["config"]["Labels"], json!({"werf-image": "true"}));
+    }
+
+    #[test]
+    fn the_build_is_from_the_source_id_with_quoted_labels() {
+        let labels = BTreeMap::from([
+            ("werf-image".to_owned(), "true".to_owned()),
+            ("odd".to_owned(), r#"a "b" $c \d"#.to_owned()),
+        ]);
+        let build = LabelBuild::new("sha256:abc123", &labels);
+        assert_eq!(
+            build.dockerfile(),
+            "FROM abc123\nLABEL \"odd\"=\"a \\\"b\\\" \\$c \\\\d\" \"werf-image\"=\"true\"\n"
+        );
+        let context = build.context().unwrap();
+        let mut archive = tar::Archive::new(context.as_slice());
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|entry| entry.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(names, ["Dockerfile"]);
     }
 
     #[test]

@@ -1,14 +1,16 @@
-//! The Docker engine, behind a small interface: what the publish procedure
-//! needs of it and nothing more. Knows the Engine API; knows nothing of jobs.
+//! The Docker engine (or an engine with its API, such as Podman), behind a
+//! small interface: what the publish procedure needs of it and nothing more.
+//! Knows the Engine API; knows nothing of jobs.
 
 mod docker;
-mod http;
 pub mod image_config;
+pub mod settings;
 
 use async_trait::async_trait;
 
 pub use docker::DockerEngine;
-pub use image_config::{LabelledImage, SourceImage};
+pub use image_config::{LabelBuild, LabelledImage, SourceImage};
+pub use settings::{EngineDescription, EngineProduct, ImageStore, RegistrySettings, TagMethod};
 
 use crate::credentials::RegistryAuth;
 
@@ -33,15 +35,24 @@ pub enum EngineError {
 pub trait Engine: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), EngineError>;
 
+    /// Which engine this is, how it stores images and which registries it
+    /// treats as insecure. Read from the engine, kept for a short while.
+    async fn describe(&self) -> Result<EngineDescription, EngineError>;
+
     /// The image a name or id points to, or `None` if there is none.
     async fn inspect_image(&self, name: &str) -> Result<Option<SourceImage>, EngineError>;
 
     /// The id of the image `reference` names, or `None`.
     async fn image_id(&self, reference: &str) -> Result<Option<String>, EngineError>;
 
-    /// Makes `image` exist locally, named `reference`. Its layers are the
-    /// source's, which the engine already has, so nothing is copied.
+    /// Makes `image` exist locally, named `reference`, by loading its config
+    /// alone: its layers are the source's, which the engine already has, so
+    /// nothing is copied. Classic image store only.
     async fn load_image(&self, image: &LabelledImage, reference: &str) -> Result<(), EngineError>;
+
+    /// Builds `FROM source` with the labels and names the result `name`;
+    /// answers its id. Works on every engine with the build API.
+    async fn build_image(&self, build: &LabelBuild, name: &str) -> Result<String, EngineError>;
 
     /// Pushes `reference` and answers the manifest digest the registry took.
     /// Dropping the future stops the push.

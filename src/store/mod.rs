@@ -18,9 +18,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
-pub use model::{AttemptError, ClaimedTarget, Job, JobPage, Target, TargetOutcome};
+pub use model::{AttemptError, ClaimedTarget, Job, JobImage, JobPage, Target, TargetOutcome};
 
-use crate::domain::naming::RepoMode;
+use crate::domain::naming::{RepoMode, reference_key};
 use crate::domain::spec::{Plan, TagStrategy};
 use crate::domain::status::{JobStatus, TargetStatus, job_status};
 
@@ -173,18 +173,35 @@ impl Store {
         .execute(&mut *tx)
         .await
         .context("inserting the job")?;
-        for (position, target) in new.plan.targets.iter().enumerate() {
+        for (position, image) in new.plan.images.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO targets (job_id, position, image_name, source, strategy, tag, reference, status)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
+                "INSERT INTO job_images (job_id, position, name, source, source_image_id)
+                 VALUES (?, ?, ?, ?, ?)",
             )
             .bind(id.to_string())
             .bind(position as i64)
+            .bind(&image.name)
+            .bind(&image.source)
+            .bind(&image.source_image_id)
+            .execute(&mut *tx)
+            .await
+            .context("inserting an image")?;
+        }
+        for (position, target) in new.plan.targets.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO targets (job_id, position, image_position, image_name, source, strategy,
+                                      tag, reference, reference_key, status)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+            )
+            .bind(id.to_string())
+            .bind(position as i64)
+            .bind(target.image_index as i64)
             .bind(&target.image_name)
             .bind(&target.source)
             .bind(target.strategy.as_str())
             .bind(&target.tag)
             .bind(&target.reference)
+            .bind(target.reference.as_deref().map(reference_key))
             .execute(&mut *tx)
             .await
             .context("inserting a target")?;
@@ -208,8 +225,8 @@ impl Store {
         limit: u32,
         before: Option<Uuid>,
     ) -> StoreResult<JobPage> {
-        // Two queries for the page, whatever its size: the jobs, then all
-        // their targets through the same filter.
+        // Three queries for the page, whatever its size: the jobs, then all
+        // their targets and images through the same filter.
         const PAGE: &str = "SELECT * FROM jobs
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)
              ORDER BY id DESC LIMIT ?3";
@@ -234,6 +251,16 @@ impl Store {
         .fetch_all(&mut *tx)
         .await
         .context("listing the jobs' targets")?;
+        let image_rows = sqlx::query(&format!(
+            "SELECT * FROM job_images WHERE job_id IN (SELECT id FROM ({PAGE}))
+             ORDER BY job_id, position"
+        ))
+        .bind(status.map(JobStatus::as_str))
+        .bind(before.map(|id| id.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .context("listing the jobs' images")?;
         let mut targets: HashMap<String, Vec<Target>> = HashMap::new();
         for row in &target_rows {
             targets
@@ -241,12 +268,20 @@ impl Store {
                 .or_default()
                 .push(target_from_row(row)?);
         }
+        let mut images: HashMap<String, Vec<JobImage>> = HashMap::new();
+        for row in &image_rows {
+            images
+                .entry(row.get("job_id"))
+                .or_default()
+                .push(image_from_row(row));
+        }
         let jobs = rows
             .iter()
             .map(|row| {
                 let id: String = row.get("id");
+                let job_images = images.remove(&id).unwrap_or_default();
                 let job_targets = targets.remove(&id).unwrap_or_default();
-                job_from_row(row, job_targets)
+                job_from_row(row, job_images, job_targets)
             })
             .collect::<StoreResult<Vec<_>>>()?;
         let next_cursor = if more {
@@ -301,9 +336,9 @@ impl Store {
              WHERE id = (
                  SELECT t.id FROM targets t JOIN jobs j ON j.id = t.job_id
                  WHERE t.status = 'pending' AND j.cancel_requested = 0
-                   AND (t.reference IS NULL OR NOT EXISTS (
+                   AND (t.reference_key IS NULL OR NOT EXISTS (
                         SELECT 1 FROM targets u
-                        WHERE u.reference = t.reference AND u.status IN {IN_FLIGHT}))
+                        WHERE u.reference_key = t.reference_key AND u.status IN {IN_FLIGHT}))
                  ORDER BY t.job_id, t.position
                  LIMIT 1)
              RETURNING id"
@@ -327,22 +362,26 @@ impl Store {
     /// on that reference right now.
     pub async fn bind_reference(&self, id: i64, tag: &str, reference: &str) -> StoreResult<bool> {
         let mut tx = self.writer.begin().await?;
+        let key = reference_key(reference);
         let busy: bool = sqlx::query_scalar(&format!(
-            "SELECT EXISTS (SELECT 1 FROM targets WHERE reference = ? AND id <> ? AND status IN {IN_FLIGHT})"
+            "SELECT EXISTS (SELECT 1 FROM targets WHERE reference_key = ? AND id <> ? AND status IN {IN_FLIGHT})"
         ))
-        .bind(reference)
+        .bind(&key)
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
         let status = if busy { "pending" } else { "tagging" };
-        sqlx::query("UPDATE targets SET tag = ?, reference = ?, status = ? WHERE id = ?")
-            .bind(tag)
-            .bind(reference)
-            .bind(status)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .context("binding a content reference")?;
+        sqlx::query(
+            "UPDATE targets SET tag = ?, reference = ?, reference_key = ?, status = ? WHERE id = ?",
+        )
+        .bind(tag)
+        .bind(reference)
+        .bind(&key)
+        .bind(status)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .context("binding a content reference")?;
         tx.commit().await?;
         Ok(!busy)
     }
@@ -350,20 +389,61 @@ impl Store {
     /// Records, before the tag step touches the engine, what the reference
     /// named and the id of the image about to be made: what recovery needs
     /// to undo the step whenever the process dies.
+    /// `created_image_id` is known in advance for a load; a build's image is
+    /// known only once built, so its temporary name is recorded instead.
     pub async fn record_tag_plan(
         &self,
         id: i64,
         prior_image_id: Option<&str>,
-        created_image_id: &str,
+        created_image_id: Option<&str>,
+        staging_reference: Option<&str>,
     ) -> StoreResult<()> {
-        sqlx::query("UPDATE targets SET prior_image_id = ?, created_image_id = ? WHERE id = ?")
-            .bind(prior_image_id)
+        sqlx::query(
+            "UPDATE targets SET prior_image_id = ?, created_image_id = ?, staging_reference = ?
+             WHERE id = ?",
+        )
+        .bind(prior_image_id)
+        .bind(created_image_id)
+        .bind(staging_reference)
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .context("recording the tag step's plan")?;
+        Ok(())
+    }
+
+    /// Records the image a build made, before its target reference is
+    /// pointed at it.
+    pub async fn record_created_image(&self, id: i64, created_image_id: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE targets SET created_image_id = ? WHERE id = ?")
             .bind(created_image_id)
             .bind(id)
             .execute(&self.writer)
             .await
-            .context("recording the tag step's plan")?;
+            .context("recording the built image")?;
         Ok(())
+    }
+
+    /// Records what an image of a job resolved to, unless another target of
+    /// the image resolved it first; answers the id every target of the
+    /// image publishes.
+    pub async fn resolve_source(
+        &self,
+        job_id: Uuid,
+        image_position: i64,
+        source_image_id: &str,
+    ) -> StoreResult<String> {
+        let id = sqlx::query_scalar(
+            "UPDATE job_images SET source_image_id = COALESCE(source_image_id, ?)
+             WHERE job_id = ? AND position = ? RETURNING source_image_id",
+        )
+        .bind(source_image_id)
+        .bind(job_id.to_string())
+        .bind(image_position)
+        .fetch_one(&self.writer)
+        .await
+        .context("recording a resolved source")?;
+        Ok(id)
     }
 
     pub async fn set_step(&self, id: i64, status: TargetStatus) -> StoreResult<()> {
@@ -609,8 +689,11 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
     let row = sqlx::query(
         "SELECT t.id, t.job_id, j.repo, j.repo_mode, t.image_name, t.source, t.strategy, t.tag,
                 t.reference, t.status, t.attempts, j.force, j.has_registry_auth,
-                t.prior_image_id, t.created_image_id
-         FROM targets t JOIN jobs j ON j.id = t.job_id WHERE t.id = ?",
+                t.prior_image_id, t.created_image_id, t.staging_reference, t.image_position,
+                i.source_image_id
+         FROM targets t JOIN jobs j ON j.id = t.job_id
+              JOIN job_images i ON i.job_id = t.job_id AND i.position = t.image_position
+         WHERE t.id = ?",
     )
     .bind(id)
     .fetch_one(&mut **tx)
@@ -632,6 +715,9 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
         has_registry_auth: row.get("has_registry_auth"),
         prior_image_id: row.get("prior_image_id"),
         created_image_id: row.get("created_image_id"),
+        staging_reference: row.get("staging_reference"),
+        image_position: row.get("image_position"),
+        source_image_id: row.get("source_image_id"),
     })
 }
 
@@ -652,10 +738,26 @@ async fn load_job(conn: &mut sqlx::SqliteConnection, id: Uuid) -> StoreResult<Op
         .iter()
         .map(target_from_row)
         .collect::<StoreResult<Vec<_>>>()?;
-    job_from_row(&row, targets).map(Some)
+    let images = sqlx::query("SELECT * FROM job_images WHERE job_id = ? ORDER BY position")
+        .bind(id.to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .context("loading a job's images")?
+        .iter()
+        .map(image_from_row)
+        .collect();
+    job_from_row(&row, images, targets).map(Some)
 }
 
-fn job_from_row(row: &SqliteRow, targets: Vec<Target>) -> StoreResult<Job> {
+fn image_from_row(row: &SqliteRow) -> JobImage {
+    JobImage {
+        name: row.get("name"),
+        source: row.get("source"),
+        source_image_id: row.get("source_image_id"),
+    }
+}
+
+fn job_from_row(row: &SqliteRow, images: Vec<JobImage>, targets: Vec<Target>) -> StoreResult<Job> {
     Ok(Job {
         id: parse_uuid(row.get("id"))?,
         status: parse_enum(row.get("status"), JobStatus::parse, "job status")?,
@@ -666,6 +768,7 @@ fn job_from_row(row: &SqliteRow, targets: Vec<Target>) -> StoreResult<Job> {
         finished_at: row.get("finished_at"),
         error: row.get("error"),
         cancel_requested: row.get("cancel_requested"),
+        images,
         targets,
     })
 }

@@ -25,7 +25,21 @@ pub struct Job {
     /// Why the job did not succeed, in short; each target says more.
     pub error: Option<String>,
     pub cancel_requested: bool,
+    /// The job's images, each with the one image id its targets publish.
+    pub images: Vec<JobImage>,
     pub targets: Vec<Target>,
+}
+
+/// One image of a job.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JobImage {
+    /// The werf image name; null for the nameless image.
+    pub name: Option<String>,
+    pub source: String,
+    /// The image id `source` named when the job was accepted (or, if the
+    /// engine could not say then, when its first target ran): every target
+    /// of this image publishes this id. Null until known.
+    pub source_image_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -86,6 +100,10 @@ pub struct ClaimedTarget {
     pub has_registry_auth: bool,
     pub prior_image_id: Option<String>,
     pub created_image_id: Option<String>,
+    pub staging_reference: Option<String>,
+    pub image_position: i64,
+    /// What the job's image resolved to, once known.
+    pub source_image_id: Option<String>,
 }
 
 /// How a target's run ended.

@@ -17,7 +17,7 @@ pub use procedure::StepTimeouts;
 
 use crate::credentials::{DockerConfig, JobCredentials};
 use crate::domain::retry::RetryPolicy;
-use crate::engine::Engine;
+use crate::engine::{Engine, TagMethod};
 use crate::registry::Registry;
 use crate::store::{ClaimedTarget, LEASE, Store};
 use procedure::{Finish, Signals, restore_reference};
@@ -32,6 +32,8 @@ pub struct WorkerContext {
     pub cancellations: Cancellations,
     pub timeouts: StepTimeouts,
     pub retry: RetryPolicy,
+    /// How the tag step makes the labelled image (`auto`: by the engine's store).
+    pub tag_method: TagMethod,
 }
 
 /// How often an idle lane looks for work it was not woken for.
@@ -272,15 +274,17 @@ async fn reap_expired_leases(ctx: &WorkerContext, stop: &CancellationToken) {
 /// Undoes what a run of the target left on the engine and queues it again.
 async fn recover_target(ctx: &WorkerContext, id: i64) -> anyhow::Result<()> {
     let target = ctx.store.claimed_target(id).await?;
-    if let (Some(reference), Some(created)) = (&target.reference, &target.created_image_id) {
+    let made_something = target.created_image_id.is_some() || target.staging_reference.is_some();
+    if let (Some(reference), true) = (&target.reference, made_something) {
         let span = info_span!("recover", job_id = %target.job_id, reference = %reference);
         async {
             info!("undoing what an interrupted run left on the engine");
             restore_reference(
                 ctx.engine.as_ref(),
                 reference,
-                created,
+                target.created_image_id.as_deref(),
                 target.prior_image_id.as_deref(),
+                target.staging_reference.as_deref(),
             )
             .await
         }

@@ -10,11 +10,11 @@ use tracing::{info, warn};
 
 use crate::credentials::RegistryAuth;
 use crate::domain::labels::{LabelInput, werf_labels};
-use crate::domain::naming::{registry_host, target_reference};
+use crate::domain::naming::{content_tag, registry_host, target_reference};
 use crate::domain::retry::{FailureKind, classify_registry_message};
 use crate::domain::spec::TagStrategy;
 use crate::domain::status::TargetStatus;
-use crate::engine::{Engine, EngineError, LabelledImage, SourceImage};
+use crate::engine::{Engine, EngineError, LabelBuild, LabelledImage, SourceImage, TagMethod};
 use crate::registry::RegistryError;
 use crate::store::{ClaimedTarget, TargetOutcome};
 
@@ -127,9 +127,29 @@ pub async fn run(
         target,
         signals,
     };
+    // The job's image is the one its source named when it was resolved:
+    // every target of the image publishes that id, whatever the name
+    // points at by now.
+    let source_id = match &target.source_image_id {
+        Some(id) => id.clone(),
+        None => {
+            let found = match run
+                .step("tag", ctx.timeouts.tag, OnCancel::Interrupt, || {
+                    run.resolve_source()
+                })
+                .await
+            {
+                Ok(found) => found,
+                Err(stop) => return conclude(Err(stop), Vec::new()),
+            };
+            ctx.store
+                .resolve_source(target.job_id, target.image_position, &found)
+                .await?
+        }
+    };
     let source = match run
         .step("tag", ctx.timeouts.tag, OnCancel::Interrupt, || {
-            run.source_image()
+            run.source_image(&source_id)
         })
         .await
     {
@@ -140,7 +160,7 @@ pub async fn run(
     let (tag, reference) = match (&target.tag, &target.reference) {
         (Some(tag), Some(reference)) => (tag.clone(), reference.clone()),
         _ if target.strategy == TagStrategy::Content => {
-            let tag = source.id.trim_start_matches("sha256:").to_owned();
+            let tag = content_tag(&source.id);
             let reference = target_reference(
                 &target.repo,
                 target.repo_mode,
@@ -180,9 +200,19 @@ pub async fn run(
         return conclude(Err(stop), Vec::new());
     }
 
-    // Tag. What the reference names now and the new image's id (known before
-    // the engine sees it) are recorded before the load, so that a crash at
-    // any point can be undone.
+    // Tag. What the reference names now, and the new image's id (a load) or
+    // the temporary name it is built under (a build), are recorded before
+    // the engine is asked to make it, so that a crash at any point can be
+    // undone.
+    let method = match run
+        .step("tag", ctx.timeouts.tag, OnCancel::Interrupt, || async {
+            Ok(ctx.engine.describe().await?.image_store)
+        })
+        .await
+    {
+        Ok(store) => ctx.tag_method.on(store),
+        Err(stop) => return conclude(Err(stop), Vec::new()),
+    };
     let prior = match run
         .step("tag", ctx.timeouts.tag, OnCancel::Interrupt, || async {
             Ok(ctx.engine.image_id(&reference).await?)
@@ -206,19 +236,31 @@ pub async fn run(
         tag: &tag,
         source_image_id: &source.id,
     });
-    let image = LabelledImage::new(&source, &labels);
-    ctx.store
-        .record_tag_plan(target.id, prior.as_deref(), &image.id)
-        .await?;
-    let tagged = run
-        .step("tag", ctx.timeouts.tag, OnCancel::BetweenTries, || async {
-            Ok(ctx.engine.load_image(&image, &reference).await?)
-        })
-        .await;
+    let staging = (method == TagMethod::Build).then(|| staging_reference(target.id));
+    let (created, tagged) = match &staging {
+        None => {
+            let image = LabelledImage::new(&source, &labels);
+            ctx.store
+                .record_tag_plan(target.id, prior.as_deref(), Some(&image.id), None)
+                .await?;
+            let loaded = run
+                .step("tag", ctx.timeouts.tag, OnCancel::BetweenTries, || async {
+                    Ok(ctx.engine.load_image(&image, &reference).await?)
+                })
+                .await;
+            (Some(image.id), loaded)
+        }
+        Some(staging) => {
+            ctx.store
+                .record_tag_plan(target.id, prior.as_deref(), None, Some(staging))
+                .await?;
+            run.build(&source, &labels, staging, &reference).await?
+        }
+    };
 
     let published = match tagged {
         Ok(()) => {
-            info!(image_id = %image.id, prior = ?prior, "tagged");
+            info!(image_id = ?created, prior = ?prior, ?method, "tagged");
             ctx.store.set_step(target.id, TargetStatus::Pushing).await?;
             run.push_and_verify(&reference, &auth).await
         }
@@ -231,10 +273,14 @@ pub async fn run(
         .await?;
     let untagged = run
         .step("untag", ctx.timeouts.untag, OnCancel::Ignore, || async {
-            Ok(
-                restore_reference(ctx.engine.as_ref(), &reference, &image.id, prior.as_deref())
-                    .await?,
+            Ok(restore_reference(
+                ctx.engine.as_ref(),
+                &reference,
+                created.as_deref(),
+                prior.as_deref(),
+                staging.as_deref(),
             )
+            .await?)
         })
         .await;
     let mut warnings = Vec::new();
@@ -297,14 +343,71 @@ struct Run<'a> {
     signals: Signals<'a>,
 }
 
+/// A temporary name for a build, unique to this run: recovery may remove any
+/// name it recorded without touching anything of the user's.
+fn staging_reference(target_id: i64) -> String {
+    format!(
+        "publishd-staging/target-{target_id}:{}",
+        uuid::Uuid::now_v7().simple()
+    )
+}
+
 impl Run<'_> {
-    async fn source_image(&self) -> Result<SourceImage, Failure> {
-        match self.ctx.engine.inspect_image(&self.target.source).await? {
-            Some(source) => Ok(source),
+    /// The id the target's source names now.
+    async fn resolve_source(&self) -> Result<String, Failure> {
+        match self.ctx.engine.image_id(&self.target.source).await? {
+            Some(id) => Ok(id),
             None => Err(Failure::permanent(format!(
                 "source image {:?} does not exist on the docker engine",
                 self.target.source
             ))),
+        }
+    }
+
+    /// The job's image, by the id its source resolved to.
+    async fn source_image(&self, id: &str) -> Result<SourceImage, Failure> {
+        match self.ctx.engine.inspect_image(id).await? {
+            Some(source) => Ok(source),
+            None => Err(Failure::permanent(format!(
+                "source image {:?} ({id}, as resolved for this job) no longer exists on the \
+                 docker engine",
+                self.target.source
+            ))),
+        }
+    }
+
+    /// The build method: build under the temporary name, record the image
+    /// it made, then name it `reference`. Answers the image id (once built)
+    /// and how the step went; store failures abort the run.
+    async fn build(
+        &self,
+        source: &SourceImage,
+        labels: &std::collections::BTreeMap<String, String>,
+        staging: &str,
+        reference: &str,
+    ) -> anyhow::Result<(Option<String>, Result<(), Stop>)> {
+        let ctx = self.ctx;
+        let build = LabelBuild::new(&source.id, labels);
+        let built = self
+            .step("tag", ctx.timeouts.tag, OnCancel::BetweenTries, || async {
+                Ok(ctx.engine.build_image(&build, staging).await?)
+            })
+            .await;
+        let id = match built {
+            Ok(id) => id,
+            Err(Stop::Store(error)) => return Err(error),
+            Err(stop) => return Ok((None, Err(stop))),
+        };
+        ctx.store.record_created_image(self.target.id, &id).await?;
+        let named = self
+            .step("tag", ctx.timeouts.tag, OnCancel::BetweenTries, || async {
+                ctx.engine.tag_image(&id, reference).await?;
+                Ok(ctx.engine.remove_reference(staging).await?)
+            })
+            .await;
+        match named {
+            Err(Stop::Store(error)) => Err(error),
+            named => Ok((Some(id), named)),
         }
     }
 
@@ -485,13 +588,21 @@ impl Run<'_> {
 
 /// Leaves `reference` as it was before the tag step: removes it if it names
 /// the image we made, and points it back at the user's own image if it named
-/// one. Never removes any other name.
+/// one; removes the build's temporary name. Never removes any other name.
 pub async fn restore_reference(
     engine: &dyn Engine,
     reference: &str,
-    created_image_id: &str,
+    created_image_id: Option<&str>,
     prior_image_id: Option<&str>,
+    staging_reference: Option<&str>,
 ) -> Result<(), EngineError> {
+    if let Some(staging) = staging_reference {
+        engine.remove_reference(staging).await?;
+    }
+    let Some(created_image_id) = created_image_id else {
+        // Nothing was made under the reference itself.
+        return Ok(());
+    };
     if prior_image_id == Some(created_image_id) {
         // The user already had this very image under this name.
         return Ok(());

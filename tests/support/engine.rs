@@ -1,7 +1,9 @@
 //! Test-side view of the real engine: make source images, read what is left.
 
-use bollard::Docker;
-use bollard::image::{BuildImageOptions, CreateImageOptions, TagImageOptions};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptions, TagImageOptionsBuilder,
+};
+use bollard::{Docker, body_full};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -49,14 +51,15 @@ impl TestEngine {
             .append_data(&mut header, "hello.txt", content.as_bytes())
             .unwrap();
         let body = Bytes::from(archive.into_inner().unwrap());
-        let options = CreateImageOptions {
-            from_src: "-",
-            repo: name,
-            tag,
-            changes: changes.to_vec(),
-            ..Default::default()
-        };
-        let mut stream = self.docker.create_image(Some(options), Some(body), None);
+        let options = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(name)
+            .tag(tag)
+            .changes(changes.iter().map(|change| change.to_string()).collect())
+            .build();
+        let mut stream = self
+            .docker
+            .create_image(Some(options), Some(body_full(body)), None);
         while let Some(item) = stream.next().await {
             item.expect("import");
         }
@@ -82,20 +85,23 @@ impl TestEngine {
             archive.append_data(&mut header, file, data).unwrap();
         }
         let reference = format!("{name}:{tag}");
-        let options = BuildImageOptions {
-            dockerfile: "Dockerfile".to_owned(),
-            t: reference.clone(),
-            rm: true,
-            ..Default::default()
-        };
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(&reference)
+            .rm(true)
+            .build();
         let mut stream = self.docker.build_image(
             options,
             None,
-            Some(Bytes::from(archive.into_inner().unwrap())),
+            Some(body_full(Bytes::from(archive.into_inner().unwrap()))),
         );
         while let Some(item) = stream.next().await {
             let item = item.expect("build");
-            assert!(item.error.is_none(), "build failed: {:?}", item.error);
+            assert!(
+                item.error_detail.is_none(),
+                "build failed: {:?}",
+                item.error_detail
+            );
         }
         self.image(&reference).await.expect("built image").id
     }
@@ -111,8 +117,12 @@ impl TestEngine {
 
     pub async fn tag(&self, image: &str, reference: &str) {
         let (repo, tag) = reference.rsplit_once(':').unwrap();
+        let options = TagImageOptionsBuilder::default()
+            .repo(repo)
+            .tag(tag)
+            .build();
         self.docker
-            .tag_image(image, Some(TagImageOptions { repo, tag }))
+            .tag_image(image, Some(options))
             .await
             .expect("tag");
     }
@@ -121,7 +131,7 @@ impl TestEngine {
     pub async fn names_under(&self, prefix: &str) -> Vec<String> {
         let images = self
             .docker
-            .list_images::<String>(None)
+            .list_images(None::<ListImagesOptions>)
             .await
             .expect("list images");
         images

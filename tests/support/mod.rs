@@ -19,7 +19,7 @@ use publishd::api::ApiTokens;
 use publishd::config::Settings;
 use publishd::domain::retry::RetryPolicy;
 use publishd::domain::spec::Limits;
-use publishd::engine::Engine;
+use publishd::engine::{Engine, TagMethod};
 use publishd::startup::Application;
 use publishd::worker::StepTimeouts;
 use serde_json::Value;
@@ -88,6 +88,9 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         workers: 2,
         docker_host: Some(TestEnv::get().docker_host),
         docker_config: dir.join("docker-config"),
+        docker_certs_dir: dir.join("certs.d"),
+        tag_method: TagMethod::Auto,
+        credential_helper_timeout: Duration::from_secs(10),
         timeouts: StepTimeouts {
             tag: Duration::from_secs(60),
             push: Duration::from_secs(120),

@@ -1,0 +1,672 @@
+//! The registry client: one HTTP client per registry endpoint (scheme and TLS
+//! as the engine would use them), tokens cached per registry, credentials
+//! and scope, and every answer read with a size limit.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use oci_spec::distribution::Reference;
+use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::{Client, RequestBuilder, Response, StatusCode};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::challenge::Challenge;
+use super::{Registry, RegistryError, RemoteImage};
+use crate::credentials::RegistryAuth;
+use crate::domain::retry::FailureKind;
+use crate::engine::{Engine, RegistrySettings};
+
+/// The manifest formats an engine pushes, and the lists that may stand
+/// under a tag pushed by something else.
+const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+     application/vnd.oci.image.manifest.v1+json, \
+     application/vnd.docker.distribution.manifest.list.v2+json, \
+     application/vnd.oci.image.index.v1+json";
+
+/// Most bytes read of a manifest, a config, an error body or a token answer:
+/// a broken or hostile registry cannot make publishd hold more.
+const MANIFEST_LIMIT: usize = 4 << 20;
+const CONFIG_LIMIT: usize = 16 << 20;
+const SMALL_ANSWER_LIMIT: usize = 64 << 10;
+/// Most characters of a registry's error kept in a message.
+const MESSAGE_LIMIT: usize = 1024;
+
+/// How long how to reach a registry is trusted before it is worked out
+/// again (the engine's settings may have been reloaded).
+const ENDPOINT_TTL: Duration = Duration::from_secs(60);
+/// Tokens are used until shortly before they expire; a token server that
+/// gives no lifetime gets the spec's default of 60 s.
+const TOKEN_MARGIN: Duration = Duration::from_secs(5);
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// Credentials that do not expire (basic, a registry token) are still looked
+/// up again now and then, so a changed docker config is taken up.
+const STATIC_CREDENTIAL_LIFETIME: Duration = Duration::from_secs(300);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Sent with an identity-token exchange; strict token servers want one.
+const CLIENT_ID: &str = "publishd";
+
+/// Registries over HTTP(S), reached as the engine reaches them.
+#[derive(Clone)]
+pub struct HttpRegistry {
+    engine: Arc<dyn Engine>,
+    /// `certs.d`: per-registry CAs and client certificates, as the engine reads them.
+    certs_dir: PathBuf,
+    endpoints: Arc<Mutex<HashMap<String, (Instant, Endpoint)>>>,
+    tokens: Arc<Mutex<HashMap<TokenKey, (Instant, String)>>>,
+}
+
+/// Where a registry answers, and the client that reaches it there.
+#[derive(Clone)]
+struct Endpoint {
+    /// `https://host:port` or `http://host:port`.
+    base: String,
+    client: Client,
+}
+
+/// Registry, credentials (by fingerprint: no secret as a key) and scope.
+type TokenKey = (String, [u8; 32], String);
+
+/// The parts of a registry's error body that say what went wrong.
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorItem>,
+}
+
+#[derive(Deserialize)]
+struct ErrorItem {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// A token server's answer.
+#[derive(Deserialize)]
+struct TokenAnswer {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+/// The parts of a manifest (or an index) read here.
+#[derive(Deserialize)]
+struct ManifestHead {
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    manifests: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    digest: String,
+}
+
+impl HttpRegistry {
+    pub fn new(engine: Arc<dyn Engine>, certs_dir: PathBuf) -> HttpRegistry {
+        HttpRegistry {
+            engine,
+            certs_dir,
+            endpoints: Arc::default(),
+            tokens: Arc::default(),
+        }
+    }
+
+    /// How to reach `registry`: HTTPS with the system's CAs plus its
+    /// `certs.d` directory when the engine treats it as secure; when the
+    /// engine treats it as insecure, HTTPS without certificate checks, or
+    /// plain HTTP if it does not speak TLS (dockerd's own order).
+    async fn endpoint(&self, registry: &str) -> Result<Endpoint, RegistryError> {
+        if let Some((at, endpoint)) = lock(&self.endpoints).get(registry)
+            && at.elapsed() < ENDPOINT_TTL
+        {
+            return Ok(endpoint.clone());
+        }
+        let settings = match self.engine.describe().await {
+            Ok(description) => description.registries,
+            Err(error) => {
+                tracing::warn!(%error, "engine's registry settings unreadable; using dockerd's defaults");
+                RegistrySettings::default()
+            }
+        };
+        let host = api_host(registry);
+        let secure = match settings.configured(registry) {
+            Some(secure) => secure,
+            None => settings.is_secure(registry, &addresses(&host).await),
+        };
+        let endpoint = if secure {
+            Endpoint {
+                base: format!("https://{host}"),
+                client: secure_client(&self.certs_dir.join(registry))?,
+            }
+        } else {
+            insecure_endpoint(&host).await?
+        };
+        lock(&self.endpoints).insert(registry.to_owned(), (Instant::now(), endpoint.clone()));
+        Ok(endpoint)
+    }
+
+    /// Sends a request built by `build` to `registry`, answering the
+    /// registry's challenge once with `auth` (a cached token first, when
+    /// there is one for this scope).
+    async fn send(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        build: impl Fn(&Client, &str) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        let registry = reference.registry();
+        let endpoint = self.endpoint(registry).await?;
+        let scope = format!("repository:{}:pull", reference.repository());
+        let key: TokenKey = (registry.to_owned(), auth.fingerprint(), scope.clone());
+        let mut authorization = self.cached_token(&key);
+        let mut answered_challenge = false;
+        loop {
+            let mut request = build(&endpoint.client, &endpoint.base);
+            if let Some(value) = &authorization {
+                request = request.header(AUTHORIZATION, value);
+            }
+            let response = request.send().await.map_err(transport_error)?;
+            if response.status() != StatusCode::UNAUTHORIZED || answered_challenge {
+                return Ok(response);
+            }
+            let challenge = response
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|value| value.to_str().ok())
+                .and_then(Challenge::parse);
+            let Some(challenge) = challenge else {
+                return Ok(response);
+            };
+            let (value, lifetime) = self
+                .authorization(&endpoint, &challenge, auth, &scope)
+                .await?;
+            lock(&self.tokens).insert(key.clone(), (Instant::now() + lifetime, value.clone()));
+            authorization = Some(value);
+            answered_challenge = true;
+        }
+    }
+
+    fn cached_token(&self, key: &TokenKey) -> Option<String> {
+        let mut tokens = lock(&self.tokens);
+        match tokens.get(key) {
+            Some((expires, value)) if Instant::now() < *expires => Some(value.clone()),
+            Some(_) => {
+                tokens.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The `Authorization` value that answers `challenge`, and how long it
+    /// may be reused.
+    async fn authorization(
+        &self,
+        endpoint: &Endpoint,
+        challenge: &Challenge,
+        auth: &RegistryAuth,
+        scope: &str,
+    ) -> Result<(String, Duration), RegistryError> {
+        let (realm, service, wanted_scope) = match challenge {
+            Challenge::Basic => {
+                let Some((username, password)) = auth.basic() else {
+                    return Err(RegistryError::new(
+                        FailureKind::Permanent,
+                        "unauthorized: the registry wants a username and password, and none are configured for it",
+                    ));
+                };
+                return Ok((basic(username, password), STATIC_CREDENTIAL_LIFETIME));
+            }
+            Challenge::Bearer {
+                realm,
+                service,
+                scope: wanted,
+            } => (realm, service, wanted.as_deref().unwrap_or(scope)),
+        };
+        if let Some(token) = auth.bearer_token() {
+            return Ok((format!("Bearer {token}"), STATIC_CREDENTIAL_LIFETIME));
+        }
+        let client = &endpoint.client;
+        let request = if let Some(refresh_token) = auth.refresh_token() {
+            // An identity token is an OAuth2 refresh token: exchange it.
+            let mut form = vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh_token),
+                ("client_id", CLIENT_ID),
+                ("scope", wanted_scope),
+            ];
+            if let Some(service) = service {
+                form.push(("service", service));
+            }
+            client.post(realm).form(&form)
+        } else {
+            let mut query = vec![("scope", wanted_scope)];
+            if let Some(service) = service {
+                query.push(("service", service));
+            }
+            let request = client.get(realm).query(&query);
+            match auth.basic() {
+                Some((username, password)) => request.basic_auth(username, Some(password)),
+                None => request,
+            }
+        };
+        let response = request.send().await.map_err(transport_error)?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let error = status_error(response, "the registry's token server").await;
+            let kind = if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                FailureKind::Transient
+            } else {
+                FailureKind::Permanent
+            };
+            return Err(RegistryError::new(kind, error.message));
+        }
+        let body = read_limited(response, SMALL_ANSWER_LIMIT, "the token server's answer").await?;
+        let answer: TokenAnswer = serde_json::from_slice(&body).map_err(|error| {
+            RegistryError::new(
+                FailureKind::Transient,
+                format!("the token server's answer is not a token: {error}"),
+            )
+        })?;
+        let token = answer.access_token.or(answer.token).ok_or_else(|| {
+            RegistryError::new(
+                FailureKind::Permanent,
+                "the token server answered without a token",
+            )
+        })?;
+        let lifetime = answer
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME)
+            .saturating_sub(TOKEN_MARGIN);
+        Ok((format!("Bearer {token}"), lifetime))
+    }
+
+    async fn manifest(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        method: reqwest::Method,
+    ) -> Result<Option<Response>, RegistryError> {
+        let path = manifest_path(reference);
+        let response = self
+            .send(reference, auth, |client, base| {
+                client
+                    .request(method.clone(), format!("{base}{path}"))
+                    .header(ACCEPT, MANIFEST_TYPES)
+            })
+            .await?;
+        match response.status() {
+            status if status.is_success() => Ok(Some(response)),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(status_error(response, &format!("reading {}", reference.whole())).await),
+        }
+    }
+}
+
+#[async_trait]
+impl Registry for HttpRegistry {
+    async fn digest(
+        &self,
+        reference: &str,
+        auth: &RegistryAuth,
+    ) -> Result<Option<String>, RegistryError> {
+        let reference = parse(reference)?;
+        let Some(response) = self
+            .manifest(&reference, auth, reqwest::Method::HEAD)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if let Some(digest) = content_digest(&response) {
+            return Ok(Some(digest));
+        }
+        // No digest header: the digest of the manifest's bytes is the truth.
+        let Some(response) = self
+            .manifest(&reference, auth, reqwest::Method::GET)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let body = read_limited(response, MANIFEST_LIMIT, "a manifest").await?;
+        Ok(Some(sha256_digest(&body)))
+    }
+
+    async fn image(
+        &self,
+        reference: &str,
+        auth: &RegistryAuth,
+    ) -> Result<Option<RemoteImage>, RegistryError> {
+        let reference = parse(reference)?;
+        let Some(response) = self
+            .manifest(&reference, auth, reqwest::Method::GET)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let body = read_limited(response, MANIFEST_LIMIT, "a manifest").await?;
+        let digest = sha256_digest(&body);
+        let manifest: ManifestHead = serde_json::from_slice(&body).map_err(|error| {
+            RegistryError::new(
+                FailureKind::Permanent,
+                format!("the manifest of {} is not JSON: {error}", reference.whole()),
+            )
+        })?;
+        // An index was not published by an engine push of one image: it
+        // carries no werf signature of its own.
+        let config = match (manifest.config, manifest.manifests) {
+            (Some(config), None) => config,
+            _ => {
+                return Ok(Some(RemoteImage {
+                    digest,
+                    content_signature: None,
+                }));
+            }
+        };
+        let path = format!("/v2/{}/blobs/{}", reference.repository(), config.digest);
+        let response = self
+            .send(&reference, auth, |client, base| {
+                client.get(format!("{base}{path}"))
+            })
+            .await?;
+        if !response.status().is_success() {
+            return Err(status_error(response, "reading an image config").await);
+        }
+        let body = read_limited(response, CONFIG_LIMIT, "an image config").await?;
+        let config: serde_json::Value = serde_json::from_slice(&body).map_err(|error| {
+            RegistryError::new(
+                FailureKind::Transient,
+                format!("image config is not JSON: {error}"),
+            )
+        })?;
+        let content_signature = config["config"]["Labels"]["werf-content-signature"]
+            .as_str()
+            .map(str::to_owned);
+        Ok(Some(RemoteImage {
+            digest,
+            content_signature,
+        }))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn parse(reference: &str) -> Result<Reference, RegistryError> {
+    Reference::try_from(reference).map_err(|error| {
+        RegistryError::new(
+            FailureKind::Permanent,
+            format!("{reference:?} is not a valid reference: {error}"),
+        )
+    })
+}
+
+fn manifest_path(reference: &Reference) -> String {
+    let tag_or_digest = reference.digest().or(reference.tag()).unwrap_or("latest");
+    format!("/v2/{}/manifests/{tag_or_digest}", reference.repository())
+}
+
+/// Docker Hub's name and the host its API answers on differ.
+fn api_host(registry: &str) -> String {
+    match registry {
+        "docker.io" | "index.docker.io" => "registry-1.docker.io".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+/// The addresses `host[:port]` resolves to; none if it does not resolve
+/// (dockerd then treats the registry as secure).
+async fn addresses(host: &str) -> Vec<IpAddr> {
+    let with_port = if host
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+        && !host.ends_with(']')
+    {
+        host.to_owned()
+    } else {
+        format!("{host}:443")
+    };
+    match tokio::net::lookup_host(with_port).await {
+        Ok(addresses) => addresses.map(|address| address.ip()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("publishd/", env!("CARGO_PKG_VERSION")))
+}
+
+/// A client for a secure registry: the system's CAs, plus each `*.crt` in
+/// its `certs.d` directory, plus a `*.cert`/`*.key` pair there as the
+/// client certificate (dockerd reads the directory the same way).
+fn secure_client(dir: &Path) -> Result<Client, RegistryError> {
+    let mut builder = client_builder();
+    let config_error = |message: String| RegistryError::new(FailureKind::Permanent, message);
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries.filter_map(Result::ok).map(|e| e.path()).collect(),
+        Err(_) => Vec::new(),
+    };
+    for path in &entries {
+        let extension = path.extension().and_then(|e| e.to_str());
+        match extension {
+            Some("crt") => {
+                let pem = std::fs::read(path).map_err(|error| {
+                    config_error(format!("reading {}: {error}", path.display()))
+                })?;
+                for certificate in reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
+                    config_error(format!(
+                        "{} is not a PEM certificate: {error}",
+                        path.display()
+                    ))
+                })? {
+                    builder = builder.add_root_certificate(certificate);
+                }
+            }
+            Some("cert") => {
+                let key = path.with_extension("key");
+                let mut pem = std::fs::read(path).map_err(|error| {
+                    config_error(format!("reading {}: {error}", path.display()))
+                })?;
+                pem.extend(std::fs::read(&key).map_err(|error| {
+                    config_error(format!(
+                        "the client certificate {} has no readable key {}: {error}",
+                        path.display(),
+                        key.display()
+                    ))
+                })?);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|error| {
+                    config_error(format!("client certificate {}: {error}", path.display()))
+                })?;
+                builder = builder.identity(identity);
+            }
+            _ => {}
+        }
+    }
+    builder
+        .build()
+        .map_err(|error| config_error(format!("TLS set-up for {}: {error}", dir.display())))
+}
+
+/// An insecure registry: HTTPS without certificate checks if it speaks TLS,
+/// else plain HTTP.
+async fn insecure_endpoint(host: &str) -> Result<Endpoint, RegistryError> {
+    let build_error =
+        |error: reqwest::Error| RegistryError::new(FailureKind::Permanent, error.to_string());
+    let tls = client_builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .map_err(build_error)?;
+    if tls.get(format!("https://{host}/v2/")).send().await.is_ok() {
+        return Ok(Endpoint {
+            base: format!("https://{host}"),
+            client: tls,
+        });
+    }
+    Ok(Endpoint {
+        base: format!("http://{host}"),
+        client: client_builder().build().map_err(build_error)?,
+    })
+}
+
+fn basic(username: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    format!("Basic {encoded}")
+}
+
+fn content_digest(response: &Response) -> Option<String> {
+    response
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|value| value.to_str().ok())
+        .filter(|digest| digest.starts_with("sha256:"))
+        .map(str::to_owned)
+}
+
+fn sha256_digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The body, if it is at most `limit` bytes; an error naming `what` if not.
+async fn read_limited(
+    mut response: Response,
+    limit: usize,
+    what: &str,
+) -> Result<Bytes, RegistryError> {
+    let too_large = || {
+        RegistryError::new(
+            FailureKind::Permanent,
+            format!("the registry's answer for {what} is larger than the {limit} bytes accepted"),
+        )
+    };
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// A registry's refusal as an error: its status, and the codes and messages
+/// of its error body (bounded), classified by status.
+async fn status_error(response: Response, doing: &str) -> RegistryError {
+    let status = response.status();
+    let kind = match status {
+        StatusCode::TOO_MANY_REQUESTS => FailureKind::Transient,
+        status if status.is_server_error() => FailureKind::Transient,
+        _ => FailureKind::Permanent,
+    };
+    let body = read_limited(response, SMALL_ANSWER_LIMIT, "an error")
+        .await
+        .unwrap_or_default();
+    let detail = serde_json::from_slice::<ErrorBody>(&body)
+        .ok()
+        .map(|body| {
+            body.errors
+                .iter()
+                .map(|error| format!("{}: {}", error.code, error.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .filter(|detail| !detail.is_empty());
+    let mut message = match detail {
+        Some(detail) => format!("{doing}: HTTP {status}: {detail}"),
+        None => format!("{doing}: HTTP {status}"),
+    };
+    truncate(&mut message, MESSAGE_LIMIT);
+    RegistryError::new(kind, message)
+}
+
+fn truncate(message: &mut String, limit: usize) {
+    if message.len() > limit {
+        let mut end = limit;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("… (truncated)");
+    }
+}
+
+/// A failure to talk to the registry at all: refused or unresolvable is an
+/// outage, a certificate the engine's settings do not trust is permanent,
+/// anything else (resets, timeouts) transient.
+fn transport_error(error: reqwest::Error) -> RegistryError {
+    let mut chain = vec![error.to_string()];
+    let mut refused = false;
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        chain.push(cause.to_string());
+        source = cause.source();
+    }
+    let mut message = chain.join(": ");
+    let lower = message.to_lowercase();
+    let kind = if error.is_timeout() {
+        FailureKind::Transient
+    } else if refused || lower.contains("connection refused") || lower.contains("dns error") {
+        FailureKind::Outage
+    } else if lower.contains("certificate") || lower.contains("unknownissuer") {
+        FailureKind::Permanent
+    } else {
+        FailureKind::Transient
+    };
+    truncate(&mut message, MESSAGE_LIMIT);
+    RegistryError::new(kind, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_paths_use_the_normalised_repository() {
+        let reference = Reference::try_from("127.0.0.1:5000/a/b:v1").unwrap();
+        assert_eq!(manifest_path(&reference), "/v2/a/b/manifests/v1");
+        let hub = Reference::try_from("alpine:3").unwrap();
+        assert_eq!(manifest_path(&hub), "/v2/library/alpine/manifests/3");
+        assert_eq!(api_host(hub.registry()), "registry-1.docker.io");
+    }
+
+    #[test]
+    fn long_messages_are_cut_visibly() {
+        let mut message = "é".repeat(2000);
+        truncate(&mut message, 1001);
+        assert!(message.ends_with("… (truncated)"));
+        assert!(message.len() < 1100);
+    }
+
+    #[test]
+    fn basic_credentials_are_base64() {
+        assert_eq!(basic("user", "pa:ss"), "Basic dXNlcjpwYTpzcw==");
+    }
+}
