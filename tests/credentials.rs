@@ -107,3 +107,59 @@ async fn no_credentials_fail_with_a_hint() {
     );
     assert!(auth_registry().pushed(&reference).await.is_none());
 }
+
+#[tokio::test]
+async fn a_credential_store_with_nothing_for_the_host_pushes_anonymously() {
+    // The test helper answers "credentials not found" for every registry
+    // but the auth one, as a real store does: the docker CLI then pushes
+    // anonymously, and so does publishd.
+    let env = TestEnv::get();
+    let app = TestApp::spawn().await;
+    app.write_docker_config(&json!({"credsStore": "publishd-test"}));
+    let engine = TestEngine::connect();
+    let name = unique("anon");
+    engine.import_image(&name, "b1", &[]).await;
+    let repo = format!("{}/{}", env.registry, unique("anon"));
+    let job = app
+        .run_job(&app_job(&repo, &format!("{name}:b1"), &["v1"]))
+        .await;
+    Registry::open(&env.registry).assert_holds(&job).await;
+}
+
+#[tokio::test]
+async fn what_a_failing_helper_prints_is_never_stored_or_answered() {
+    let env = TestEnv::get();
+    let secret = format!("leaked-{}", unique("secret"));
+    // A helper that fails and prints a secret, on the PATH the test script set.
+    let helper = std::path::Path::new(&std::env::var("PUBLISHD_TEST_ENV_DIR").unwrap())
+        .join("bin")
+        .join("docker-credential-publishd-leaky");
+    std::fs::write(
+        &helper,
+        format!("#!/bin/sh\necho '{secret}'\necho '{secret}' >&2\nexit 1\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let app = TestApp::spawn().await;
+    app.write_docker_config(&json!({"credHelpers": {env.auth_registry.clone(): "publishd-leaky"}}));
+    let (job, reference) = publish_to_auth_registry(&app).await;
+    assert_eq!(job["status"], "failed", "{job:#}");
+    let error = job["targets"][0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("docker-credential-publishd-leaky failed"),
+        "{error}"
+    );
+    let answer = app.get("/api/v1/jobs").await.text().await.unwrap();
+    assert!(!answer.contains(&secret), "{answer}");
+    let database = std::fs::read(app.dir.join("publishd.db")).unwrap();
+    let wal = std::fs::read(app.dir.join("publishd.db-wal")).unwrap_or_default();
+    for bytes in [&database, &wal] {
+        assert!(
+            !bytes
+                .windows(secret.len())
+                .any(|window| window == secret.as_bytes()),
+            "the helper's output reached the database"
+        );
+    }
+    assert!(auth_registry().pushed(&reference).await.is_none());
+}

@@ -106,11 +106,18 @@ impl DockerEngine {
             .as_ref()
             .and_then(|fs| fs.layers.clone())
             .unwrap_or_default();
+        let mut container_config = serde_json::to_value(&inspect.config)
+            .map_err(|error| EngineError::Protocol(format!("image config: {error}")))?;
+        // bollard reads an absent map as an empty one; write it back absent,
+        // as the source has it.
+        if let Value::Object(fields) = &mut container_config {
+            fields.retain(|_, value| value.as_object().is_none_or(|map| !map.is_empty()));
+        }
         let mut config = json!({
             "architecture": inspect.architecture,
             "os": inspect.os,
             "created": inspect.created,
-            "config": inspect.config,
+            "config": container_config,
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         });
         let optional = [

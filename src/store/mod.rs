@@ -847,6 +847,47 @@ mod tests {
         ));
     }
 
+    async fn queue(store: &Store, repo: &str) {
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "repo": repo, "images": [{"source": "src:1"}],
+            "tags": [{"strategy": "custom", "value": "v1"}]
+        }))
+        .unwrap();
+        let plan = plan(&spec, Limits::default()).unwrap();
+        let new = NewJob {
+            id: Uuid::now_v7(),
+            plan: &plan,
+            max_pending: 100,
+            has_registry_auth: false,
+            idempotency_key: None,
+            spec_hash: "h",
+        };
+        assert!(matches!(store.create_job(new).await.unwrap(), Created::New(_)));
+    }
+
+    #[tokio::test]
+    async fn spellings_of_one_reference_never_run_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("publishd.db")).await.unwrap();
+        // `foo:v1`, `docker.io/library/foo:v1`, `index.docker.io/library/foo:v1`.
+        for repo in ["foo", "docker.io/library/foo", "index.docker.io/library/foo"] {
+            queue(&store, repo).await;
+        }
+        let first = store.claim_target().await.unwrap().unwrap();
+        assert_eq!(first.reference.as_deref(), Some("foo:v1"));
+        assert!(
+            store.claim_target().await.unwrap().is_none(),
+            "another spelling of foo:v1 was claimed while it was in flight"
+        );
+        let outcome = TargetOutcome::Failed {
+            error: "x".to_owned(),
+        };
+        store.finish_target(first.id, &outcome, &[]).await.unwrap();
+        let second = store.claim_target().await.unwrap().unwrap();
+        assert_eq!(second.reference.as_deref(), Some("docker.io/library/foo:v1"));
+        assert!(store.claim_target().await.unwrap().is_none());
+    }
+
     #[tokio::test]
     async fn one_process_per_database() {
         let dir = tempfile::tempdir().unwrap();

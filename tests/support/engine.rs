@@ -108,9 +108,14 @@ impl TestEngine {
 
     pub async fn image(&self, name: &str) -> Option<LocalImage> {
         let inspect = self.docker.inspect_image(name).await.ok()?;
+        let mut config = serde_json::to_value(&inspect.config).unwrap();
+        // bollard reads an absent map (Volumes, ExposedPorts) as an empty one.
+        if let Value::Object(fields) = &mut config {
+            fields.retain(|_, value| value.as_object().is_none_or(|map| !map.is_empty()));
+        }
         Some(LocalImage {
             id: inspect.id.clone().unwrap(),
-            config: serde_json::to_value(&inspect.config).unwrap(),
+            config,
             layers: inspect.root_fs.and_then(|fs| fs.layers).unwrap_or_default(),
         })
     }

@@ -34,6 +34,18 @@ pub struct TestEnv {
     pub auth_registry: String,
     pub auth_user: String,
     pub auth_password: String,
+    /// A registry behind token auth (`auth: token`), and its token server.
+    pub token_registry: String,
+    pub token_server_log: PathBuf,
+    /// A registry over TLS on a non-loopback address, trusted by the engine
+    /// only through `certs_dir`.
+    pub tls_registry: String,
+    pub certs_dir: PathBuf,
+    /// A registry over plain HTTP on a non-loopback address, in the engine's
+    /// insecure-registries list.
+    pub insecure_registry: String,
+    /// Podman's Docker-compatible API, or why it cannot run here.
+    pub podman: Result<String, String>,
 }
 
 impl TestEnv {
@@ -49,6 +61,16 @@ impl TestEnv {
             auth_registry: var("PUBLISHD_TEST_AUTH_REGISTRY"),
             auth_user: var("PUBLISHD_TEST_AUTH_USER"),
             auth_password: var("PUBLISHD_TEST_AUTH_PASSWORD"),
+            token_registry: var("PUBLISHD_TEST_TOKEN_REGISTRY"),
+            token_server_log: var("PUBLISHD_TEST_TOKEN_SERVER_LOG").into(),
+            tls_registry: var("PUBLISHD_TEST_TLS_REGISTRY"),
+            certs_dir: var("PUBLISHD_TEST_CERTS_DIR").into(),
+            insecure_registry: var("PUBLISHD_TEST_INSECURE_REGISTRY"),
+            podman: std::env::var("PUBLISHD_TEST_PODMAN_HOST").map_err(|_| {
+                std::env::var("PUBLISHD_TEST_PODMAN_UNAVAILABLE").unwrap_or_else(|_| {
+                    panic!("neither PUBLISHD_TEST_PODMAN_HOST nor _UNAVAILABLE is set")
+                })
+            }),
         }
     }
 }
@@ -80,6 +102,17 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::now_v7().simple())
 }
 
+/// The tag method test instances use: `auto` unless the test script runs a
+/// group again with `PUBLISHD_TEST_TAG_METHOD=build` (or `load`).
+pub fn test_tag_method() -> TagMethod {
+    std::env::var("PUBLISHD_TEST_TAG_METHOD")
+        .ok()
+        .map(|value| {
+            TagMethod::parse(&value).expect("PUBLISHD_TEST_TAG_METHOD is auto, load or build")
+        })
+        .unwrap_or_default()
+}
+
 /// Settings for a test instance: port 0, its own database and docker config.
 pub fn test_settings(dir: &std::path::Path) -> Settings {
     Settings {
@@ -88,8 +121,8 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         workers: 2,
         docker_host: Some(TestEnv::get().docker_host),
         docker_config: dir.join("docker-config"),
-        docker_certs_dir: dir.join("certs.d"),
-        tag_method: TagMethod::Auto,
+        docker_certs_dir: TestEnv::get().certs_dir,
+        tag_method: test_tag_method(),
         credential_helper_timeout: Duration::from_secs(10),
         timeouts: StepTimeouts {
             tag: Duration::from_secs(60),

@@ -9,6 +9,7 @@ const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+js
 
 pub struct Registry {
     host: String,
+    scheme: &'static str,
     auth: Option<(String, String)>,
     client: reqwest::Client,
 }
@@ -42,11 +43,14 @@ impl Registry {
     pub fn open(host: &str) -> Registry {
         Registry {
             host: host.to_owned(),
+            scheme: "http",
             auth: None,
             client: reqwest::Client::new(),
         }
     }
 
+    /// A registry with htpasswd auth, or behind a token server: the
+    /// credentials answer either challenge.
     pub fn with_auth(host: &str, user: &str, password: &str) -> Registry {
         Registry {
             auth: Some((user.to_owned(), password.to_owned())),
@@ -54,15 +58,84 @@ impl Registry {
         }
     }
 
-    async fn get(&self, path: &str, accept: Option<&str>) -> reqwest::Response {
-        let mut request = self.client.get(format!("http://{}/v2/{path}", self.host));
-        if let Some(accept) = accept {
-            request = request.header("Accept", accept);
+    /// A registry over TLS whose certificate `ca` (PEM) signed.
+    pub fn tls(host: &str, ca: &std::path::Path) -> Registry {
+        let pem = std::fs::read(ca).expect("test CA");
+        let client = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM CA"))
+            .build()
+            .unwrap();
+        Registry {
+            scheme: "https",
+            client,
+            ..Registry::open(host)
         }
+    }
+
+    async fn get(&self, path: &str, accept: Option<&str>) -> reqwest::Response {
+        let url = format!("{}://{}/v2/{path}", self.scheme, self.host);
+        let request = |authorization: Option<&str>| {
+            let mut request = self.client.get(&url);
+            if let Some(accept) = accept {
+                request = request.header("Accept", accept);
+            }
+            match (authorization, &self.auth) {
+                (Some(value), _) => request.header("Authorization", value),
+                (None, Some((user, password))) => request.basic_auth(user, Some(password)),
+                (None, None) => request,
+            }
+        };
+        let response = request(None).send().await.expect("registry answers");
+        let challenge = response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        match challenge {
+            Some(challenge) if response.status() == 401 && challenge.starts_with("Bearer") => {
+                let token = self.token(&challenge).await;
+                request(Some(&format!("Bearer {token}")))
+                    .send()
+                    .await
+                    .expect("registry answers")
+            }
+            _ => response,
+        }
+    }
+
+    /// A token from the challenge's realm, with the basic credentials.
+    async fn token(&self, challenge: &str) -> String {
+        let param = |name: &str| {
+            challenge
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .map(str::to_owned)
+        };
+        let realm = param("realm").expect("realm");
+        let mut query = vec![];
+        if let Some(service) = param("service") {
+            query.push(("service", service));
+        }
+        if let Some(scope) = param("scope") {
+            query.push(("scope", scope));
+        }
+        let mut request = self.client.get(realm).query(&query);
         if let Some((user, password)) = &self.auth {
             request = request.basic_auth(user, Some(password));
         }
-        request.send().await.expect("registry answers")
+        let answer: Value = request
+            .send()
+            .await
+            .expect("token server")
+            .json()
+            .await
+            .unwrap();
+        answer["token"]
+            .as_str()
+            .or(answer["access_token"].as_str())
+            .expect("a token")
+            .to_owned()
     }
 
     /// The image `repository:tag` as pushed, or `None` if the tag is absent.
