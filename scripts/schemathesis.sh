@@ -4,15 +4,16 @@
 # Needs the environment of test-env.sh; the service under test drives the
 # empty engine, so no generated job can ever push anything anywhere.
 #
-#   scripts/schemathesis.sh PUBLISHD_BINARY WORK_DIR
+#   scripts/schemathesis.sh install                    install schemathesis
+#                                                      (needs the network)
+#   scripts/schemathesis.sh PUBLISHD_BINARY WORK_DIR   run it
 set -euo pipefail
 cd "$(dirname "$0")/.."
-binary=${1:?usage: schemathesis.sh PUBLISHD_BINARY WORK_DIR}
-work=${2:?usage: schemathesis.sh PUBLISHD_BINARY WORK_DIR}
-: "${PUBLISHD_TEST_EMPTY_DOCKER_HOST:?run through scripts/test.sh}"
+usage="usage: schemathesis.sh install | PUBLISHD_BINARY WORK_DIR"
 
 venv="${SCHEMATHESIS_VENV:-$HOME/.cache/publishd/schemathesis-4.32.5}"
-if [ ! -x "$venv/bin/schemathesis" ]; then
+install() {
+  [ ! -x "$venv/bin/schemathesis" ] || return 0
   echo "installing schemathesis into $venv" >&2
   if ! python3 -m venv "$venv" 2>/dev/null; then
     # Debian's python3 keeps venv in a package of its own.
@@ -20,7 +21,16 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
     python3 -m venv "$venv"
   fi
   "$venv/bin/pip" install --quiet 'schemathesis==4.32.5'
+}
+if [ "${1:-}" = install ]; then
+  install
+  exit 0
 fi
+
+binary=${1:?$usage}
+work=${2:?$usage}
+: "${PUBLISHD_TEST_EMPTY_DOCKER_HOST:?run through scripts/test.sh}"
+install
 
 mkdir -p "$work"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

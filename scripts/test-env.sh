@@ -1,52 +1,135 @@
 #!/usr/bin/env bash
 # Brings up, privately, the real parts the integration tests talk to:
-# a Docker engine (Debian's docker.io) and two registries (Debian's
-# docker-registry), one open and one behind htpasswd basic auth.
+#   - two Docker engines (Debian's docker.io): `docker`, the one the tests
+#     publish through, and `empty`, with no images, for schemathesis;
+#   - five registries (Debian's docker-registry 2.8):
+#       open       127.0.0.1, plain HTTP, no auth
+#       auth       127.0.0.1, plain HTTP, htpasswd basic auth
+#       token      127.0.0.1, plain HTTP, token auth against our token
+#                  server (testkit/src/bin/token-server.rs) on 127.0.0.1
+#       tls        tls-registry.publishd.test (192.0.2.10), HTTPS with a
+#                  certificate from a test CA that the `docker` engine
+#                  trusts only through /etc/docker/certs.d; no auth
+#       insecure   insecure-registry.publishd.test (192.0.2.11), plain HTTP,
+#                  listed in the `docker` engine's --insecure-registry
+#   - a Podman API service (Debian's podman), when it works here.
 #
+#   scripts/test-env.sh install    install the Debian packages all this needs
+#                                  (needs the network: run it before the
+#                                  namespace)
 #   scripts/test-env.sh up DIR     start everything under DIR, write DIR/env
 #   scripts/test-env.sh down DIR   stop everything started under DIR
 #
-# DIR/env holds the PUBLISHD_TEST_* variables the tests read. Nothing here
-# touches a system-wide Docker socket or the system registry service.
+# `up` and `down` run inside the private network and mount namespace that
+# scripts/test-ns.sh sets up: the names above, their addresses on `lo`, and
+# a private /etc/docker come from there. DIR/env holds the PUBLISHD_TEST_*
+# variables the tests read. Nothing here touches a system-wide Docker socket,
+# the system registry service, or a system-wide Podman store.
 set -euo pipefail
 
-cmd=${1:?usage: test-env.sh up|down DIR}
-dir=${2:?usage: test-env.sh up|down DIR}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cmd=${1:?usage: test-env.sh install | up DIR | down DIR}
+if [ "$cmd" != install ]; then
+  dir=${2:?usage: test-env.sh up|down DIR}
+fi
 
-need_packages() {
-  local missing=()
-  command -v dockerd >/dev/null || missing+=(docker.io)
-  command -v docker-registry >/dev/null || missing+=(docker-registry)
-  command -v htpasswd >/dev/null || missing+=(apache2-utils)
-  command -v curl >/dev/null || missing+=(curl)
-  command -v python3 >/dev/null || missing+=(python3)
+user=publisher
+# The password is chosen so that the standard base64 of the auth JSON holds
+# '+' and '/': the engine wants URL-safe base64, and this catches a client
+# that sends the standard alphabet.
+password='s3cr?t>>>???~~~>?>?'
+tls_name=tls-registry.publishd.test
+insecure_name=insecure-registry.publishd.test
+token_service=publishd-test-registry
+token_issuer=publishd-test-token-server
+token_server_bin=${CARGO_TARGET_DIR:-$repo/target}/debug/token-server
+
+# command:package pairs; podman is optional at `up` (see start_podman).
+packages=(dockerd:docker.io docker-registry:docker-registry htpasswd:apache2-utils
+  curl:curl python3:python3 openssl:openssl ip:iproute2 podman:podman)
+
+missing_packages() {
+  local pair
+  for pair in "${packages[@]}"; do
+    command -v "${pair%%:*}" >/dev/null || echo "${pair#*:}"
+  done
+}
+
+install() {
+  local missing
+  mapfile -t missing < <(missing_packages)
+  ((${#missing[@]})) || return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing packages: ${missing[*]} (run as root to install them)" >&2
+    exit 1
+  fi
+  echo "installing: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# up runs without the network: it can only check.
+check_setup() {
+  local missing
+  mapfile -t missing < <(missing_packages | grep -vx podman || true)
   if ((${#missing[@]})); then
-    if [ "$(id -u)" != 0 ]; then
-      echo "missing packages: ${missing[*]} (run as root to install them)" >&2
-      exit 1
-    fi
-    echo "installing: ${missing[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    echo "missing packages: ${missing[*]}; run scripts/test-env.sh install first" >&2
+    exit 1
+  fi
+  if ! mountpoint -q /etc/docker || [ "$(resolve "$tls_name")" != 192.0.2.10 ] ||
+    [ "$(resolve "$insecure_name")" != 192.0.2.11 ]; then
+    echo "test-env.sh up needs the namespace of scripts/test-ns.sh (a private /etc/docker," >&2
+    echo "and $tls_name, $insecure_name in a private /etc/hosts); e.g. scripts/test-ns.sh bash" >&2
+    exit 1
   fi
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+resolve() {
+  getent ahostsv4 "$1" | awk '{ print $1; exit }'
 }
 
+free_port() {
+  python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "${1:-127.0.0.1}"
+}
+
+# wait_for WHAT PROBE PID: up to 20 s for PROBE to succeed, while PID runs.
 wait_for() {
-  local what=$1 probe=$2
+  local what=$1 probe=$2 pid=$3
   for _ in $(seq 1 100); do
     if eval "$probe" >/dev/null 2>&1; then return 0; fi
+    running "$pid" || break
     sleep 0.2
   done
   echo "$what did not come up; its log:" >&2
   return 1
 }
 
+# make_pki: a test CA (P-256), a server certificate for the TLS registry
+# signed by it, and an RSA key with a self-signed certificate for the token
+# server (RS256 signatures; the certificate is the token registry's
+# rootcertbundle and rides in each token's x5c header).
+make_pki() {
+  local p=$dir/pki
+  mkdir -p "$p"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 -subj "/CN=publishd test CA" \
+    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+    -keyout "$p/ca.key" -out "$p/ca.crt" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$tls_name" \
+    -keyout "$p/tls.key" -out "$p/tls.csr" 2>/dev/null
+  printf '%s\n' "subjectAltName=DNS:$tls_name" "basicConstraints=critical,CA:FALSE" \
+    "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >"$p/tls.ext"
+  openssl x509 -req -in "$p/tls.csr" -CA "$p/ca.crt" -CAkey "$p/ca.key" \
+    -set_serial "0x$(openssl rand -hex 8)" -days 30 -extfile "$p/tls.ext" -out "$p/tls.crt" 2>/dev/null
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=publishd test token signer" \
+    -keyout "$p/token.key" -out "$p/token.crt" 2>/dev/null
+}
+
+# start_registry NAME ADDR:PORT PROBE_URL [CONFIG_LINE...]: a docker-registry
+# with its state under $dir/NAME. The config lines follow `http.addr`: lines
+# indented by two spaces extend `http`, others add top-level keys.
 start_registry() {
-  local name=$1 port=$2 auth=$3
+  local name=$1 addr=$2 probe=$3
+  shift 3
   mkdir -p "$dir/$name/data"
   {
     echo "version: 0.1"
@@ -54,51 +137,172 @@ start_registry() {
     echo "storage:"
     echo "  filesystem: {rootdirectory: $dir/$name/data}"
     echo "  delete: {enabled: true}"
-    echo "http: {addr: 127.0.0.1:$port}"
-    if [ "$auth" = yes ]; then
-      echo "auth:"
-      echo "  htpasswd: {realm: publishd-test, path: $dir/$name/htpasswd}"
-    fi
+    echo "http:"
+    echo "  addr: $addr"
+    printf '%s\n' "$@"
   } >"$dir/$name/config.yml"
   docker-registry serve "$dir/$name/config.yml" >"$dir/$name/log" 2>&1 &
   echo $! >"$dir/$name/pid"
-  wait_for "registry $name" "curl -s -o /dev/null http://127.0.0.1:$port/v2/" || { cat "$dir/$name/log" >&2; exit 1; }
+  wait_for "registry $name" "curl -s -o /dev/null --cacert $dir/pki/ca.crt $probe" $! ||
+    { cat "$dir/$name/log" >&2; exit 1; }
 }
 
-# start_dockerd NAME SOCKET: a private dockerd with its state under $dir/NAME.
-# SOCKET stays short: unix socket paths are limited to 108 bytes.
+start_token_server() {
+  local port=$1
+  if [ ! -x "$token_server_bin" ]; then
+    (cd "$repo" && cargo build -p publishd-testkit --locked --quiet)
+  fi
+  mkdir -p "$dir/token-server"
+  TOKEN_SERVER_PASSWORD=$password "$token_server_bin" --listen "127.0.0.1:$port" \
+    --service "$token_service" --issuer "$token_issuer" \
+    --key "$dir/pki/token.key" --cert "$dir/pki/token.crt" \
+    --user "$user" --log "$dir/token-server/requests.log" \
+    >"$dir/token-server/log" 2>&1 &
+  echo $! >"$dir/token-server/pid"
+  # A bare TCP connect: a GET would add a line to the request log.
+  wait_for "token server" "(exec 3<>/dev/tcp/127.0.0.1/$port)" $! ||
+    { cat "$dir/token-server/log" >&2; exit 1; }
+}
+
+# start_dockerd NAME SOCKET [DOCKERD_ARG...]: a private dockerd with its state
+# under $dir/NAME. SOCKET stays short: unix socket paths are limited to 108
+# bytes.
 start_dockerd() {
   local name=$1 sock=$2
+  shift 2
   mkdir -p "$dir/$name"
   dockerd --data-root "$dir/$name/data" --exec-root "$dir/$name/exec" \
     --pidfile "$dir/$name/pid" -H "unix://$sock" \
-    --iptables=false --ip6tables=false --bridge=none \
+    --iptables=false --ip6tables=false --bridge=none "$@" \
     >"$dir/$name/log" 2>&1 &
-  wait_for "dockerd ($name)" "curl -sf --unix-socket $sock http://d/_ping" || { tail -n 30 "$dir/$name/log" >&2; exit 1; }
+  wait_for "dockerd ($name)" "curl -sf --unix-socket $sock http://d/_ping" $! ||
+    { tail -n 30 "$dir/$name/log" >&2; exit 1; }
+}
+
+# start_podman REGISTRY...: `podman system service` on $dir/p.sock with its
+# store, config and runtime files under $dir/podman (overlay driver), the
+# plain-HTTP REGISTRYs marked insecure in its registries.conf; then a check
+# through its Docker-compatible API: import, build FROM the imported image +
+# LABEL, push to the first REGISTRY (an open one), remove both images. Sets
+# podman_host, or podman_unavailable to the reason when any of it fails.
+# Podman as root also writes /var/lib/containers/cache and
+# /var/cache/containers whatever the config says: scripts/test-ns.sh keeps
+# those writes in the namespace.
+podman_host='' podman_unavailable=''
+start_podman() {
+  local open=$1 registry
+  local p=$dir/podman sock=$dir/p.sock
+  if ! command -v podman >/dev/null; then
+    podman_unavailable="podman is not installed (scripts/test-env.sh install installs it)"
+    return 0
+  fi
+  mkdir -p "$p"/{storage,run,tmp,net,xdg-runtime,xdg-config,xdg-data,xdg-cache}
+  chmod 700 "$p/xdg-runtime"
+  printf '%s\n' "[storage]" 'driver = "overlay"' "graphroot = \"$p/storage\"" \
+    "runroot = \"$p/run\"" >"$p/storage.conf"
+  {
+    echo 'unqualified-search-registries = []'
+    for registry in "$@"; do
+      printf '[[registry]]\nlocation = "%s"\ninsecure = true\n' "$registry"
+    done
+  } >"$p/registries.conf"
+  # File locks and events under tmp_dir: the defaults are /dev/shm and journald.
+  printf '%s\n' "[engine]" "tmp_dir = \"$p/tmp\"" 'lock_type = "file"' \
+    'cgroup_manager = "cgroupfs"' 'events_logger = "file"' "events_logfile_path = \"$p/events.log\"" \
+    "[network]" "network_config_dir = \"$p/net\"" >"$p/containers.conf"
+  CONTAINERS_STORAGE_CONF=$p/storage.conf CONTAINERS_REGISTRIES_CONF=$p/registries.conf \
+    CONTAINERS_CONF=$p/containers.conf TMPDIR=$p/tmp XDG_RUNTIME_DIR=$p/xdg-runtime \
+    XDG_CONFIG_HOME=$p/xdg-config XDG_DATA_HOME=$p/xdg-data XDG_CACHE_HOME=$p/xdg-cache \
+    podman system service --time=0 "unix://$sock" >"$p/log" 2>&1 &
+  echo $! >"$p/pid"
+  if ! wait_for podman "curl -sf --unix-socket $sock http://d/_ping" $! 2>/dev/null; then
+    podman_unavailable="podman system service did not answer /_ping: $(tail -n 1 "$p/log")"
+  elif podman_unavailable=$(check_podman "$sock" "$open"); then
+    podman_host=unix://$sock
+    return 0
+  fi
+  echo "podman unavailable: $podman_unavailable" >&2
+  stop_pidfiles "$p/pid"
+}
+
+# check_podman SOCKET REGISTRY: prints why the check failed, if it does.
+check_podman() {
+  local sock=$1 registry=$2 c=$dir/podman/check out id digest image
+  local api=(curl -s --unix-socket "$sock") repo=$registry/publishd-testenv/podman-check
+  mkdir -p "$c/layer" "$c/context"
+  echo podman-check >"$c/layer/file"
+  out=$(tar -C "$c/layer" -c . | "${api[@]}" -X POST -H 'Content-Type: application/x-tar' \
+    --data-binary @- "http://d/v1.41/images/create?fromSrc=-&repo=publishd-testenv/podman-check&tag=source")
+  id=$(sed -n 's/.*"id":"\(sha256:[0-9a-f]*\)".*/\1/p' <<<"$out" | tail -n 1)
+  [ -n "$id" ] || { echo "import failed: $out"; return 1; }
+  printf 'FROM %s\nLABEL a=b\n' "$id" >"$c/context/Dockerfile"
+  out=$(tar -C "$c/context" -c Dockerfile | "${api[@]}" -X POST -H 'Content-Type: application/x-tar' \
+    --data-binary @- "http://d/v1.41/build?t=$repo:built")
+  if ! grep -q '"aux":{"ID":' <<<"$out" || grep -q errorDetail <<<"$out"; then
+    echo "build FROM the imported image failed: $(tail -n 1 <<<"$out")"
+    return 1
+  fi
+  # No tlsVerify=false: registries.conf is what lets it use plain HTTP.
+  out=$("${api[@]}" -X POST -H "X-Registry-Auth: e30=" "http://d/v1.41/images/$repo/push?tag=built")
+  digest=$(sed -n 's/.*built: digest: \(sha256:[0-9a-f]*\) size.*/\1/p' <<<"$out" | tail -n 1)
+  [ -n "$digest" ] || { echo "push to $registry failed: $(tail -n 1 <<<"$out")"; return 1; }
+  [ "$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "http://$registry/v2/publishd-testenv/podman-check/manifests/$digest")" = 202 ] ||
+    { echo "the registry does not hold the pushed $digest"; return 1; }
+  for image in "$repo:built" "$id"; do
+    [ "$("${api[@]}" -o /dev/null -w '%{http_code}' -X DELETE "http://d/v1.41/images/$image")" = 200 ] ||
+      { echo "removing $image failed"; return 1; }
+  done
 }
 
 up() {
-  need_packages
+  check_setup
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
 
+  make_pki
+
+  local open_port auth_port token_port token_server_port tls_port insecure_port
+  local tls_addr insecure_addr
+  tls_addr=$(resolve "$tls_name")
+  insecure_addr=$(resolve "$insecure_name")
+
+  open_port=$(free_port)
+  start_registry open "127.0.0.1:$open_port" "http://127.0.0.1:$open_port/v2/"
+
+  mkdir -p "$dir/auth"
+  htpasswd -Bbn "$user" "$password" >"$dir/auth/htpasswd"
+  auth_port=$(free_port)
+  start_registry auth "127.0.0.1:$auth_port" "http://127.0.0.1:$auth_port/v2/" \
+    "auth:" "  htpasswd: {realm: publishd-test, path: $dir/auth/htpasswd}"
+
+  token_server_port=$(free_port)
+  start_token_server "$token_server_port"
+  token_port=$(free_port)
+  start_registry token "127.0.0.1:$token_port" "http://127.0.0.1:$token_port/v2/" \
+    "auth:" "  token:" "    realm: http://127.0.0.1:$token_server_port/token" \
+    "    service: $token_service" "    issuer: $token_issuer" \
+    "    rootcertbundle: $dir/pki/token.crt"
+
+  tls_port=$(free_port "$tls_addr")
+  # The engine reads certs.d at each connection: no restart, no daemon flag.
+  # /etc/docker is the namespace's private tmpfs (see scripts/test-ns.sh).
+  mkdir -p "/etc/docker/certs.d/$tls_name:$tls_port"
+  cp "$dir/pki/ca.crt" "/etc/docker/certs.d/$tls_name:$tls_port/ca.crt"
+  echo "/etc/docker/certs.d/$tls_name:$tls_port" >"$dir/certs.d-entry"
+  start_registry tls "$tls_addr:$tls_port" "https://$tls_name:$tls_port/v2/" \
+    "  tls: {certificate: $dir/pki/tls.crt, key: $dir/pki/tls.key}"
+
+  insecure_port=$(free_port "$insecure_addr")
+  start_registry insecure "$insecure_addr:$insecure_port" "http://$insecure_name:$insecure_port/v2/"
+
   # The engine the tests publish through.
-  start_dockerd docker "$dir/d.sock"
+  start_dockerd docker "$dir/d.sock" --insecure-registry "$insecure_name:$insecure_port"
   # A second engine with no images at all, for the schemathesis run: no
   # generated job can name an image that exists, so nothing is ever pushed.
   start_dockerd empty "$dir/e.sock"
 
-  local open_port auth_port user=publisher
-  # The password is chosen so that the standard base64 of the auth JSON holds
-  # '+' and '/': the engine wants URL-safe base64, and this catches a client
-  # that sends the standard alphabet.
-  local password='s3cr?t>>>???~~~>?>?'
-  open_port=$(free_port)
-  start_registry open "$open_port" no
-  mkdir -p "$dir/auth"
-  htpasswd -Bbn "$user" "$password" >"$dir/auth/htpasswd"
-  auth_port=$(free_port)
-  start_registry auth "$auth_port" yes
+  start_podman "127.0.0.1:$open_port" "127.0.0.1:$auth_port" "127.0.0.1:$token_port" \
+    "$insecure_name:$insecure_port"
 
   # A docker credential helper the credential tests name in a config: it
   # answers for the auth registry only, like a real helper with one entry.
@@ -116,6 +320,12 @@ fi
 HELPER
   chmod +x "$dir/bin/docker-credential-publishd-test"
 
+  local podman_line
+  if [ -n "$podman_host" ]; then
+    podman_line="export PUBLISHD_TEST_PODMAN_HOST=$podman_host"
+  else
+    podman_line="export PUBLISHD_TEST_PODMAN_UNAVAILABLE=$(printf %q "$podman_unavailable")"
+  fi
   cat >"$dir/env" <<ENV
 export PUBLISHD_TEST_DOCKER_HOST=unix://$dir/d.sock
 export PUBLISHD_TEST_EMPTY_DOCKER_HOST=unix://$dir/e.sock
@@ -123,36 +333,71 @@ export PUBLISHD_TEST_REGISTRY=127.0.0.1:$open_port
 export PUBLISHD_TEST_AUTH_REGISTRY=127.0.0.1:$auth_port
 export PUBLISHD_TEST_AUTH_USER=$user
 export PUBLISHD_TEST_AUTH_PASSWORD='$password'
+export PUBLISHD_TEST_TOKEN_REGISTRY=127.0.0.1:$token_port
+export PUBLISHD_TEST_TOKEN_SERVER=http://127.0.0.1:$token_server_port
+export PUBLISHD_TEST_TOKEN_SERVER_LOG=$dir/token-server/requests.log
+export PUBLISHD_TEST_TLS_REGISTRY=$tls_name:$tls_port
+export PUBLISHD_TEST_CA=$dir/pki/ca.crt
+export PUBLISHD_TEST_CERTS_DIR=/etc/docker/certs.d
+export PUBLISHD_TEST_INSECURE_REGISTRY=$insecure_name:$insecure_port
+$podman_line
 export PUBLISHD_TEST_ENV_DIR=$dir
 export PATH=$dir/bin:\$PATH
 ENV
   echo "test environment up: $dir/env" >&2
 }
 
-stop_pidfile() {
-  local f=$1
-  [ -f "$f" ] || return 0
-  local pid
-  pid=$(cat "$f")
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$f"
+# running PID: true while the process exists and is not a zombie (what we
+# start here outlives its parent shell, and whoever adopts it may reap late).
+running() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [ "${stat%% *}" != Z ]
+}
+
+# stop_pidfiles FILE...: ends the processes named in the pid files, all at
+# once: SIGTERM, up to 10 s, then SIGKILL.
+stop_pidfiles() {
+  local f pid pids=()
+  for f in "$@"; do
+    [ -f "$f" ] && pids+=("$(cat "$f")")
+  done
+  ((${#pids[@]})) || return 0
+  kill "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    local left=0
+    for pid in "${pids[@]}"; do
+      if running "$pid"; then left=1; fi
+    done
+    ((left)) || break
+    sleep 0.1
+  done
+  kill -9 "${pids[@]}" 2>/dev/null || true
+  rm -f "$@"
 }
 
 down() {
   [ -d "$dir" ] || return 0
-  stop_pidfile "$dir/open/pid"
-  stop_pidfile "$dir/auth/pid"
-  stop_pidfile "$dir/docker/pid"
-  stop_pidfile "$dir/empty/pid"
-  # dockerd leaves overlay mounts behind if it was killed hard.
+  local name pidfiles=()
+  for name in podman token-server open auth token tls insecure docker empty; do
+    pidfiles+=("$dir/$name/pid")
+  done
+  stop_pidfiles "${pidfiles[@]}"
+  local entry
+  entry=$(cat "$dir/certs.d-entry" 2>/dev/null || true)
+  if [[ "$entry" == /etc/docker/certs.d/?* ]] && mountpoint -q /etc/docker; then
+    rm -rf "$entry"
+  fi
+  # dockerd leaves overlay mounts behind if it was killed hard; podman keeps
+  # its overlay store mounted.
   grep -o " $dir/[^ ]*" /proc/mounts 2>/dev/null | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$dir"
 }
 
 case "$cmd" in
+  install) install ;;
   up) up ;;
   down) down ;;
-  *) echo "usage: test-env.sh up|down DIR" >&2; exit 2 ;;
+  *) echo "usage: test-env.sh install | up DIR | down DIR" >&2; exit 2 ;;
 esac

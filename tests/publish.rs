@@ -3,10 +3,10 @@
 
 mod support;
 
+use publishd::engine::TagMethod;
 use serde_json::{Value, json};
 use support::engine::{LocalImage, TestEngine};
 use support::registry::Registry;
-use publishd::engine::TagMethod;
 use support::{TestApp, TestEnv, app_job, test_tag_method, unique};
 
 /// The Env dockerd's classic builder gives an image that has none.
@@ -64,7 +64,10 @@ async fn assert_published(
             // default one (ENGINE-NOTES); the load method leaves the config
             // as it was.
             let mut env: Vec<Value> = expected.as_array().cloned().unwrap_or_default();
-            if !env.iter().any(|v| v.as_str().is_some_and(|v| v.starts_with("PATH="))) {
+            if !env
+                .iter()
+                .any(|v| v.as_str().is_some_and(|v| v.starts_with("PATH=")))
+            {
                 env.push(json!(BUILDER_DEFAULT_PATH));
             }
             expected = Value::Array(env);

@@ -862,7 +862,10 @@ mod tests {
             idempotency_key: None,
             spec_hash: "h",
         };
-        assert!(matches!(store.create_job(new).await.unwrap(), Created::New(_)));
+        assert!(matches!(
+            store.create_job(new).await.unwrap(),
+            Created::New(_)
+        ));
     }
 
     #[tokio::test]
@@ -870,7 +873,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("publishd.db")).await.unwrap();
         // `foo:v1`, `docker.io/library/foo:v1`, `index.docker.io/library/foo:v1`.
-        for repo in ["foo", "docker.io/library/foo", "index.docker.io/library/foo"] {
+        for repo in [
+            "foo",
+            "docker.io/library/foo",
+            "index.docker.io/library/foo",
+        ] {
             queue(&store, repo).await;
         }
         let first = store.claim_target().await.unwrap().unwrap();
@@ -884,7 +891,10 @@ mod tests {
         };
         store.finish_target(first.id, &outcome, &[]).await.unwrap();
         let second = store.claim_target().await.unwrap().unwrap();
-        assert_eq!(second.reference.as_deref(), Some("docker.io/library/foo:v1"));
+        assert_eq!(
+            second.reference.as_deref(),
+            Some("docker.io/library/foo:v1")
+        );
         assert!(store.claim_target().await.unwrap().is_none());
     }
 

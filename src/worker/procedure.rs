@@ -236,7 +236,7 @@ pub async fn run(
         tag: &tag,
         source_image_id: &source.id,
     });
-    let staging = (method == TagMethod::Build).then(|| staging_reference(target.id));
+    let staging = (method == TagMethod::Build).then(|| staging_reference(target));
     let (created, tagged) = match &staging {
         None => {
             let image = LabelledImage::new(&source, &labels);
@@ -343,11 +343,14 @@ struct Run<'a> {
     signals: Signals<'a>,
 }
 
-/// A temporary name for a build, unique to this run: recovery may remove any
-/// name it recorded without touching anything of the user's.
-fn staging_reference(target_id: i64) -> String {
+/// A temporary name for a build, unique to this run (and saying whose it
+/// is): recovery may remove any name it recorded without touching anything
+/// of the user's.
+fn staging_reference(target: &ClaimedTarget) -> String {
     format!(
-        "publishd-staging/target-{target_id}:{}",
+        "publishd-staging/{}-{}:{}",
+        target.job_id.simple(),
+        target.id,
         uuid::Uuid::now_v7().simple()
     )
 }

@@ -51,10 +51,11 @@ impl TestEngine {
             .append_data(&mut header, "hello.txt", content.as_bytes())
             .unwrap();
         let body = Bytes::from(archive.into_inner().unwrap());
+        // The tag inside `repo`: Podman ignores the `tag` parameter of an
+        // import (dockerd takes either).
         let options = CreateImageOptionsBuilder::default()
             .from_src("-")
-            .repo(name)
-            .tag(tag)
+            .repo(&format!("{name}:{tag}"))
             .changes(changes.iter().map(|change| change.to_string()).collect())
             .build();
         let mut stream = self
