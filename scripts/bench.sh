@@ -10,7 +10,11 @@ count=${1:-60}; shift || true
 workers=("${@:-1 2 4}")
 [ ${#workers[@]} -gt 0 ] || workers=(1 2 4)
 
-cargo build --release --quiet
+if [ -z "${PUBLISHD_TEST_NS:-}" ]; then
+  cargo build --release --quiet
+  # The private engine and registries live in the test namespace.
+  exec scripts/test-ns.sh "$0" "$count" "${workers[@]}"
+fi
 dir=$(mktemp -d /tmp/publishd-bench.XXXXXX)
 trap 'kill "${server:-0}" 2>/dev/null || true; scripts/test-env.sh down "$dir"' EXIT
 scripts/test-env.sh up "$dir" 2>/dev/null
