@@ -128,10 +128,29 @@ pub struct ServeArgs {
     /// Longest wait between retries, in seconds.
     #[arg(long, env = "PUBLISHD_RETRY_MAX_BACKOFF", default_value_t = 60.0)]
     pub retry_max_backoff: f64,
+    /// How long a step keeps retrying transient failures, in seconds; it
+    /// always gets --retry-attempts tries, and more while this lasts.
+    #[arg(long, env = "PUBLISHD_RETRY_MAX_ELAPSED", default_value_t = 600)]
+    pub retry_max_elapsed: u64,
     /// How long a step waits for an unreachable engine or registry to come
     /// back before it fails, in seconds.
     #[arg(long, env = "PUBLISHD_OUTAGE_LIMIT", default_value_t = 600)]
     pub outage_limit: u64,
+    /// Runs a target may start without finishing (its lane crashed, or the
+    /// process died) before it is failed as a dead letter.
+    #[arg(long, env = "PUBLISHD_MAX_TARGET_RUNS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_target_runs: u32,
+    /// After a restart, how long targets of jobs that brought their own
+    /// registry credentials wait for the pipeline to resubmit them (the
+    /// credentials are never stored), in seconds; then they fail.
+    #[arg(long, env = "PUBLISHD_CREDENTIAL_WAIT", default_value_t = 600)]
+    pub credential_wait: u64,
+    /// Most HTTP connections served at once; more wait to be accepted.
+    #[arg(long, env = "PUBLISHD_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Longest a client may take to send a request's headers, in seconds.
+    #[arg(long, env = "PUBLISHD_HEADER_READ_TIMEOUT", default_value_t = 10)]
+    pub header_read_timeout: u64,
     /// File of API bearer tokens, one per line.
     #[arg(long, env = "PUBLISHD_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
@@ -158,6 +177,10 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub limits: Limits,
     pub max_queued_targets: usize,
+    pub max_target_runs: u32,
+    pub credential_wait: Duration,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
     pub retry: RetryPolicy,
     pub api_tokens: ApiTokens,
     pub allow_unauthenticated: bool,
@@ -201,12 +224,17 @@ impl Settings {
                 max_targets: args.max_targets_per_job,
             },
             max_queued_targets: args.max_queued_targets,
+            max_target_runs: args.max_target_runs,
+            credential_wait: Duration::from_secs(args.credential_wait),
+            max_connections: args.max_connections as usize,
+            header_read_timeout: Duration::from_secs(args.header_read_timeout),
             retry: RetryPolicy {
                 attempts: args.retry_attempts,
                 initial_backoff: seconds(args.retry_initial_backoff, "--retry-initial-backoff")?,
                 multiplier: args.retry_multiplier.max(1.0),
                 max_backoff: seconds(args.retry_max_backoff, "--retry-max-backoff")?,
                 outage_limit: Duration::from_secs(args.outage_limit),
+                max_elapsed: Duration::from_secs(args.retry_max_elapsed),
             },
             api_tokens: ApiTokens::parse(&tokens),
             allow_unauthenticated: args.allow_unauthenticated,

@@ -82,6 +82,8 @@ impl Application {
             timeouts: settings.timeouts,
             retry: settings.retry,
             tag_method: settings.tag_method,
+            max_target_runs: settings.max_target_runs,
+            credential_wait: settings.credential_wait,
         });
         Ok(Application {
             listener,

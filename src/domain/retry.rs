@@ -24,6 +24,9 @@ pub struct RetryPolicy {
     pub max_backoff: Duration,
     /// How long a step waits out an unreachable dependency before failing.
     pub outage_limit: Duration,
+    /// How long a step keeps retrying transient failures; `attempts` tries
+    /// are made even if this has passed.
+    pub max_elapsed: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -34,6 +37,7 @@ impl Default for RetryPolicy {
             multiplier: 2.0,
             max_backoff: Duration::from_secs(60),
             outage_limit: Duration::from_secs(600),
+            max_elapsed: Duration::from_secs(600),
         }
     }
 }

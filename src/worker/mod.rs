@@ -34,6 +34,11 @@ pub struct WorkerContext {
     pub retry: RetryPolicy,
     /// How the tag step makes the labelled image (`auto`: by the engine's store).
     pub tag_method: TagMethod,
+    /// Runs a target may start without finishing before it is dead-lettered.
+    pub max_target_runs: u32,
+    /// How long targets of a job whose credentials a restart lost wait for
+    /// the job to be resubmitted.
+    pub credential_wait: Duration,
 }
 
 /// How often an idle lane looks for work it was not woken for.

@@ -132,6 +132,10 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         shutdown_grace: Duration::from_secs(30),
         limits: Limits::default(),
         max_queued_targets: 10_000,
+        max_target_runs: 5,
+        credential_wait: Duration::from_secs(600),
+        max_connections: 1024,
+        header_read_timeout: Duration::from_secs(10),
         // Quick retries keep fault tests short; the policy's shape is the real one.
         retry: RetryPolicy {
             attempts: 5,
@@ -139,6 +143,9 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
             multiplier: 2.0,
             max_backoff: Duration::from_secs(1),
             outage_limit: Duration::from_secs(60),
+            // The count decides in tests: a retry budget of time would make
+            // a failing test slow, not different.
+            max_elapsed: Duration::ZERO,
         },
         api_tokens: ApiTokens::default(),
         allow_unauthenticated: false,
