@@ -162,6 +162,11 @@ pub struct ServeArgs {
     pub allow_unauthenticated: bool,
 }
 
+/// How long a claim holds without being renewed. Not a flag: it only trades
+/// how soon a crashed lane's target is taken over against how often lanes
+/// write; tests shorten it.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
 /// Everything `startup` needs, typed.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -179,6 +184,8 @@ pub struct Settings {
     pub max_queued_targets: usize,
     pub max_target_runs: u32,
     pub credential_wait: Duration,
+    /// How long a claim holds without renewal (see `WorkerContext::lease`).
+    pub lease: Duration,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub retry: RetryPolicy,
@@ -226,6 +233,7 @@ impl Settings {
             max_queued_targets: args.max_queued_targets,
             max_target_runs: args.max_target_runs,
             credential_wait: Duration::from_secs(args.credential_wait),
+            lease: DEFAULT_LEASE,
             max_connections: args.max_connections as usize,
             header_read_timeout: Duration::from_secs(args.header_read_timeout),
             retry: RetryPolicy {

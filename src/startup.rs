@@ -84,6 +84,7 @@ impl Application {
             tag_method: settings.tag_method,
             max_target_runs: settings.max_target_runs,
             credential_wait: settings.credential_wait,
+            lease: settings.lease,
         });
         Ok(Application {
             listener,

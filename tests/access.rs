@@ -151,19 +151,54 @@ async fn per_job_credentials_publish_and_are_lost_by_a_restart() {
             job["targets"][0]["status"] == "pushing"
         })
         .await;
-    let mut queued = forced_job(&repo, &source, &["v2"]);
-    queued["registry_auth"] = auth;
-    let queued = first.submit(&queued).await;
+    // One job will be resubmitted after the restart, one will not.
+    let mut revived = forced_job(&repo, &source, &["v2"]);
+    revived["registry_auth"] = auth.clone();
+    let submit_revived = |app: &TestApp| {
+        app.client
+            .post(app.url("/api/v1/jobs"))
+            .header("Idempotency-Key", "revive-after-restart")
+            .json(&revived)
+            .send()
+    };
+    let response = submit_revived(&first).await.unwrap();
+    assert_eq!(response.status(), 202);
+    let revived_id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut forgotten = forced_job(&repo, &source, &["v3"]);
+    forgotten["registry_auth"] = auth;
+    let forgotten = first.submit(&forgotten).await;
     first.stop().await;
 
+    let wait = Duration::from_secs(3);
     let second = TestApp::spawn_in(dir.path(), |settings| {
-        settings.timeouts.push = Duration::from_secs(1)
+        settings.timeouts.push = Duration::from_secs(1);
+        settings.credential_wait = wait;
     })
     .await;
-    let job = second.wait_finished(&queued).await;
+    let started = std::time::Instant::now();
+    // The targets wait for their credentials instead of failing at once, and
+    // say until when.
+    let waiting = second
+        .wait_for(&forgotten, Duration::from_secs(10), |job| {
+            job["targets"][0]["credentials_wait_until"].is_string()
+        })
+        .await;
+    assert_eq!(waiting["targets"][0]["status"], "pending", "{waiting:#}");
+    assert_eq!(waiting["targets"][0]["attempts"], 0, "{waiting:#}");
+    // Resubmitting with the credentials revives the job.
+    let response = submit_revived(&second).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let job = second.wait_finished(&revived_id).await;
+    registry.assert_holds(&job).await;
+
+    let job = second.wait_finished(&forgotten).await;
+    assert!(started.elapsed() >= wait, "failed before the wait was over");
     assert_eq!(job["status"], "failed");
     let error = job["targets"][0]["error"].as_str().unwrap();
     assert!(error.contains("resubmit"), "{error}");
-    assert!(registry.pushed(&format!("{repo}/app:v2")).await.is_none());
+    assert!(registry.pushed(&format!("{repo}/app:v3")).await.is_none());
     second.stop().await;
 }

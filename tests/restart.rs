@@ -119,7 +119,11 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
             .await
             .unwrap();
         assert!(matches!(created, Created::New(_)));
-        let target = store.claim_target().await.unwrap().expect("claimed");
+        let target = store
+            .claim_target(publishd::config::DEFAULT_LEASE)
+            .await
+            .unwrap()
+            .expect("claimed");
         let docker = DockerEngine::new(Some(&env.docker_host)).unwrap();
         let source = docker.inspect_image(&target.source).await.unwrap().unwrap();
         let labels = werf_labels(&LabelInput {
@@ -131,7 +135,7 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
         });
         let image = LabelledImage::new(&source, &labels);
         store
-            .record_tag_plan(target.id, Some(&my_image), Some(&image.id), None)
+            .record_tag_plan(&target.claim, Some(&my_image), Some(&image.id), None)
             .await
             .unwrap();
         docker.load_image(&image, &reference).await.unwrap();

@@ -106,7 +106,11 @@ async fn a_build_that_dies_half_way_is_undone() {
             .await
             .unwrap();
         assert!(matches!(created, Created::New(_)));
-        let target = store.claim_target().await.unwrap().expect("claimed");
+        let target = store
+            .claim_target(publishd::config::DEFAULT_LEASE)
+            .await
+            .unwrap()
+            .expect("claimed");
         let docker = DockerEngine::new(Some(&env.docker_host)).unwrap();
         let source = docker.inspect_image(&target.source).await.unwrap().unwrap();
         let labels = werf_labels(&LabelInput {
@@ -117,7 +121,7 @@ async fn a_build_that_dies_half_way_is_undone() {
             source_image_id: &source.id,
         });
         store
-            .record_tag_plan(target.id, None, None, Some(&staging))
+            .record_tag_plan(&target.claim, None, None, Some(&staging))
             .await
             .unwrap();
         docker

@@ -98,6 +98,8 @@ pub async fn create_job(
                 && !job.status.is_terminal()
             {
                 state.job_credentials.insert(job.id, auth);
+                // Targets waiting for them since a restart may go at once.
+                state.store.credentials_arrived(job.id).await?;
             }
             (StatusCode::OK, job)
         }

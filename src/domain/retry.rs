@@ -90,6 +90,39 @@ pub fn classify_registry_message(message: &str) -> FailureKind {
     }
 }
 
+/// Classifies an error the engine answered (`status` 200 for one reported
+/// inside a streamed answer, such as a load's). A full disk is an outage to
+/// wait out, not a reason to fail every queued target in seconds; a
+/// conflict or an unknown in-stream error may pass; a bad request or a
+/// missing image will not.
+pub fn classify_engine_error(status: u16, message: &str) -> FailureKind {
+    let lower = message.to_lowercase();
+    if lower.contains("no space left on device") || lower.contains("disk quota exceeded") {
+        return FailureKind::Outage;
+    }
+    match status {
+        400 | 404 | 406 => FailureKind::Permanent,
+        409 | 429 => FailureKind::Transient,
+        500.. => FailureKind::Transient,
+        200 => {
+            let permanent = [
+                "no such image",
+                "not found",
+                "invalid reference",
+                "invalid argument",
+                "unknown instruction",
+                "dockerfile parse error",
+            ];
+            if permanent.iter().any(|word| lower.contains(word)) {
+                FailureKind::Permanent
+            } else {
+                FailureKind::Transient
+            }
+        }
+        _ => FailureKind::Permanent,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +136,45 @@ mod tests {
         assert_eq!(policy.backoff(30, 0.999_999).as_secs(), 59);
         assert_eq!(policy.backoff(30, 0.0), Duration::from_secs(30));
         assert!(policy.backoff(200, 0.5) <= policy.max_backoff);
+    }
+
+    #[test]
+    fn engine_errors_are_classified() {
+        use FailureKind::*;
+        let cases = [
+            (
+                200,
+                "write /var/lib/docker/tmp/x: no space left on device",
+                Outage,
+            ),
+            (
+                500,
+                "mkdir /var/lib/docker/image: no space left on device",
+                Outage,
+            ),
+            (500, "containerd: connection reset", Transient),
+            (200, "unexpected EOF", Transient),
+            (
+                200,
+                "open /var/lib/docker/tmp/docker-import-1/x: no such file",
+                Transient,
+            ),
+            (200, "No such image: sha256:abc", Permanent),
+            (404, "No such image: app:v1", Permanent),
+            (
+                409,
+                "conflict: unable to remove repository reference",
+                Transient,
+            ),
+            (400, "invalid reference format", Permanent),
+        ];
+        for (status, message, kind) in cases {
+            assert_eq!(
+                classify_engine_error(status, message),
+                kind,
+                "{status} {message}"
+            );
+        }
     }
 
     #[test]

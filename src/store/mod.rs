@@ -3,12 +3,13 @@
 //! of readers (WAL lets them read while the writer writes).
 
 mod model;
+mod queue;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use sqlx::sqlite::{
@@ -19,6 +20,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 pub use model::{AttemptError, ClaimedTarget, Job, JobImage, JobPage, Target, TargetOutcome};
+pub use queue::{Bound, Claim, ClaimLost, Release, Released, TakeOver};
 
 use crate::domain::naming::{RepoMode, reference_key};
 use crate::domain::spec::{Plan, TagStrategy};
@@ -34,11 +36,29 @@ pub struct Store {
     /// Held while the store lives: one publishd per database, so targets
     /// found mid-step at start-up belong to a dead process, not a live one.
     _owner: Arc<std::fs::File>,
+    /// Leases are measured from here, on a clock that does not jump.
+    epoch: Instant,
 }
 
-/// How long a claim holds without being renewed. Lanes renew it every third
-/// of that while they work; an expired lease means the lane is gone.
-pub const LEASE: Duration = Duration::from_secs(30);
+/// Most bytes of an error or a warning kept on a target: a registry or
+/// engine that answers megabytes cannot fill the database.
+const MESSAGE_LIMIT: usize = 4096;
+
+/// `message`, cut visibly to what a target keeps.
+fn bounded(message: &str) -> String {
+    if message.len() <= MESSAGE_LIMIT {
+        return message.to_owned();
+    }
+    let mut end = MESSAGE_LIMIT;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{}… (truncated, {} bytes in all)",
+        &message[..end],
+        message.len()
+    )
+}
 
 /// What `create_job` did.
 pub enum Created {
@@ -105,6 +125,7 @@ impl Store {
             writer,
             reader,
             _owner: Arc::new(owner),
+            epoch: Instant::now(),
         })
     }
 
@@ -321,277 +342,6 @@ impl Store {
         tx.commit().await?;
         Ok(Cancelled::Requested(job))
     }
-
-    /// Claims the oldest pending target whose reference no other target is
-    /// working on, in one statement: two lanes can never hold one reference.
-    /// A `content` target has no reference yet; it takes one with
-    /// [`Store::bind_reference`].
-    pub async fn claim_target(&self) -> StoreResult<Option<ClaimedTarget>> {
-        let mut tx = self.writer.begin().await?;
-        let now = now();
-        let claimed = sqlx::query(&format!(
-            "UPDATE targets
-             SET status = 'tagging', attempts = attempts + 1, error = NULL,
-                 started_at = COALESCE(started_at, ?1), lease_until = ?2
-             WHERE id = (
-                 SELECT t.id FROM targets t JOIN jobs j ON j.id = t.job_id
-                 WHERE t.status = 'pending' AND j.cancel_requested = 0
-                   AND (t.reference_key IS NULL OR NOT EXISTS (
-                        SELECT 1 FROM targets u
-                        WHERE u.reference_key = t.reference_key AND u.status IN {IN_FLIGHT}))
-                 ORDER BY t.job_id, t.position
-                 LIMIT 1)
-             RETURNING id"
-        ))
-        .bind(&now)
-        .bind(lease_end())
-        .fetch_optional(&mut *tx)
-        .await
-        .context("claiming a target")?;
-        let Some(row) = claimed else {
-            return Ok(None);
-        };
-        let target = load_claimed(&mut tx, row.get("id")).await?;
-        refresh_job(&mut tx, target.job_id).await?;
-        tx.commit().await.context("committing a claim")?;
-        Ok(Some(target))
-    }
-
-    /// Gives a claimed `content` target its tag and reference. Answers false,
-    /// and puts the target back in the queue, when another target is working
-    /// on that reference right now.
-    pub async fn bind_reference(&self, id: i64, tag: &str, reference: &str) -> StoreResult<bool> {
-        let mut tx = self.writer.begin().await?;
-        let key = reference_key(reference);
-        let busy: bool = sqlx::query_scalar(&format!(
-            "SELECT EXISTS (SELECT 1 FROM targets WHERE reference_key = ? AND id <> ? AND status IN {IN_FLIGHT})"
-        ))
-        .bind(&key)
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let status = if busy { "pending" } else { "tagging" };
-        sqlx::query(
-            "UPDATE targets SET tag = ?, reference = ?, reference_key = ?, status = ? WHERE id = ?",
-        )
-        .bind(tag)
-        .bind(reference)
-        .bind(&key)
-        .bind(status)
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .context("binding a content reference")?;
-        tx.commit().await?;
-        Ok(!busy)
-    }
-
-    /// Records, before the tag step touches the engine, what the reference
-    /// named and the id of the image about to be made: what recovery needs
-    /// to undo the step whenever the process dies.
-    /// `created_image_id` is known in advance for a load; a build's image is
-    /// known only once built, so its temporary name is recorded instead.
-    pub async fn record_tag_plan(
-        &self,
-        id: i64,
-        prior_image_id: Option<&str>,
-        created_image_id: Option<&str>,
-        staging_reference: Option<&str>,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE targets SET prior_image_id = ?, created_image_id = ?, staging_reference = ?
-             WHERE id = ?",
-        )
-        .bind(prior_image_id)
-        .bind(created_image_id)
-        .bind(staging_reference)
-        .bind(id)
-        .execute(&self.writer)
-        .await
-        .context("recording the tag step's plan")?;
-        Ok(())
-    }
-
-    /// Records the image a build made, before its target reference is
-    /// pointed at it.
-    pub async fn record_created_image(&self, id: i64, created_image_id: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE targets SET created_image_id = ? WHERE id = ?")
-            .bind(created_image_id)
-            .bind(id)
-            .execute(&self.writer)
-            .await
-            .context("recording the built image")?;
-        Ok(())
-    }
-
-    /// Records what an image of a job resolved to, unless another target of
-    /// the image resolved it first; answers the id every target of the
-    /// image publishes.
-    pub async fn resolve_source(
-        &self,
-        job_id: Uuid,
-        image_position: i64,
-        source_image_id: &str,
-    ) -> StoreResult<String> {
-        let id = sqlx::query_scalar(
-            "UPDATE job_images SET source_image_id = COALESCE(source_image_id, ?)
-             WHERE job_id = ? AND position = ? RETURNING source_image_id",
-        )
-        .bind(source_image_id)
-        .bind(job_id.to_string())
-        .bind(image_position)
-        .fetch_one(&self.writer)
-        .await
-        .context("recording a resolved source")?;
-        Ok(id)
-    }
-
-    pub async fn set_step(&self, id: i64, status: TargetStatus) -> StoreResult<()> {
-        sqlx::query("UPDATE targets SET status = ? WHERE id = ?")
-            .bind(status.as_str())
-            .bind(id)
-            .execute(&self.writer)
-            .await
-            .context("recording a step")?;
-        Ok(())
-    }
-
-    /// Records how a target ended and brings its job's status up to date;
-    /// answers the job's new status.
-    pub async fn finish_target(
-        &self,
-        id: i64,
-        outcome: &TargetOutcome,
-        warnings: &[String],
-    ) -> StoreResult<JobStatus> {
-        let (status, digest, error, up_to_date) = match outcome {
-            TargetOutcome::Succeeded { digest, up_to_date } => {
-                ("succeeded", Some(digest.as_str()), None, *up_to_date)
-            }
-            TargetOutcome::Failed { error } => ("failed", None, Some(error.as_str()), false),
-            TargetOutcome::Cancelled => ("cancelled", None, Some("cancelled"), false),
-        };
-        let mut tx = self.writer.begin().await?;
-        let job_id: String = sqlx::query_scalar(
-            "UPDATE targets SET status = ?, digest = ?, error = ?, up_to_date = ?, warnings = ?,
-                                finished_at = ?
-             WHERE id = ? RETURNING job_id",
-        )
-        .bind(status)
-        .bind(digest)
-        .bind(error)
-        .bind(up_to_date)
-        .bind(serde_json::to_string(warnings)?)
-        .bind(now())
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await
-        .context("finishing a target")?;
-        let status = refresh_job(&mut tx, parse_uuid(job_id)?).await?;
-        tx.commit().await.context("committing a finished target")?;
-        Ok(status)
-    }
-
-    /// Records a failed try of `step`; when another try follows, counts it.
-    pub async fn record_failed_attempt(
-        &self,
-        id: i64,
-        step: &str,
-        error: &str,
-        retrying: bool,
-    ) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE targets SET
-                 attempt_errors = json_insert(attempt_errors, '$[#]',
-                     json_object('attempt', attempts, 'step', ?, 'error', ?, 'at', ?)),
-                 attempts = attempts + ?
-             WHERE id = ?",
-        )
-        .bind(step)
-        .bind(error)
-        .bind(now())
-        .bind(i64::from(retrying))
-        .bind(id)
-        .execute(&self.writer)
-        .await
-        .context("recording a failed attempt")?;
-        Ok(())
-    }
-
-    /// Puts a claimed target back in the queue (shutdown, or recovery after a
-    /// crash); a target of a cancelled job is cancelled instead.
-    pub async fn release_target(&self, id: i64) -> StoreResult<()> {
-        let mut tx = self.writer.begin().await?;
-        let job_id: String = sqlx::query_scalar(
-            "UPDATE targets SET
-                 status = CASE WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)
-                          THEN 'cancelled' ELSE 'pending' END,
-                 finished_at = CASE WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)
-                          THEN ? ELSE NULL END
-             WHERE id = ? RETURNING job_id",
-        )
-        .bind(now())
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await
-        .context("releasing a target")?;
-        refresh_job(&mut tx, parse_uuid(job_id)?).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Targets left mid-step: at start-up these belong to a process that died.
-    pub async fn in_flight_targets(&self) -> StoreResult<Vec<i64>> {
-        let ids = sqlx::query_scalar(&format!(
-            "SELECT id FROM targets WHERE status IN {IN_FLIGHT}"
-        ))
-        .fetch_all(&self.writer)
-        .await
-        .context("listing targets in flight")?;
-        Ok(ids)
-    }
-
-    pub async fn cancel_requested(&self, job_id: Uuid) -> StoreResult<bool> {
-        let requested = sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = ?")
-            .bind(job_id.to_string())
-            .fetch_one(&self.reader)
-            .await
-            .context("reading a job's cancel flag")?;
-        Ok(requested)
-    }
-
-    /// Extends the claim of a target a lane is working on.
-    pub async fn renew_lease(&self, id: i64) -> StoreResult<()> {
-        sqlx::query(&format!(
-            "UPDATE targets SET lease_until = ? WHERE id = ? AND status IN {IN_FLIGHT}"
-        ))
-        .bind(lease_end())
-        .bind(id)
-        .execute(&self.writer)
-        .await
-        .context("renewing a lease")?;
-        Ok(())
-    }
-
-    /// Targets mid-step whose lane stopped renewing its claim.
-    pub async fn expired_leases(&self) -> StoreResult<Vec<i64>> {
-        let ids = sqlx::query_scalar(&format!(
-            "SELECT id FROM targets WHERE status IN {IN_FLIGHT} AND (lease_until IS NULL OR lease_until < ?)"
-        ))
-        .bind(now())
-        .fetch_all(&self.writer)
-        .await
-        .context("listing expired leases")?;
-        Ok(ids)
-    }
-
-    /// A target as a lane sees it, with what its last run recorded.
-    pub async fn claimed_target(&self, id: i64) -> StoreResult<ClaimedTarget> {
-        let mut tx = self.writer.begin().await?;
-        let target = load_claimed(&mut tx, id).await?;
-        tx.commit().await?;
-        Ok(target)
-    }
 }
 
 fn now() -> String {
@@ -600,15 +350,11 @@ fn now() -> String {
 
 /// RFC 3339 in UTC with a fixed six-digit fraction, so that text order is
 /// time order (in SQL, for leases, and for clients).
-fn format_time(at: time::OffsetDateTime) -> String {
+pub(crate) fn format_time(at: time::OffsetDateTime) -> String {
     const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
     );
     at.format(FORMAT).unwrap_or_else(|_| at.to_string())
-}
-
-fn lease_end() -> String {
-    format_time(time::OffsetDateTime::now_utc() + LEASE)
 }
 
 /// Takes the database's lock file, or says which database is in use.
@@ -690,7 +436,8 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
         "SELECT t.id, t.job_id, j.repo, j.repo_mode, t.image_name, t.source, t.strategy, t.tag,
                 t.reference, t.status, t.attempts, j.force, j.has_registry_auth,
                 t.prior_image_id, t.created_image_id, t.staging_reference, t.image_position,
-                i.source_image_id
+                i.source_image_id, t.claim_token, t.previous_prior_image_id,
+                t.previous_created_image_id, t.credentials_wait_until
          FROM targets t JOIN jobs j ON j.id = t.job_id
               JOIN job_images i ON i.job_id = t.job_id AND i.position = t.image_position
          WHERE t.id = ?",
@@ -699,8 +446,14 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
     .fetch_one(&mut **tx)
     .await
     .context("loading a claimed target")?;
+    let id: i64 = row.get("id");
+    let token: Option<String> = row.get("claim_token");
     Ok(ClaimedTarget {
-        id: row.get("id"),
+        id,
+        claim: Claim {
+            target_id: id,
+            token: token.unwrap_or_default(),
+        },
         job_id: parse_uuid(row.get("job_id"))?,
         repo: row.get("repo"),
         repo_mode: parse_enum(row.get("repo_mode"), RepoMode::parse, "repo mode")?,
@@ -716,8 +469,11 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
         prior_image_id: row.get("prior_image_id"),
         created_image_id: row.get("created_image_id"),
         staging_reference: row.get("staging_reference"),
+        previous_prior_image_id: row.get("previous_prior_image_id"),
+        previous_created_image_id: row.get("previous_created_image_id"),
         image_position: row.get("image_position"),
         source_image_id: row.get("source_image_id"),
+        credentials_wait_until: row.get("credentials_wait_until"),
     })
 }
 
@@ -790,6 +546,9 @@ fn target_from_row(row: &SqliteRow) -> StoreResult<Target> {
             .context("bad attempt errors in the database")?,
         up_to_date: row.get("up_to_date"),
         warnings: serde_json::from_str(&warnings).context("bad warnings in the database")?,
+        runs: row.get("runs"),
+        dead_letter: row.get("dead_letter"),
+        credentials_wait_until: row.get("credentials_wait_until"),
         started_at: row.get("started_at"),
         finished_at: row.get("finished_at"),
     })
@@ -799,6 +558,8 @@ fn target_from_row(row: &SqliteRow) -> StoreResult<Target> {
 mod tests {
     use super::*;
     use crate::domain::spec::{JobSpec, Limits, plan};
+
+    const LEASE: Duration = Duration::from_secs(30);
 
     async fn store_with_a_job(dir: &Path) -> Store {
         let store = Store::open(&dir.join("publishd.db")).await.unwrap();
@@ -880,22 +641,25 @@ mod tests {
         ] {
             queue(&store, repo).await;
         }
-        let first = store.claim_target().await.unwrap().unwrap();
+        let first = store.claim_target(LEASE).await.unwrap().unwrap();
         assert_eq!(first.reference.as_deref(), Some("foo:v1"));
         assert!(
-            store.claim_target().await.unwrap().is_none(),
+            store.claim_target(LEASE).await.unwrap().is_none(),
             "another spelling of foo:v1 was claimed while it was in flight"
         );
         let outcome = TargetOutcome::Failed {
             error: "x".to_owned(),
         };
-        store.finish_target(first.id, &outcome, &[]).await.unwrap();
-        let second = store.claim_target().await.unwrap().unwrap();
+        store
+            .finish_target(&first.claim, &outcome, &[])
+            .await
+            .unwrap();
+        let second = store.claim_target(LEASE).await.unwrap().unwrap();
         assert_eq!(
             second.reference.as_deref(),
             Some("docker.io/library/foo:v1")
         );
-        assert!(store.claim_target().await.unwrap().is_none());
+        assert!(store.claim_target(LEASE).await.unwrap().is_none());
     }
 
     #[tokio::test]
@@ -917,23 +681,123 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn claims_are_leased_and_expired_leases_are_found() {
+    async fn leases_expire_on_the_stores_clock_and_lost_claims_write_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_with_a_job(dir.path()).await;
-        let first = store.claim_target().await.unwrap().unwrap();
-        let second = store.claim_target().await.unwrap().unwrap();
+        let first = store.claim_target(Duration::ZERO).await.unwrap().unwrap();
+        let second = store.claim_target(LEASE).await.unwrap().unwrap();
         assert_ne!(first.id, second.id);
-        assert!(store.claim_target().await.unwrap().is_none());
-        assert!(store.expired_leases().await.unwrap().is_empty());
+        assert!(store.claim_target(LEASE).await.unwrap().is_none());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(
+            store.expired_leases().await.unwrap(),
+            vec![(first.id, first.claim.token.clone())]
+        );
+        assert!(store.renew_lease(&second.claim, LEASE).await.unwrap());
 
-        sqlx::query("UPDATE targets SET lease_until = '2000-01-01T00:00:00.000000Z'")
-            .execute(&store.writer)
+        // Recovery takes the expired claim over: the old run is fenced out.
+        let recovery = store
+            .take_over(
+                first.id,
+                TakeOver::Expired {
+                    token: &first.claim.token,
+                },
+                LEASE,
+            )
             .await
-            .unwrap();
-        store.renew_lease(second.id).await.unwrap();
-        assert_eq!(store.expired_leases().await.unwrap(), vec![first.id]);
-        store.release_target(first.id).await.unwrap();
+            .unwrap()
+            .expect("expired claim taken over");
+        assert!(!store.renew_lease(&first.claim, LEASE).await.unwrap());
+        let stale = store
+            .set_step(&first.claim, TargetStatus::Pushing)
+            .await
+            .unwrap_err();
+        assert!(ClaimLost::is(&stale), "{stale:#}");
+        let outcome = TargetOutcome::Succeeded {
+            digest: "sha256:stale".to_owned(),
+            up_to_date: false,
+        };
+        assert!(ClaimLost::is(
+            &store
+                .finish_target(&first.claim, &outcome, &[])
+                .await
+                .unwrap_err()
+        ));
+        // A live claim is not taken over as expired.
+        assert!(
+            store
+                .take_over(
+                    second.id,
+                    TakeOver::Expired {
+                        token: &second.claim.token
+                    },
+                    LEASE
+                )
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let release = Release::Abandoned {
+            warning: None,
+            max_runs: 5,
+        };
+        assert_eq!(
+            store.release_target(&recovery, release).await.unwrap(),
+            Released::Queued
+        );
         assert!(store.expired_leases().await.unwrap().is_empty());
-        assert_eq!(store.claim_target().await.unwrap().unwrap().id, first.id);
+        let rerun = store.claim_target(LEASE).await.unwrap().unwrap();
+        assert_eq!(rerun.id, first.id);
+        assert_eq!(rerun.attempts, 2);
+    }
+
+    #[tokio::test]
+    async fn a_target_whose_runs_never_finish_becomes_a_dead_letter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_a_job(dir.path()).await;
+        for run in 1..=3 {
+            let target = store.claim_target(LEASE).await.unwrap().unwrap();
+            let recovery = store
+                .take_over(target.id, TakeOver::Any, LEASE)
+                .await
+                .unwrap()
+                .unwrap();
+            let release = Release::Abandoned {
+                warning: Some(format!("run {run} died")),
+                max_runs: 3,
+            };
+            let released = store.release_target(&recovery, release).await.unwrap();
+            if run < 3 {
+                assert_eq!(released, Released::Queued);
+                // The other target of the job goes first next time.
+                let other = store.claim_target(LEASE).await.unwrap().unwrap();
+                store
+                    .release_target(&other.claim, Release::Stopped)
+                    .await
+                    .unwrap();
+            } else {
+                assert_eq!(released, Released::DeadLetter);
+            }
+        }
+        let job_id = store.claimed_target(1).await.unwrap().job_id;
+        let job = store.get_job(job_id).await.unwrap().unwrap();
+        let dead = job
+            .targets
+            .iter()
+            .find(|t| t.dead_letter)
+            .expect("a dead letter");
+        assert_eq!(dead.status, TargetStatus::Failed);
+        assert_eq!(dead.runs, 3);
+        assert!(
+            dead.error
+                .as_deref()
+                .unwrap()
+                .starts_with("dead letter: 3 runs")
+        );
+        assert_eq!(dead.warnings.len(), 3);
+        // Stopping the service is not a run that died.
+        let other = job.targets.iter().find(|t| !t.dead_letter).unwrap();
+        assert_eq!(other.runs, 0);
     }
 }

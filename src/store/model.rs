@@ -65,6 +65,16 @@ pub struct Target {
     pub up_to_date: bool,
     /// Problems that did not fail the target, such as a failed clean-up.
     pub warnings: Vec<String>,
+    /// Runs of the target started so far that were not cut short by the
+    /// service stopping (a run is one claim by a worker).
+    pub runs: i64,
+    /// The target failed because `runs` reached `--max-target-runs` without
+    /// a run finishing (each crashed its worker or the process).
+    pub dead_letter: bool,
+    /// After a restart lost the job's own registry credentials: the target
+    /// waits until then for the job to be resubmitted with them, then fails.
+    #[schema(format = DateTime)]
+    pub credentials_wait_until: Option<String>,
     #[schema(format = DateTime)]
     pub started_at: Option<String>,
     #[schema(format = DateTime)]
@@ -86,6 +96,8 @@ pub struct AttemptError {
 #[derive(Debug, Clone)]
 pub struct ClaimedTarget {
     pub id: i64,
+    /// The hold this run has on the target; every write it makes names it.
+    pub claim: crate::store::Claim,
     pub job_id: Uuid,
     pub repo: String,
     pub repo_mode: RepoMode,
@@ -101,9 +113,13 @@ pub struct ClaimedTarget {
     pub prior_image_id: Option<String>,
     pub created_image_id: Option<String>,
     pub staging_reference: Option<String>,
+    /// What the last run that made an image recorded (see `claim_target`).
+    pub previous_prior_image_id: Option<String>,
+    pub previous_created_image_id: Option<String>,
     pub image_position: i64,
     /// What the job's image resolved to, once known.
     pub source_image_id: Option<String>,
+    pub credentials_wait_until: Option<String>,
 }
 
 /// How a target's run ended.

@@ -1,11 +1,13 @@
 //! The worker pool: lanes that claim targets from the store and run the
-//! publish procedure on them, recovery after a crash, and graceful shutdown.
+//! publish procedure on them, leases that fence a lane that lost its claim,
+//! recovery after a crash, a lane or a lease is lost, and graceful shutdown.
 
 mod cancellations;
 pub mod procedure;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -17,9 +19,11 @@ pub use procedure::StepTimeouts;
 
 use crate::credentials::{DockerConfig, JobCredentials};
 use crate::domain::retry::RetryPolicy;
-use crate::engine::{Engine, TagMethod};
+use crate::engine::{Engine, EngineError, TagMethod};
 use crate::registry::Registry;
-use crate::store::{ClaimedTarget, LEASE, Store};
+use crate::store::{
+    Claim, ClaimLost, ClaimedTarget, Release, Released, Store, TakeOver, TargetOutcome,
+};
 use procedure::{Finish, Signals, restore_reference};
 
 /// Everything a lane needs.
@@ -39,47 +43,42 @@ pub struct WorkerContext {
     /// How long targets of a job whose credentials a restart lost wait for
     /// the job to be resubmitted.
     pub credential_wait: Duration,
+    /// How long a claim holds without being renewed. A lane renews it every
+    /// third of that; one that cannot stops its work a third before it ends,
+    /// so the run that takes the target over never meets it.
+    pub lease: Duration,
 }
 
 /// How often an idle lane looks for work it was not woken for.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How soon a target waiting for its job's credentials is looked at again.
+const CREDENTIAL_RECHECK: Duration = Duration::from_secs(5);
+
+/// The claim a lane is working on, for its supervisor to recover if the
+/// lane dies.
+type LaneSlot = Arc<Mutex<Option<Claim>>>;
 
 /// A running pool; `shutdown` stops it.
 pub struct WorkerPool {
-    lanes: JoinSet<()>,
+    supervisor: tokio::task::JoinHandle<()>,
     stop: CancellationToken,
+    /// Past the grace period: abort what still runs.
+    abort: CancellationToken,
 }
 
 impl WorkerPool {
     /// Recovers targets a dead process left mid-step, then starts `lanes`
-    /// lanes. `wake` is notified when new work is queued.
+    /// lanes, replacing any that dies. `wake` is notified when new work is
+    /// queued.
     pub fn start(ctx: Arc<WorkerContext>, lanes: usize, wake: Arc<Notify>) -> WorkerPool {
         let stop = CancellationToken::new();
-        let mut set = JoinSet::new();
-        // Cancelled once recovery is done: lanes wait for it before claiming.
-        let recovered = CancellationToken::new();
-        {
-            let (ctx, stop, recovered) = (ctx.clone(), stop.clone(), recovered.clone());
-            set.spawn(async move {
-                recover(&ctx, &stop).await;
-                recovered.cancel();
-                reap_expired_leases(&ctx, &stop).await;
-            });
+        let abort = CancellationToken::new();
+        let supervisor = tokio::spawn(supervise(ctx, lanes, wake, stop.clone(), abort.clone()));
+        WorkerPool {
+            supervisor,
+            stop,
+            abort,
         }
-        for lane in 0..lanes {
-            let (ctx, stop, wake, recovered) =
-                (ctx.clone(), stop.clone(), wake.clone(), recovered.clone());
-            set.spawn(async move {
-                tokio::select! {
-                    _ = recovered.cancelled() => {}
-                    _ = stop.cancelled() => return,
-                }
-                run_lane(&ctx, &stop, &wake)
-                    .instrument(info_span!("lane", lane))
-                    .await;
-            });
-        }
-        WorkerPool { lanes: set, stop }
     }
 
     /// Stops claiming and lets the steps under way finish, for at most
@@ -87,28 +86,123 @@ impl WorkerPool {
     /// recovery.
     pub async fn shutdown(mut self, grace: Duration) {
         self.stop.cancel();
-        let drained = tokio::time::timeout(grace, async {
-            while self.lanes.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
+        if tokio::time::timeout(grace, &mut self.supervisor)
+            .await
+            .is_err()
+        {
             warn!(
                 ?grace,
                 "targets still running after the grace period; the next start recovers them"
             );
-            self.lanes.abort_all();
-            // Wait for the aborted tasks to be dropped, so that nothing of
-            // this pool (the store's lock among it) outlives it.
-            while self.lanes.join_next().await.is_some() {}
+            self.abort.cancel();
+            // The supervisor waits for the aborted lanes to be dropped, so
+            // that nothing of this pool (the store's lock among it) outlives it.
+            let _ = self.supervisor.await;
         }
     }
 }
 
-async fn run_lane(ctx: &WorkerContext, stop: &CancellationToken, wake: &Notify) {
+/// Runs recovery, then the lanes; a lane that panics is replaced after its
+/// target is recovered.
+async fn supervise(
+    ctx: Arc<WorkerContext>,
+    lanes: usize,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) {
+    let mut tasks = JoinSet::new();
+    {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        tasks.spawn(async move { reap_expired_leases(&ctx, &stop).await });
+    }
+    // No lane claims before recovery: claiming first could clobber a
+    // user's image that a dead run's undo must put back.
+    tokio::select! {
+        _ = recover(&ctx, &stop) => {}
+        _ = abort.cancelled() => {}
+    }
+    // Which lane a task is, and its slot, kept beside the JoinSet: a task
+    // that panics yields only its id.
+    let mut lane_of: HashMap<tokio::task::Id, (usize, LaneSlot)> = HashMap::new();
+    if !stop.is_cancelled() {
+        for lane in 0..lanes {
+            let slot = LaneSlot::default();
+            let handle = spawn_lane_with(&mut tasks, &ctx, &stop, &wake, lane, slot.clone());
+            lane_of.insert(handle, (lane, slot));
+        }
+    }
+    loop {
+        let joined = tokio::select! {
+            joined = tasks.join_next_with_id() => joined,
+            _ = abort.cancelled() => {
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                return;
+            }
+        };
+        let Some(joined) = joined else { return };
+        let id = match &joined {
+            Ok((id, ())) => *id,
+            Err(error) => error.id(),
+        };
+        let Some((lane, slot)) = lane_of.remove(&id) else {
+            continue;
+        };
+        let Err(error) = joined else { continue };
+        if !error.is_panic() {
+            continue;
+        }
+        error!(
+            lane,
+            "a worker lane panicked; recovering its target and replacing it"
+        );
+        let claim = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(claim) = claim {
+            recover_abandoned(
+                &ctx,
+                claim.target_id,
+                TakeOver::Held {
+                    token: &claim.token,
+                },
+                Some("its worker crashed".to_owned()),
+            )
+            .await;
+            wake.notify_waiters();
+        }
+        if !stop.is_cancelled() {
+            let slot = LaneSlot::default();
+            let handle = spawn_lane_with(&mut tasks, &ctx, &stop, &wake, lane, slot.clone());
+            lane_of.insert(handle, (lane, slot));
+        }
+    }
+}
+
+fn spawn_lane_with(
+    tasks: &mut JoinSet<()>,
+    ctx: &Arc<WorkerContext>,
+    stop: &CancellationToken,
+    wake: &Arc<Notify>,
+    lane: usize,
+    slot: LaneSlot,
+) -> tokio::task::Id {
+    let (ctx, stop, wake) = (ctx.clone(), stop.clone(), wake.clone());
+    tasks
+        .spawn(async move {
+            run_lane(&ctx, &stop, &wake, &slot)
+                .instrument(info_span!("lane", lane))
+                .await;
+        })
+        .id()
+}
+
+async fn run_lane(ctx: &WorkerContext, stop: &CancellationToken, wake: &Notify, slot: &LaneSlot) {
     while !stop.is_cancelled() {
-        match ctx.store.claim_target().await {
+        match ctx.store.claim_target(ctx.lease).await {
             Ok(Some(target)) => {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(target.claim.clone());
                 process(ctx, target, stop).await;
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 // A finished target may unblock others waiting on its reference.
                 wake.notify_waiters();
             }
@@ -121,7 +215,10 @@ async fn run_lane(ctx: &WorkerContext, stop: &CancellationToken, wake: &Notify) 
             }
             Err(error) => {
                 error!(error = format!("{error:#}"), "claiming a target failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => {}
+                }
             }
         }
     }
@@ -135,6 +232,10 @@ async fn process(ctx: &WorkerContext, target: ClaimedTarget, stop: &Cancellation
         attempt = target.attempts,
     );
     async {
+        if target.has_registry_auth && ctx.job_credentials.get(target.job_id).is_none() {
+            wait_for_credentials(ctx, &target).await;
+            return;
+        }
         let guard = ctx.cancellations.register(target.job_id);
         // A cancel that came before the registration is seen in the store.
         match ctx.store.cancel_requested(target.job_id).await {
@@ -146,89 +247,184 @@ async fn process(ctx: &WorkerContext, target: ClaimedTarget, stop: &Cancellation
             ),
         }
         info!("started");
+        let lease_lost = CancellationToken::new();
         let signals = Signals {
             cancel: guard.token(),
             stop,
+            lease_lost: &lease_lost,
         };
         let run = procedure::run(ctx, &target, signals);
-        tokio::pin!(run);
-        let mut renewal = tokio::time::interval(LEASE / 3);
-        renewal.tick().await;
-        let finish = loop {
-            tokio::select! {
-                finish = &mut run => break finish,
-                _ = renewal.tick() => {
-                    if let Err(error) = ctx.store.renew_lease(target.id).await {
-                        warn!(error = format!("{error:#}"), "renewing the lease failed");
-                    }
-                }
-            }
-        };
-        match finish {
-            Ok(Finish::Done { outcome, warnings }) => {
-                info!(?outcome, "finished");
-                match ctx
-                    .store
-                    .finish_target(target.id, &outcome, &warnings)
-                    .await
-                {
-                    Ok(status) if status.is_terminal() => ctx.job_credentials.remove(target.job_id),
-                    Ok(_) => {}
-                    Err(error) => {
-                        error!(error = format!("{error:#}"), "recording the outcome failed");
-                    }
-                }
-            }
-            Ok(Finish::Deferred) => info!("reference busy; back in the queue"),
-            Ok(Finish::Release) => {
-                info!("stopping: back in the queue for the next start");
-                if let Err(error) = ctx.store.release_target(target.id).await {
-                    error!(error = format!("{error:#}"), "releasing the target failed");
-                }
-            }
-            Ok(Finish::Abandon) => warn!("stopping mid-step: the next start recovers this target"),
-            Err(error) => {
-                error!(
-                    error = format!("{error:#}"),
-                    "run aborted by a store failure"
-                );
-                // Undo what the run left on the engine, as after a crash.
-                if let Err(error) = recover_target(ctx, target.id).await {
-                    error!(
-                        error = format!("{error:#}"),
-                        "the next start recovers this target"
-                    );
-                }
-            }
-        }
+        let finish = keep_lease(ctx, &target.claim, &lease_lost, run).await;
+        conclude_run(ctx, &target, finish).await;
     }
     .instrument(span)
     .await
 }
 
+/// Drives `run` while renewing the claim's lease. A renewal that fails (the
+/// writer is held, the disk is slow) is tried again; once the lease is
+/// within a third of its end without a renewal, or the claim turns out to
+/// be taken over, `lease_lost` stops the run at once: past its end the
+/// target may be taken over, and the new run must not meet this one.
+async fn keep_lease<T>(
+    ctx: &WorkerContext,
+    claim: &Claim,
+    lease_lost: &CancellationToken,
+    run: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(run);
+    let renew_every = ctx.lease / 3;
+    let mut deadline = Instant::now() + ctx.lease;
+    let mut renewal = tokio::time::interval(renew_every);
+    renewal.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renewal.tick().await;
+    loop {
+        tokio::select! {
+            finish = &mut run => return finish,
+            _ = renewal.tick(), if !lease_lost.is_cancelled() => {
+                let asked = Instant::now();
+                match tokio::time::timeout(renew_every, ctx.store.renew_lease(claim, ctx.lease)).await {
+                    Ok(Ok(true)) => deadline = asked + ctx.lease,
+                    Ok(Ok(false)) => {
+                        warn!("the claim was taken over; stopping this run");
+                        lease_lost.cancel();
+                    }
+                    Ok(Err(error)) => warn!(error = format!("{error:#}"), "renewing the lease failed"),
+                    Err(_) => warn!("renewing the lease took too long"),
+                }
+                if !lease_lost.is_cancelled() && Instant::now() + renew_every >= deadline {
+                    warn!("the lease could not be renewed; stopping this run before it ends");
+                    lease_lost.cancel();
+                }
+            }
+        }
+    }
+}
+
+/// Records how a run ended, as far as its claim still holds.
+async fn conclude_run(ctx: &WorkerContext, target: &ClaimedTarget, finish: anyhow::Result<Finish>) {
+    let claim = &target.claim;
+    match finish {
+        Ok(Finish::Done { outcome, warnings }) => {
+            info!(?outcome, "finished");
+            match ctx.store.finish_target(claim, &outcome, &warnings).await {
+                Ok(status) if status.is_terminal() => ctx.job_credentials.remove(target.job_id),
+                Ok(_) => {}
+                Err(error) if ClaimLost::is(&error) => {
+                    warn!("finished, but the target was taken over meanwhile: outcome not recorded")
+                }
+                Err(error) => {
+                    error!(error = format!("{error:#}"), "recording the outcome failed");
+                }
+            }
+        }
+        Ok(Finish::Deferred) => {
+            info!("reference busy: back in the queue (or cancelled, if its job was)")
+        }
+        Ok(Finish::Release) => {
+            info!("stopping: back in the queue for the next start");
+            if let Err(error) = ctx.store.release_target(claim, Release::Stopped).await {
+                error!(error = format!("{error:#}"), "releasing the target failed");
+            }
+        }
+        Ok(Finish::Abandon) => warn!("stopping mid-step: the next start recovers this target"),
+        // Whoever takes the target over undoes what this run left.
+        Ok(Finish::LeaseLost) => warn!("lease lost: left to recovery"),
+        Err(error) if ClaimLost::is(&error) => {
+            warn!("the target was taken over; this run stopped without touching it again")
+        }
+        Err(error) => {
+            error!(
+                error = format!("{error:#}"),
+                "run aborted by a store failure"
+            );
+            // Undo what the run left on the engine, as after a crash.
+            recover_abandoned(
+                ctx,
+                claim.target_id,
+                TakeOver::Held {
+                    token: &claim.token,
+                },
+                None,
+            )
+            .await;
+        }
+    }
+}
+
+/// A target of a job whose credentials a restart lost: back to the queue to
+/// wait for the job to be resubmitted with them, or failed once the wait is
+/// over. Nothing is asked of the engine.
+async fn wait_for_credentials(ctx: &WorkerContext, target: &ClaimedTarget) {
+    let now = time::OffsetDateTime::now_utc();
+    let wait_until = match target.credentials_wait_until.as_deref() {
+        Some(until) => until.to_owned(),
+        None => crate::store::format_time(now + ctx.credential_wait),
+    };
+    if crate::store::format_time(now) >= wait_until {
+        let outcome = TargetOutcome::Failed {
+            error: format!(
+                "the job's registry credentials were lost when publishd restarted (they are \
+                 never stored) and the job was not resubmitted with them within {}s: resubmit it",
+                ctx.credential_wait.as_secs()
+            ),
+        };
+        match ctx.store.finish_target(&target.claim, &outcome, &[]).await {
+            Ok(status) if status.is_terminal() => ctx.job_credentials.remove(target.job_id),
+            Ok(_) => {}
+            Err(error) => warn!(error = format!("{error:#}"), "failing a target"),
+        }
+        return;
+    }
+    info!(%wait_until, "waiting for the job to be resubmitted with its credentials");
+    let retry_at = crate::store::format_time(now + CREDENTIAL_RECHECK);
+    if let Err(error) = ctx
+        .store
+        .wait_for_credentials(&target.claim, &wait_until, &retry_at)
+        .await
+    {
+        warn!(
+            error = format!("{error:#}"),
+            "putting the target back to wait"
+        );
+    }
+}
+
 /// Targets found mid-step belong to a process that died: undo what their
-/// tag step left on the engine, then queue them again. Retries until the
-/// engine answers, since claiming before that could clobber a user's image.
+/// tag step left on the engine, then queue them again. Waits while the
+/// engine cannot be reached (claiming before could clobber a user's image);
+/// any other engine error is a warning on that target, which is queued
+/// again anyway, so one bad target never holds the queue.
 async fn recover(ctx: &WorkerContext, stop: &CancellationToken) {
     let mut delay = Duration::from_millis(500);
     loop {
-        match recover_once(ctx).await {
-            Ok(0) => return,
-            Ok(count) => {
-                info!(
-                    count,
-                    "recovered targets left running by a previous process"
-                );
-                return;
-            }
+        let ids = match ctx.store.in_flight_targets().await {
+            Ok(ids) => ids,
             Err(error) => {
                 warn!(
                     error = format!("{error:#}"),
-                    ?delay,
-                    "recovery failed; retrying"
+                    "listing targets to recover failed"
+                );
+                Vec::new()
+            }
+        };
+        let mut waiting = false;
+        for id in &ids {
+            waiting |= !recover_abandoned(ctx, *id, TakeOver::Any, None).await;
+        }
+        if !waiting {
+            if !ids.is_empty() {
+                info!(
+                    count = ids.len(),
+                    "recovered targets left running by a previous process"
                 );
             }
+            return;
         }
+        warn!(
+            ?delay,
+            "the engine cannot be reached; recovery waits for it"
+        );
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.cancelled() => return,
@@ -237,18 +433,10 @@ async fn recover(ctx: &WorkerContext, stop: &CancellationToken) {
     }
 }
 
-async fn recover_once(ctx: &WorkerContext) -> anyhow::Result<usize> {
-    let ids = ctx.store.in_flight_targets().await?;
-    for id in &ids {
-        recover_target(ctx, *id).await?;
-    }
-    Ok(ids.len())
-}
-
-/// Recovers targets whose lane stopped renewing its lease (a lane that
-/// panicked, or was aborted), as often as leases are renewed.
+/// Recovers targets whose lease ran out (their lane stopped renewing it),
+/// as often as leases are renewed.
 async fn reap_expired_leases(ctx: &WorkerContext, stop: &CancellationToken) {
-    let mut tick = tokio::time::interval(LEASE / 3);
+    let mut tick = tokio::time::interval(ctx.lease / 3);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -264,38 +452,110 @@ async fn reap_expired_leases(ctx: &WorkerContext, stop: &CancellationToken) {
                 continue;
             }
         };
-        for id in expired {
+        for (id, token) in expired {
             warn!(target_id = id, "lease expired; recovering the target");
-            if let Err(error) = recover_target(ctx, id).await {
-                warn!(
-                    error = format!("{error:#}"),
-                    "recovering an expired target failed"
-                );
-            }
+            recover_abandoned(
+                ctx,
+                id,
+                TakeOver::Expired { token: &token },
+                Some("its lease ran out".to_owned()),
+            )
+            .await;
         }
     }
 }
 
-/// Undoes what a run of the target left on the engine and queues it again.
-async fn recover_target(ctx: &WorkerContext, id: i64) -> anyhow::Result<()> {
-    let target = ctx.store.claimed_target(id).await?;
-    let made_something = target.created_image_id.is_some() || target.staging_reference.is_some();
-    if let (Some(reference), true) = (&target.reference, made_something) {
-        let span = info_span!("recover", job_id = %target.job_id, reference = %reference);
-        async {
+/// Takes an abandoned target over (if `condition` holds), undoes what its
+/// run left on the engine as far as it can, and releases it: queued again,
+/// or a dead letter after too many runs. Answers false only when the engine
+/// could not be reached, leaving the target for a later try.
+async fn recover_abandoned(
+    ctx: &WorkerContext,
+    id: i64,
+    condition: TakeOver<'_>,
+    why: Option<String>,
+) -> bool {
+    let claim = match ctx.store.take_over(id, condition, ctx.lease).await {
+        Ok(Some(claim)) => claim,
+        // Renewed meanwhile, finished, or already taken over: not ours.
+        Ok(None) => return true,
+        Err(error) => {
+            warn!(
+                error = format!("{error:#}"),
+                target_id = id,
+                "taking a target over failed"
+            );
+            return true;
+        }
+    };
+    let target = match ctx.store.claimed_target(id).await {
+        Ok(target) => target,
+        Err(error) => {
+            warn!(
+                error = format!("{error:#}"),
+                target_id = id,
+                "reading a target to recover"
+            );
+            return true;
+        }
+    };
+    let span = info_span!(
+        "recover",
+        job_id = %target.job_id,
+        reference = target.reference.as_deref().unwrap_or("(content tag)")
+    );
+    async {
+        let mut warning = None;
+        if let Some(reference) = &target.reference {
             info!("undoing what an interrupted run left on the engine");
-            restore_reference(
+            let undone = restore_reference(
                 ctx.engine.as_ref(),
                 reference,
                 target.created_image_id.as_deref(),
                 target.prior_image_id.as_deref(),
                 target.staging_reference.as_deref(),
             )
-            .await
+            .await;
+            match undone {
+                Ok(()) => {}
+                Err(EngineError::Unreachable(message)) => {
+                    warn!(%message, "engine unreachable; recovery of this target waits");
+                    // Give the claim up so a later pass can take it again.
+                    let _ = ctx
+                        .store
+                        .take_over(
+                            id,
+                            TakeOver::Held {
+                                token: &claim.token,
+                            },
+                            Duration::ZERO,
+                        )
+                        .await;
+                    return false;
+                }
+                Err(error) => {
+                    warn!(%error, "recovery could not undo everything");
+                    warning = Some(format!(
+                        "recovery after an interrupted run could not clean up the engine: {error}"
+                    ));
+                }
+            }
         }
-        .instrument(span)
-        .await?;
+        let warning = match (why, warning) {
+            (Some(why), Some(warning)) => Some(format!("{warning} (the run ended because {why})")),
+            (_, warning) => warning,
+        };
+        let release = Release::Abandoned {
+            warning,
+            max_runs: ctx.max_target_runs,
+        };
+        match ctx.store.release_target(&claim, release).await {
+            Ok(Released::DeadLetter) => error!("a dead letter: too many runs never finished"),
+            Ok(_) => {}
+            Err(error) => warn!(error = format!("{error:#}"), "releasing a recovered target"),
+        }
+        true
     }
-    ctx.store.release_target(id).await?;
-    Ok(())
+    .instrument(span)
+    .await
 }

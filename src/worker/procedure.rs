@@ -11,12 +11,12 @@ use tracing::{info, warn};
 use crate::credentials::RegistryAuth;
 use crate::domain::labels::{LabelInput, werf_labels};
 use crate::domain::naming::{content_tag, registry_host, target_reference};
-use crate::domain::retry::{FailureKind, classify_registry_message};
+use crate::domain::retry::{FailureKind, classify_engine_error, classify_registry_message};
 use crate::domain::spec::TagStrategy;
 use crate::domain::status::TargetStatus;
 use crate::engine::{Engine, EngineError, LabelBuild, LabelledImage, SourceImage, TagMethod};
 use crate::registry::RegistryError;
-use crate::store::{ClaimedTarget, TargetOutcome};
+use crate::store::{Bound, ClaimedTarget, TargetOutcome};
 
 use super::WorkerContext;
 
@@ -29,10 +29,14 @@ pub struct StepTimeouts {
     pub untag: Duration,
 }
 
-/// What can interrupt a run: a cancel of its job, or the service stopping.
+/// What can interrupt a run: a cancel of its job, the service stopping, or
+/// the run's lease being lost.
 pub struct Signals<'a> {
     pub cancel: &'a CancellationToken,
     pub stop: &'a CancellationToken,
+    /// The claim could not be kept: stop at once and touch nothing more, the
+    /// run that takes the target over undoes what this one left.
+    pub lease_lost: &'a CancellationToken,
 }
 
 /// How a run of the procedure ended.
@@ -51,6 +55,8 @@ pub enum Finish {
     /// The service is stopping and the engine could not be cleaned: leave the
     /// target mid-step for the next start's recovery.
     Abandon,
+    /// The lease was lost: the run stopped where it was.
+    LeaseLost,
 }
 
 /// What a cancel of the job does to a step.
@@ -71,6 +77,7 @@ enum Stop {
     Failed(String),
     Cancelled,
     ShuttingDown,
+    LeaseLost,
     Store(anyhow::Error),
 }
 
@@ -93,8 +100,7 @@ impl From<EngineError> for Failure {
     fn from(error: EngineError) -> Failure {
         let kind = match &error {
             EngineError::Unreachable(_) => FailureKind::Outage,
-            EngineError::Api { status, .. } if *status >= 500 => FailureKind::Transient,
-            EngineError::Api { .. } => FailureKind::Permanent,
+            EngineError::Api { status, message } => classify_engine_error(*status, message),
             EngineError::Push(message) => classify_registry_message(message),
             EngineError::Protocol(_) => FailureKind::Transient,
         };
@@ -167,12 +173,14 @@ pub async fn run(
                 target.image_name.as_deref(),
                 &tag,
             );
-            if !ctx
+            match ctx
                 .store
-                .bind_reference(target.id, &tag, &reference)
+                .bind_reference(&target.claim, &tag, &reference)
                 .await?
             {
-                return Ok(Finish::Deferred);
+                Bound::Bound => {}
+                Bound::Busy => return Ok(Finish::Deferred),
+                Bound::Cancelled => return Ok(Finish::Deferred),
             }
             (tag, reference)
         }
@@ -225,8 +233,8 @@ pub async fn run(
     // A name pointing at the image an earlier run of this target made is that
     // run's leftover (its load finished after its process died), not the
     // user's: the earlier run's record of what the name held stays true.
-    let prior = match &target.created_image_id {
-        Some(created) if prior.as_ref() == Some(created) => target.prior_image_id.clone(),
+    let prior = match &target.previous_created_image_id {
+        Some(created) if prior.as_ref() == Some(created) => target.previous_prior_image_id.clone(),
         _ => prior,
     };
     let labels = werf_labels(&LabelInput {
@@ -241,7 +249,7 @@ pub async fn run(
         None => {
             let image = LabelledImage::new(&source, &labels);
             ctx.store
-                .record_tag_plan(target.id, prior.as_deref(), Some(&image.id), None)
+                .record_tag_plan(&target.claim, prior.as_deref(), Some(&image.id), None)
                 .await?;
             let loaded = run
                 .step("tag", ctx.timeouts.tag, OnCancel::BetweenTries, || async {
@@ -252,7 +260,7 @@ pub async fn run(
         }
         Some(staging) => {
             ctx.store
-                .record_tag_plan(target.id, prior.as_deref(), None, Some(staging))
+                .record_tag_plan(&target.claim, prior.as_deref(), None, Some(staging))
                 .await?;
             run.build(&source, &labels, staging, &reference).await?
         }
@@ -261,7 +269,9 @@ pub async fn run(
     let published = match tagged {
         Ok(()) => {
             info!(image_id = ?created, prior = ?prior, ?method, "tagged");
-            ctx.store.set_step(target.id, TargetStatus::Pushing).await?;
+            ctx.store
+                .set_step(&target.claim, TargetStatus::Pushing)
+                .await?;
             run.push_and_verify(&reference, &auth).await
         }
         Err(stop) => Err(stop),
@@ -269,7 +279,7 @@ pub async fn run(
 
     // Untag, whatever happened above.
     ctx.store
-        .set_step(target.id, TargetStatus::Untagging)
+        .set_step(&target.claim, TargetStatus::Untagging)
         .await?;
     let untagged = run
         .step("untag", ctx.timeouts.untag, OnCancel::Ignore, || async {
@@ -289,6 +299,7 @@ pub async fn run(
         Err(Stop::Store(error)) => return Err(error),
         // Stopping mid-way through the untag: the next start finishes it.
         Err(Stop::ShuttingDown) => return Ok(Finish::Abandon),
+        Err(Stop::LeaseLost) => return Ok(Finish::LeaseLost),
         Err(Stop::Failed(message)) => {
             warn!(%message, "untag failed");
             warnings.push(message);
@@ -311,6 +322,7 @@ fn conclude(published: Result<String, Stop>, warnings: Vec<String>) -> anyhow::R
         Err(Stop::Failed(error)) => TargetOutcome::Failed { error },
         Err(Stop::Cancelled) => TargetOutcome::Cancelled,
         Err(Stop::Store(error)) => return Err(error),
+        Err(Stop::LeaseLost) => return Ok(Finish::LeaseLost),
         // Stopping: a clean engine lets the target go back to the queue;
         // otherwise the next start's recovery cleans up first.
         Err(Stop::ShuttingDown) => {
@@ -327,7 +339,9 @@ fn conclude(published: Result<String, Stop>, warnings: Vec<String>) -> anyhow::R
 impl Signals<'_> {
     /// A cancel or a stop that came while nothing was being done.
     fn interruption(&self) -> Option<Stop> {
-        if self.cancel.is_cancelled() {
+        if self.lease_lost.is_cancelled() {
+            Some(Stop::LeaseLost)
+        } else if self.cancel.is_cancelled() {
             Some(Stop::Cancelled)
         } else if self.stop.is_cancelled() {
             Some(Stop::ShuttingDown)
@@ -401,7 +415,9 @@ impl Run<'_> {
             Err(Stop::Store(error)) => return Err(error),
             Err(stop) => return Ok((None, Err(stop))),
         };
-        ctx.store.record_created_image(self.target.id, &id).await?;
+        ctx.store
+            .record_created_image(&self.target.claim, &id)
+            .await?;
         let named = self
             .step("tag", ctx.timeouts.tag, OnCancel::BetweenTries, || async {
                 ctx.engine.tag_image(&id, reference).await?;
@@ -491,8 +507,9 @@ impl Run<'_> {
             })
             .await?;
         info!(%digest, "pushed");
-        // Read the tag back: the registry, not the engine's report, is the truth.
-        self.step("verify", ctx.timeouts.tag, OnCancel::Interrupt, || async {
+        // Read the tag back: the registry, not the engine's report, is the
+        // truth. The image is published now, so a cancel no longer stops it.
+        self.step("verify", ctx.timeouts.tag, OnCancel::Ignore, || async {
             match ctx.registry.digest(reference, auth).await? {
                 Some(served) if served == digest => Ok(()),
                 Some(served) => Err(Failure::permanent(format!(
@@ -531,7 +548,8 @@ impl Run<'_> {
             OnCancel::Ignore => (&never, &never),
         };
         let (mut tries, mut outage_waits) = (0u32, 0u32);
-        let mut outage_since: Option<Instant> = None;
+        let (mut transient_since, mut outage_since): (Option<Instant>, Option<Instant>) =
+            (None, None);
         loop {
             let attempt = async {
                 match tokio::time::timeout(limit, op()).await {
@@ -543,6 +561,7 @@ impl Run<'_> {
                 }
             };
             let failure = tokio::select! {
+                _ = self.signals.lease_lost.cancelled() => return Err(Stop::LeaseLost),
                 _ = mid_try.cancelled() => return Err(Stop::Cancelled),
                 result = attempt => match result {
                     Ok(value) => return Ok(value),
@@ -552,8 +571,12 @@ impl Run<'_> {
             let retry_number = match failure.kind {
                 FailureKind::Permanent => None,
                 FailureKind::Transient => {
+                    // The count is a floor; the time budget lets a pipeline
+                    // wait out a flaky registry rather than fail.
+                    let since = *transient_since.get_or_insert_with(Instant::now);
                     tries += 1;
-                    (tries < policy.attempts).then_some(tries)
+                    (tries < policy.attempts || since.elapsed() < policy.max_elapsed)
+                        .then_some(tries)
                 }
                 FailureKind::Outage => {
                     let since = *outage_since.get_or_insert_with(Instant::now);
@@ -564,12 +587,15 @@ impl Run<'_> {
             let message = format!("{step}: {}", failure.message);
             self.ctx
                 .store
-                .record_failed_attempt(self.target.id, step, &message, retry_number.is_some())
+                .record_failed_attempt(&self.target.claim, step, &message, retry_number.is_some())
                 .await
                 .map_err(Stop::Store)?;
             let Some(retry_number) = retry_number else {
                 let message = match failure.kind {
-                    FailureKind::Transient => format!("{message} (gave up after {tries} tries)"),
+                    FailureKind::Transient => format!(
+                        "{message} (gave up after {tries} tries in {}s)",
+                        transient_since.map_or(0, |since| since.elapsed().as_secs())
+                    ),
                     FailureKind::Outage => format!(
                         "{message} (gave up after waiting {}s for it)",
                         policy.outage_limit.as_secs()
@@ -582,6 +608,7 @@ impl Run<'_> {
             warn!(%message, ?wait, "step failed; retrying");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
+                _ = self.signals.lease_lost.cancelled() => return Err(Stop::LeaseLost),
                 _ = between_tries.cancelled() => return Err(Stop::Cancelled),
                 _ = self.signals.stop.cancelled() => return Err(Stop::ShuttingDown),
             }

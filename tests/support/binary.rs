@@ -12,34 +12,41 @@ use super::TestEnv;
 
 pub struct Server {
     child: Child,
+    pub port: u16,
     pub base: String,
     pub client: reqwest::Client,
+}
+
+/// A port nothing listens on, for a server started later.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Server {
     /// Starts `publishd serve` on the database in `dir`, logging to
     /// `dir/serve-{round}.log`, with `env` added to its environment.
     pub async fn start(dir: &Path, round: usize, env: &[(&str, &str)]) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Self::start_on(free_port(), dir, round, env).await
+    }
+
+    /// `start` on `port`: where a client that saw the previous server will
+    /// look for it again. Answers once the server is healthy.
+    pub async fn start_on(port: u16, dir: &Path, round: usize, env: &[(&str, &str)]) -> Server {
         let log = std::fs::File::create(dir.join(format!("serve-{round}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_publishd"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--workers",
-                "4",
-            ])
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--database")
             .arg(dir.join("publishd.db"))
             .arg("--docker-config")
             .arg(dir.join("docker-config"))
             .env("DOCKER_HOST", TestEnv::get().docker_host)
             .env("PUBLISHD_RETRY_INITIAL_BACKOFF", "0.1")
+            // An environment variable, not a flag: `env` may change it.
+            .env("PUBLISHD_WORKERS", "4")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
@@ -48,6 +55,7 @@ impl Server {
             .expect("publishd starts");
         let server = Server {
             child,
+            port,
             base: format!("http://127.0.0.1:{port}"),
             client: reqwest::Client::new(),
         };
@@ -87,6 +95,21 @@ impl Server {
             .json()
             .await
             .unwrap()
+    }
+
+    /// Every job in the database, newest first.
+    pub async fn jobs(&self) -> Vec<Value> {
+        let url = format!("{}/api/v1/jobs?limit=100", self.base);
+        let page: Value = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        page["jobs"].as_array().unwrap().clone()
     }
 
     pub async fn statuses(&self, ids: &[String]) -> Vec<String> {

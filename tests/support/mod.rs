@@ -134,6 +134,7 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         max_queued_targets: 10_000,
         max_target_runs: 5,
         credential_wait: Duration::from_secs(600),
+        lease: publishd::config::DEFAULT_LEASE,
         max_connections: 1024,
         header_read_timeout: Duration::from_secs(10),
         // Quick retries keep fault tests short; the policy's shape is the real one.

@@ -1,0 +1,565 @@
+//! The queue as the worker lanes use it: claims, leases, the fenced writes a
+//! lane makes while it runs a target, and the take-overs recovery makes.
+//!
+//! Every write a lane makes names its [`Claim`]. A claim stops being the
+//! target's when its lease runs out and recovery takes the target over (or
+//! the target ends); a write for such a claim changes nothing and answers
+//! [`ClaimLost`], so a lane that lost its lease can never overwrite what the
+//! next run of its target recorded.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::Row;
+use sqlx::sqlite::SqliteQueryResult;
+use uuid::Uuid;
+
+use super::{IN_FLIGHT, Store, StoreResult, bounded, load_claimed, now, parse_uuid, refresh_job};
+use crate::domain::status::{JobStatus, TargetStatus};
+use crate::store::model::{ClaimedTarget, TargetOutcome};
+
+/// A lane's hold on one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub target_id: i64,
+    pub token: String,
+}
+
+/// A write for a claim that is no longer the target's.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "target {target_id} is no longer held by this run: its lease ran out and it was taken over"
+)]
+pub struct ClaimLost {
+    pub target_id: i64,
+}
+
+impl ClaimLost {
+    /// Whether `error` (from any store call) says the claim was lost.
+    pub fn is(error: &anyhow::Error) -> bool {
+        error.downcast_ref::<ClaimLost>().is_some()
+    }
+}
+
+/// What binding a `content` target's reference did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// The target holds the reference and may go on.
+    Bound,
+    /// Another target is working on the reference: back in the queue.
+    Busy,
+    /// The reference was busy and the job was cancelled: the target is
+    /// cancelled (it would never be claimed again).
+    Cancelled,
+}
+
+/// Why a claimed target goes back without an outcome.
+#[derive(Debug, Clone)]
+pub enum Release {
+    /// The service is stopping and its run cleaned up: not a failed run.
+    Stopped,
+    /// Its run died (lane panic, process death, lost lease) and recovery
+    /// cleaned up after it, as far as it could (`warning` says what it could
+    /// not). After `max_runs` such runs the target is a dead letter.
+    Abandoned {
+        warning: Option<String>,
+        max_runs: u32,
+    },
+}
+
+/// What became of a released target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    Queued,
+    Cancelled,
+    DeadLetter,
+}
+
+/// Which claims recovery may take over.
+#[derive(Debug, Clone, Copy)]
+pub enum TakeOver<'a> {
+    /// Any target in flight: at start-up, every one belongs to a dead process.
+    Any,
+    /// Only if `token` still holds it and its lease has run out.
+    Expired { token: &'a str },
+    /// Only if `token` still holds it: its own lane is gone (it panicked) or
+    /// gave it up.
+    Held { token: &'a str },
+}
+
+impl Store {
+    /// Milliseconds on this store's monotonic clock.
+    fn now_ms(&self) -> i64 {
+        i64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+
+    fn lease_end_ms(&self, lease: Duration) -> i64 {
+        self.now_ms()
+            .saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// Claims the oldest pending target whose reference no other target is
+    /// working on, in one statement: two lanes can never hold one reference.
+    /// A `content` target whose source was not resolved yet has no
+    /// reference; it takes one with [`Store::bind_reference`]. What the
+    /// previous run recorded of the engine moves to `previous_*`, so a run
+    /// that dies before recording its own plan is never undone with another
+    /// run's records.
+    pub async fn claim_target(&self, lease: Duration) -> StoreResult<Option<ClaimedTarget>> {
+        let mut tx = self.writer.begin().await?;
+        let now = now();
+        let token = Uuid::now_v7().to_string();
+        let claimed = sqlx::query(&format!(
+            "UPDATE targets
+             SET status = 'tagging', attempts = attempts + 1, runs = runs + 1, error = NULL,
+                 started_at = COALESCE(started_at, ?1), claim_token = ?2, lease_expires_ms = ?3,
+                 previous_prior_image_id = CASE WHEN created_image_id IS NOT NULL
+                     THEN prior_image_id ELSE previous_prior_image_id END,
+                 previous_created_image_id = COALESCE(created_image_id, previous_created_image_id),
+                 prior_image_id = NULL, created_image_id = NULL, staging_reference = NULL,
+                 not_before = NULL
+             WHERE id = (
+                 SELECT t.id FROM targets t JOIN jobs j ON j.id = t.job_id
+                 WHERE t.status = 'pending' AND j.cancel_requested = 0
+                   AND (t.not_before IS NULL OR t.not_before <= ?1)
+                   AND (t.reference_key IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM targets u
+                        WHERE u.reference_key = t.reference_key AND u.status IN {IN_FLIGHT}))
+                 ORDER BY t.job_id, t.position
+                 LIMIT 1)
+             RETURNING id"
+        ))
+        .bind(&now)
+        .bind(&token)
+        .bind(self.lease_end_ms(lease))
+        .fetch_optional(&mut *tx)
+        .await
+        .context("claiming a target")?;
+        let Some(row) = claimed else {
+            return Ok(None);
+        };
+        let target = load_claimed(&mut tx, row.get("id")).await?;
+        refresh_job(&mut tx, target.job_id).await?;
+        tx.commit().await.context("committing a claim")?;
+        Ok(Some(target))
+    }
+
+    /// Extends a claim's lease; answers false if the claim is no longer
+    /// the target's.
+    pub async fn renew_lease(&self, claim: &Claim, lease: Duration) -> StoreResult<bool> {
+        let result = sqlx::query(&format!(
+            "UPDATE targets SET lease_expires_ms = ?
+             WHERE id = ? AND claim_token = ? AND status IN {IN_FLIGHT}"
+        ))
+        .bind(self.lease_end_ms(lease))
+        .bind(claim.target_id)
+        .bind(&claim.token)
+        .execute(&self.writer)
+        .await
+        .context("renewing a lease")?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Gives a claimed `content` target its tag and reference, unless
+    /// another target is working on that reference right now: then the
+    /// target goes back to the queue with its reference (so it waits for the
+    /// other), or is cancelled if its job was.
+    pub async fn bind_reference(
+        &self,
+        claim: &Claim,
+        tag: &str,
+        reference: &str,
+    ) -> StoreResult<Bound> {
+        let mut tx = self.writer.begin().await?;
+        let key = super::reference_key(reference);
+        let row = sqlx::query(&format!(
+            "SELECT EXISTS (SELECT 1 FROM targets
+                            WHERE reference_key = ?1 AND id <> ?2 AND status IN {IN_FLIGHT}) AS busy,
+                    (SELECT j.cancel_requested FROM targets t JOIN jobs j ON j.id = t.job_id
+                     WHERE t.id = ?2) AS cancelled"
+        ))
+        .bind(&key)
+        .bind(claim.target_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let (busy, cancelled): (bool, bool) = (row.get("busy"), row.get("cancelled"));
+        let bound = match (busy, cancelled) {
+            (false, _) => Bound::Bound,
+            (true, false) => Bound::Busy,
+            (true, true) => Bound::Cancelled,
+        };
+        // Deferring is not a run of the target, nor a try.
+        let result = sqlx::query(&format!(
+            "UPDATE targets SET tag = ?1, reference = ?2, reference_key = ?3,
+                 status = CASE ?4 WHEN 'bound' THEN 'tagging' WHEN 'busy' THEN 'pending'
+                                  ELSE 'cancelled' END,
+                 finished_at = CASE ?4 WHEN 'cancelled' THEN ?5 ELSE NULL END,
+                 error = CASE ?4 WHEN 'cancelled' THEN 'cancelled before it started' ELSE NULL END,
+                 claim_token = CASE ?4 WHEN 'bound' THEN claim_token ELSE NULL END,
+                 runs = CASE ?4 WHEN 'bound' THEN runs ELSE runs - 1 END,
+                 attempts = CASE ?4 WHEN 'bound' THEN attempts ELSE attempts - 1 END
+             WHERE id = ?6 AND claim_token = ?7 AND status IN {IN_FLIGHT}"
+        ))
+        .bind(tag)
+        .bind(reference)
+        .bind(&key)
+        .bind(match bound {
+            Bound::Bound => "bound",
+            Bound::Busy => "busy",
+            Bound::Cancelled => "cancelled",
+        })
+        .bind(now())
+        .bind(claim.target_id)
+        .bind(&claim.token)
+        .execute(&mut *tx)
+        .await
+        .context("binding a content reference")?;
+        fenced(result, claim)?;
+        let job_id: String = sqlx::query_scalar("SELECT job_id FROM targets WHERE id = ?")
+            .bind(claim.target_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        refresh_job(&mut tx, parse_uuid(job_id)?).await?;
+        tx.commit().await?;
+        Ok(bound)
+    }
+
+    /// Records, before the tag step touches the engine, what the reference
+    /// named and the id of the image about to be made: what recovery needs
+    /// to undo the step whenever the process dies. `created_image_id` is
+    /// known in advance for a load; a build's image is known only once
+    /// built, so its temporary name is recorded instead.
+    pub async fn record_tag_plan(
+        &self,
+        claim: &Claim,
+        prior_image_id: Option<&str>,
+        created_image_id: Option<&str>,
+        staging_reference: Option<&str>,
+    ) -> StoreResult<()> {
+        let result = sqlx::query(
+            "UPDATE targets SET prior_image_id = ?, created_image_id = ?, staging_reference = ?
+             WHERE id = ? AND claim_token = ?",
+        )
+        .bind(prior_image_id)
+        .bind(created_image_id)
+        .bind(staging_reference)
+        .bind(claim.target_id)
+        .bind(&claim.token)
+        .execute(&self.writer)
+        .await
+        .context("recording the tag step's plan")?;
+        fenced(result, claim)
+    }
+
+    /// Records the image a build made, before its target reference is
+    /// pointed at it.
+    pub async fn record_created_image(
+        &self,
+        claim: &Claim,
+        created_image_id: &str,
+    ) -> StoreResult<()> {
+        let result =
+            sqlx::query("UPDATE targets SET created_image_id = ? WHERE id = ? AND claim_token = ?")
+                .bind(created_image_id)
+                .bind(claim.target_id)
+                .bind(&claim.token)
+                .execute(&self.writer)
+                .await
+                .context("recording the built image")?;
+        fenced(result, claim)
+    }
+
+    pub async fn set_step(&self, claim: &Claim, status: TargetStatus) -> StoreResult<()> {
+        let result = sqlx::query("UPDATE targets SET status = ? WHERE id = ? AND claim_token = ?")
+            .bind(status.as_str())
+            .bind(claim.target_id)
+            .bind(&claim.token)
+            .execute(&self.writer)
+            .await
+            .context("recording a step")?;
+        fenced(result, claim)
+    }
+
+    /// Records a failed try of `step`; when another try follows, counts it.
+    pub async fn record_failed_attempt(
+        &self,
+        claim: &Claim,
+        step: &str,
+        error: &str,
+        retrying: bool,
+    ) -> StoreResult<()> {
+        let result = sqlx::query(
+            "UPDATE targets SET
+                 attempt_errors = json_insert(attempt_errors, '$[#]',
+                     json_object('attempt', attempts, 'step', ?, 'error', ?, 'at', ?)),
+                 attempts = attempts + ?
+             WHERE id = ? AND claim_token = ?",
+        )
+        .bind(step)
+        .bind(bounded(error))
+        .bind(now())
+        .bind(i64::from(retrying))
+        .bind(claim.target_id)
+        .bind(&claim.token)
+        .execute(&self.writer)
+        .await
+        .context("recording a failed attempt")?;
+        fenced(result, claim)
+    }
+
+    /// Records how a target ended and brings its job's status up to date;
+    /// answers the job's new status.
+    pub async fn finish_target(
+        &self,
+        claim: &Claim,
+        outcome: &TargetOutcome,
+        warnings: &[String],
+    ) -> StoreResult<JobStatus> {
+        let (status, digest, error, up_to_date) = match outcome {
+            TargetOutcome::Succeeded { digest, up_to_date } => {
+                ("succeeded", Some(digest.as_str()), None, *up_to_date)
+            }
+            TargetOutcome::Failed { error } => ("failed", None, Some(bounded(error)), false),
+            TargetOutcome::Cancelled => ("cancelled", None, Some("cancelled".to_owned()), false),
+        };
+        let warnings: Vec<String> = warnings.iter().map(|w| bounded(w)).collect();
+        let mut tx = self.writer.begin().await?;
+        let job_id: Option<String> = sqlx::query_scalar(&format!(
+            "UPDATE targets SET status = ?, digest = ?, error = ?, up_to_date = ?,
+                                warnings = json(?), finished_at = ?, claim_token = NULL,
+                                lease_expires_ms = NULL
+             WHERE id = ? AND claim_token = ? AND status IN {IN_FLIGHT} RETURNING job_id"
+        ))
+        .bind(status)
+        .bind(digest)
+        .bind(error)
+        .bind(up_to_date)
+        .bind(serde_json::to_string(&warnings)?)
+        .bind(now())
+        .bind(claim.target_id)
+        .bind(&claim.token)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("finishing a target")?;
+        let job_id = job_id.ok_or(ClaimLost {
+            target_id: claim.target_id,
+        })?;
+        let status = refresh_job(&mut tx, parse_uuid(job_id)?).await?;
+        tx.commit().await.context("committing a finished target")?;
+        Ok(status)
+    }
+
+    /// Puts a claimed target back in the queue, cancels it if its job was
+    /// cancelled, or fails it as a dead letter after too many runs that
+    /// never finished.
+    pub async fn release_target(&self, claim: &Claim, release: Release) -> StoreResult<Released> {
+        let (counts, max_runs, warning) = match &release {
+            Release::Stopped => (false, u32::MAX, None),
+            Release::Abandoned { warning, max_runs } => (true, *max_runs, warning.clone()),
+        };
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE targets SET
+                 runs = runs - CASE WHEN ?1 THEN 0 ELSE 1 END,
+                 status = CASE
+                     WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)
+                         THEN 'cancelled'
+                     WHEN ?1 AND runs >= ?2 THEN 'failed'
+                     ELSE 'pending' END,
+                 dead_letter = CASE
+                     WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id) THEN 0
+                     WHEN ?1 AND runs >= ?2 THEN 1 ELSE 0 END,
+                 error = CASE
+                     WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)
+                         THEN 'cancelled'
+                     WHEN ?1 AND runs >= ?2 THEN 'dead letter: ' || runs || ' runs of this target '
+                         || 'never finished (its worker crashed or publishd died during each); '
+                         || 'it is not run again'
+                     ELSE NULL END,
+                 finished_at = CASE
+                     WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)
+                         OR (?1 AND runs >= ?2) THEN ?3 ELSE NULL END,
+                 warnings = CASE WHEN ?4 IS NULL THEN warnings
+                                 ELSE json_insert(warnings, '$[#]', ?4) END,
+                 claim_token = NULL, lease_expires_ms = NULL
+             WHERE id = ?5 AND claim_token = ?6 AND status IN {IN_FLIGHT}
+             RETURNING job_id, status"
+        ))
+        .bind(counts)
+        .bind(i64::from(max_runs))
+        .bind(now())
+        .bind(warning.as_deref().map(bounded))
+        .bind(claim.target_id)
+        .bind(&claim.token)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("releasing a target")?
+        .ok_or(ClaimLost {
+            target_id: claim.target_id,
+        })?;
+        let status: String = row.get("status");
+        refresh_job(&mut tx, parse_uuid(row.get("job_id"))?).await?;
+        tx.commit().await?;
+        Ok(match status.as_str() {
+            "cancelled" => Released::Cancelled,
+            "failed" => Released::DeadLetter,
+            _ => Released::Queued,
+        })
+    }
+
+    /// Puts back a target whose job brought credentials that a restart lost:
+    /// it is not claimed again before `retry_at`, and fails once
+    /// `wait_until` (kept from the first wait) has passed. Not a run, nor a try.
+    pub async fn wait_for_credentials(
+        &self,
+        claim: &Claim,
+        wait_until: &str,
+        retry_at: &str,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer.begin().await?;
+        let job_id: Option<String> = sqlx::query_scalar(&format!(
+            "UPDATE targets SET status = 'pending', attempts = attempts - 1, runs = runs - 1,
+                 claim_token = NULL, lease_expires_ms = NULL, not_before = ?,
+                 credentials_wait_until = COALESCE(credentials_wait_until, ?)
+             WHERE id = ? AND claim_token = ? AND status IN {IN_FLIGHT} RETURNING job_id"
+        ))
+        .bind(retry_at)
+        .bind(wait_until)
+        .bind(claim.target_id)
+        .bind(&claim.token)
+        .fetch_optional(&mut *tx)
+        .await
+        .context("putting a target back to wait for credentials")?;
+        let job_id = job_id.ok_or(ClaimLost {
+            target_id: claim.target_id,
+        })?;
+        refresh_job(&mut tx, parse_uuid(job_id)?).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The job was resubmitted with its credentials: its waiting targets may
+    /// be claimed at once.
+    pub async fn credentials_arrived(&self, job_id: Uuid) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE targets SET not_before = NULL, credentials_wait_until = NULL
+             WHERE job_id = ? AND status = 'pending'",
+        )
+        .bind(job_id.to_string())
+        .execute(&self.writer)
+        .await
+        .context("waking targets that waited for credentials")?;
+        Ok(())
+    }
+
+    /// Takes a target in flight over from the run that held it, if
+    /// `condition` holds, with a fresh claim for recovery to use: from then
+    /// on every write of the old run changes nothing.
+    pub async fn take_over(
+        &self,
+        target_id: i64,
+        condition: TakeOver<'_>,
+        lease: Duration,
+    ) -> StoreResult<Option<Claim>> {
+        let token = Uuid::now_v7().to_string();
+        let (held_by, expired_before) = match condition {
+            TakeOver::Any => (None, None),
+            TakeOver::Expired { token } => (Some(token), Some(self.now_ms())),
+            TakeOver::Held { token } => (Some(token), None),
+        };
+        let result = sqlx::query(&format!(
+            "UPDATE targets SET claim_token = ?1, lease_expires_ms = ?2
+             WHERE id = ?3 AND status IN {IN_FLIGHT}
+               AND (?4 IS NULL OR claim_token = ?4)
+               AND (?5 IS NULL OR lease_expires_ms IS NULL OR lease_expires_ms < ?5)"
+        ))
+        .bind(&token)
+        .bind(self.lease_end_ms(lease))
+        .bind(target_id)
+        .bind(held_by)
+        .bind(expired_before)
+        .execute(&self.writer)
+        .await
+        .context("taking over a target")?;
+        Ok((result.rows_affected() == 1).then_some(Claim { target_id, token }))
+    }
+
+    /// Targets left mid-step: at start-up these belong to a process that died.
+    pub async fn in_flight_targets(&self) -> StoreResult<Vec<i64>> {
+        let ids = sqlx::query_scalar(&format!(
+            "SELECT id FROM targets WHERE status IN {IN_FLIGHT}"
+        ))
+        .fetch_all(&self.reader)
+        .await
+        .context("listing targets in flight")?;
+        Ok(ids)
+    }
+
+    /// Claims whose lease ran out: (target id, claim token). Read without
+    /// the writer, so it answers while the writer is held.
+    pub async fn expired_leases(&self) -> StoreResult<Vec<(i64, String)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT id, claim_token FROM targets
+             WHERE status IN {IN_FLIGHT} AND claim_token IS NOT NULL
+               AND (lease_expires_ms IS NULL OR lease_expires_ms < ?)"
+        ))
+        .bind(self.now_ms())
+        .fetch_all(&self.reader)
+        .await
+        .context("listing expired leases")?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get("id"), row.get("claim_token")))
+            .collect())
+    }
+
+    pub async fn cancel_requested(&self, job_id: Uuid) -> StoreResult<bool> {
+        let requested = sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = ?")
+            .bind(job_id.to_string())
+            .fetch_one(&self.reader)
+            .await
+            .context("reading a job's cancel flag")?;
+        Ok(requested)
+    }
+
+    /// A target as a lane sees it, with what its last run recorded.
+    pub async fn claimed_target(&self, id: i64) -> StoreResult<ClaimedTarget> {
+        let mut tx = self.writer.begin().await?;
+        let target = load_claimed(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(target)
+    }
+
+    /// Records what an image of a job resolved to, unless another target of
+    /// the image resolved it first; answers the id every target of the
+    /// image publishes.
+    pub async fn resolve_source(
+        &self,
+        job_id: Uuid,
+        image_position: i64,
+        source_image_id: &str,
+    ) -> StoreResult<String> {
+        let id = sqlx::query_scalar(
+            "UPDATE job_images SET source_image_id = COALESCE(source_image_id, ?)
+             WHERE job_id = ? AND position = ? RETURNING source_image_id",
+        )
+        .bind(source_image_id)
+        .bind(job_id.to_string())
+        .bind(image_position)
+        .fetch_one(&self.writer)
+        .await
+        .context("recording a resolved source")?;
+        Ok(id)
+    }
+}
+
+/// A fenced write that changed nothing was made for a lost claim.
+fn fenced(result: SqliteQueryResult, claim: &Claim) -> StoreResult<()> {
+    if result.rows_affected() == 0 {
+        return Err(ClaimLost {
+            target_id: claim.target_id,
+        }
+        .into());
+    }
+    Ok(())
+}
