@@ -121,3 +121,40 @@ async fn a_locked_database_makes_the_service_unready() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_started_before_its_engine_accepts_jobs_and_runs_them_later() {
+    let env = TestEnv::get();
+    let dir = tempfile::tempdir().unwrap();
+    let mut private = block_in_place(|| PrivateEngine::start(dir.path()));
+    let engine = TestEngine::connect_to(&private.host());
+    let name = unique("late-engine");
+    engine.import_image(&name, "b1", &[]).await;
+    block_in_place(|| private.stop());
+
+    // Boot order: the service comes up first.
+    let host = private.host();
+    let app = TestApp::spawn_with(|settings| settings.docker_host = Some(host)).await;
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert!(
+        ready["engine"].as_str().unwrap().contains("unreachable"),
+        "{ready}"
+    );
+    let repo = format!("{}/{}", env.registry, unique("late-engine"));
+    let id = app
+        .submit(&app_job(&repo, &format!("{name}:b1"), &["v1"]))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        ["queued", "running"].contains(&app.job(&id).await["status"].as_str().unwrap()),
+        "the job waits for the engine"
+    );
+
+    block_in_place(|| private.start_again());
+    let job = app.wait_finished(&id).await;
+    Registry::open(&env.registry).assert_holds(&job).await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    assert!(engine.names_under(&repo).await.is_empty());
+}

@@ -92,17 +92,18 @@ pub fn classify_registry_message(message: &str) -> FailureKind {
 
 /// Classifies an error the engine answered (`status` 200 for one reported
 /// inside a streamed answer, such as a load's). A full disk is an outage to
-/// wait out, not a reason to fail every queued target in seconds; a
-/// conflict or an unknown in-stream error may pass; a bad request or a
-/// missing image will not.
+/// wait out, not a reason to fail every queued target in seconds; an
+/// unknown in-stream error may pass; a bad request, a missing image or a
+/// conflict (a name a container uses) will not.
 pub fn classify_engine_error(status: u16, message: &str) -> FailureKind {
     let lower = message.to_lowercase();
     if lower.contains("no space left on device") || lower.contains("disk quota exceeded") {
         return FailureKind::Outage;
     }
     match status {
-        400 | 404 | 406 => FailureKind::Permanent,
-        409 | 429 => FailureKind::Transient,
+        // 409: a name a container uses cannot be removed; it stays so.
+        400 | 404 | 406 | 409 => FailureKind::Permanent,
+        429 => FailureKind::Transient,
         500.. => FailureKind::Transient,
         200 => {
             let permanent = [

@@ -173,11 +173,14 @@ impl HttpRegistry {
         let mut authorization = self.cached_token(&key);
         let mut answered_challenge = false;
         loop {
-            let mut request = build(&endpoint.client, &endpoint.base);
-            if let Some(value) = &authorization {
-                request = request.header(AUTHORIZATION, value);
-            }
-            let response = request.send().await.map_err(transport_error)?;
+            let response = send_retrying(|| {
+                let request = build(&endpoint.client, &endpoint.base);
+                match &authorization {
+                    Some(value) => request.header(AUTHORIZATION, value),
+                    None => request,
+                }
+            })
+            .await?;
             if response.status() != StatusCode::UNAUTHORIZED || answered_challenge {
                 return Ok(response);
             }
@@ -239,30 +242,32 @@ impl HttpRegistry {
             return Ok((format!("Bearer {token}"), STATIC_CREDENTIAL_LIFETIME));
         }
         let client = &endpoint.client;
-        let request = if let Some(refresh_token) = auth.refresh_token() {
-            // An identity token is an OAuth2 refresh token: exchange it.
-            let mut form = vec![
-                ("grant_type", "refresh_token"),
-                ("refresh_token", refresh_token),
-                ("client_id", CLIENT_ID),
-                ("scope", wanted_scope),
-            ];
-            if let Some(service) = service {
-                form.push(("service", service));
-            }
-            client.post(realm).form(&form)
-        } else {
-            let mut query = vec![("scope", wanted_scope)];
-            if let Some(service) = service {
-                query.push(("service", service));
-            }
-            let request = client.get(realm).query(&query);
-            match auth.basic() {
-                Some((username, password)) => request.basic_auth(username, Some(password)),
-                None => request,
+        let request = || {
+            if let Some(refresh_token) = auth.refresh_token() {
+                // An identity token is an OAuth2 refresh token: exchange it.
+                let mut form = vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh_token),
+                    ("client_id", CLIENT_ID),
+                    ("scope", wanted_scope),
+                ];
+                if let Some(service) = service {
+                    form.push(("service", service));
+                }
+                client.post(realm).form(&form)
+            } else {
+                let mut query = vec![("scope", wanted_scope)];
+                if let Some(service) = service {
+                    query.push(("service", service));
+                }
+                let request = client.get(realm).query(&query);
+                match auth.basic() {
+                    Some((username, password)) => request.basic_auth(username, Some(password)),
+                    None => request,
+                }
             }
         };
-        let response = request.send().await.map_err(transport_error)?;
+        let response = send_retrying(request).await?;
         if !response.status().is_success() {
             let status = response.status();
             let error = status_error(response, "the registry's token server").await;
@@ -526,6 +531,57 @@ async fn insecure_endpoint(host: &str) -> Result<Endpoint, RegistryError> {
     })
 }
 
+/// Tries of one request that fails transiently (a 5xx or 429 answer, a
+/// reset, a timeout) before the failure goes to the step, which retries the
+/// whole step: repeating the single request, as crane and skopeo do, gets
+/// through a flaky registry at a fraction of the cost.
+const REQUEST_TRIES: u32 = 4;
+const REQUEST_BACKOFF: Duration = Duration::from_millis(200);
+/// The longest `Retry-After` waited for inside one request.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// Sends the request `build` makes, again on a transient failure, with
+/// exponential backoff and jitter, or after the registry's `Retry-After`.
+/// The last answer or failure is what the caller sees.
+async fn send_retrying(build: impl Fn() -> RequestBuilder) -> Result<Response, RegistryError> {
+    let mut try_number = 1;
+    loop {
+        let outcome = build().send().await;
+        let retry_after = match &outcome {
+            Ok(response) if is_transient_status(response.status()) => Some(retry_after(response)),
+            Ok(_) => None,
+            Err(error) if transport_error_kind(error) == FailureKind::Transient => Some(None),
+            Err(_) => None,
+        };
+        match retry_after {
+            Some(asked) if try_number < REQUEST_TRIES => {
+                let backoff = REQUEST_BACKOFF * 2u32.pow(try_number - 1);
+                let wait = asked.unwrap_or_else(|| backoff.mul_f64(0.5 + 0.5 * fastrand::f64()));
+                tokio::time::sleep(wait).await;
+                try_number += 1;
+            }
+            _ => return outcome.map_err(transport_error),
+        }
+    }
+}
+
+fn is_transient_status(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// A `Retry-After` in seconds, capped.
+fn retry_after(response: &Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|seconds| Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
+}
+
 fn basic(username: &str, password: &str) -> String {
     use base64::Engine as _;
     let encoded =
@@ -619,19 +675,23 @@ fn truncate(message: &mut String, limit: usize) {
 /// outage, a certificate the engine's settings do not trust is permanent,
 /// anything else (resets, timeouts) transient.
 fn transport_error(error: reqwest::Error) -> RegistryError {
-    let mut chain = vec![error.to_string()];
+    let kind = transport_error_kind(&error);
+    let mut message = error_chain(&error);
+    truncate(&mut message, MESSAGE_LIMIT);
+    RegistryError::new(kind, message)
+}
+
+fn transport_error_kind(error: &reqwest::Error) -> FailureKind {
     let mut refused = false;
-    let mut source = std::error::Error::source(&error);
+    let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
         }
-        chain.push(cause.to_string());
         source = cause.source();
     }
-    let mut message = chain.join(": ");
-    let lower = message.to_lowercase();
-    let kind = if error.is_timeout() {
+    let lower = error_chain(error).to_lowercase();
+    if error.is_timeout() {
         FailureKind::Transient
     } else if refused || lower.contains("connection refused") || lower.contains("dns error") {
         FailureKind::Outage
@@ -639,9 +699,19 @@ fn transport_error(error: reqwest::Error) -> RegistryError {
         FailureKind::Permanent
     } else {
         FailureKind::Transient
-    };
-    truncate(&mut message, MESSAGE_LIMIT);
-    RegistryError::new(kind, message)
+    }
+}
+
+/// reqwest's own message is terse ("error sending request"); the causes say
+/// what happened.
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut chain = vec![error.to_string()];
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        chain.push(cause.to_string());
+        source = cause.source();
+    }
+    chain.join(": ")
 }
 
 #[cfg(test)]

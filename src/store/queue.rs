@@ -326,8 +326,11 @@ impl Store {
         let mut tx = self.writer.begin().await?;
         let job_id: Option<String> = sqlx::query_scalar(&format!(
             "UPDATE targets SET status = ?, digest = ?, error = ?, up_to_date = ?,
-                                warnings = json(?), finished_at = ?, claim_token = NULL,
-                                lease_expires_ms = NULL
+                                warnings = (SELECT json_group_array(value) FROM (
+                                    SELECT 0 AS part, key, value FROM json_each(targets.warnings)
+                                    UNION ALL SELECT 1, key, value FROM json_each(?)
+                                    ORDER BY part, key)),
+                                finished_at = ?, claim_token = NULL, lease_expires_ms = NULL
              WHERE id = ? AND claim_token = ? AND status IN {IN_FLIGHT} RETURNING job_id"
         ))
         .bind(status)

@@ -561,12 +561,15 @@ impl Run<'_> {
                 }
             };
             let failure = tokio::select! {
-                _ = self.signals.lease_lost.cancelled() => return Err(Stop::LeaseLost),
-                _ = mid_try.cancelled() => return Err(Stop::Cancelled),
+                // A try that has finished counts, even if a cancel came in
+                // the same instant: a push that completed was published.
+                biased;
                 result = attempt => match result {
                     Ok(value) => return Ok(value),
                     Err(failure) => failure,
                 },
+                _ = self.signals.lease_lost.cancelled() => return Err(Stop::LeaseLost),
+                _ = mid_try.cancelled() => return Err(Stop::Cancelled),
             };
             let retry_number = match failure.kind {
                 FailureKind::Permanent => None,

@@ -33,6 +33,8 @@ pub enum Faults {
     ManifestPut(u16),
     /// Manifest HEAD requests (digest read-backs) report another digest.
     WrongDigest,
+    /// Manifest HEAD requests (digest read-backs) wait this long first.
+    SlowReadBack(Duration),
 }
 
 enum Fault {
@@ -62,7 +64,9 @@ impl FaultProxy {
             faults,
             rng: std::sync::Mutex::new(match faults {
                 Faults::Random { seed, .. } => fastrand::Rng::with_seed(seed),
-                Faults::ManifestPut(_) | Faults::WrongDigest => fastrand::Rng::with_seed(0),
+                Faults::ManifestPut(_) | Faults::WrongDigest | Faults::SlowReadBack(_) => {
+                    fastrand::Rng::with_seed(0)
+                }
             }),
             injected: injected.clone(),
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
@@ -118,6 +122,9 @@ impl State {
             Faults::WrongDigest => (request.method() == hyper::Method::HEAD
                 && request.uri().path().contains("/manifests/"))
             .then_some(Fault::WrongDigest),
+            Faults::SlowReadBack(delay) => (request.method() == hyper::Method::HEAD
+                && request.uri().path().contains("/manifests/"))
+            .then_some(Fault::Delay(delay)),
             Faults::Random { rate, latency, .. } => {
                 let mut rng = self.rng.lock().unwrap();
                 if rng.f64() >= rate {

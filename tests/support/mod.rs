@@ -7,6 +7,7 @@
 pub mod binary;
 pub mod engine;
 pub mod fault_proxy;
+pub mod hostile_registry;
 pub mod procs;
 pub mod registry;
 
@@ -188,8 +189,16 @@ impl TestApp {
 
     /// Starts an instance on `engine`, a wrapper that injects faults.
     pub async fn spawn_on_engine(engine: Arc<dyn Engine>) -> TestApp {
+        Self::spawn_on_engine_with(engine, |_| {}).await
+    }
+
+    pub async fn spawn_on_engine_with(
+        engine: Arc<dyn Engine>,
+        configure: impl FnOnce(&mut Settings),
+    ) -> TestApp {
         let tempdir = tempfile::tempdir().expect("temp dir");
-        let settings = test_settings(tempdir.path());
+        let mut settings = test_settings(tempdir.path());
+        configure(&mut settings);
         let app = Application::build_with_engine(settings, engine)
             .await
             .expect("application builds");
