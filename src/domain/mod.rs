@@ -7,3 +7,4 @@ pub mod retry;
 pub mod slug;
 pub mod spec;
 pub mod status;
+pub mod text;

@@ -81,13 +81,26 @@ pub fn classify_registry_message(message: &str) -> FailureKind {
     ];
     if outage.iter().any(|word| message.contains(word)) {
         FailureKind::Outage
-    } else if permanent.iter().any(|word| message.contains(word)) {
+    } else if permanent.iter().any(|word| message.contains(word))
+        || refused_by_status(&message)
+    {
         FailureKind::Permanent
     } else {
         // 5xx, 429 / TOOMANYREQUESTS, resets, EOFs, timeouts, TLS handshake
         // timeouts and anything unknown: worth another bounded try.
         FailureKind::Transient
     }
+}
+
+/// The engine reports a registry answer it could not read by its status
+/// ("error parsing HTTP 403 response body"): a 4xx other than 408 and 429
+/// is a refusal, whatever the body.
+fn refused_by_status(message: &str) -> bool {
+    message
+        .split("http ")
+        .skip(1)
+        .filter_map(|rest| rest.get(..3)?.parse::<u16>().ok())
+        .any(|status| (400..500).contains(&status) && status != 408 && status != 429)
 }
 
 /// Classifies an error the engine answered (`status` 200 for one reported
@@ -165,7 +178,7 @@ mod tests {
             (
                 409,
                 "conflict: unable to remove repository reference",
-                Transient,
+                Permanent,
             ),
             (400, "invalid reference format", Permanent),
         ];
@@ -207,6 +220,14 @@ mod tests {
                 Transient,
             ),
             ("net/http: TLS handshake timeout", Transient),
+            (
+                "error parsing HTTP 403 response body: invalid character 'h'",
+                Permanent,
+            ),
+            (
+                "error parsing HTTP 408 response body: unexpected end of JSON input",
+                Transient,
+            ),
             (
                 "dial tcp 127.0.0.1:5000: connect: connection refused",
                 Outage,

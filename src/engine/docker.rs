@@ -1,5 +1,6 @@
 //! The engine through bollard: dockerd, or any engine with its API (Podman's
-//! `podman system service`).
+//! `podman system service`). bollard makes the typed calls over this
+//! module's transport; the push is read by `push.rs` over the same one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,8 +10,8 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, ImportImageOptionsBuilder, PushImageOptionsBuilder,
-    RemoveImageOptionsBuilder, TagImageOptionsBuilder,
+    BuildImageOptionsBuilder, ImportImageOptionsBuilder, RemoveImageOptionsBuilder,
+    TagImageOptionsBuilder,
 };
 use bollard::{API_DEFAULT_VERSION, BollardRequest, Docker, body_full};
 use bytes::Bytes;
@@ -19,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
 use super::settings::{EngineDescription, InfoReport, VersionReport};
+use super::transport::{BOLLARD_ADDRESS, EngineTransport};
 use super::{Engine, EngineError, LabelBuild, LabelledImage, SourceImage};
 use crate::credentials::RegistryAuth;
 use crate::domain::naming::split_tag;
@@ -39,8 +41,9 @@ const DESCRIPTION_TTL: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct DockerEngine {
     host: String,
-    /// Made on first use: the engine may not be up yet when publishd starts,
-    /// and bollard refuses a unix socket path that does not exist yet.
+    transport: EngineTransport,
+    /// Made on first use, when the API version is settled: the engine may
+    /// not be up yet when publishd starts.
     docker: Arc<OnceCell<Docker>>,
     /// Image id -> its config's `history`, or `None` where it cannot be used.
     history: Arc<Mutex<HashMap<String, Option<Value>>>>,
@@ -52,13 +55,8 @@ impl DockerEngine {
     /// socket if `None`). Nothing is asked of the engine yet.
     pub fn new(docker_host: Option<&str>) -> anyhow::Result<DockerEngine> {
         let host = docker_host.unwrap_or(DEFAULT_SOCKET).to_owned();
-        if !(host.starts_with("unix://")
-            || host.starts_with("tcp://")
-            || host.starts_with("http://"))
-        {
-            anyhow::bail!("DOCKER_HOST {host:?} is neither unix:// nor tcp://");
-        }
         Ok(DockerEngine {
+            transport: EngineTransport::new(&host)?,
             host,
             docker: Arc::default(),
             history: Arc::default(),
@@ -70,12 +68,16 @@ impl DockerEngine {
     async fn docker(&self) -> Result<&Docker, EngineError> {
         self.docker
             .get_or_try_init(|| async {
-                let docker = if self.host.starts_with("unix://") {
-                    Docker::connect_with_unix(&self.host, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-                } else {
-                    let address = self.host.replacen("tcp://", "http://", 1);
-                    Docker::connect_with_http(&address, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-                }
+                let transport = self.transport.clone();
+                let docker = Docker::connect_with_custom_transport(
+                    move |request: BollardRequest| {
+                        let transport = transport.clone();
+                        async move { transport.send(request).await }
+                    },
+                    Some(BOLLARD_ADDRESS),
+                    REQUEST_TIMEOUT_SECS,
+                    API_DEFAULT_VERSION,
+                )
                 .map_err(engine_error)?
                 .with_request_modifier(url_safe_registry_auth);
                 let docker = docker.negotiate_version().await.map_err(engine_error)?;
@@ -308,31 +310,18 @@ impl Engine for DockerEngine {
 
     async fn push(&self, reference: &str, auth: &RegistryAuth) -> Result<String, EngineError> {
         let (repository, tag) = split_tag(reference);
-        let docker = self.docker().await?;
-        let options = PushImageOptionsBuilder::default().tag(tag).build();
-        let mut stream =
-            docker.push_image(repository, Some(options), Some(auth.engine_credentials()));
-        // The engine answers 200 at once and reports errors as items inside
-        // the stream, so it is drained to its end.
-        let mut digest = None;
-        while let Some(item) = stream.next().await {
-            let item = match item {
-                Ok(item) => item,
-                Err(bollard::errors::Error::DockerStreamError { error }) => {
-                    return Err(EngineError::Push(error));
-                }
-                Err(error) => return Err(push_stream_error(error)),
-            };
-            if let Some(status) = item.status {
-                digest = push_digest(&status, tag).or(digest);
-            }
-        }
-        if let Some(digest) = digest {
+        let credentials = serde_json::to_vec(&auth.engine_credentials())
+            .map_err(|error| EngineError::Protocol(error.to_string()))?;
+        if let Some(digest) =
+            super::push::push(&self.transport, repository, tag, &credentials).await?
+        {
             return Ok(digest);
         }
-        // Engines that report the digest only in `aux` (which bollard does
-        // not read) record it among the image's repo digests.
-        let inspect = docker
+        // An engine that reported no digest records it among the image's
+        // repo digests.
+        let inspect = self
+            .docker()
+            .await?
             .inspect_image(reference)
             .await
             .map_err(engine_error)?;
@@ -380,16 +369,6 @@ impl Engine for DockerEngine {
     }
 }
 
-/// The digest in the status line `TAG: digest: sha256:... size: N` that
-/// every engine version prints at the end of a push.
-fn push_digest(status: &str, tag: &str) -> Option<String> {
-    let rest = status.strip_prefix(tag)?.strip_prefix(": digest: ")?;
-    rest.split_whitespace()
-        .next()
-        .filter(|digest| digest.starts_with("sha256:"))
-        .map(str::to_owned)
-}
-
 /// Repo digests name the repository as the engine normalises it
 /// (`docker.io/library/app` for `app`).
 fn same_repository(a: &str, b: &str) -> bool {
@@ -421,14 +400,6 @@ fn is_not_found(error: &bollard::errors::Error) -> bool {
     )
 }
 
-/// A broken push stream is a push that failed, to be retried as such.
-fn push_stream_error(error: bollard::errors::Error) -> EngineError {
-    match engine_error(error) {
-        EngineError::Protocol(message) => EngineError::Push(format!("push stream: {message}")),
-        other => other,
-    }
-}
-
 fn engine_error(error: bollard::errors::Error) -> EngineError {
     use bollard::errors::Error;
     match error {
@@ -455,16 +426,6 @@ fn engine_error(error: bollard::errors::Error) -> EngineError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn digests_are_read_from_the_final_status_line() {
-        assert_eq!(
-            push_digest("v1: digest: sha256:abc size: 528", "v1").as_deref(),
-            Some("sha256:abc")
-        );
-        assert_eq!(push_digest("v1: digest: sha256:abc size: 528", "v2"), None);
-        assert_eq!(push_digest("Pushed", "v1"), None);
-    }
 
     #[test]
     fn registry_auth_is_reencoded_url_safe() {

@@ -4,7 +4,9 @@
 
 mod docker;
 pub mod image_config;
+mod push;
 pub mod settings;
+mod transport;
 
 use async_trait::async_trait;
 

@@ -376,8 +376,8 @@ impl Store {
                      WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)
                          THEN 'cancelled'
                      WHEN ?1 AND runs >= ?2 THEN 'dead letter: ' || runs || ' runs of this target '
-                         || 'never finished (its worker crashed or publishd died during each); '
-                         || 'it is not run again'
+                         || 'never finished (each was cut short: its worker crashed, it lost its '
+                         || 'lease, or publishd died); it is not run again'
                      ELSE NULL END,
                  finished_at = CASE
                      WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)
@@ -412,7 +412,9 @@ impl Store {
 
     /// Puts back a target whose job brought credentials that a restart lost:
     /// it is not claimed again before `retry_at`, and fails once
-    /// `wait_until` (kept from the first wait) has passed. Not a run, nor a try.
+    /// `wait_until` (kept from the first wait) has passed. Not a run, nor a
+    /// try. Cancelled instead if its job was cancelled meanwhile (a pending
+    /// target of a cancelled job would never be claimed again).
     pub async fn wait_for_credentials(
         &self,
         claim: &Claim,
@@ -421,11 +423,19 @@ impl Store {
     ) -> StoreResult<()> {
         let mut tx = self.writer.begin().await?;
         let job_id: Option<String> = sqlx::query_scalar(&format!(
-            "UPDATE targets SET status = 'pending', attempts = attempts - 1, runs = runs - 1,
-                 claim_token = NULL, lease_expires_ms = NULL, not_before = ?,
-                 credentials_wait_until = COALESCE(credentials_wait_until, ?)
-             WHERE id = ? AND claim_token = ? AND status IN {IN_FLIGHT} RETURNING job_id"
+            "UPDATE targets SET
+                 status = CASE WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)
+                          THEN 'cancelled' ELSE 'pending' END,
+                 error = CASE WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)
+                         THEN 'cancelled' ELSE error END,
+                 finished_at = CASE WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)
+                               THEN ?1 ELSE NULL END,
+                 attempts = attempts - 1, runs = runs - 1,
+                 claim_token = NULL, lease_expires_ms = NULL, not_before = ?2,
+                 credentials_wait_until = COALESCE(credentials_wait_until, ?3)
+             WHERE id = ?4 AND claim_token = ?5 AND status IN {IN_FLIGHT} RETURNING job_id"
         ))
+        .bind(now())
         .bind(retry_at)
         .bind(wait_until)
         .bind(claim.target_id)

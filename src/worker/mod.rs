@@ -19,6 +19,7 @@ pub use procedure::StepTimeouts;
 
 use crate::credentials::{DockerConfig, JobCredentials};
 use crate::domain::retry::RetryPolicy;
+use crate::domain::text::cut;
 use crate::engine::{Engine, EngineError, TagMethod};
 use crate::registry::Registry;
 use crate::store::{
@@ -48,6 +49,10 @@ pub struct WorkerContext {
     /// so the run that takes the target over never meets it.
     pub lease: Duration,
 }
+
+/// Most bytes of a peer's message written to one log line: a registry that
+/// answers megabytes cannot fill the log.
+const LOG_LIMIT: usize = 2048;
 
 /// How often an idle lane looks for work it was not woken for.
 const IDLE_POLL: Duration = Duration::from_millis(500);
@@ -306,7 +311,12 @@ async fn conclude_run(ctx: &WorkerContext, target: &ClaimedTarget, finish: anyho
     let claim = &target.claim;
     match finish {
         Ok(Finish::Done { outcome, warnings }) => {
-            info!(?outcome, "finished");
+            match &outcome {
+                TargetOutcome::Failed { error } => {
+                    info!(error = %cut(error, LOG_LIMIT), "finished: failed")
+                }
+                other => info!(outcome = ?other, "finished"),
+            }
             match ctx.store.finish_target(claim, &outcome, &warnings).await {
                 Ok(status) if status.is_terminal() => ctx.job_credentials.remove(target.job_id),
                 Ok(_) => {}
@@ -519,7 +529,7 @@ async fn recover_abandoned(
             match undone {
                 Ok(()) => {}
                 Err(EngineError::Unreachable(message)) => {
-                    warn!(%message, "engine unreachable; recovery of this target waits");
+                    warn!(message = %cut(&message, LOG_LIMIT), "engine unreachable; recovery waits");
                     // Give the claim up so a later pass can take it again.
                     let _ = ctx
                         .store
@@ -534,7 +544,7 @@ async fn recover_abandoned(
                     return false;
                 }
                 Err(error) => {
-                    warn!(%error, "recovery could not undo everything");
+                    warn!(error = %cut(&error.to_string(), LOG_LIMIT), "recovery could not undo everything");
                     warning = Some(format!(
                         "recovery after an interrupted run could not clean up the engine: {error}"
                     ));

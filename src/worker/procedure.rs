@@ -14,11 +14,12 @@ use crate::domain::naming::{content_tag, registry_host, target_reference};
 use crate::domain::retry::{FailureKind, classify_engine_error, classify_registry_message};
 use crate::domain::spec::TagStrategy;
 use crate::domain::status::TargetStatus;
+use crate::domain::text::cut;
 use crate::engine::{Engine, EngineError, LabelBuild, LabelledImage, SourceImage, TagMethod};
 use crate::registry::RegistryError;
 use crate::store::{Bound, ClaimedTarget, TargetOutcome};
 
-use super::WorkerContext;
+use super::{LOG_LIMIT, WorkerContext};
 
 /// How long one try of each step may take.
 #[derive(Debug, Clone, Copy)]
@@ -301,7 +302,7 @@ pub async fn run(
         Err(Stop::ShuttingDown) => return Ok(Finish::Abandon),
         Err(Stop::LeaseLost) => return Ok(Finish::LeaseLost),
         Err(Stop::Failed(message)) => {
-            warn!(%message, "untag failed");
+            warn!(message = %cut(&message, LOG_LIMIT), "untag failed");
             warnings.push(message);
         }
         // The untag ignores cancels; nothing else yields this.
@@ -479,7 +480,7 @@ impl Run<'_> {
             }
             Ok(Ok(_)) => None,
             Ok(Err(error)) => {
-                warn!(%error, "up-to-date check failed; pushing");
+                warn!(error = %cut(&error.to_string(), LOG_LIMIT), "up-to-date check failed; pushing");
                 None
             }
             Err(_) => {
@@ -608,7 +609,7 @@ impl Run<'_> {
                 return Err(Stop::Failed(message));
             };
             let wait = policy.backoff(retry_number, fastrand::f64());
-            warn!(%message, ?wait, "step failed; retrying");
+            warn!(message = %cut(&message, LOG_LIMIT), ?wait, "step failed; retrying");
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.signals.lease_lost.cancelled() => return Err(Stop::LeaseLost),
