@@ -16,7 +16,7 @@ scripts/test-env.sh up "$env_dir"
 . "$env_dir/env"
 
 echo "== cargo test"
-cargo test --workspace --all-targets --locked --offline -- "$@" 2>&1 | tee "$env_dir/cargo-test.log"
+cargo test --workspace --all-targets --locked --offline --no-fail-fast -- "$@" 2>&1 | tee "$env_dir/cargo-test.log"
 echo "== the publish group again, with the build tag method"
 PUBLISHD_TEST_TAG_METHOD=build cargo test --test publish --locked --offline -- "$@" 2>&1 |
   tee -a "$env_dir/cargo-test.log"

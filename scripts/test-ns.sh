@@ -22,6 +22,9 @@
 #     namespace's memory: podman as root writes /var/lib/containers/cache
 #     and /var/cache/containers whatever its config says, and dockerd makes
 #     /run/docker/plugins.
+#   - PUBLISHD_TEST_SMALL_FS names a tmpfs of 16 MiB of its own, for the
+#     test of a database whose file system fills up (16: SQLite's WAL grows
+#     to 4 MiB before it is checkpointed, and must fit beside the data).
 # Mounts here never propagate to the host (unshare makes them private) and
 # go away with the namespace.
 set -euo pipefail
@@ -73,6 +76,10 @@ for d in var run; do
     "publishd-test-$d" "/$d"
 done
 
+mkdir "$scratch/small-fs"
+mount -t tmpfs -o size=16m,mode=0755 publishd-test-small-fs "$scratch/small-fs"
+export PUBLISHD_TEST_SMALL_FS=$scratch/small-fs
+
 # Every process whose network namespace is this one was started in here
 # (unshare itself, our parent, is in it too and waits for us).
 end_leftovers() {
@@ -99,5 +106,5 @@ trap : INT TERM
 rc=0
 "${@:-bash}" || rc=$?
 end_leftovers
-umount -l /run /var /etc/docker /etc/hosts "$scratch" 2>/dev/null || true
+umount -l /run /var /etc/docker /etc/hosts "$scratch/small-fs" "$scratch" 2>/dev/null || true
 exit "$rc"

@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod domain;
 pub mod engine;
 pub mod registry;
+pub mod server;
 pub mod startup;
 pub mod store;
 pub mod worker;

@@ -119,13 +119,26 @@ impl Application {
             api_tokens = self.settings.api_tokens.len(),
             "publishd listening"
         );
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(stopping.clone().cancelled_owned())
-            .await
-            .context("serving HTTP");
-        tracing::info!("shutting down: draining the worker pool");
-        pool.shutdown(self.settings.shutdown_grace).await;
-        served
+        // The HTTP drain and the worker drain run side by side, so the
+        // whole stop takes at most one grace period.
+        let serving = async {
+            let served = crate::server::serve(
+                self.listener,
+                self.router,
+                &self.settings,
+                stopping.clone().cancelled_owned(),
+            )
+            .await;
+            stopping.cancel();
+            served
+        };
+        let draining = async {
+            stopping.cancelled().await;
+            tracing::info!("shutting down: draining the worker pool");
+            pool.shutdown(self.settings.shutdown_grace).await;
+        };
+        let (served, ()) = tokio::join!(serving, draining);
+        served.context("serving HTTP")
     }
 }
 

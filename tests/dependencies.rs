@@ -105,6 +105,8 @@ async fn a_locked_database_makes_the_service_unready() {
         .execute(&mut other)
         .await
         .unwrap();
+    // A readiness report answers probes for a second.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 503);
     let ready: Value = ready.json().await.unwrap();

@@ -29,10 +29,11 @@ async fn with_default_settings_every_target_gets_through_a_flaky_registry() {
     // The default retry budget (5 tries, then more for up to 10 minutes);
     // only the waits between tries are the test settings' short ones. The
     // engine's own waits between its retries of a layer upload (5 s, 10 s,
-    // …, shared by concurrent pushes of one layer) still make this test take
-    // two to three minutes (measured 175 s); with the default waits, seven.
+    // …) make a failed push long, so there is a lane per target and the test
+    // takes the slowest target's time (measured 90 s; with the default waits
+    // between tries, about seven minutes).
     let app = TestApp::spawn_with(|settings| {
-        settings.workers = 4;
+        settings.workers = 12;
         let defaults = RetryPolicy::default();
         settings.retry.attempts = defaults.attempts;
         settings.retry.max_elapsed = defaults.max_elapsed;

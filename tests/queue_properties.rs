@@ -1152,9 +1152,15 @@ impl Harness {
         self.claims[ci].live = false;
         self.targets.get_mut(&id).unwrap().waiting = far;
         let before = self.target(&self.last, id).clone();
+        let cancel_requested = self.job_of(&self.last, id).cancel_requested;
         self.refresh().await;
         let after = self.target(&self.last, id);
-        assert_eq!(after.status, TargetStatus::Pending);
+        let expected = if cancel_requested {
+            TargetStatus::Cancelled
+        } else {
+            TargetStatus::Pending
+        };
+        assert_eq!(after.status, expected);
         assert_eq!(after.runs, before.runs - 1);
         assert_eq!(after.attempts, before.attempts - 1);
         assert!(after.credentials_wait_until.is_some());

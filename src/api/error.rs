@@ -1,7 +1,9 @@
 //! The one error type of the HTTP layer, and the one JSON shape every error
 //! answer has: `{"error":{"code","message","field"}}`. Internals never leak:
 //! a 500 says only "internal error" and carries the detail to the log
-//! middleware in a response extension.
+//! middleware in a response extension. A database that is busy or cannot
+//! write (full, failing) is the service's trouble for now, not a bug: 503
+//! with `Retry-After`, whatever the route.
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -34,8 +36,65 @@ pub enum ApiError {
     Unauthorized,
     #[error("{pending} targets are queued, the limit is {limit}: retry later")]
     Overloaded { pending: i64, limit: usize },
+    #[error("{trouble}: retry later")]
+    Unavailable {
+        trouble: DatabaseTrouble,
+        /// For the log, never the answer.
+        detail: String,
+    },
     #[error("internal error")]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
+}
+
+/// Why the database cannot take a request right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DatabaseTrouble {
+    #[error("the database is busy")]
+    Busy,
+    #[error("the database is full")]
+    Full,
+    #[error("the database cannot write")]
+    Failing,
+}
+
+// SQLite's primary result codes (the low byte of an extended code).
+const SQLITE_BUSY: i64 = 5;
+const SQLITE_LOCKED: i64 = 6;
+const SQLITE_IOERR: i64 = 10;
+const SQLITE_FULL: i64 = 13;
+
+impl DatabaseTrouble {
+    /// The trouble an error of the store shows, if it is one that passes.
+    pub fn of(error: &anyhow::Error) -> Option<DatabaseTrouble> {
+        let sqlx = error
+            .chain()
+            .find_map(|cause| cause.downcast_ref::<sqlx::Error>())?;
+        match sqlx {
+            sqlx::Error::PoolTimedOut => Some(DatabaseTrouble::Busy),
+            sqlx::Error::Database(database) => {
+                let code: i64 = database.code()?.parse().ok()?;
+                match code & 0xff {
+                    SQLITE_BUSY | SQLITE_LOCKED => Some(DatabaseTrouble::Busy),
+                    SQLITE_FULL => Some(DatabaseTrouble::Full),
+                    SQLITE_IOERR => Some(DatabaseTrouble::Failing),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(error: anyhow::Error) -> Self {
+        match DatabaseTrouble::of(&error) {
+            Some(trouble) => ApiError::Unavailable {
+                trouble,
+                detail: format!("{error:#}"),
+            },
+            None => ApiError::Internal(error),
+        }
+    }
 }
 
 /// The error answer's body.
@@ -48,7 +107,8 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `malformed_json`, `invalid_spec`, `not_found`,
     /// `conflict`, `idempotency_conflict`, `payload_too_large`,
-    /// `method_not_allowed`, `unauthorized`, `overloaded`, `internal`.
+    /// `method_not_allowed`, `unauthorized`, `overloaded`, `unavailable`,
+    /// `internal`.
     pub code: String,
     pub message: String,
     /// The field at fault, as a path such as `images[0].source`.
@@ -56,10 +116,10 @@ pub struct ErrorDetail {
     pub field: Option<String>,
 }
 
-/// What an overloaded service asks a client to wait, in seconds.
+/// What an overloaded or unavailable service asks a client to wait, in seconds.
 const RETRY_AFTER_SECS: &str = "5";
 
-/// The detail of an internal error, for the log middleware.
+/// The detail of a 500 or a database 503, for the log middleware.
 #[derive(Debug, Clone)]
 pub struct InternalErrorDetail(pub String);
 
@@ -84,6 +144,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -119,7 +180,7 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Overloaded { .. } => {
+            ApiError::Overloaded { .. } | ApiError::Unavailable { .. } => {
                 response.headers_mut().insert(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECS),
@@ -127,11 +188,104 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        if let ApiError::Internal(error) = &self {
+        let detail = match &self {
+            ApiError::Internal(error) => Some(format!("{error:#}")),
+            ApiError::Unavailable { detail, .. } => Some(detail.clone()),
+            _ => None,
+        };
+        if let Some(detail) = detail {
             response
                 .extensions_mut()
-                .insert(InternalErrorDetail(format!("{error:#}")));
+                .insert(InternalErrorDetail(detail));
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::error::Error;
+
+    use sqlx::error::{DatabaseError, ErrorKind};
+
+    use super::*;
+
+    /// A database error carrying an SQLite extended result code, as
+    /// sqlx-sqlite reports them.
+    #[derive(Debug)]
+    struct Sqlite(i64);
+
+    impl std::fmt::Display for Sqlite {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "(code: {}) disk I/O error in /var/lib/publishd.db",
+                self.0
+            )
+        }
+    }
+
+    impl Error for Sqlite {}
+
+    impl DatabaseError for Sqlite {
+        fn message(&self) -> &str {
+            "disk I/O error in /var/lib/publishd.db"
+        }
+        fn code(&self) -> Option<Cow<'_, str>> {
+            Some(self.0.to_string().into())
+        }
+        fn as_error(&self) -> &(dyn Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> ErrorKind {
+            ErrorKind::Other
+        }
+    }
+
+    /// A store error as handlers see it: wrapped in context.
+    fn store_error(error: sqlx::Error) -> anyhow::Error {
+        anyhow::Error::new(error).context("inserting a target")
+    }
+
+    fn sqlite(code: i64) -> anyhow::Error {
+        store_error(sqlx::Error::Database(Box::new(Sqlite(code))))
+    }
+
+    #[test]
+    fn a_database_in_trouble_is_told_from_a_bug() {
+        use DatabaseTrouble::{Busy, Failing, Full};
+        let trouble = |error: anyhow::Error| DatabaseTrouble::of(&error);
+        assert_eq!(trouble(sqlite(5)), Some(Busy)); // SQLITE_BUSY
+        assert_eq!(trouble(sqlite(517)), Some(Busy)); // SQLITE_BUSY_SNAPSHOT
+        assert_eq!(trouble(sqlite(262)), Some(Busy)); // SQLITE_LOCKED_SHAREDCACHE
+        assert_eq!(trouble(sqlite(13)), Some(Full)); // SQLITE_FULL
+        assert_eq!(trouble(sqlite(778)), Some(Failing)); // SQLITE_IOERR_WRITE
+        assert_eq!(trouble(sqlite(1034)), Some(Failing)); // SQLITE_IOERR_FSYNC
+        assert_eq!(trouble(store_error(sqlx::Error::PoolTimedOut)), Some(Busy));
+        assert_eq!(trouble(sqlite(2067)), None); // SQLITE_CONSTRAINT_UNIQUE
+        assert_eq!(trouble(sqlite(1)), None); // SQLITE_ERROR
+        assert_eq!(trouble(store_error(sqlx::Error::RowNotFound)), None);
+        assert_eq!(trouble(anyhow::anyhow!("job vanished")), None);
+    }
+
+    #[test]
+    fn a_database_in_trouble_answers_503_without_its_words() {
+        let response = ApiError::from(sqlite(778)).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], RETRY_AFTER_SECS);
+        let detail = response.extensions().get::<InternalErrorDetail>().unwrap();
+        assert!(detail.0.contains("disk I/O error"), "{}", detail.0);
+        let error = ApiError::from(sqlite(778));
+        assert_eq!(error.to_string(), "the database cannot write: retry later");
+
+        let bug = ApiError::from(sqlite(2067)).into_response();
+        assert_eq!(bug.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

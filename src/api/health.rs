@@ -1,10 +1,11 @@
 //! Liveness and readiness.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -12,6 +13,11 @@ use super::AppState;
 
 /// How long a dependency may take to answer a readiness probe.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a readiness report answers probes. The check writes through
+/// the database's one writer connection, which claims and lease renewals
+/// need: however many probes come, it runs at most once in this time.
+const REPORT_FRESH: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
@@ -28,7 +34,7 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Readiness {
     /// `ready` or `unavailable`.
     status: String,
@@ -38,29 +44,51 @@ pub struct Readiness {
     engine: String,
 }
 
-/// SQLite and the Docker engine both answer.
+/// The last readiness report and when it was made.
+#[derive(Default)]
+pub struct ReadinessCache(tokio::sync::Mutex<Option<(Instant, Readiness)>>);
+
+/// SQLite and the Docker engine both answer (checked at most once a second;
+/// probes in between get the last report).
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "A dependency does not answer", body = Readiness),
     ))]
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+pub async fn readyz(
+    State(state): State<AppState>,
+    Extension(cache): Extension<Arc<ReadinessCache>>,
+) -> (StatusCode, Json<Readiness>) {
+    // Held across the check, so probes that come meanwhile wait for it and
+    // share its report instead of checking again.
+    let mut last = cache.0.lock().await;
+    let report = match last.as_ref() {
+        Some((made, report)) if made.elapsed() < REPORT_FRESH => report.clone(),
+        _ => {
+            let report = check(&state).await;
+            *last = Some((Instant::now(), report.clone()));
+            report
+        }
+    };
+    let status = if report.status == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report))
+}
+
+async fn check(state: &AppState) -> Readiness {
     let (database, engine) = tokio::join!(
         probe(async { state.store.ping().await.map_err(|e| format!("{e:#}")) }),
         probe(async { state.engine.ping().await.map_err(|e| e.to_string()) }),
     );
     let ready = database == "ok" && engine == "ok";
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let report = Readiness {
+    Readiness {
         status: if ready { "ready" } else { "unavailable" }.to_owned(),
         database,
         engine,
-    };
-    (status, Json(report))
+    }
 }
 
 async fn probe(check: impl Future<Output = Result<(), String>>) -> String {

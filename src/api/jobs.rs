@@ -48,8 +48,8 @@ const MAX_PAGE: u32 = 100;
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 422, description = "Invalid spec", body = ErrorBody),
-        (status = 503, description = "Too many targets queued; see Retry-After", body = ErrorBody,
-         headers(("Retry-After" = String, description = "Seconds to wait"))),
+        (status = 503, description = "Too many targets queued, or the database is busy or full; see Retry-After",
+         body = ErrorBody, headers(("Retry-After" = String, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
 )]
@@ -182,6 +182,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 200, description = "The job", body = Job),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
+        (status = 503, description = "The database is busy; see Retry-After", body = ErrorBody,
+         headers(("Retry-After" = String, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
 )]
@@ -224,6 +226,8 @@ pub struct ListParams {
         (status = 400, description = "Unreadable query string", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 422, description = "Invalid parameter", body = ErrorBody),
+        (status = 503, description = "The database is busy; see Retry-After", body = ErrorBody,
+         headers(("Retry-After" = String, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
 )]
@@ -274,6 +278,8 @@ pub async fn list_jobs(
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 409, description = "The job has already finished", body = ErrorBody),
+        (status = 503, description = "The database is busy or full; see Retry-After", body = ErrorBody,
+         headers(("Retry-After" = String, description = "Seconds to wait"))),
     ),
     security(("bearer" = []))
 )]

@@ -11,12 +11,12 @@ mod jobs;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
+use axum::{Extension, Json};
 use tokio::sync::Notify;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -103,6 +103,7 @@ pub fn router(state: AppState, tokens: ApiTokens) -> axum::Router {
             ApiError::MethodNotAllowed("method not allowed on this route".to_owned())
         })
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
+        .layer(Extension(Arc::new(health::ReadinessCache::default())))
         .layer(middleware::from_fn_with_state(
             Arc::new(tokens),
             auth::require_token,
@@ -116,13 +117,15 @@ pub fn router(state: AppState, tokens: ApiTokens) -> axum::Router {
         .with_state(state)
 }
 
-/// Logs the detail of a 500 that the answer itself keeps private.
+/// Logs the detail of a 500 (or a database 503) that the answer itself
+/// keeps private.
 async fn log_internal_errors(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
     if let Some(InternalErrorDetail(detail)) = response.extensions().get::<InternalErrorDetail>() {
-        tracing::error!(%method, %path, error = %detail, "internal error");
+        let status = response.status().as_u16();
+        tracing::error!(%method, %path, status, error = %detail, "request failed");
     }
     response
 }

@@ -81,9 +81,7 @@ pub fn classify_registry_message(message: &str) -> FailureKind {
     ];
     if outage.iter().any(|word| message.contains(word)) {
         FailureKind::Outage
-    } else if permanent.iter().any(|word| message.contains(word))
-        || refused_by_status(&message)
-    {
+    } else if permanent.iter().any(|word| message.contains(word)) || refused_by_status(&message) {
         FailureKind::Permanent
     } else {
         // 5xx, 429 / TOOMANYREQUESTS, resets, EOFs, timeouts, TLS handshake

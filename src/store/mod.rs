@@ -109,6 +109,15 @@ impl Store {
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            // A write that fails for a full disk or an I/O error can make
+            // SQLite roll the transaction back itself; sqlx's ROLLBACK then
+            // fails and it goes on counting the transaction as open: later
+            // transactions on the connection become savepoints, and after
+            // the next rollback nothing on it is committed again while every
+            // commit reports success. Such a connection is replaced.
+            .before_acquire(|connection, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(connection)) })
+            })
             .connect_with(options.clone())
             .await
             .with_context(|| format!("opening the database {}", path.display()))?;
