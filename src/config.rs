@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 
 use anyhow::Context;
 
-use crate::api::ApiTokens;
+use crate::access::TokenSources;
+use crate::domain::access::Patterns;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::spec::Limits;
 use crate::engine::TagMethod;
@@ -151,7 +152,13 @@ pub struct ServeArgs {
     /// Longest a client may take to send a request's headers, in seconds.
     #[arg(long, env = "PUBLISHD_HEADER_READ_TIMEOUT", default_value_t = 10)]
     pub header_read_timeout: u64,
-    /// File of API bearer tokens, one per line.
+    /// Scoped API tokens: a TOML file of `[[token]]` entries (name, sha256,
+    /// role, repos, sources, source_labels, service_credentials, force,
+    /// weight, max_queued_targets). Read again on SIGHUP.
+    #[arg(long, env = "PUBLISHD_AUTH_CONFIG")]
+    pub auth_config: Option<PathBuf>,
+    /// File of unscoped (admin) API bearer tokens, one per line. Read again
+    /// on SIGHUP.
     #[arg(long, env = "PUBLISHD_API_TOKEN_FILE")]
     pub api_token_file: Option<PathBuf>,
     /// API bearer tokens, separated by commas or newlines.
@@ -160,6 +167,11 @@ pub struct ServeArgs {
     /// Listen on a non-loopback address without API tokens.
     #[arg(long, env = "PUBLISHD_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
+    /// Registry hosts publishd may publish to and read from at all, as
+    /// patterns (`*.example.com`, `127.0.0.1:*`), separated by commas;
+    /// every token, admins included, is bounded by it. Default: any.
+    #[arg(long, env = "PUBLISHD_ALLOW_REGISTRY", value_delimiter = ',')]
+    pub allow_registry: Vec<String>,
 }
 
 /// How long a claim holds without being renewed. Not a flag: it only trades
@@ -189,7 +201,8 @@ pub struct Settings {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
     pub retry: RetryPolicy,
-    pub api_tokens: ApiTokens,
+    pub tokens: TokenSources,
+    pub allow_registry: Patterns,
     pub allow_unauthenticated: bool,
 }
 
@@ -201,13 +214,11 @@ impl Settings {
                 .unwrap_or_default()
                 .join(".docker")
         });
-        let mut tokens = args.api_tokens.unwrap_or_default();
-        if let Some(file) = &args.api_token_file {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading the API token file {}", file.display()))?;
-            tokens.push('\n');
-            tokens.push_str(&text);
-        }
+        let allow_registry = if args.allow_registry.is_empty() {
+            Patterns::any()
+        } else {
+            Patterns::new(&args.allow_registry).context("a pattern in --allow-registry")?
+        };
         let seconds = |value: f64, flag: &str| {
             Duration::try_from_secs_f64(value)
                 .with_context(|| format!("{flag} {value} is not a duration"))
@@ -244,7 +255,12 @@ impl Settings {
                 outage_limit: Duration::from_secs(args.outage_limit),
                 max_elapsed: Duration::from_secs(args.retry_max_elapsed),
             },
-            api_tokens: ApiTokens::parse(&tokens),
+            tokens: TokenSources {
+                auth_config: args.auth_config,
+                token_file: args.api_token_file,
+                tokens: args.api_tokens,
+            },
+            allow_registry,
             allow_unauthenticated: args.allow_unauthenticated,
         })
     }

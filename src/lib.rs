@@ -1,6 +1,7 @@
 //! publishd: werf's image publish procedure (tag with meta-information
 //! labels, push, untag) as a durable HTTP service. See ARCHITECTURE.md.
 
+pub mod access;
 pub mod api;
 pub mod client;
 pub mod config;

@@ -9,12 +9,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::AccessControl;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::credentials::{DockerConfig, JobCredentials};
 use crate::engine::{DockerEngine, Engine};
 use crate::registry::HttpRegistry;
-use crate::store::Store;
+use crate::store::{AuditEntry, Store};
 use crate::worker::{Cancellations, WorkerContext, WorkerPool};
 
 pub struct Application {
@@ -22,6 +23,7 @@ pub struct Application {
     router: axum::Router,
     context: Arc<WorkerContext>,
     wake: Arc<Notify>,
+    access: AccessControl,
     settings: Settings,
 }
 
@@ -36,14 +38,16 @@ impl Application {
         settings: Settings,
         engine: Arc<dyn Engine>,
     ) -> anyhow::Result<Application> {
-        if settings.api_tokens.is_empty()
+        let access = AccessControl::new(settings.tokens.clone())?;
+        if access.current().is_empty()
             && !settings.listen.ip().is_loopback()
             && !settings.allow_unauthenticated
         {
             anyhow::bail!(
                 "refusing to listen on {} without API tokens: anyone who reaches it could publish \
-                 through this engine. Give tokens (--api-token-file or PUBLISHD_API_TOKENS), \
-                 listen on a loopback address, or pass --allow-unauthenticated",
+                 through this engine. Give tokens (--auth-config, --api-token-file or \
+                 PUBLISHD_API_TOKENS), listen on a loopback address, or pass \
+                 --allow-unauthenticated",
                 settings.listen
             );
         }
@@ -54,23 +58,23 @@ impl Application {
         let cancellations = Cancellations::default();
         let wake = Arc::new(Notify::new());
         let job_credentials = JobCredentials::default();
-        let router = api::router(
-            AppState {
-                store: store.clone(),
-                engine: engine.clone(),
-                cancellations: cancellations.clone(),
-                wake: wake.clone(),
-                limits: settings.limits,
-                max_queued_targets: settings.max_queued_targets,
-                job_credentials: job_credentials.clone(),
-            },
-            settings.api_tokens.clone(),
-        );
+        let router = api::router(AppState {
+            store: store.clone(),
+            engine: engine.clone(),
+            cancellations: cancellations.clone(),
+            wake: wake.clone(),
+            limits: settings.limits,
+            max_queued_targets: settings.max_queued_targets,
+            job_credentials: job_credentials.clone(),
+            access: access.clone(),
+            allow_registry: Arc::new(settings.allow_registry.clone()),
+        });
         let context = Arc::new(WorkerContext {
             store,
             registry: Arc::new(HttpRegistry::new(
                 engine.clone(),
                 settings.docker_certs_dir.clone(),
+                settings.allow_registry.clone(),
             )),
             engine,
             credentials: DockerConfig::new(
@@ -91,6 +95,7 @@ impl Application {
             router,
             context,
             wake,
+            access,
             settings,
         })
     }
@@ -106,6 +111,10 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let address = self.local_addr();
+        let reloads = tokio::spawn(reload_tokens_on_sighup(
+            self.access.clone(),
+            self.context.store.clone(),
+        ));
         let pool = WorkerPool::start(self.context, self.settings.workers, self.wake);
         let stopping = CancellationToken::new();
         let trigger = stopping.clone();
@@ -116,7 +125,7 @@ impl Application {
         tracing::info!(
             %address,
             workers = self.settings.workers,
-            api_tokens = self.settings.api_tokens.len(),
+            api_tokens = self.access.current().len(),
             "publishd listening"
         );
         // The HTTP drain and the worker drain run side by side, so the
@@ -138,7 +147,58 @@ impl Application {
             pool.shutdown(self.settings.shutdown_grace).await;
         };
         let (served, ()) = tokio::join!(serving, draining);
+        reloads.abort();
         served.context("serving HTTP")
+    }
+}
+
+/// Reads the tokens again on each SIGHUP, and audits it: a revoked token is
+/// refused from the next request on. A file that does not load leaves the
+/// tokens as they were.
+async fn reload_tokens_on_sighup(access: AccessControl, store: Store) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGHUP; tokens are not reloaded");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            let (outcome, detail) = match access.reload() {
+                Ok(count) => {
+                    tracing::info!(tokens = count, "API tokens reloaded");
+                    ("reloaded", serde_json::json!({"tokens": count}))
+                }
+                Err(error) => {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "API tokens not reloaded; the old ones stay"
+                    );
+                    (
+                        "failed",
+                        serde_json::json!({"message": format!("{error:#}")}),
+                    )
+                }
+            };
+            let entry = AuditEntry {
+                actor: None,
+                action: "tokens.reload",
+                outcome,
+                job_id: None,
+                detail,
+            };
+            if let Err(error) = store.record_audit(&entry).await {
+                tracing::error!(error = format!("{error:#}"), "recording a token reload");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (access, store);
+        std::future::pending::<()>().await;
     }
 }
 

@@ -5,7 +5,6 @@ mod support;
 
 use std::time::Duration;
 
-use publishd::api::ApiTokens;
 use publishd::startup::Application;
 use serde_json::{Value, json};
 use support::engine::TestEngine;
@@ -22,7 +21,7 @@ fn forced_job(repo: &str, source: &str, tags: &[&str]) -> Value {
 #[tokio::test]
 async fn api_routes_need_a_token_when_tokens_are_set() {
     let app = TestApp::spawn_with(|settings| {
-        settings.api_tokens = ApiTokens::parse("s3cret-one\ns3cret-two")
+        settings.tokens.tokens = Some("s3cret-one\ns3cret-two".to_owned())
     })
     .await;
     let jobs = app.url("/api/v1/jobs");
@@ -78,7 +77,7 @@ async fn no_tokens_on_a_public_address_is_refused_unless_allowed() {
     settings.allow_unauthenticated = true;
     assert!(Application::build(settings.clone()).await.is_ok());
     settings.allow_unauthenticated = false;
-    settings.api_tokens = ApiTokens::parse("token");
+    settings.tokens.tokens = Some("token".to_owned());
     assert!(Application::build(settings).await.is_ok());
 }
 

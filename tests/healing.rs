@@ -249,6 +249,7 @@ async fn crashed_run(dir: &std::path::Path, repo: &str, source: &str) -> String 
             has_registry_auth: false,
             idempotency_key: None,
             spec_hash: "x",
+            submitter: publishd::store::Submitter::anonymous(),
         })
         .await
         .unwrap();
@@ -365,6 +366,7 @@ async fn cancels_racing_deferred_targets_and_a_shutdown_leave_every_job_terminal
                 has_registry_auth: false,
                 idempotency_key: None,
                 spec_hash: "x",
+                submitter: publishd::store::Submitter::anonymous(),
             };
             assert!(matches!(
                 store.create_job(new).await.unwrap(),

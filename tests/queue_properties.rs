@@ -355,7 +355,10 @@ impl Harness {
     /// each) also through `get_job`, and the targets' claim records.
     async fn snapshot(&self, focus: Option<i64>, full: bool) -> Snapshot {
         let store = self.store();
-        let page = store.list_jobs(None, 1000, None).await.expect("list_jobs");
+        let page = store
+            .list_jobs(None, None, 1000, None)
+            .await
+            .expect("list_jobs");
         assert!(page.next_cursor.is_none());
         assert_eq!(
             page.jobs.len(),
@@ -784,6 +787,7 @@ impl Harness {
             has_registry_auth: false,
             idempotency_key: None,
             spec_hash: "h",
+            submitter: publishd::store::Submitter::anonymous(),
         };
         let Created::New(job) = self.store().create_job(new).await.expect("create_job") else {
             panic!("the job was not created");
@@ -1510,6 +1514,7 @@ fn a_target_put_back_to_wait_for_credentials_after_its_job_was_cancelled_still_e
             has_registry_auth: true,
             idempotency_key: None,
             spec_hash: "h",
+            submitter: publishd::store::Submitter::anonymous(),
         };
         assert!(matches!(
             store.create_job(new).await.unwrap(),

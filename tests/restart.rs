@@ -115,6 +115,7 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
                 has_registry_auth: false,
                 idempotency_key: None,
                 spec_hash: "x",
+                submitter: publishd::store::Submitter::anonymous(),
             })
             .await
             .unwrap();

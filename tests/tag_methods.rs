@@ -102,6 +102,7 @@ async fn a_build_that_dies_half_way_is_undone() {
                 has_registry_auth: false,
                 idempotency_key: None,
                 spec_hash: "x",
+                submitter: publishd::store::Submitter::anonymous(),
             })
             .await
             .unwrap();

@@ -36,6 +36,19 @@ pub enum ApiError {
     Unauthorized,
     #[error("{pending} targets are queued, the limit is {limit}: retry later")]
     Overloaded { pending: i64, limit: usize },
+    #[error("{who} has {pending} targets queued, its limit is {limit}: retry later")]
+    SubmitterOverloaded {
+        who: String,
+        pending: i64,
+        limit: usize,
+    },
+    /// Outside the caller's role or scope.
+    #[error("{message}")]
+    Forbidden {
+        field: Option<String>,
+        rule: String,
+        message: String,
+    },
     #[error("{trouble}: retry later")]
     Unavailable {
         trouble: DatabaseTrouble,
@@ -107,13 +120,18 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `malformed_json`, `invalid_spec`, `not_found`,
     /// `conflict`, `idempotency_conflict`, `payload_too_large`,
-    /// `method_not_allowed`, `unauthorized`, `overloaded`, `unavailable`,
-    /// `internal`.
+    /// `method_not_allowed`, `unauthorized`, `forbidden`, `overloaded`,
+    /// `unavailable`, `internal`.
     pub code: String,
     pub message: String,
     /// The field at fault, as a path such as `images[0].source`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// For `forbidden`: the rule of the caller's scope that refuses it
+    /// (`role`, `repos`, `sources`, `source_labels`, `force`,
+    /// `service_credentials`, `allow-registry`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 /// What an overloaded or unavailable service asks a client to wait, in seconds.
@@ -131,7 +149,7 @@ impl ApiError {
         }
     }
 
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    pub(super) fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             ApiError::Invalid { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec"),
@@ -143,9 +161,22 @@ impl ApiError {
             }
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::Overloaded { .. } | ApiError::SubmitterOverloaded { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
+            }
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<crate::domain::access::Forbidden> for ApiError {
+    fn from(refusal: crate::domain::access::Forbidden) -> Self {
+        ApiError::Forbidden {
+            field: refusal.field,
+            rule: refusal.rule,
+            message: refusal.message,
         }
     }
 }
@@ -162,15 +193,17 @@ impl From<ValidationError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let field = match &self {
-            ApiError::Invalid { field, .. } => field.clone(),
-            _ => None,
+        let (field, rule) = match &self {
+            ApiError::Invalid { field, .. } => (field.clone(), None),
+            ApiError::Forbidden { field, rule, .. } => (field.clone(), Some(rule.clone())),
+            _ => (None, None),
         };
         let body = ErrorBody {
             error: ErrorDetail {
                 code: code.to_owned(),
                 message: self.to_string(),
                 field,
+                rule,
             },
         };
         let mut response = (status, Json(body)).into_response();
@@ -180,7 +213,9 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Overloaded { .. } | ApiError::Unavailable { .. } => {
+            ApiError::Overloaded { .. }
+            | ApiError::SubmitterOverloaded { .. }
+            | ApiError::Unavailable { .. } => {
                 response.headers_mut().insert(
                     header::RETRY_AFTER,
                     HeaderValue::from_static(RETRY_AFTER_SECS),

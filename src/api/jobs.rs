@@ -6,20 +6,22 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::AppState;
+use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::JsonBody;
 use crate::credentials::RegistryAuth;
+use crate::domain::access::{Grant, Principal, Role, check_submission, missing_labels};
 use crate::domain::naming::registry_host;
 use crate::domain::spec::{JobSpec, Plan, RegistryAuthSpec, plan};
 use crate::domain::status::JobStatus;
 use crate::engine::Engine;
-use crate::store::{Cancelled, Created, Job, JobPage, NewJob};
+use crate::store::{AuditEntry, Cancelled, Created, Job, JobPage, NewJob, Submitter};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -47,6 +49,7 @@ const MAX_PAGE: u32 = 100;
         (status = 409, description = "Idempotency-Key reused with another body", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "Outside the token's role or scope: `field` and `rule` say where", body = ErrorBody),
         (status = 422, description = "Invalid spec", body = ErrorBody),
         (status = 503, description = "Too many targets queued, or the database is busy or full; see Retry-After",
          body = ErrorBody, headers(("Retry-After" = String, description = "Seconds to wait"))),
@@ -55,12 +58,49 @@ const MAX_PAGE: u32 = 100;
 )]
 pub async fn create_job(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     headers: HeaderMap,
-    body: JsonBody<JobSpec>,
+    body: Result<JsonBody<JobSpec>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let idempotency_key = idempotency_key(&headers)?;
+    let submitted = submit(&state, &caller, &headers, body).await;
+    let (outcome, job_id, detail) = match &submitted {
+        Ok((status, job)) => (
+            if *status == StatusCode::ACCEPTED {
+                "accepted"
+            } else {
+                "replayed"
+            },
+            Some(job.id),
+            json!({"status": status.as_u16(), "repo": job.repo, "targets": job.targets.len()}),
+        ),
+        Err(error) => ("refused", None, refusal(error)),
+    };
+    audit(&state, &caller, "job.submit", outcome, job_id, detail).await?;
+    let (status, job) = submitted?;
+    if status == StatusCode::ACCEPTED {
+        tracing::info!(job_id = %job.id, targets = job.targets.len(), submitted_by = ?job.submitted_by, "job accepted");
+    }
+    state.wake.notify_waiters();
+    let location = format!("/api/v1/jobs/{}", job.id);
+    Ok((status, [(header::LOCATION, location)], Json(job)).into_response())
+}
+
+/// Checks a submission against the caller's scope and records it; answers
+/// 202 and the new job, or 200 and the job an earlier submission with the
+/// same key and body made.
+async fn submit(
+    state: &AppState,
+    caller: &Principal,
+    headers: &HeaderMap,
+    body: Result<JsonBody<JobSpec>, ApiError>,
+) -> Result<(StatusCode, Job), ApiError> {
+    let body = body?;
+    let idempotency_key = idempotency_key(headers)?;
     let mut plan = plan(&body.value, state.limits)?;
-    plan.resolve_sources(&source_ids(state.engine.as_ref(), &plan).await);
+    let brings_credentials = body.value.registry_auth.is_some();
+    let grant = check_submission(caller, &plan, brings_credentials, &state.allow_registry)?;
+    let sources = resolve_sources(state.engine.as_ref(), &plan, &grant).await?;
+    plan.resolve_sources(&sources);
     let auth = body
         .value
         .registry_auth
@@ -81,16 +121,20 @@ pub async fn create_job(
             has_registry_auth: auth.is_some(),
             idempotency_key: idempotency_key.as_deref(),
             spec_hash: &spec_hash(&body.json),
+            submitter: Submitter {
+                name: caller.name.as_deref(),
+                weight: caller.weight,
+                max_queued_targets: caller.max_queued_targets,
+                use_service_credentials: grant.service_credentials,
+                required_labels: &grant.required_labels,
+            },
         })
         .await;
     if !matches!(created, Ok(Created::New(_))) {
         state.job_credentials.remove(id);
     }
-    let (status, job) = match created? {
-        Created::New(job) => {
-            tracing::info!(job_id = %job.id, targets = job.targets.len(), "job accepted");
-            (StatusCode::ACCEPTED, job)
-        }
+    match created? {
+        Created::New(job) => Ok((StatusCode::ACCEPTED, job)),
         Created::Existing(job) => {
             // A resubmission brings the credentials again, which revives a job
             // whose credentials a restart lost, as long as it has not ended.
@@ -101,23 +145,112 @@ pub async fn create_job(
                 // Targets waiting for them since a restart may go at once.
                 state.store.credentials_arrived(job.id).await?;
             }
-            (StatusCode::OK, job)
+            Ok((StatusCode::OK, job))
         }
-        Created::KeyReused => {
-            return Err(ApiError::IdempotencyConflict(
-                "this Idempotency-Key was used for a job with a different body".to_owned(),
-            ));
+        Created::KeyReused => Err(ApiError::IdempotencyConflict(
+            "this Idempotency-Key was used for a job with a different body".to_owned(),
+        )),
+        Created::Overloaded { pending } => Err(ApiError::Overloaded {
+            pending,
+            limit: state.max_queued_targets,
+        }),
+        Created::SubmitterOverloaded { pending, limit } => Err(ApiError::SubmitterOverloaded {
+            who: caller.name.clone().unwrap_or_default(),
+            pending,
+            limit,
+        }),
+    }
+}
+
+/// What an audit record says of a refused request: never more than the
+/// answer itself said.
+fn refusal(error: &ApiError) -> Value {
+    let (status, code) = error.status_and_code();
+    let mut detail = json!({"status": status.as_u16(), "code": code, "message": error.to_string()});
+    match error {
+        ApiError::Forbidden { field, rule, .. } => {
+            detail["field"] = json!(field);
+            detail["rule"] = json!(rule);
         }
-        Created::Overloaded { pending } => {
-            return Err(ApiError::Overloaded {
-                pending,
-                limit: state.max_queued_targets,
-            });
+        ApiError::Invalid { field, .. } => detail["field"] = json!(field),
+        _ => {}
+    }
+    detail
+}
+
+/// Records an audit event (and logs it as a structured line).
+async fn audit(
+    state: &AppState,
+    caller: &Principal,
+    action: &str,
+    outcome: &str,
+    job_id: Option<Uuid>,
+    detail: Value,
+) -> Result<(), ApiError> {
+    tracing::info!(
+        audit = true,
+        actor = caller.name.as_deref().unwrap_or(""),
+        action,
+        outcome,
+        job_id = job_id.map(|id| id.to_string()).unwrap_or_default(),
+        detail = %detail,
+        "audit"
+    );
+    state
+        .store
+        .record_audit(&AuditEntry {
+            actor: caller.name.as_deref(),
+            action,
+            outcome,
+            job_id,
+            detail,
+        })
+        .await?;
+    Ok(())
+}
+
+/// Each image's source as an image id, where the engine can say within a
+/// moment: the job then publishes the image the pipeline had just built,
+/// even if the name moves before a lane gets to it. The others are resolved
+/// when their first target runs. Where the submitter's scope requires labels
+/// of a source, they are checked here on the image, so a job that would be
+/// refused is refused before anything is tagged.
+async fn resolve_sources(
+    engine: &dyn Engine,
+    plan: &Plan,
+    grant: &Grant,
+) -> Result<Vec<Option<String>>, ApiError> {
+    if grant.required_labels.is_empty() {
+        return Ok(source_ids(engine, plan).await);
+    }
+    let lookups = plan.images.iter().map(|image| async move {
+        match tokio::time::timeout(SOURCE_LOOKUP_TIMEOUT, engine.inspect_image(&image.source)).await
+        {
+            Ok(Ok(found)) => found,
+            Ok(Err(_)) | Err(_) => None,
         }
-    };
-    state.wake.notify_waiters();
-    let location = format!("/api/v1/jobs/{}", job.id);
-    Ok((status, [(header::LOCATION, location)], Json(job)).into_response())
+    });
+    let found = futures_util::future::join_all(lookups).await;
+    for (index, source) in found.iter().enumerate() {
+        if let Some(source) = source {
+            let missing = missing_labels(&grant.required_labels, &source.labels());
+            if !missing.is_empty() {
+                return Err(ApiError::Forbidden {
+                    field: Some(format!("images[{index}].source")),
+                    rule: "source_labels".to_owned(),
+                    message: format!(
+                        "the source {:?} lacks the labels its submitter's scope requires: {}",
+                        plan.images[index].source,
+                        missing.join(", ")
+                    ),
+                });
+            }
+        }
+    }
+    Ok(found
+        .into_iter()
+        .map(|source| source.map(|s| s.id))
+        .collect())
 }
 
 /// Each image's source as an image id, where the engine can say within a
@@ -181,7 +314,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     responses(
         (status = 200, description = "The job", body = Job),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 404, description = "No such job (or another token's)", body = ErrorBody),
         (status = 503, description = "The database is busy; see Retry-After", body = ErrorBody,
          headers(("Retry-After" = String, description = "Seconds to wait"))),
     ),
@@ -189,14 +322,21 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 )]
 pub async fn get_job(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
     let id = job_id(&id)?;
+    visible_job(&state, &caller, id).await.map(Json)
+}
+
+/// The job, if the caller may see it; another token's job is not found, so
+/// its id tells a publisher nothing.
+async fn visible_job(state: &AppState, caller: &Principal, id: Uuid) -> Result<Job, ApiError> {
     state
         .store
         .get_job(id)
         .await?
-        .map(Json)
+        .filter(|job| caller.can_see(job.submitted_by.as_deref()))
         .ok_or_else(|| no_such_job(id))
 }
 
@@ -233,6 +373,7 @@ pub struct ListParams {
 )]
 pub async fn list_jobs(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<JobPage>, ApiError> {
     let Query(params) =
@@ -261,7 +402,17 @@ pub async fn list_jobs(
                 .map_err(|_| ApiError::invalid("cursor", "not a cursor from this API"))
         })
         .transpose()?;
-    Ok(Json(state.store.list_jobs(status, limit, cursor).await?))
+    // A publisher lists its own jobs; readers and admins every job.
+    let submitted_by = match caller.role {
+        Role::Publisher => Some(caller.name.as_deref().unwrap_or("")),
+        Role::Reader | Role::Admin => None,
+    };
+    Ok(Json(
+        state
+            .store
+            .list_jobs(status, submitted_by, limit, cursor)
+            .await?,
+    ))
 }
 
 /// Cancel a job.
@@ -275,7 +426,8 @@ pub async fn list_jobs(
     params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "Cancel recorded; the job as it is now", body = Job),
-        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 403, description = "A reader token may not cancel", body = ErrorBody),
+        (status = 404, description = "No such job (or another token's)", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 409, description = "The job has already finished", body = ErrorBody),
         (status = 503, description = "The database is busy or full; see Retry-After", body = ErrorBody,
@@ -285,9 +437,35 @@ pub async fn list_jobs(
 )]
 pub async fn cancel_job(
     State(state): State<AppState>,
+    Caller(caller): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
-    let id = job_id(&id)?;
+    let cancelled = cancel(&state, &caller, &id).await;
+    let (outcome, detail) = match &cancelled {
+        Ok(job) => (
+            "requested",
+            json!({"status": 200, "job_status": job.status}),
+        ),
+        Err(error) => ("refused", refusal(error)),
+    };
+    let job_id = Uuid::parse_str(&id).ok();
+    audit(&state, &caller, "job.cancel", outcome, job_id, detail).await?;
+    cancelled.map(Json)
+}
+
+async fn cancel(state: &AppState, caller: &Principal, id: &str) -> Result<Job, ApiError> {
+    let id = job_id(id)?;
+    let job = visible_job(state, caller, id).await?;
+    if !caller.can_cancel(job.submitted_by.as_deref()) {
+        return Err(ApiError::Forbidden {
+            field: None,
+            rule: "role".to_owned(),
+            message: format!(
+                "{} is a reader: it may read jobs, not cancel them",
+                caller.name.as_deref().unwrap_or("this token")
+            ),
+        });
+    }
     match state.store.cancel_job(id).await? {
         Cancelled::NotFound => Err(no_such_job(id)),
         Cancelled::AlreadyFinished(job) => Err(ApiError::Conflict(format!(
@@ -300,7 +478,7 @@ pub async fn cancel_job(
                 state.job_credentials.remove(id);
             }
             tracing::info!(job_id = %id, "cancel requested");
-            Ok(Json(job))
+            Ok(job)
         }
     }
 }

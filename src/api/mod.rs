@@ -2,6 +2,7 @@
 //! Every route and schema is in the OpenAPI document served at
 //! `/openapi.json` and checked in as `openapi/openapi.json`.
 
+mod audit;
 mod auth;
 pub mod error;
 mod extract;
@@ -24,9 +25,9 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use auth::ApiTokens;
-
+use crate::access::AccessControl;
 use crate::credentials::JobCredentials;
+use crate::domain::access::Patterns;
 use crate::domain::spec::Limits;
 use crate::engine::Engine;
 use crate::store::Store;
@@ -45,6 +46,10 @@ pub struct AppState {
     /// Past this many pending targets, new jobs are refused with 503.
     pub max_queued_targets: usize,
     pub job_credentials: JobCredentials,
+    /// The tokens in force, and who each is.
+    pub access: AccessControl,
+    /// Registry hosts the operator allows at all (`--allow-registry`).
+    pub allow_registry: Arc<Patterns>,
 }
 
 /// Bounds every request; a slow client cannot hold a connection open forever.
@@ -56,7 +61,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
         title = "publishd",
         description = "werf-style image publishing (tag with meta labels, push, untag) as a durable HTTP service."
     ),
-    tags((name = "jobs", description = "Publish jobs"), (name = "health", description = "Probes")),
+    tags((name = "jobs", description = "Publish jobs"), (name = "audit", description = "Who did what"),
+         (name = "health", description = "Probes")),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;
@@ -80,6 +86,7 @@ fn parts() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::create_job, jobs::list_jobs))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))
+        .routes(routes!(audit::list_audit))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .split_for_parts()
@@ -90,7 +97,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     parts().1
 }
 
-pub fn router(state: AppState, tokens: ApiTokens) -> axum::Router {
+pub fn router(state: AppState) -> axum::Router {
     let (router, document) = parts();
     let document = Arc::new(document);
     router
@@ -105,8 +112,8 @@ pub fn router(state: AppState, tokens: ApiTokens) -> axum::Router {
         .layer(DefaultBodyLimit::max(extract::BODY_LIMIT))
         .layer(Extension(Arc::new(health::ReadinessCache::default())))
         .layer(middleware::from_fn_with_state(
-            Arc::new(tokens),
-            auth::require_token,
+            state.access.clone(),
+            auth::identify,
         ))
         .layer(middleware::from_fn(log_internal_errors))
         .layer(TimeoutLayer::with_status_code(

@@ -1,6 +1,7 @@
 //! The publish procedure's rules as plain types and functions: no I/O, no
 //! async. Every 422 the API answers is born here.
 
+pub mod access;
 pub mod labels;
 pub mod naming;
 pub mod retry;

@@ -22,6 +22,21 @@ pub struct SourceImage {
     pub layer_count: usize,
 }
 
+impl SourceImage {
+    /// The image's own labels.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        self.config["config"]["Labels"]
+            .as_object()
+            .map(|labels| {
+                labels
+                    .iter()
+                    .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// A labelled copy of a source image, ready to load.
 #[derive(Debug, Clone)]
 pub struct LabelledImage {

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use super::challenge::Challenge;
 use super::{Registry, RegistryError, RemoteImage};
 use crate::credentials::RegistryAuth;
+use crate::domain::access::Patterns;
 use crate::domain::retry::FailureKind;
 use crate::domain::text::cut;
 use crate::engine::{Engine, RegistrySettings};
@@ -59,6 +60,9 @@ pub struct HttpRegistry {
     engine: Arc<dyn Engine>,
     /// `certs.d`: per-registry CAs and client certificates, as the engine reads them.
     certs_dir: PathBuf,
+    /// Hosts publishd may talk to at all (`--allow-registry`): registries and
+    /// the token servers they name.
+    allowed: Arc<Patterns>,
     endpoints: Arc<Mutex<HashMap<String, (Instant, Endpoint)>>>,
     tokens: Arc<Mutex<HashMap<TokenKey, (Instant, String)>>>,
 }
@@ -115,10 +119,11 @@ struct Descriptor {
 }
 
 impl HttpRegistry {
-    pub fn new(engine: Arc<dyn Engine>, certs_dir: PathBuf) -> HttpRegistry {
+    pub fn new(engine: Arc<dyn Engine>, certs_dir: PathBuf, allowed: Patterns) -> HttpRegistry {
         HttpRegistry {
             engine,
             certs_dir,
+            allowed: Arc::new(allowed),
             endpoints: Arc::default(),
             tokens: Arc::default(),
         }
@@ -129,6 +134,9 @@ impl HttpRegistry {
     /// engine treats it as insecure, HTTPS without certificate checks, or
     /// plain HTTP if it does not speak TLS (dockerd's own order).
     async fn endpoint(&self, registry: &str) -> Result<Endpoint, RegistryError> {
+        if !self.allowed.matches(registry) {
+            return Err(not_allowed(registry));
+        }
         if let Some((at, endpoint)) = lock(&self.endpoints).get(registry)
             && at.elapsed() < ENDPOINT_TTL
         {
@@ -241,6 +249,21 @@ impl HttpRegistry {
         };
         if let Some(token) = auth.bearer_token() {
             return Ok((format!("Bearer {token}"), STATIC_CREDENTIAL_LIFETIME));
+        }
+        // A registry names its token server: it is contacted only if the
+        // operator allows its host too.
+        let realm_host = reqwest::Url::parse(realm)
+            .ok()
+            .and_then(|url| {
+                let host = url.host_str()?.to_owned();
+                Some(match url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            })
+            .unwrap_or_default();
+        if !self.allowed.matches(&realm_host) {
+            return Err(not_allowed(&realm_host));
         }
         let client = &endpoint.client;
         let request = || {
@@ -405,6 +428,13 @@ impl Registry for HttpRegistry {
             content_signature,
         }))
     }
+}
+
+fn not_allowed(host: &str) -> RegistryError {
+    RegistryError::new(
+        FailureKind::Permanent,
+        format!("publishd does not contact {host} (not in --allow-registry)"),
+    )
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

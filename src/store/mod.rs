@@ -2,10 +2,11 @@
 //! connection (so write transactions never race for the lock) and a small pool
 //! of readers (WAL lets them read while the writer writes).
 
+mod audit;
 mod model;
 mod queue;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
+pub use audit::{AuditEntry, AuditEvent, AuditPage};
 pub use model::{AttemptError, ClaimedTarget, Job, JobImage, JobPage, Target, TargetOutcome};
 pub use queue::{Bound, Claim, ClaimLost, Release, Released, TakeOver};
 
@@ -71,6 +73,12 @@ pub enum Created {
     Overloaded {
         pending: i64,
     },
+    /// Queuing the job would take its submitter's pending targets past the
+    /// submitter's own limit.
+    SubmitterOverloaded {
+        pending: i64,
+        limit: usize,
+    },
 }
 
 /// What `cancel_job` did.
@@ -91,6 +99,34 @@ pub struct NewJob<'a> {
     pub has_registry_auth: bool,
     pub idempotency_key: Option<&'a str>,
     pub spec_hash: &'a str,
+    pub submitter: Submitter<'a>,
+}
+
+/// Who submits a job, and what their scope grants it.
+#[derive(Debug, Clone)]
+pub struct Submitter<'a> {
+    /// The token's name; `None` when the service has no tokens.
+    pub name: Option<&'a str>,
+    /// Share of the lanes relative to other submitters.
+    pub weight: u32,
+    /// Most targets the submitter may have queued at once.
+    pub max_queued_targets: Option<usize>,
+    pub use_service_credentials: bool,
+    pub required_labels: &'a BTreeMap<String, String>,
+}
+
+impl Submitter<'_> {
+    /// Anyone, when the service has no tokens.
+    pub fn anonymous() -> Submitter<'static> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        Submitter {
+            name: None,
+            weight: 1,
+            max_queued_targets: None,
+            use_service_credentials: true,
+            required_labels: &NONE,
+        }
+    }
 }
 
 const IN_FLIGHT: &str = "('tagging', 'pushing', 'untagging')";
@@ -157,12 +193,17 @@ impl Store {
     /// idempotency key.
     pub async fn create_job(&self, new: NewJob<'_>) -> StoreResult<Created> {
         let mut tx = self.writer.begin().await?;
+        let submitter = new.submitter.name.unwrap_or("");
         if let Some(key) = new.idempotency_key {
-            let seen = sqlx::query("SELECT id, spec_hash FROM jobs WHERE idempotency_key = ?")
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await
-                .context("looking up the idempotency key")?;
+            // Keys are the submitter's own: another token's job is never found.
+            let seen = sqlx::query(
+                "SELECT id, spec_hash FROM jobs WHERE submitted_by = ? AND idempotency_key = ?",
+            )
+            .bind(submitter)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await
+            .context("looking up the idempotency key")?;
             if let Some(row) = seen {
                 let hash: String = row.get("spec_hash");
                 if hash != new.spec_hash {
@@ -184,13 +225,47 @@ impl Store {
         if pending.saturating_add(new.plan.targets.len() as i64) > new.max_pending as i64 {
             return Ok(Created::Overloaded { pending });
         }
+        if let Some(limit) = new.submitter.max_queued_targets {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM targets t JOIN jobs j ON j.id = t.job_id
+                 WHERE t.status = 'pending' AND j.submitted_by = ?",
+            )
+            .bind(submitter)
+            .fetch_one(&mut *tx)
+            .await
+            .context("counting the submitter's pending targets")?;
+            if pending.saturating_add(new.plan.targets.len() as i64) > limit as i64 {
+                return Ok(Created::SubmitterOverloaded { pending, limit });
+            }
+        }
+        // A submitter that was idle starts level with the least-served one
+        // still queued, not with the credit of its idle time.
+        sqlx::query(&format!(
+            "INSERT INTO owners (name, weight, pass) VALUES (?1, ?2,
+                 COALESCE((SELECT MIN(o.pass) FROM owners o WHERE EXISTS (
+                     SELECT 1 FROM jobs j JOIN targets t ON t.job_id = j.id
+                     WHERE j.submitted_by = o.name
+                       AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))), 0))
+             ON CONFLICT (name) DO UPDATE SET weight = excluded.weight,
+                 pass = CASE WHEN EXISTS (
+                         SELECT 1 FROM jobs j JOIN targets t ON t.job_id = j.id
+                         WHERE j.submitted_by = owners.name
+                           AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))
+                     THEN owners.pass ELSE MAX(owners.pass, excluded.pass) END"
+        ))
+        .bind(submitter)
+        .bind(i64::from(new.submitter.weight))
+        .execute(&mut *tx)
+        .await
+        .context("recording the submitter's share")?;
 
         let id = new.id;
         let now = now();
         sqlx::query(
             "INSERT INTO jobs (id, status, repo, repo_mode, force, has_registry_auth,
-                               idempotency_key, spec_hash, created_at)
-             VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+                               idempotency_key, spec_hash, created_at, submitted_by,
+                               use_service_credentials, required_labels)
+             VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.to_string())
         .bind(&new.plan.repo)
@@ -200,6 +275,9 @@ impl Store {
         .bind(new.idempotency_key)
         .bind(new.spec_hash)
         .bind(&now)
+        .bind(submitter)
+        .bind(new.submitter.use_service_credentials)
+        .bind(serde_json::to_string(new.submitter.required_labels)?)
         .execute(&mut *tx)
         .await
         .context("inserting the job")?;
@@ -252,6 +330,7 @@ impl Store {
     pub async fn list_jobs(
         &self,
         status: Option<JobStatus>,
+        submitted_by: Option<&str>,
         limit: u32,
         before: Option<Uuid>,
     ) -> StoreResult<JobPage> {
@@ -259,6 +338,7 @@ impl Store {
         // their targets and images through the same filter.
         const PAGE: &str = "SELECT * FROM jobs
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)
+               AND (?4 IS NULL OR submitted_by = ?4)
              ORDER BY id DESC LIMIT ?3";
         // One read transaction: both queries see the same snapshot.
         let mut tx = self.reader.begin().await?;
@@ -266,6 +346,7 @@ impl Store {
             .bind(status.map(JobStatus::as_str))
             .bind(before.map(|id| id.to_string()))
             .bind(i64::from(limit) + 1)
+            .bind(submitted_by)
             .fetch_all(&mut *tx)
             .await
             .context("listing jobs")?;
@@ -278,6 +359,7 @@ impl Store {
         .bind(status.map(JobStatus::as_str))
         .bind(before.map(|id| id.to_string()))
         .bind(i64::from(limit))
+        .bind(submitted_by)
         .fetch_all(&mut *tx)
         .await
         .context("listing the jobs' targets")?;
@@ -288,6 +370,7 @@ impl Store {
         .bind(status.map(JobStatus::as_str))
         .bind(before.map(|id| id.to_string()))
         .bind(i64::from(limit))
+        .bind(submitted_by)
         .fetch_all(&mut *tx)
         .await
         .context("listing the jobs' images")?;
@@ -446,7 +529,8 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
                 t.reference, t.status, t.attempts, j.force, j.has_registry_auth,
                 t.prior_image_id, t.created_image_id, t.staging_reference, t.image_position,
                 i.source_image_id, t.claim_token, t.previous_prior_image_id,
-                t.previous_created_image_id, t.credentials_wait_until
+                t.previous_created_image_id, t.credentials_wait_until,
+                j.use_service_credentials, j.required_labels
          FROM targets t JOIN jobs j ON j.id = t.job_id
               JOIN job_images i ON i.job_id = t.job_id AND i.position = t.image_position
          WHERE t.id = ?",
@@ -483,6 +567,9 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
         image_position: row.get("image_position"),
         source_image_id: row.get("source_image_id"),
         credentials_wait_until: row.get("credentials_wait_until"),
+        use_service_credentials: row.get("use_service_credentials"),
+        required_labels: serde_json::from_str(row.get("required_labels"))
+            .context("bad required labels in the database")?,
     })
 }
 
@@ -533,6 +620,7 @@ fn job_from_row(row: &SqliteRow, images: Vec<JobImage>, targets: Vec<Target>) ->
         finished_at: row.get("finished_at"),
         error: row.get("error"),
         cancel_requested: row.get("cancel_requested"),
+        submitted_by: Some(row.get::<String, _>("submitted_by")).filter(|name| !name.is_empty()),
         images,
         targets,
     })
@@ -586,6 +674,7 @@ mod tests {
             has_registry_auth: false,
             idempotency_key: None,
             spec_hash: "h",
+            submitter: Submitter::anonymous(),
         };
         store.create_job(new).await.unwrap();
         store
@@ -608,6 +697,7 @@ mod tests {
             has_registry_auth: false,
             idempotency_key: None,
             spec_hash: "h2",
+            submitter: Submitter::anonymous(),
         };
         let refused = store.create_job(new(2)).await.unwrap();
         assert!(matches!(refused, Created::Overloaded { pending: 2 }));
@@ -631,6 +721,7 @@ mod tests {
             has_registry_auth: false,
             idempotency_key: None,
             spec_hash: "h",
+            submitter: Submitter::anonymous(),
         };
         assert!(matches!(
             store.create_job(new).await.unwrap(),

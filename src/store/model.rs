@@ -25,6 +25,9 @@ pub struct Job {
     /// Why the job did not succeed, in short; each target says more.
     pub error: Option<String>,
     pub cancel_requested: bool,
+    /// The name of the token that submitted the job; null when the service
+    /// has no tokens.
+    pub submitted_by: Option<String>,
     /// The job's images, each with the one image id its targets publish.
     pub images: Vec<JobImage>,
     pub targets: Vec<Target>,
@@ -120,6 +123,10 @@ pub struct ClaimedTarget {
     /// What the job's image resolved to, once known.
     pub source_image_id: Option<String>,
     pub credentials_wait_until: Option<String>,
+    /// The service's docker config may be used for the repo's registry.
+    pub use_service_credentials: bool,
+    /// Labels each source must carry (the submitter's scope).
+    pub required_labels: std::collections::BTreeMap<String, String>,
 }
 
 /// How a target's run ended.

@@ -120,12 +120,13 @@ impl Store {
                  not_before = NULL
              WHERE id = (
                  SELECT t.id FROM targets t JOIN jobs j ON j.id = t.job_id
+                      LEFT JOIN owners o ON o.name = j.submitted_by
                  WHERE t.status = 'pending' AND j.cancel_requested = 0
                    AND (t.not_before IS NULL OR t.not_before <= ?1)
                    AND (t.reference_key IS NULL OR NOT EXISTS (
                         SELECT 1 FROM targets u
                         WHERE u.reference_key = t.reference_key AND u.status IN {IN_FLIGHT}))
-                 ORDER BY t.job_id, t.position
+                 ORDER BY COALESCE(o.pass, 0), t.job_id, t.position
                  LIMIT 1)
              RETURNING id"
         ))
@@ -139,6 +140,16 @@ impl Store {
             return Ok(None);
         };
         let target = load_claimed(&mut tx, row.get("id")).await?;
+        // The submitter's turn is taken: the next claim goes to whoever has
+        // had the least, by weight.
+        sqlx::query(
+            "UPDATE owners SET pass = pass + 1.0 / weight
+             WHERE name = (SELECT submitted_by FROM jobs WHERE id = ?)",
+        )
+        .bind(target.job_id.to_string())
+        .execute(&mut *tx)
+        .await
+        .context("advancing the submitter's turn")?;
         refresh_job(&mut tx, target.job_id).await?;
         tx.commit().await.context("committing a claim")?;
         Ok(Some(target))

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::credentials::RegistryAuth;
+use crate::domain::access::missing_labels;
 use crate::domain::labels::{LabelInput, werf_labels};
 use crate::domain::naming::{content_tag, registry_host, target_reference};
 use crate::domain::retry::{FailureKind, classify_engine_error, classify_registry_message};
@@ -382,10 +383,23 @@ impl Run<'_> {
         }
     }
 
-    /// The job's image, by the id its source resolved to.
+    /// The job's image, by the id its source resolved to; it must carry the
+    /// labels the submitter's scope requires.
     async fn source_image(&self, id: &str) -> Result<SourceImage, Failure> {
         match self.ctx.engine.inspect_image(id).await? {
-            Some(source) => Ok(source),
+            Some(source) => {
+                let missing = missing_labels(&self.target.required_labels, &source.labels());
+                if missing.is_empty() {
+                    Ok(source)
+                } else {
+                    Err(Failure::permanent(format!(
+                        "forbidden: the source image {:?} lacks the labels its submitter's \
+                         scope requires: {}",
+                        self.target.source,
+                        missing.join(", ")
+                    )))
+                }
+            }
             None => Err(Failure::permanent(format!(
                 "source image {:?} ({id}, as resolved for this job) no longer exists on the \
                  docker engine",
@@ -444,6 +458,11 @@ impl Run<'_> {
                  never stored): resubmit the job"
                         .to_owned()
                 });
+        }
+        if !self.target.use_service_credentials {
+            // The submitter's scope does not let it use the service's own
+            // credentials for this registry.
+            return Ok(RegistryAuth::anonymous());
         }
         let registry =
             registry_host(reference).ok_or_else(|| format!("push: no registry in {reference}"))?;

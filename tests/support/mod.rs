@@ -16,8 +16,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
 
-use publishd::api::ApiTokens;
+use publishd::access::TokenSources;
 use publishd::config::Settings;
+use publishd::domain::access::Patterns;
 use publishd::domain::retry::RetryPolicy;
 use publishd::domain::spec::Limits;
 use publishd::engine::{Engine, TagMethod};
@@ -149,7 +150,8 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
             // a failing test slow, not different.
             max_elapsed: Duration::ZERO,
         },
-        api_tokens: ApiTokens::default(),
+        tokens: TokenSources::default(),
+        allow_registry: Patterns::any(),
         allow_unauthenticated: false,
     }
 }
