@@ -1,9 +1,9 @@
 -- Jobs belong to the token that submitted them. `submitted_by` is the
 -- token's name ('' when the service has no tokens); idempotency keys are
 -- unique per submitter, so a replay can never reach another token's job.
--- SQLite cannot drop a column's UNIQUE constraint, so the table is rebuilt;
--- foreign keys are checked at commit, when `jobs` exists again.
-PRAGMA defer_foreign_keys = ON;
+-- SQLite cannot drop a column's UNIQUE constraint, so the table is rebuilt
+-- the way SQLite documents it: migrations run on a connection without
+-- foreign key enforcement, and the store checks the keys afterwards.
 
 CREATE TABLE jobs_new (
     id               TEXT PRIMARY KEY NOT NULL,  -- uuid v7: sorts by creation time

@@ -34,6 +34,9 @@ install
 
 mkdir -p "$work"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# With an API token, as a shared install runs: every request carries it.
+token="schemathesis-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+PUBLISHD_API_TOKENS="$token" \
 "$binary" serve --listen "127.0.0.1:$port" --database "$work/schemathesis.db" \
   --docker-host "$PUBLISHD_TEST_EMPTY_DOCKER_HOST" --docker-config "$work/no-docker-config" \
   >"$work/schemathesis-serve.log" 2>&1 &
@@ -48,6 +51,7 @@ spec=$(pwd)/openapi/openapi.json
 cd "$work"
 "$venv/bin/schemathesis" run "$spec" \
   --url "http://127.0.0.1:$port" \
+  --header "Authorization: Bearer $token" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
   --max-time "${SCHEMATHESIS_MAX_TIME:-90}" \
   --workers 1 \

@@ -23,7 +23,9 @@ pub enum Role {
 }
 
 /// Shell-style patterns over names with `/`: `*` stays within one path
-/// segment, `**` crosses them (`registry.example.com/team-a/**`).
+/// segment, `**` crosses them. `X/**` also matches `X` itself:
+/// `registry.example.com/team-a/**` allows the repo `…/team-a` as well as
+/// everything under it.
 #[derive(Debug, Clone)]
 pub struct Patterns {
     written: Vec<String>,
@@ -32,15 +34,19 @@ pub struct Patterns {
 
 impl Patterns {
     pub fn new(patterns: &[String]) -> Result<Patterns, globset::Error> {
-        let matchers = patterns
-            .iter()
-            .map(|pattern| {
-                GlobBuilder::new(pattern)
-                    .literal_separator(true)
-                    .build()
-                    .map(|glob: Glob| glob.compile_matcher())
-            })
-            .collect::<Result<_, _>>()?;
+        let compile = |pattern: &str| {
+            GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .build()
+                .map(|glob: Glob| glob.compile_matcher())
+        };
+        let mut matchers = Vec::with_capacity(patterns.len());
+        for pattern in patterns {
+            matchers.push(compile(pattern)?);
+            if let Some(parent) = pattern.strip_suffix("/**") {
+                matchers.push(compile(parent)?);
+            }
+        }
         Ok(Patterns {
             written: patterns.to_vec(),
             matchers,
@@ -321,6 +327,10 @@ mod tests {
         );
         assert_eq!(other_source.field.as_deref(), Some("images[0].source"));
         assert_eq!(other_source.rule, "sources");
+        // `X/**` covers `X` too.
+        let under = Patterns::new(&["reg/team-a/**".to_owned()]).unwrap();
+        assert!(under.matches("reg/team-a") && under.matches("reg/team-a/x/y"));
+        assert!(!under.matches("reg/team-ab"));
         // One `*` does not cross a `/`.
         let nested = Patterns::new(&["team-a/*".to_owned()]).unwrap();
         assert!(nested.matches("team-a/app:b1") && !nested.matches("team-a/x/app:b1"));

@@ -143,6 +143,7 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        migrate(path, &options).await?;
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // A write that fails for a full disk or an I/O error can make
@@ -157,10 +158,6 @@ impl Store {
             .connect_with(options.clone())
             .await
             .with_context(|| format!("opening the database {}", path.display()))?;
-        sqlx::migrate!("./migrations")
-            .run(&writer)
-            .await
-            .with_context(|| format!("applying migrations to {}", path.display()))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -447,6 +444,35 @@ pub(crate) fn format_time(at: time::OffsetDateTime) -> String {
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
     );
     at.format(FORMAT).unwrap_or_else(|_| at.to_string())
+}
+
+/// Applies the migrations on a connection of its own without foreign key
+/// enforcement, so that a migration may rebuild a table the way SQLite
+/// documents it (foreign keys cannot be switched off inside the transaction
+/// each migration runs in); then checks every foreign key.
+async fn migrate(path: &Path, options: &SqliteConnectOptions) -> StoreResult<()> {
+    let migrating = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.clone().foreign_keys(false))
+        .await
+        .with_context(|| format!("opening the database {}", path.display()))?;
+    sqlx::migrate!("./migrations")
+        .run(&migrating)
+        .await
+        .with_context(|| format!("applying migrations to {}", path.display()))?;
+    let broken: Vec<SqliteRow> = sqlx::query("PRAGMA foreign_key_check")
+        .fetch_all(&migrating)
+        .await
+        .context("checking foreign keys after migrating")?;
+    migrating.close().await;
+    if !broken.is_empty() {
+        anyhow::bail!(
+            "after migrating {}, {} rows refer to rows that do not exist",
+            path.display(),
+            broken.len()
+        );
+    }
+    Ok(())
 }
 
 /// Takes the database's lock file, or says which database is in use.
@@ -760,6 +786,114 @@ mod tests {
             Some("docker.io/library/foo:v1")
         );
         assert!(store.claim_target(LEASE).await.unwrap().is_none());
+    }
+
+    /// A database written before jobs had owners keeps its jobs, their
+    /// idempotency keys and their targets through the migration that
+    /// rebuilds the jobs table.
+    #[tokio::test]
+    async fn a_database_from_before_owners_is_migrated_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("publishd.db");
+        // The migrations as they stood before owners, from the repository.
+        let old_migrations = dir.path().join("old-migrations");
+        std::fs::create_dir(&old_migrations).unwrap();
+        let mut files: Vec<_> =
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+                .unwrap()
+                .map(|entry| entry.unwrap().path())
+                .collect();
+        files.sort();
+        let before_owners = files
+            .iter()
+            .take_while(|file| !file.to_string_lossy().contains("owners_and_audit"));
+        for file in before_owners {
+            std::fs::copy(file, old_migrations.join(file.file_name().unwrap())).unwrap();
+        }
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .unwrap()
+            .filename(&path)
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .connect_with(options)
+            .await
+            .unwrap();
+        sqlx::migrate::Migrator::new(old_migrations.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        let id = Uuid::now_v7().to_string();
+        sqlx::query(
+            "INSERT INTO jobs (id, status, repo, repo_mode, idempotency_key, spec_hash, created_at)
+             VALUES (?, 'queued', '127.0.0.1:5000/a', 'multirepo', 'key-1', 'h', '2026-01-01T00:00:00.000000Z')",
+        )
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO job_images (job_id, position, name, source) VALUES (?, 0, 'app', 'src:1')",
+        )
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO targets (job_id, position, image_name, source, strategy, tag, reference,
+                                  reference_key, status)
+             VALUES (?, 0, 'app', 'src:1', 'custom', 'v1', '127.0.0.1:5000/a/app:v1',
+                     '127.0.0.1:5000/a/app:v1', 'pending')",
+        )
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = Store::open(&path).await.unwrap();
+        let job = store
+            .get_job(Uuid::parse_str(&id).unwrap())
+            .await
+            .unwrap()
+            .expect("the job survived");
+        assert_eq!(job.submitted_by, None);
+        assert_eq!(job.targets.len(), 1);
+        assert_eq!(job.images[0].source, "src:1");
+        // Its key is still its submitter's (nobody's), and only theirs.
+        let spec: JobSpec = serde_json::from_value(serde_json::json!({
+            "repo": "127.0.0.1:5000/a", "images": [{"name": "app", "source": "src:1"}],
+            "tags": [{"strategy": "custom", "value": "v1"}]
+        }))
+        .unwrap();
+        let plan = plan(&spec, Limits::default()).unwrap();
+        let new = |submitter| NewJob {
+            id: Uuid::now_v7(),
+            plan: &plan,
+            max_pending: 100,
+            has_registry_auth: false,
+            idempotency_key: Some("key-1"),
+            spec_hash: "h",
+            submitter,
+        };
+        assert!(matches!(
+            store.create_job(new(Submitter::anonymous())).await.unwrap(),
+            Created::Existing(existing) if existing.id == job.id
+        ));
+        let team = Submitter {
+            name: Some("team-a"),
+            ..Submitter::anonymous()
+        };
+        assert!(matches!(
+            store.create_job(new(team)).await.unwrap(),
+            Created::New(_)
+        ));
+        assert_eq!(
+            store.claim_target(LEASE).await.unwrap().unwrap().job_id,
+            job.id
+        );
     }
 
     #[tokio::test]

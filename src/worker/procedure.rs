@@ -516,11 +516,16 @@ impl Run<'_> {
                 ctx.engine.push(reference, auth).await.map_err(|error| {
                     let mut failure = Failure::from(error);
                     if failure.kind == FailureKind::Permanent && auth.is_anonymous() {
-                        failure.message = format!(
-                            "{} (no credentials for {} in the docker config)",
-                            failure.message,
-                            registry_host(reference).unwrap_or_default()
-                        );
+                        let host = registry_host(reference).unwrap_or_default();
+                        let why = if self.target.use_service_credentials {
+                            format!("no credentials for {host} in the docker config")
+                        } else {
+                            format!(
+                                "the submitter's scope does not allow publishd's own \
+                                 credentials for {host}; the job may bring registry_auth"
+                            )
+                        };
+                        failure.message = format!("{} ({why})", failure.message);
                     }
                     failure
                 })

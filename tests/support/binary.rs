@@ -157,6 +157,17 @@ impl Server {
         }
     }
 
+    /// Sends the process a signal by name (`HUP`).
+    pub async fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = Command::new("kill")
+            .args(["-s", name, &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success(), "kill -s {name} {pid}");
+    }
+
     /// SIGTERM, and wait for the process to exit.
     pub async fn terminate(mut self) {
         if let Some(pid) = self.child.id() {
