@@ -15,7 +15,7 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 
-use crate::config::PublishArgs;
+use crate::cli::PublishArgs;
 
 /// How often the job is polled.
 const POLL: Duration = Duration::from_millis(500);

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 
 use anyhow::Context;
 
@@ -14,57 +14,6 @@ use crate::domain::retry::RetryPolicy;
 use crate::domain::spec::Limits;
 use crate::engine::TagMethod;
 use crate::worker::StepTimeouts;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "publishd",
-    version,
-    about = "werf-style image publishing as a durable HTTP service"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the HTTP service and its worker pool.
-    Serve(ServeArgs),
-    /// Submit a publish job to a running publishd, wait for it and report:
-    /// the one-command pipeline step. Exits 0 only if every target succeeded.
-    Publish(PublishArgs),
-    /// Print the OpenAPI document (what `openapi/openapi.json` must hold).
-    Openapi,
-}
-
-#[derive(Debug, Args)]
-pub struct PublishArgs {
-    /// Base URL of the publishd service.
-    #[arg(long, env = "PUBLISHD_SERVER", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
-    /// The images repo, e.g. registry.example.com/acme/shop.
-    #[arg(long)]
-    pub repo: String,
-    /// multirepo or monorepo.
-    #[arg(long, default_value = "multirepo")]
-    pub repo_mode: String,
-    /// An image as NAME=SOURCE, or SOURCE alone for the nameless image. Repeatable.
-    #[arg(long = "image", required = true)]
-    pub images: Vec<String>,
-    /// A tag as STRATEGY:VALUE (custom:v1.2.3, git-branch:main, git-tag:v1,
-    /// git-commit:SHA) or `content`. Repeatable.
-    #[arg(long = "tag", required = true)]
-    pub tags: Vec<String>,
-    /// API bearer token, when the service requires one.
-    #[arg(long, env = "PUBLISHD_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Makes a retried pipeline step return the same job instead of a new one.
-    #[arg(long, env = "PUBLISHD_IDEMPOTENCY_KEY")]
-    pub idempotency_key: Option<String>,
-    /// Give up waiting after this many seconds (the job goes on).
-    #[arg(long, default_value_t = 3600)]
-    pub wait_timeout: u64,
-}
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -172,6 +121,27 @@ pub struct ServeArgs {
     /// every token, admins included, is bounded by it. Default: any.
     #[arg(long, env = "PUBLISHD_ALLOW_REGISTRY", value_delimiter = ',')]
     pub allow_registry: Vec<String>,
+    /// The secret webhooks are signed with (`X-Publishd-Signature`); jobs
+    /// may name a `callback_url` only when it is set.
+    #[arg(long, env = "PUBLISHD_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// How long a webhook is retried after its job ended, e.g. `24h`, `90m`.
+    #[arg(long, env = "PUBLISHD_WEBHOOK_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
+    pub webhook_max_age: Duration,
+    /// Finished jobs older than this are deleted with their targets, events
+    /// and deliveries, e.g. `30d`, `12h`; `0` keeps everything.
+    #[arg(long, env = "PUBLISHD_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub retention: Duration,
+    /// `text` for people, `json` (one object per line) for log shippers.
+    #[arg(long, env = "PUBLISHD_LOG_FORMAT", default_value = "text", value_parser = parse_log_format)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// How long a claim holds without being renewed. Not a flag: it only trades
@@ -204,6 +174,11 @@ pub struct Settings {
     pub tokens: TokenSources,
     pub allow_registry: Patterns,
     pub allow_unauthenticated: bool,
+    /// Signs webhooks; without it jobs may not name a `callback_url`.
+    pub webhook_secret: Option<Vec<u8>>,
+    pub webhook_max_age: Duration,
+    /// How long finished jobs are kept; `None` keeps them forever.
+    pub retention: Option<Duration>,
 }
 
 impl Settings {
@@ -262,7 +237,30 @@ impl Settings {
             },
             allow_registry,
             allow_unauthenticated: args.allow_unauthenticated,
+            webhook_secret: args
+                .webhook_secret
+                .filter(|secret| !secret.is_empty())
+                .map(String::into_bytes),
+            webhook_max_age: args.webhook_max_age,
+            retention: Some(args.retention).filter(|retention| !retention.is_zero()),
         })
+    }
+}
+
+/// A duration as `30d`, `12h`, `90m`, `45s` (or combined, `1h30m`); `0` is zero.
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    if value.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(value)
+        .map_err(|error| format!("{value:?} is not a duration: {error}"))
+}
+
+fn parse_log_format(value: &str) -> Result<LogFormat, String> {
+    match value {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("{value:?} is not text or json")),
     }
 }
 

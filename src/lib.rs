@@ -3,13 +3,18 @@
 
 pub mod access;
 pub mod api;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod credentials;
 pub mod domain;
 pub mod engine;
+pub mod metrics;
+pub mod progress;
 pub mod registry;
+pub mod retention;
 pub mod server;
 pub mod startup;
 pub mod store;
+pub mod webhooks;
 pub mod worker;

@@ -1,7 +1,8 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use publishd::config::{Cli, Command, Settings};
+use publishd::cli::{Cli, Command};
+use publishd::config::{LogFormat, Settings};
 use publishd::startup::{Application, shutdown_signal};
 
 #[tokio::main]
@@ -26,15 +27,36 @@ async fn main() -> anyhow::Result<()> {
             }
         },
         Command::Serve(args) => {
-            tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_env_filter(
-                    EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info")),
-                )
-                .init();
-            let app = Application::build(Settings::from_args(args)?).await?;
+            init_logs(args.log_format);
+            let app = Application::build(Settings::from_args(*args)?).await?;
             app.run_until(shutdown_signal()).await
         }
+    }
+}
+
+/// Log lines to stderr: text for people, or one JSON object per line (with
+/// the fields of every span it is in: a job's `job_id` and `reference`, a
+/// request's `request_id`) for log shippers. `RUST_LOG` filters.
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tower_http=info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init(),
+        // Span fields go to the top level, beside the event's own, where a
+        // log shipper indexes them.
+        LogFormat::Json => registry
+            .with(
+                json_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .flatten_span_list_on_top_level(true),
+            )
+            .init(),
     }
 }

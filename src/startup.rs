@@ -14,8 +14,11 @@ use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::credentials::{DockerConfig, JobCredentials};
 use crate::engine::{DockerEngine, Engine};
+use crate::metrics::Metrics;
+use crate::progress::ProgressHub;
 use crate::registry::HttpRegistry;
 use crate::store::{AuditEntry, Store};
+use crate::webhooks::Webhooks;
 use crate::worker::{Cancellations, WorkerContext, WorkerPool};
 
 pub struct Application {
@@ -25,6 +28,7 @@ pub struct Application {
     wake: Arc<Notify>,
     access: AccessControl,
     settings: Settings,
+    stopping: CancellationToken,
 }
 
 impl Application {
@@ -58,6 +62,9 @@ impl Application {
         let cancellations = Cancellations::default();
         let wake = Arc::new(Notify::new());
         let job_credentials = JobCredentials::default();
+        let progress = ProgressHub::default();
+        let metrics = Metrics::default();
+        let stopping = CancellationToken::new();
         let router = api::router(AppState {
             store: store.clone(),
             engine: engine.clone(),
@@ -68,6 +75,10 @@ impl Application {
             job_credentials: job_credentials.clone(),
             access: access.clone(),
             allow_registry: Arc::new(settings.allow_registry.clone()),
+            progress: progress.clone(),
+            webhooks_enabled: settings.webhook_secret.is_some(),
+            stopping: stopping.clone(),
+            metrics: metrics.clone(),
         });
         let context = Arc::new(WorkerContext {
             store,
@@ -89,6 +100,8 @@ impl Application {
             max_target_runs: settings.max_target_runs,
             credential_wait: settings.credential_wait,
             lease: settings.lease,
+            progress,
+            metrics,
         });
         Ok(Application {
             listener,
@@ -97,6 +110,7 @@ impl Application {
             wake,
             access,
             settings,
+            stopping,
         })
     }
 
@@ -115,8 +129,22 @@ impl Application {
             self.access.clone(),
             self.context.store.clone(),
         ));
+        let stopping = self.stopping;
+        let store = self.context.store.clone();
+        let webhooks = self.settings.webhook_secret.clone().map(|secret| {
+            let webhooks = Webhooks::new(
+                store.clone(),
+                secret,
+                self.settings.webhook_max_age,
+                Arc::new(self.settings.allow_registry.clone()),
+                self.context.metrics.clone(),
+            );
+            tokio::spawn(webhooks.run(stopping.clone()))
+        });
+        let retention = self.settings.retention.map(|retention| {
+            tokio::spawn(crate::retention::run(store, retention, stopping.clone()))
+        });
         let pool = WorkerPool::start(self.context, self.settings.workers, self.wake);
-        let stopping = CancellationToken::new();
         let trigger = stopping.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -148,6 +176,10 @@ impl Application {
         };
         let (served, ()) = tokio::join!(serving, draining);
         reloads.abort();
+        // Both stop at `stopping`; a delivery under way is recorded first.
+        for task in webhooks.into_iter().chain(retention) {
+            let _ = task.await;
+        }
         served.context("serving HTTP")
     }
 }

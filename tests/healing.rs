@@ -18,7 +18,8 @@ use publishd::credentials::RegistryAuth;
 use publishd::domain::labels::{LabelInput, werf_labels};
 use publishd::domain::spec::{JobSpec, Limits, plan};
 use publishd::engine::{
-    DockerEngine, Engine, EngineDescription, EngineError, LabelBuild, LabelledImage, SourceImage,
+    DockerEngine, Engine, EngineDescription, EngineError, LabelBuild, LabelledImage, PushProgress,
+    SourceImage,
 };
 use publishd::store::{Created, NewJob, Store};
 use serde_json::{Value, json};
@@ -88,8 +89,13 @@ impl Engine for Faulty {
     async fn build_image(&self, build: &LabelBuild, name: &str) -> Result<String, EngineError> {
         self.inner.build_image(build, name).await
     }
-    async fn push(&self, reference: &str, auth: &RegistryAuth) -> Result<String, EngineError> {
-        let digest = self.inner.push(reference, auth).await?;
+    async fn push(
+        &self,
+        reference: &str,
+        auth: &RegistryAuth,
+        progress: &(dyn Fn(PushProgress) + Send + Sync),
+    ) -> Result<String, EngineError> {
+        let digest = self.inner.push(reference, auth, progress).await?;
         if let Some(pushed) = &self.pushed {
             pushed.notify_one();
         }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use publishd::credentials::RegistryAuth;
 use publishd::engine::{
-    DockerEngine, Engine, EngineDescription, EngineError, LabelBuild, LabelledImage, SourceImage,
+    DockerEngine, Engine, EngineDescription, EngineError, LabelBuild, LabelledImage, PushProgress,
+    SourceImage,
 };
 use support::engine::TestEngine;
 use support::registry::Registry;
@@ -37,8 +38,13 @@ impl Engine for RemoveFails {
     async fn load_image(&self, image: &LabelledImage, reference: &str) -> Result<(), EngineError> {
         self.0.load_image(image, reference).await
     }
-    async fn push(&self, reference: &str, auth: &RegistryAuth) -> Result<String, EngineError> {
-        self.0.push(reference, auth).await
+    async fn push(
+        &self,
+        reference: &str,
+        auth: &RegistryAuth,
+        progress: &(dyn Fn(PushProgress) + Send + Sync),
+    ) -> Result<String, EngineError> {
+        self.0.push(reference, auth, progress).await
     }
     async fn remove_reference(&self, _reference: &str) -> Result<(), EngineError> {
         Err(EngineError::Api {

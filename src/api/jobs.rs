@@ -97,6 +97,12 @@ async fn submit(
     let body = body?;
     let idempotency_key = idempotency_key(headers)?;
     let mut plan = plan(&body.value, state.limits)?;
+    if plan.callback.is_some() && !state.webhooks_enabled {
+        return Err(ApiError::invalid(
+            "callback_url",
+            "this publishd has no webhook secret to sign callbacks with (--webhook-secret)",
+        ));
+    }
     let brings_credentials = body.value.registry_auth.is_some();
     let grant = check_submission(caller, &plan, brings_credentials, &state.allow_registry)?;
     let sources = resolve_sources(state.engine.as_ref(), &plan, &grant).await?;
@@ -331,7 +337,11 @@ pub async fn get_job(
 
 /// The job, if the caller may see it; another token's job is not found, so
 /// its id tells a publisher nothing.
-async fn visible_job(state: &AppState, caller: &Principal, id: Uuid) -> Result<Job, ApiError> {
+pub(super) async fn visible_job(
+    state: &AppState,
+    caller: &Principal,
+    id: Uuid,
+) -> Result<Job, ApiError> {
     state
         .store
         .get_job(id)
@@ -483,7 +493,7 @@ async fn cancel(state: &AppState, caller: &Principal, id: &str) -> Result<Job, A
     }
 }
 
-fn job_id(text: &str) -> Result<Uuid, ApiError> {
+pub(super) fn job_id(text: &str) -> Result<Uuid, ApiError> {
     // An id that cannot exist is simply not found.
     Uuid::parse_str(text).map_err(|_| ApiError::NotFound(format!("no job {text:?}")))
 }

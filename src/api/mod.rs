@@ -4,10 +4,13 @@
 
 mod audit;
 mod auth;
+mod docs;
 pub mod error;
+mod events;
 mod extract;
 mod health;
 mod jobs;
+mod metrics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +22,11 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Json};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -30,6 +36,8 @@ use crate::credentials::JobCredentials;
 use crate::domain::access::Patterns;
 use crate::domain::spec::Limits;
 use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::progress::ProgressHub;
 use crate::store::Store;
 use crate::worker::Cancellations;
 use error::{ApiError, InternalErrorDetail};
@@ -50,6 +58,14 @@ pub struct AppState {
     pub access: AccessControl,
     /// Registry hosts the operator allows at all (`--allow-registry`).
     pub allow_registry: Arc<Patterns>,
+    /// Live push progress, for event streams.
+    pub progress: ProgressHub,
+    /// A webhook secret is set, so jobs may name a `callback_url`.
+    pub webhooks_enabled: bool,
+    /// Cancelled when the service stops: event streams end (their clients
+    /// resume with `Last-Event-ID`) instead of holding the drain.
+    pub stopping: CancellationToken,
+    pub metrics: Metrics,
 }
 
 /// Bounds every request; a slow client cannot hold a connection open forever.
@@ -86,9 +102,11 @@ fn parts() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::create_job, jobs::list_jobs))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))
+        .routes(routes!(events::job_events))
         .routes(routes!(audit::list_audit))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
+        .routes(routes!(metrics::metrics))
         .split_for_parts()
 }
 
@@ -105,6 +123,7 @@ pub fn router(state: AppState) -> axum::Router {
             "/openapi.json",
             get(move || async move { Json(document.as_ref().clone()) }),
         )
+        .merge(docs::routes())
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".to_owned())
@@ -120,19 +139,45 @@ pub fn router(state: AppState) -> axum::Router {
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::measure,
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        // The caller's `x-request-id`, or a new one: on every log line of
+        // the request and in the answer, so a report names its request.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// The span every line about a request is logged in.
+fn request_span(request: &Request) -> tracing::Span {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        request_id,
+    )
 }
 
 /// Logs the detail of a 500 (or a database 503) that the answer itself
 /// keeps private.
 async fn log_internal_errors(request: Request, next: Next) -> Response {
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
+    // The request's span already says which request this was.
     let response = next.run(request).await;
     if let Some(InternalErrorDetail(detail)) = response.extensions().get::<InternalErrorDetail>() {
         let status = response.status().as_u16();
-        tracing::error!(%method, %path, status, error = %detail, "request failed");
+        tracing::error!(status, error = %detail, "request failed");
     }
     response
 }

@@ -33,6 +33,11 @@ pub struct JobSpec {
     /// never stored or answered. Without them the service's docker config is used.
     #[serde(default)]
     pub registry_auth: Option<RegistryAuthSpec>,
+    /// Called when the job ends: an `http://` or `https://` URL that gets a
+    /// POST of the job's JSON, signed (`X-Publishd-Signature`).
+    #[serde(default)]
+    #[schema(example = "https://ci.example.com/hooks/publishd")]
+    pub callback_url: Option<String>,
 }
 
 /// Per-job registry credentials: a username and password, or an identity token.
@@ -150,6 +155,45 @@ pub struct Plan {
     pub force: bool,
     pub images: Vec<PlannedImage>,
     pub targets: Vec<PlannedTarget>,
+    /// Where to POST the job when it ends.
+    pub callback: Option<Callback>,
+}
+
+/// A webhook URL, checked: `http` or `https`, with a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callback {
+    pub url: String,
+    /// `host[:port]`, as registry hosts are written: what host rules match.
+    pub host: String,
+}
+
+/// Longest callback URL accepted.
+const MAX_CALLBACK_LEN: usize = 2048;
+
+fn check_callback(url: &str) -> Result<Callback, ValidationError> {
+    let invalid = |message: String| ValidationError::new("callback_url", message);
+    if url.len() > MAX_CALLBACK_LEN {
+        return Err(invalid(format!("longer than {MAX_CALLBACK_LEN} bytes")));
+    }
+    let parsed = url::Url::parse(url).map_err(|error| invalid(format!("not a URL: {error}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid("must be an http:// or https:// URL".to_owned()));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid("must not carry credentials".to_owned()));
+    }
+    let host = parsed
+        .host_str()
+        .filter(|host| !host.is_empty())
+        .ok_or_else(|| invalid("has no host".to_owned()))?;
+    let host = match parsed.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    Ok(Callback {
+        url: url.to_owned(),
+        host,
+    })
 }
 
 /// One image of the job: every target of it publishes the one image its
@@ -289,12 +333,18 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
     if let Some(auth) = &spec.registry_auth {
         check_registry_auth(auth)?;
     }
+    let callback = spec
+        .callback_url
+        .as_deref()
+        .map(check_callback)
+        .transpose()?;
     Ok(Plan {
         repo,
         repo_mode: spec.repo_mode,
         force: spec.force,
         images,
         targets,
+        callback,
     })
 }
 
@@ -510,6 +560,29 @@ mod tests {
             plan.targets[3].reference.as_deref(),
             Some("127.0.0.1:5000/shop:web-v1")
         );
+    }
+
+    #[test]
+    fn callback_urls_are_http_with_a_host() {
+        let with = |url: &str| {
+            plan_of(serde_json::json!({
+                "repo": "127.0.0.1:5000/a", "images": [{"source": "s:1"}],
+                "tags": [{"strategy": "custom", "value": "v1"}], "callback_url": url
+            }))
+        };
+        let callback = with("https://ci.example.com:8443/hooks?job=1")
+            .unwrap()
+            .callback
+            .unwrap();
+        assert_eq!(callback.host, "ci.example.com:8443");
+        for bad in [
+            "ftp://x/y",
+            "not a url",
+            "http://user:pw@x/",
+            "file:///etc/passwd",
+        ] {
+            assert_eq!(with(bad).unwrap_err().field, "callback_url", "{bad}");
+        }
     }
 
     #[test]

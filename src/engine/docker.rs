@@ -21,7 +21,7 @@ use tokio::sync::OnceCell;
 
 use super::settings::{EngineDescription, InfoReport, VersionReport};
 use super::transport::{BOLLARD_ADDRESS, EngineTransport};
-use super::{Engine, EngineError, LabelBuild, LabelledImage, SourceImage};
+use super::{Engine, EngineError, LabelBuild, LabelledImage, PushProgress, SourceImage};
 use crate::credentials::RegistryAuth;
 use crate::domain::naming::split_tag;
 
@@ -308,12 +308,17 @@ impl Engine for DockerEngine {
             .ok_or_else(|| EngineError::Protocol(format!("the build did not name {name}")))
     }
 
-    async fn push(&self, reference: &str, auth: &RegistryAuth) -> Result<String, EngineError> {
+    async fn push(
+        &self,
+        reference: &str,
+        auth: &RegistryAuth,
+        progress: &(dyn Fn(PushProgress) + Send + Sync),
+    ) -> Result<String, EngineError> {
         let (repository, tag) = split_tag(reference);
         let credentials = serde_json::to_vec(&auth.engine_credentials())
             .map_err(|error| EngineError::Protocol(error.to_string()))?;
         if let Some(digest) =
-            super::push::push(&self.transport, repository, tag, &credentials).await?
+            super::push::push(&self.transport, repository, tag, &credentials, progress).await?
         {
             return Ok(digest);
         }

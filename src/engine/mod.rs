@@ -16,6 +16,13 @@ pub use settings::{EngineDescription, EngineProduct, ImageStore, RegistrySetting
 
 use crate::credentials::RegistryAuth;
 
+/// Bytes of a push's layers sent so far, of all it has to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PushProgress {
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     /// The engine could not be reached at all.
@@ -56,9 +63,15 @@ pub trait Engine: Send + Sync + 'static {
     /// answers its id. Works on every engine with the build API.
     async fn build_image(&self, build: &LabelBuild, name: &str) -> Result<String, EngineError>;
 
-    /// Pushes `reference` and answers the manifest digest the registry took.
-    /// Dropping the future stops the push.
-    async fn push(&self, reference: &str, auth: &RegistryAuth) -> Result<String, EngineError>;
+    /// Pushes `reference` and answers the manifest digest the registry took,
+    /// telling `progress` how far it has come as it goes. Dropping the
+    /// future stops the push.
+    async fn push(
+        &self,
+        reference: &str,
+        auth: &RegistryAuth,
+        progress: &(dyn Fn(PushProgress) + Send + Sync),
+    ) -> Result<String, EngineError>;
 
     /// Removes the name `reference` (the image goes too if that was its last name).
     async fn remove_reference(&self, reference: &str) -> Result<(), EngineError>;

@@ -15,8 +15,8 @@ use http_body_util::{BodyExt, BodyStream};
 use hyper::{Method, Request};
 use serde_json::Value;
 
-use super::EngineError;
 use super::transport::EngineTransport;
+use super::{EngineError, PushProgress};
 use crate::domain::text::cut;
 
 /// Most bytes kept of one line of the push's answer; progress lines are a
@@ -33,6 +33,7 @@ pub(super) async fn push(
     repository: &str,
     tag: &str,
     auth: &[u8],
+    progress: &(dyn Fn(PushProgress) + Send + Sync),
 ) -> Result<Option<String>, EngineError> {
     let request = Request::builder()
         .method(Method::POST)
@@ -65,6 +66,7 @@ pub(super) async fn push(
         });
     }
     let mut lines = LineReader::default();
+    let mut layers = Layers::default();
     let mut digest = None;
     let mut stream = BodyStream::new(response.into_body());
     while let Some(frame) = stream.next().await {
@@ -76,6 +78,9 @@ pub(super) async fn push(
         for line in lines.push(&data) {
             if let Some(found) = read_line(&line, tag)? {
                 digest = Some(found);
+            }
+            if layers.read(&line) {
+                progress(layers.total());
             }
         }
     }
@@ -115,6 +120,56 @@ fn read_line(line: &Line, tag: &str) -> Result<Option<String>, EngineError> {
     Ok(item["status"]
         .as_str()
         .and_then(|status| status_digest(status, tag)))
+}
+
+/// How far each layer's upload has come, by layer id, from the stream's
+/// progress lines (`{"status":"Pushing","progressDetail":{"current":…,
+/// "total":…},"id":…}`); a layer that is done or already there counts whole.
+#[derive(Default)]
+struct Layers {
+    uploads: std::collections::HashMap<String, (u64, u64)>,
+}
+
+impl Layers {
+    /// Takes in a line; answers whether the progress changed.
+    fn read(&mut self, line: &Line) -> bool {
+        if line.dropped > 0 {
+            return false;
+        }
+        let Ok(item) = serde_json::from_slice::<Value>(&line.kept) else {
+            return false;
+        };
+        let Some(id) = item["id"].as_str() else {
+            return false;
+        };
+        let detail = &item["progressDetail"];
+        let upload = self.uploads.entry(id.to_owned()).or_insert((0, 0));
+        let before = *upload;
+        match item["status"].as_str() {
+            Some("Pushing") => {
+                if let (Some(current), Some(total)) =
+                    (detail["current"].as_u64(), detail["total"].as_u64())
+                {
+                    *upload = (current.min(total), total);
+                }
+            }
+            Some("Pushed" | "Layer already exists" | "Mounted from") => upload.0 = upload.1,
+            Some(status) if status.starts_with("Mounted from") => upload.0 = upload.1,
+            _ => {}
+        }
+        *upload != before
+    }
+
+    fn total(&self) -> PushProgress {
+        let (done, total) = self
+            .uploads
+            .values()
+            .fold((0, 0), |(done, total), (d, t)| (done + d, total + t));
+        PushProgress {
+            bytes_done: done,
+            bytes_total: total,
+        }
+    }
 }
 
 /// The message of a cut error line: from the first `"message":"` on, or
@@ -210,6 +265,34 @@ mod tests {
             error.ends_with(&format!("({} bytes in all)", line.len() - 1)),
             "{error}"
         );
+    }
+
+    #[test]
+    fn progress_adds_up_the_layers() {
+        let line = |text: &str| Line {
+            kept: text.as_bytes().to_vec(),
+            dropped: 0,
+        };
+        let mut layers = Layers::default();
+        assert!(layers.read(&line(
+            r#"{"status":"Pushing","progressDetail":{"current":100,"total":400},"id":"a"}"#
+        )));
+        assert!(layers.read(&line(
+            r#"{"status":"Pushing","progressDetail":{"current":50,"total":100},"id":"b"}"#
+        )));
+        assert_eq!(
+            layers.total(),
+            PushProgress {
+                bytes_done: 150,
+                bytes_total: 500
+            }
+        );
+        assert!(layers.read(&line(r#"{"status":"Pushed","progressDetail":{},"id":"a"}"#)));
+        assert_eq!(layers.total().bytes_done, 450);
+        assert!(!layers.read(&line(
+            r#"{"status":"Preparing","progressDetail":{},"id":"c"}"#
+        )));
+        assert!(!layers.read(&line(r#"{"status":"v1: digest: sha256:abc size: 1"}"#)));
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! of readers (WAL lets them read while the writer writes).
 
 mod audit;
+mod counts;
+mod events;
 mod model;
 mod queue;
+mod retention;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -21,8 +24,11 @@ use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 pub use audit::{AuditEntry, AuditEvent, AuditPage};
+pub use counts::QueueCounts;
+pub use events::{Delivery, DeliveryAttempt, DeliveryOutcome, DueDelivery, Event};
 pub use model::{AttemptError, ClaimedTarget, Job, JobImage, JobPage, Target, TargetOutcome};
 pub use queue::{Bound, Claim, ClaimLost, Release, Released, TakeOver};
+pub use retention::Deleted;
 
 use crate::domain::naming::{RepoMode, reference_key};
 use crate::domain::spec::{Plan, TagStrategy};
@@ -261,8 +267,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO jobs (id, status, repo, repo_mode, force, has_registry_auth,
                                idempotency_key, spec_hash, created_at, submitted_by,
-                               use_service_credentials, required_labels)
-             VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               use_service_credentials, required_labels, callback_url)
+             VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.to_string())
         .bind(&new.plan.repo)
@@ -275,6 +281,7 @@ impl Store {
         .bind(submitter)
         .bind(new.submitter.use_service_credentials)
         .bind(serde_json::to_string(new.submitter.required_labels)?)
+        .bind(new.plan.callback.as_ref().map(|callback| &callback.url))
         .execute(&mut *tx)
         .await
         .context("inserting the job")?;
@@ -331,8 +338,8 @@ impl Store {
         limit: u32,
         before: Option<Uuid>,
     ) -> StoreResult<JobPage> {
-        // Three queries for the page, whatever its size: the jobs, then all
-        // their targets and images through the same filter.
+        // Four queries for the page, whatever its size: the jobs, then all
+        // their targets, images and deliveries through the same filter.
         const PAGE: &str = "SELECT * FROM jobs
              WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)
                AND (?4 IS NULL OR submitted_by = ?4)
@@ -378,6 +385,24 @@ impl Store {
                 .or_default()
                 .push(target_from_row(row)?);
         }
+        let delivery_rows = sqlx::query(&format!(
+            "SELECT * FROM deliveries WHERE job_id IN (SELECT id FROM ({PAGE}))
+             ORDER BY job_id, created_at"
+        ))
+        .bind(status.map(JobStatus::as_str))
+        .bind(before.map(|id| id.to_string()))
+        .bind(i64::from(limit))
+        .bind(submitted_by)
+        .fetch_all(&mut *tx)
+        .await
+        .context("listing the jobs' deliveries")?;
+        let mut deliveries: HashMap<String, Vec<Delivery>> = HashMap::new();
+        for row in &delivery_rows {
+            deliveries
+                .entry(row.get("job_id"))
+                .or_default()
+                .push(events::delivery_from_row(row)?);
+        }
         let mut images: HashMap<String, Vec<JobImage>> = HashMap::new();
         for row in &image_rows {
             images
@@ -391,7 +416,8 @@ impl Store {
                 let id: String = row.get("id");
                 let job_images = images.remove(&id).unwrap_or_default();
                 let job_targets = targets.remove(&id).unwrap_or_default();
-                job_from_row(row, job_images, job_targets)
+                let job_deliveries = deliveries.remove(&id).unwrap_or_default();
+                job_from_row(row, job_images, job_targets, job_deliveries)
             })
             .collect::<StoreResult<Vec<_>>>()?;
         let next_cursor = if more {
@@ -551,7 +577,7 @@ async fn refresh_job(tx: &mut Transaction<'_, Sqlite>, id: Uuid) -> StoreResult<
 
 async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<ClaimedTarget> {
     let row = sqlx::query(
-        "SELECT t.id, t.job_id, j.repo, j.repo_mode, t.image_name, t.source, t.strategy, t.tag,
+        "SELECT t.id, t.position, t.job_id, j.repo, j.repo_mode, t.image_name, t.source, t.strategy, t.tag,
                 t.reference, t.status, t.attempts, j.force, j.has_registry_auth,
                 t.prior_image_id, t.created_image_id, t.staging_reference, t.image_position,
                 i.source_image_id, t.claim_token, t.previous_prior_image_id,
@@ -569,6 +595,7 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
     let token: Option<String> = row.get("claim_token");
     Ok(ClaimedTarget {
         id,
+        position: row.get("position"),
         claim: Claim {
             target_id: id,
             token: token.unwrap_or_default(),
@@ -624,7 +651,15 @@ async fn load_job(conn: &mut sqlx::SqliteConnection, id: Uuid) -> StoreResult<Op
         .iter()
         .map(image_from_row)
         .collect();
-    job_from_row(&row, images, targets).map(Some)
+    let deliveries = sqlx::query("SELECT * FROM deliveries WHERE job_id = ? ORDER BY created_at")
+        .bind(id.to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .context("loading a job's deliveries")?
+        .iter()
+        .map(events::delivery_from_row)
+        .collect::<StoreResult<Vec<_>>>()?;
+    job_from_row(&row, images, targets, deliveries).map(Some)
 }
 
 fn image_from_row(row: &SqliteRow) -> JobImage {
@@ -635,7 +670,12 @@ fn image_from_row(row: &SqliteRow) -> JobImage {
     }
 }
 
-fn job_from_row(row: &SqliteRow, images: Vec<JobImage>, targets: Vec<Target>) -> StoreResult<Job> {
+fn job_from_row(
+    row: &SqliteRow,
+    images: Vec<JobImage>,
+    targets: Vec<Target>,
+    deliveries: Vec<Delivery>,
+) -> StoreResult<Job> {
     Ok(Job {
         id: parse_uuid(row.get("id"))?,
         status: parse_enum(row.get("status"), JobStatus::parse, "job status")?,
@@ -647,8 +687,10 @@ fn job_from_row(row: &SqliteRow, images: Vec<JobImage>, targets: Vec<Target>) ->
         error: row.get("error"),
         cancel_requested: row.get("cancel_requested"),
         submitted_by: Some(row.get::<String, _>("submitted_by")).filter(|name| !name.is_empty()),
+        callback_url: row.get("callback_url"),
         images,
         targets,
+        deliveries,
     })
 }
 

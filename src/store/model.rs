@@ -28,9 +28,13 @@ pub struct Job {
     /// The name of the token that submitted the job; null when the service
     /// has no tokens.
     pub submitted_by: Option<String>,
+    /// Called with the job's JSON when the job ends.
+    pub callback_url: Option<String>,
     /// The job's images, each with the one image id its targets publish.
     pub images: Vec<JobImage>,
     pub targets: Vec<Target>,
+    /// Webhook deliveries of the finished job to `callback_url`.
+    pub deliveries: Vec<crate::store::Delivery>,
 }
 
 /// One image of a job.
@@ -99,6 +103,8 @@ pub struct AttemptError {
 #[derive(Debug, Clone)]
 pub struct ClaimedTarget {
     pub id: i64,
+    /// Its position in the job (what events name it by).
+    pub position: i64,
     /// The hold this run has on the target; every write it makes names it.
     pub claim: crate::store::Claim,
     pub job_id: Uuid,

@@ -21,6 +21,8 @@ use crate::credentials::{DockerConfig, JobCredentials};
 use crate::domain::retry::RetryPolicy;
 use crate::domain::text::cut;
 use crate::engine::{Engine, EngineError, TagMethod};
+use crate::metrics::Metrics;
+use crate::progress::ProgressHub;
 use crate::registry::Registry;
 use crate::store::{
     Claim, ClaimLost, ClaimedTarget, Release, Released, Store, TakeOver, TargetOutcome,
@@ -44,6 +46,9 @@ pub struct WorkerContext {
     /// How long targets of a job whose credentials a restart lost wait for
     /// the job to be resubmitted.
     pub credential_wait: Duration,
+    /// Where push progress goes, for the event streams.
+    pub progress: ProgressHub,
+    pub metrics: Metrics,
     /// How long a claim holds without being renewed. A lane renews it every
     /// third of that; one that cannot stops its work a third before it ends,
     /// so the run that takes the target over never meets it.

@@ -16,7 +16,11 @@ use crate::domain::retry::{FailureKind, classify_engine_error, classify_registry
 use crate::domain::spec::TagStrategy;
 use crate::domain::status::TargetStatus;
 use crate::domain::text::cut;
-use crate::engine::{Engine, EngineError, LabelBuild, LabelledImage, SourceImage, TagMethod};
+use crate::engine::{
+    Engine, EngineError, LabelBuild, LabelledImage, PushProgress, SourceImage, TagMethod,
+};
+use crate::metrics::StepOutcome;
+use crate::progress::Progress;
 use crate::registry::RegistryError;
 use crate::store::{Bound, ClaimedTarget, TargetOutcome};
 
@@ -30,6 +34,9 @@ pub struct StepTimeouts {
     pub push: Duration,
     pub untag: Duration,
 }
+
+/// How often a push's progress is told to followers, at most.
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// What can interrupt a run: a cancel of its job, the service stopping, or
 /// the run's lease being lost.
@@ -511,27 +518,56 @@ impl Run<'_> {
 
     async fn push_and_verify(&self, reference: &str, auth: &RegistryAuth) -> Result<String, Stop> {
         let ctx = self.ctx;
+        // Followers get a few updates a second, and the last one.
+        let last_report = std::sync::Mutex::new(None::<(Instant, PushProgress)>);
+        let report = |progress: PushProgress| {
+            let mut last = last_report.lock().unwrap_or_else(|p| p.into_inner());
+            let finished = progress.bytes_done == progress.bytes_total;
+            let due = match *last {
+                None => true,
+                Some((_, sent)) if sent == progress => false,
+                Some((at, _)) => finished || at.elapsed() >= PROGRESS_EVERY,
+            };
+            if due {
+                *last = Some((Instant::now(), progress));
+                ctx.progress.publish(Progress {
+                    job_id: self.target.job_id,
+                    target: self.target.position,
+                    reference: reference.to_owned(),
+                    bytes_done: progress.bytes_done,
+                    bytes_total: progress.bytes_total,
+                });
+            }
+        };
         let digest = self
             .step("push", ctx.timeouts.push, OnCancel::Interrupt, || async {
-                ctx.engine.push(reference, auth).await.map_err(|error| {
-                    let mut failure = Failure::from(error);
-                    if failure.kind == FailureKind::Permanent && auth.is_anonymous() {
-                        let host = registry_host(reference).unwrap_or_default();
-                        let why = if self.target.use_service_credentials {
-                            format!("no credentials for {host} in the docker config")
-                        } else {
-                            format!(
-                                "the submitter's scope does not allow publishd's own \
+                ctx.engine
+                    .push(reference, auth, &report)
+                    .await
+                    .map_err(|error| {
+                        let mut failure = Failure::from(error);
+                        if failure.kind == FailureKind::Permanent && auth.is_anonymous() {
+                            let host = registry_host(reference).unwrap_or_default();
+                            let why = if self.target.use_service_credentials {
+                                format!("no credentials for {host} in the docker config")
+                            } else {
+                                format!(
+                                    "the submitter's scope does not allow publishd's own \
                                  credentials for {host}; the job may bring registry_auth"
-                            )
-                        };
-                        failure.message = format!("{} ({why})", failure.message);
-                    }
-                    failure
-                })
+                                )
+                            };
+                            failure.message = format!("{} ({why})", failure.message);
+                        }
+                        failure
+                    })
             })
             .await?;
-        info!(%digest, "pushed");
+        let uploaded = last_report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map_or(0, |(_, progress)| progress.bytes_done);
+        ctx.metrics.pushed(uploaded);
+        info!(%digest, bytes = uploaded, "pushed");
         // Read the tag back: the registry, not the engine's report, is the
         // truth. The image is published now, so a cancel no longer stops it.
         self.step("verify", ctx.timeouts.tag, OnCancel::Ignore, || async {
@@ -555,6 +591,32 @@ impl Run<'_> {
     /// failures never. Every failed try is recorded on the target.
     /// `on_cancel` says what a cancel of the job does to the step.
     async fn step<T, Op, Fut>(
+        &self,
+        step: &'static str,
+        limit: Duration,
+        on_cancel: OnCancel,
+        op: Op,
+    ) -> Result<T, Stop>
+    where
+        Op: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let started = Instant::now();
+        let result = self.tries(step, limit, on_cancel, op).await;
+        let outcome = match &result {
+            Ok(_) => StepOutcome::Succeeded,
+            Err(Stop::Failed(_)) => StepOutcome::Failed,
+            Err(Stop::Cancelled) => StepOutcome::Cancelled,
+            Err(Stop::ShuttingDown | Stop::LeaseLost | Stop::Store(_)) => StepOutcome::Abandoned,
+        };
+        self.ctx
+            .metrics
+            .step_finished(step, outcome, started.elapsed());
+        result
+    }
+
+    /// The tries of one step, as the retry policy allows.
+    async fn tries<T, Op, Fut>(
         &self,
         step: &'static str,
         limit: Duration,
@@ -632,6 +694,7 @@ impl Run<'_> {
                 };
                 return Err(Stop::Failed(message));
             };
+            self.ctx.metrics.retried(failure.kind);
             let wait = policy.backoff(retry_number, fastrand::f64());
             warn!(message = %cut(&message, LOG_LIMIT), ?wait, "step failed; retrying");
             tokio::select! {

@@ -153,6 +153,9 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         tokens: TokenSources::default(),
         allow_registry: Patterns::any(),
         allow_unauthenticated: false,
+        webhook_secret: None,
+        webhook_max_age: Duration::from_secs(24 * 3600),
+        retention: None,
     }
 }
 

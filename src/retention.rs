@@ -1,0 +1,68 @@
+//! The retention task: deletes finished jobs older than `--retention`, a
+//! small batch at a time, so the database stops growing without the writer
+//! ever being held for long.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::store::{Deleted, Store, format_time};
+
+/// Jobs (and audit records) deleted per transaction.
+const BATCH: u32 = 200;
+/// A pause between batches while a backlog is worked off, so claims and
+/// submissions get the writer in between.
+const BETWEEN_BATCHES: Duration = Duration::from_millis(50);
+
+/// How often old jobs are looked for: a tenth of the retention, between a
+/// second and ten minutes, so a short retention (as in tests) is kept
+/// closely and a long one costs nothing.
+pub fn interval(retention: Duration) -> Duration {
+    (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600))
+}
+
+/// Runs until `stop`.
+pub async fn run(store: Store, retention: Duration, stop: CancellationToken) {
+    let every = interval(retention);
+    loop {
+        sweep(&store, retention, &stop).await;
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Deletes everything past retention now, batch by batch.
+async fn sweep(store: &Store, retention: Duration, stop: &CancellationToken) {
+    let cutoff = format_time(time::OffsetDateTime::now_utc() - retention);
+    let mut total = Deleted::default();
+    loop {
+        match store.delete_finished_before(&cutoff, BATCH).await {
+            Ok(deleted) => {
+                total.jobs += deleted.jobs;
+                total.audit += deleted.audit;
+                if deleted.jobs < u64::from(BATCH) && deleted.audit < u64::from(BATCH) {
+                    break;
+                }
+            }
+            Err(error) => {
+                warn!(error = format!("{error:#}"), "deleting jobs past retention");
+                break;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(BETWEEN_BATCHES) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    if total != Deleted::default() {
+        info!(
+            jobs = total.jobs,
+            audit = total.audit,
+            older_than = %cutoff,
+            "deleted finished jobs past retention"
+        );
+    }
+}

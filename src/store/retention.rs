@@ -1,0 +1,68 @@
+//! Retention: finished jobs past their time go, with everything of theirs.
+
+use anyhow::Context;
+use sqlx::Row;
+
+use super::{Store, StoreResult};
+
+/// What one batch deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Deleted {
+    pub jobs: u64,
+    pub audit: u64,
+}
+
+impl Store {
+    /// Deletes up to `batch` jobs that finished before `cutoff` (an RFC 3339
+    /// time) with their targets, images, events and deliveries, and up to
+    /// `batch` audit records older than it. One short transaction: the
+    /// writer is never held for long, whatever the backlog. A job whose
+    /// webhook is still being tried stays until that ends. Its idempotency
+    /// key, kept on the job, goes with it.
+    pub async fn delete_finished_before(&self, cutoff: &str, batch: u32) -> StoreResult<Deleted> {
+        let mut tx = self.writer.begin().await?;
+        let ids: Vec<String> = sqlx::query(
+            "SELECT id FROM jobs
+             WHERE finished_at IS NOT NULL AND finished_at < ?
+               AND status IN ('succeeded', 'failed', 'cancelled')
+               AND NOT EXISTS (SELECT 1 FROM deliveries
+                               WHERE deliveries.job_id = jobs.id AND state = 'pending')
+             ORDER BY finished_at LIMIT ?",
+        )
+        .bind(cutoff)
+        .bind(i64::from(batch))
+        .fetch_all(&mut *tx)
+        .await
+        .context("finding jobs past retention")?
+        .iter()
+        .map(|row| row.get("id"))
+        .collect();
+        let ids = serde_json::to_string(&ids)?;
+        for table in ["events", "deliveries", "targets", "job_images"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE job_id IN (SELECT value FROM json_each(?))"
+            ))
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("deleting old jobs' {table}"))?;
+        }
+        let jobs = sqlx::query("DELETE FROM jobs WHERE id IN (SELECT value FROM json_each(?))")
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .context("deleting old jobs")?
+            .rows_affected();
+        let audit = sqlx::query(
+            "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE at < ? ORDER BY at LIMIT ?)",
+        )
+        .bind(cutoff)
+        .bind(i64::from(batch))
+        .execute(&mut *tx)
+        .await
+        .context("deleting old audit records")?
+        .rows_affected();
+        tx.commit().await.context("committing a retention batch")?;
+        Ok(Deleted { jobs, audit })
+    }
+}

@@ -1,0 +1,208 @@
+//! Webhooks: when a job that names a `callback_url` ends, its JSON is POSTed
+//! there, signed with HMAC-SHA256 of the exact body under the service's
+//! secret, and tried again with growing waits until the receiver accepts
+//! (any 2xx) or `--webhook-max-age` has passed since the job ended. Every
+//! attempt is recorded on the job; deliveries outlive restarts, since they
+//! live in the database (made there by a trigger when the job ends).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::domain::access::Patterns;
+use crate::domain::text::cut;
+use crate::metrics::{DeliveryResult, Metrics};
+use crate::store::{DeliveryAttempt, DeliveryOutcome, DueDelivery, Store, format_time};
+
+/// How often due deliveries are looked for: the delay of a job's first
+/// delivery at most (one indexed query, so cheap enough to poll).
+const POLL: Duration = Duration::from_secs(1);
+/// Deliveries handled per look.
+const BATCH: u32 = 16;
+/// How long a receiver may take to answer.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The wait after the first failed attempt; doubled each time, up to the cap.
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+const MAX_RETRY: Duration = Duration::from_secs(3600);
+/// Most bytes of a receiver's error kept on the job.
+const ERROR_LIMIT: usize = 512;
+
+/// The webhook sender's settings.
+#[derive(Clone)]
+pub struct Webhooks {
+    pub store: Store,
+    /// The signing secret; callbacks are refused at submission without one.
+    pub secret: Arc<Vec<u8>>,
+    pub max_age: Duration,
+    /// Hosts publishd may contact (`--allow-registry` bounds callbacks too).
+    pub allowed: Arc<Patterns>,
+    pub client: reqwest::Client,
+    pub metrics: Metrics,
+}
+
+/// `sha256=` and the hex HMAC-SHA256 of `body` under `secret`: the
+/// `X-Publishd-Signature` header a receiver recomputes.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+impl Webhooks {
+    pub fn new(
+        store: Store,
+        secret: Vec<u8>,
+        max_age: Duration,
+        allowed: Arc<Patterns>,
+        metrics: Metrics,
+    ) -> Self {
+        // Receivers are reached as given: no proxy from the environment, and
+        // no redirects, so a delivery goes only where the job said.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(ATTEMPT_TIMEOUT)
+            .build()
+            .expect("a plain HTTP client builds");
+        Webhooks {
+            store,
+            secret: Arc::new(secret),
+            max_age,
+            allowed,
+            client,
+            metrics,
+        }
+    }
+
+    /// Sends due deliveries until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            match self.store.due_deliveries(BATCH).await {
+                Ok(due) => {
+                    for delivery in due {
+                        if let Err(error) = self.deliver(&delivery).await {
+                            warn!(error = format!("{error:#}"), delivery = %delivery.id, "a webhook delivery could not be recorded");
+                        }
+                    }
+                }
+                Err(error) => warn!(
+                    error = format!("{error:#}"),
+                    "looking for due webhook deliveries"
+                ),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn deliver(&self, due: &DueDelivery) -> anyhow::Result<()> {
+        let body = match &due.body {
+            Some(body) => body.clone(),
+            None => {
+                // The job as it ended: made once, so every attempt sends and
+                // signs the very same bytes.
+                let job = self.store.get_job(due.job_id).await?;
+                let body = serde_json::to_string(&job)?;
+                self.store.set_delivery_body(&due.id, &body).await?;
+                body
+            }
+        };
+        let attempt_number = due.attempts + 1;
+        let host = url::Url::parse(&due.url)
+            .ok()
+            .and_then(|url| {
+                let host = url.host_str()?.to_owned();
+                Some(
+                    url.port()
+                        .map_or(host.clone(), |port| format!("{host}:{port}")),
+                )
+            })
+            .unwrap_or_default();
+        let result = if self.allowed.matches(&host) {
+            self.client
+                .post(&due.url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(
+                    "X-Publishd-Signature",
+                    signature(&self.secret, body.as_bytes()),
+                )
+                .header("X-Publishd-Delivery", &due.id)
+                .header("X-Publishd-Event", "job.finished")
+                .timeout(ATTEMPT_TIMEOUT)
+                .body(body)
+                .send()
+                .await
+                .map_err(|error| error.to_string())
+        } else {
+            Err(format!(
+                "publishd does not contact {host} (not in --allow-registry)"
+            ))
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let (status, error) = match result {
+            Ok(response) if response.status().is_success() => {
+                (Some(response.status().as_u16()), None)
+            }
+            Ok(response) => (
+                Some(response.status().as_u16()),
+                Some(format!("the receiver answered HTTP {}", response.status())),
+            ),
+            Err(error) => (None, Some(cut(&error, ERROR_LIMIT).into_owned())),
+        };
+        let outcome = if error.is_none() {
+            info!(delivery = %due.id, job_id = %due.job_id, "webhook delivered");
+            DeliveryOutcome::Delivered
+        } else {
+            let exponent = u32::try_from(due.attempts).unwrap_or(u32::MAX).min(16);
+            let wait = FIRST_RETRY
+                .saturating_mul(2u32.saturating_pow(exponent))
+                .min(MAX_RETRY);
+            let next = now + wait;
+            let created = time::OffsetDateTime::parse(
+                &due.created_at,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap_or(now);
+            if next - created > self.max_age {
+                warn!(delivery = %due.id, job_id = %due.job_id, "webhook given up");
+                DeliveryOutcome::GaveUp
+            } else {
+                DeliveryOutcome::RetryAt(format_time(next))
+            }
+        };
+        self.metrics.webhook_attempt(match outcome {
+            DeliveryOutcome::Delivered => DeliveryResult::Delivered,
+            DeliveryOutcome::RetryAt(_) => DeliveryResult::Retrying,
+            DeliveryOutcome::GaveUp => DeliveryResult::GaveUp,
+        });
+        let attempt = DeliveryAttempt {
+            attempt: attempt_number,
+            at: format_time(now),
+            status,
+            error,
+        };
+        self.store
+            .record_delivery_attempt(&due.id, &attempt, &outcome)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_hex_hmac_sha256_of_the_body() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
