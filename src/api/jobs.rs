@@ -75,10 +75,13 @@ pub async fn create_job(
         ),
         Err(error) => ("refused", None, refusal(error)),
     };
+    if let Some(id) = job_id {
+        about_job(id);
+    }
     audit(&state, &caller, "job.submit", outcome, job_id, detail).await?;
     let (status, job) = submitted?;
     if status == StatusCode::ACCEPTED {
-        tracing::info!(job_id = %job.id, targets = job.targets.len(), submitted_by = ?job.submitted_by, "job accepted");
+        tracing::info!(targets = job.targets.len(), submitted_by = ?job.submitted_by, "job accepted");
     }
     state.wake.notify_waiters();
     let location = format!("/api/v1/jobs/{}", job.id);
@@ -198,7 +201,6 @@ async fn audit(
         actor = caller.name.as_deref().unwrap_or(""),
         action,
         outcome,
-        job_id = job_id.map(|id| id.to_string()).unwrap_or_default(),
         detail = %detail,
         "audit"
     );
@@ -487,7 +489,7 @@ async fn cancel(state: &AppState, caller: &Principal, id: &str) -> Result<Job, A
             if job.status.is_terminal() {
                 state.job_credentials.remove(id);
             }
-            tracing::info!(job_id = %id, "cancel requested");
+            tracing::info!("cancel requested");
             Ok(job)
         }
     }
@@ -495,7 +497,15 @@ async fn cancel(state: &AppState, caller: &Principal, id: &str) -> Result<Job, A
 
 pub(super) fn job_id(text: &str) -> Result<Uuid, ApiError> {
     // An id that cannot exist is simply not found.
-    Uuid::parse_str(text).map_err(|_| ApiError::NotFound(format!("no job {text:?}")))
+    let id = Uuid::parse_str(text).map_err(|_| ApiError::NotFound(format!("no job {text:?}")))?;
+    about_job(id);
+    Ok(id)
+}
+
+/// Names the job in the request's span, so each of the request's log lines
+/// (its response line too) carries the `job_id` a job's lines are found by.
+fn about_job(id: Uuid) {
+    tracing::Span::current().record("job_id", tracing::field::display(id));
 }
 
 fn no_such_job(id: Uuid) -> ApiError {

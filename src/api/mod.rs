@@ -167,6 +167,8 @@ fn request_span(request: &Request) -> tracing::Span {
         method = %request.method(),
         path = %request.uri().path(),
         request_id,
+        // Recorded once the request names a job (see `jobs::about_job`).
+        job_id = tracing::field::Empty,
     )
 }
 

@@ -70,6 +70,39 @@ impl TestEngine {
             .id
     }
 
+    /// An image of one layer holding `size` bytes that do not compress, so
+    /// its push takes long enough to report progress, named `name:tag`.
+    pub async fn import_random_image(&self, name: &str, tag: &str, size: usize) {
+        // xorshift: incompressible for gzip, and no extra crate.
+        let mut state = uuid::Uuid::now_v7().as_u128() as u64 | 1;
+        let mut content = Vec::with_capacity(size + 8);
+        while content.len() < size {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            content.extend_from_slice(&state.to_le_bytes());
+        }
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        archive
+            .append_data(&mut header, "payload.bin", content.as_slice())
+            .unwrap();
+        let options = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(&format!("{name}:{tag}"))
+            .build();
+        let body = Bytes::from(archive.into_inner().unwrap());
+        let mut stream = self
+            .docker
+            .create_image(Some(options), Some(body_full(body)), None);
+        while let Some(item) = stream.next().await {
+            item.expect("import");
+        }
+    }
+
     /// An Engine-API build (classic builder) of `dockerfile` with one unique
     /// file `app.txt` in its context, named `name:tag`.
     pub async fn build_image(&self, name: &str, tag: &str, dockerfile: &str) -> String {
