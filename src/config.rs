@@ -177,6 +177,10 @@ pub struct Settings {
     /// Signs webhooks; without it jobs may not name a `callback_url`.
     pub webhook_secret: Option<Vec<u8>>,
     pub webhook_max_age: Duration,
+    /// The wait after a delivery's first failed attempt, doubled after each
+    /// further one (up to an hour). Not a flag: 5 s suits receivers; tests
+    /// shorten it.
+    pub webhook_first_retry: Duration,
     /// How long finished jobs are kept; `None` keeps them forever.
     pub retention: Option<Duration>,
 }
@@ -242,6 +246,7 @@ impl Settings {
                 .filter(|secret| !secret.is_empty())
                 .map(String::into_bytes),
             webhook_max_age: args.webhook_max_age,
+            webhook_first_retry: crate::webhooks::DEFAULT_FIRST_RETRY,
             retention: Some(args.retention).filter(|retention| !retention.is_zero()),
         })
     }

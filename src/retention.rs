@@ -34,12 +34,32 @@ pub async fn run(store: Store, retention: Duration, stop: CancellationToken) {
     }
 }
 
+/// `retention` before now, or `None` if that is before any time there is
+/// (a retention of a million years keeps everything; it must not panic).
+fn before_now(retention: Duration) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::now_utc().checked_sub(time::Duration::try_from(retention).ok()?)
+}
+
 /// Deletes everything past retention now, batch by batch.
 async fn sweep(store: &Store, retention: Duration, stop: &CancellationToken) {
-    let cutoff = format_time(time::OffsetDateTime::now_utc() - retention);
+    let Some(cutoff) = before_now(retention) else {
+        return;
+    };
+    let cutoff = format_time(cutoff);
+    // A job whose webhook is still pending is kept for up to a second
+    // retention period: far longer than any `--webhook-max-age` in use, so
+    // only deliveries nobody tries any more (no webhook secret since a
+    // restart) are cut short.
+    let pending_cutoff = retention
+        .checked_mul(2)
+        .and_then(before_now)
+        .map_or_else(|| "0000".to_owned(), format_time);
     let mut total = Deleted::default();
     loop {
-        match store.delete_finished_before(&cutoff, BATCH).await {
+        match store
+            .delete_finished_before(&cutoff, &pending_cutoff, BATCH)
+            .await
+        {
             Ok(deleted) => {
                 total.jobs += deleted.jobs;
                 total.audit += deleted.audit;

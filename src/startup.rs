@@ -136,6 +136,7 @@ impl Application {
                 store.clone(),
                 secret,
                 self.settings.webhook_max_age,
+                self.settings.webhook_first_retry,
                 Arc::new(self.settings.allow_registry.clone()),
                 self.context.metrics.clone(),
             );
@@ -176,7 +177,8 @@ impl Application {
         };
         let (served, ()) = tokio::join!(serving, draining);
         reloads.abort();
-        // Both stop at `stopping`; a delivery under way is recorded first.
+        // Both stop at `stopping`; a delivery under way is dropped and sent
+        // again after the restart, under the same delivery id.
         for task in webhooks.into_iter().chain(retention) {
             let _ = task.await;
         }

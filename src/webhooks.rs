@@ -5,11 +5,13 @@
 //! attempt is recorded on the job; deliveries outlive restarts, since they
 //! live in the database (made there by a trigger when the job ends).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -19,14 +21,16 @@ use crate::metrics::{DeliveryResult, Metrics};
 use crate::store::{DeliveryAttempt, DeliveryOutcome, DueDelivery, Store, format_time};
 
 /// How often due deliveries are looked for: the delay of a job's first
-/// delivery at most (one indexed query, so cheap enough to poll).
+/// delivery at most (one indexed query, so cheap enough to poll). Shorter
+/// when the first retry is (tests), so retries are not held back by it.
 const POLL: Duration = Duration::from_secs(1);
-/// Deliveries handled per look.
-const BATCH: u32 = 16;
+/// Deliveries under way at once.
+const IN_FLIGHT: usize = 16;
 /// How long a receiver may take to answer.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The wait after the first failed attempt; doubled each time, up to the cap.
-const FIRST_RETRY: Duration = Duration::from_secs(5);
+/// The wait after the first failed attempt (`Settings::webhook_first_retry`);
+/// doubled each time, up to the cap.
+pub const DEFAULT_FIRST_RETRY: Duration = Duration::from_secs(5);
 const MAX_RETRY: Duration = Duration::from_secs(3600);
 /// Most bytes of a receiver's error kept on the job.
 const ERROR_LIMIT: usize = 512;
@@ -38,10 +42,20 @@ pub struct Webhooks {
     /// The signing secret; callbacks are refused at submission without one.
     pub secret: Arc<Vec<u8>>,
     pub max_age: Duration,
+    /// The wait after the first failed attempt, doubled after each further one.
+    pub first_retry: Duration,
     /// Hosts publishd may contact (`--allow-registry` bounds callbacks too).
     pub allowed: Arc<Patterns>,
     pub client: reqwest::Client,
     pub metrics: Metrics,
+}
+
+/// The task a delivery ran in, whether it returned or panicked.
+fn finished_task(done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio::task::Id {
+    match done {
+        Ok((task, ())) => task,
+        Err(error) => error.id(),
+    }
 }
 
 /// `sha256=` and the hex HMAC-SHA256 of `body` under `secret`: the
@@ -57,6 +71,7 @@ impl Webhooks {
         store: Store,
         secret: Vec<u8>,
         max_age: Duration,
+        first_retry: Duration,
         allowed: Arc<Patterns>,
         metrics: Metrics,
     ) -> Self {
@@ -72,31 +87,67 @@ impl Webhooks {
             store,
             secret: Arc::new(secret),
             max_age,
+            first_retry,
             allowed,
             client,
             metrics,
         }
     }
 
-    /// Sends due deliveries until `stop`.
+    /// Sends due deliveries until `stop`, up to `IN_FLIGHT` at once, each in
+    /// a task of its own: a receiver that never answers holds only its own
+    /// deliveries (for up to `ATTEMPT_TIMEOUT` each), never another's.
     pub async fn run(self, stop: CancellationToken) {
+        let poll = POLL.min(self.first_retry).max(Duration::from_millis(10));
+        let mut tasks = JoinSet::new();
+        // The deliveries under way, by their task: a delivery stays due
+        // until its attempt is recorded, and must not be sent twice at once.
+        let mut sending: HashMap<tokio::task::Id, String> = HashMap::new();
         loop {
-            match self.store.due_deliveries(BATCH).await {
-                Ok(due) => {
-                    for delivery in due {
-                        if let Err(error) = self.deliver(&delivery).await {
-                            warn!(error = format!("{error:#}"), delivery = %delivery.id, "a webhook delivery could not be recorded");
+            while let Some(done) = tasks.try_join_next_with_id() {
+                sending.remove(&finished_task(done));
+            }
+            if sending.len() < IN_FLIGHT {
+                let limit = u32::try_from(IN_FLIGHT + sending.len()).unwrap_or(u32::MAX);
+                match self.store.due_deliveries(limit).await {
+                    Ok(due) => {
+                        for delivery in due {
+                            if sending.len() >= IN_FLIGHT {
+                                break;
+                            }
+                            if sending.values().any(|id| *id == delivery.id) {
+                                continue;
+                            }
+                            let id = delivery.id.clone();
+                            let webhooks = self.clone();
+                            let task = tasks.spawn(async move {
+                                if let Err(error) = webhooks.deliver(&delivery).await {
+                                    warn!(error = format!("{error:#}"), delivery = %delivery.id, "a webhook delivery could not be recorded");
+                                }
+                            });
+                            sending.insert(task.id(), id);
                         }
                     }
+                    Err(error) => warn!(
+                        error = format!("{error:#}"),
+                        "looking for due webhook deliveries"
+                    ),
                 }
-                Err(error) => warn!(
-                    error = format!("{error:#}"),
-                    "looking for due webhook deliveries"
-                ),
             }
             tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
-                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(poll) => {}
+                // An attempt ended: its slot is free for a due delivery.
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    sending.remove(&finished_task(done));
+                }
+                _ = stop.cancelled() => {
+                    // A stop does not wait for a receiver that is slow to
+                    // answer: an attempt under way is dropped unrecorded,
+                    // and sent again, with the same delivery id, after the
+                    // restart (receivers dedupe on it).
+                    tasks.shutdown().await;
+                    return;
+                }
             }
         }
     }
@@ -106,8 +157,27 @@ impl Webhooks {
             Some(body) => body.clone(),
             None => {
                 // The job as it ended: made once, so every attempt sends and
-                // signs the very same bytes.
-                let job = self.store.get_job(due.job_id).await?;
+                // signs the very same bytes. Without `deliveries`: what they
+                // said when the body was made (this one pending, no
+                // attempts) is stale by the time any attempt arrives.
+                let Some(job) = self.store.get_job(due.job_id).await? else {
+                    // Nothing to send, ever: the delivery ends here.
+                    let attempt = DeliveryAttempt {
+                        attempt: due.attempts + 1,
+                        at: format_time(time::OffsetDateTime::now_utc()),
+                        status: None,
+                        error: Some("the job no longer exists".to_owned()),
+                    };
+                    self.metrics.webhook_attempt(DeliveryResult::GaveUp);
+                    return self
+                        .store
+                        .record_delivery_attempt(&due.id, &attempt, &DeliveryOutcome::GaveUp)
+                        .await;
+                };
+                let mut job = serde_json::to_value(&job)?;
+                if let Some(fields) = job.as_object_mut() {
+                    fields.remove("deliveries");
+                }
                 let body = serde_json::to_string(&job)?;
                 self.store.set_delivery_body(&due.id, &body).await?;
                 body
@@ -160,7 +230,8 @@ impl Webhooks {
             DeliveryOutcome::Delivered
         } else {
             let exponent = u32::try_from(due.attempts).unwrap_or(u32::MAX).min(16);
-            let wait = FIRST_RETRY
+            let wait = self
+                .first_retry
                 .saturating_mul(2u32.saturating_pow(exponent))
                 .min(MAX_RETRY);
             let next = now + wait;

@@ -1,7 +1,9 @@
-//! `publishd publish`, the one-command pipeline step, against a running
-//! service and the real registry: its reports and exit codes, and how it
-//! waits out a service that restarts, is not up yet, is overloaded or loses
-//! an answer.
+//! The client commands against a running service and the real registry:
+//! `publishd publish` (the one-command pipeline step, with werf's flags and
+//! environment variables and the old spellings), `watch`, `status`, `list`
+//! and `cancel`; their reports, `--output json`, every exit code, Ctrl-C,
+//! and how a wait outlasts a service that restarts, is not up yet, is
+//! overloaded or loses an answer.
 
 mod support;
 
@@ -19,17 +21,27 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-fn publish_command(server: &str, args: &[&str]) -> tokio::process::Command {
+/// `publishd SUBCOMMAND --server SERVER ARGS...`.
+fn client_command(subcommand: &str, server: &str, args: &[&str]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_publishd"));
     command
-        .args(["publish", "--server", server])
+        .arg(subcommand)
+        .args(["--server", server])
         .args(args)
         .kill_on_drop(true);
     command
 }
 
+fn publish_command(server: &str, args: &[&str]) -> tokio::process::Command {
+    client_command("publish", server, args)
+}
+
 async fn run_publish(app: &TestApp, args: &[&str]) -> Output {
-    publish_command(&app.url(""), args)
+    run_client(app, "publish", args).await
+}
+
+async fn run_client(app: &TestApp, subcommand: &str, args: &[&str]) -> Output {
+    client_command(subcommand, &app.url(""), args)
         .output()
         .await
         .expect("publishd runs")
@@ -63,7 +75,11 @@ impl fmt::Display for Finished {
 
 impl Running {
     fn start(server: &str, args: &[&str]) -> Running {
-        let mut child = publish_command(server, args)
+        Self::spawn(publish_command(server, args))
+    }
+
+    fn spawn(mut command: tokio::process::Command) -> Running {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -97,6 +113,17 @@ impl Running {
         tokio::time::timeout(Duration::from_secs(30), read)
             .await
             .unwrap_or_else(|_| panic!("publishd never said {text:?}"))
+    }
+
+    /// Sends the process a signal by name (`INT`).
+    async fn signal(&self, name: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let sent = tokio::process::Command::new("kill")
+            .args(["-s", name, &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success(), "kill -s {name} {pid}");
     }
 
     async fn finish(mut self) -> Finished {
@@ -199,6 +226,7 @@ async fn publishes_and_reports_each_reference_with_its_digest() {
 
 #[tokio::test]
 async fn exit_codes_tell_failed_from_refused() {
+    // The old spellings (--repo, --tag) wait, as they always did.
     let env = TestEnv::get();
     let app = TestApp::spawn().await;
     let repo = format!("{}/{}", env.registry, unique("cmd-fail"));
@@ -217,7 +245,9 @@ async fn exit_codes_tell_failed_from_refused() {
     assert_eq!(failed.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&failed.stdout).contains("does not exist"));
 
-    // A 422 is final: no retry.
+    // A 422 is final: no retry. It exits 4 (refused); it was 2 before the
+    // werf-compatible CLI, which gave 2 to clap's usage errors alone (see
+    // `client::Exit`).
     let start = Instant::now();
     let refused = run_publish(
         &app,
@@ -225,7 +255,7 @@ async fn exit_codes_tell_failed_from_refused() {
     )
     .await;
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert_eq!(refused.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("tags[0].value"), "{stderr}");
     assert!(!stderr.contains("retrying"), "{stderr}");
     assert!(start.elapsed() < Duration::from_secs(5), "{stderr}");
@@ -258,6 +288,14 @@ async fn a_service_killed_and_restarted_while_waiting_is_waited_out() {
     assert_eq!(finished.code, Some(0), "{finished}");
     assert_eq!(check_reports(&finished.stdout).await, 6, "{finished}");
     assert!(finished.stderr.contains("retrying in"), "{finished}");
+    // The event stream was opened again after the last event seen: each
+    // target's end is told once, none lost, none twice.
+    for line in finished.stdout.lines() {
+        let (_, published) = line.split_once(' ').unwrap();
+        let (reference, _) = published.rsplit_once('@').unwrap();
+        let told = format!("succeeded {reference}@");
+        assert_eq!(finished.stderr.matches(&told).count(), 1, "{finished}");
+    }
     let jobs = server.jobs().await;
     assert_eq!(jobs.len(), 1, "{jobs:#?}");
     assert_eq!(jobs[0]["id"], id.as_str());
@@ -368,4 +406,567 @@ async fn lose_first_answer(upstream: SocketAddr) -> SocketAddr {
         }
     });
     address
+}
+
+// The werf-compatible client: `--wait` over the event stream, werf's
+// variables, the other commands, exit codes and interrupts.
+
+/// A fresh source image; answers `app=NAME:b1` and a fresh repo.
+async fn fresh_source(prefix: &str) -> (String, String) {
+    let name = unique(prefix);
+    TestEngine::connect().import_image(&name, "b1", &[]).await;
+    let repo = format!("{}/{}", TestEnv::get().registry, unique(prefix));
+    (format!("app={name}:b1"), repo)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("{error}: {}", text(&output.stdout)))
+}
+
+/// A job stuck pushing to a registry that never answers (`--force` skips
+/// the up-to-date read, which would hang before the push), followed by a
+/// `publish --wait` with `extra` flags; answers it once a push is under way,
+/// with the job id.
+async fn stuck_publish(
+    app: &TestApp,
+    hanging: &HangingRegistry,
+    extra: &[&str],
+) -> (Running, String) {
+    let (image, _) = fresh_source("cli-stuck").await;
+    let repo = format!("{}/{}", hanging.address, unique("cli-stuck"));
+    let mut args = vec![
+        "--images-repo",
+        &repo,
+        "--image",
+        &image,
+        "--tag-custom",
+        "v1",
+        "--force",
+        "--wait",
+    ];
+    args.extend(extra);
+    let mut client = Running::start(&app.url(""), &args);
+    let accepted = client.wait_for("accepted; waiting").await;
+    let id = accepted.split(' ').nth(1).unwrap().to_owned();
+    client.wait_for("pushing ").await;
+    (client, id)
+}
+
+#[tokio::test]
+async fn waits_with_werf_flags_telling_each_step_then_each_reference_with_its_digest() {
+    let app = TestApp::spawn().await;
+    let (image, repo) = fresh_source("cli-wait").await;
+    let finished = Running::start(
+        &app.url(""),
+        &[
+            "--images-repo",
+            &repo,
+            "--image",
+            &image,
+            "--tag-custom",
+            "v1",
+            "--tag-git-branch",
+            "feature/Login",
+            "--wait",
+        ],
+    )
+    .finish()
+    .await;
+    assert_eq!(finished.code, Some(0), "{finished}");
+    assert_eq!(check_reports(&finished.stdout).await, 2, "{finished}");
+    for reference in [
+        format!("{repo}/app:v1"),
+        format!("{repo}/app:feature-login-71b29127"),
+    ] {
+        for step in ["tagging", "pushing", "untagging"] {
+            let line = format!("{step:<10}{reference}\n");
+            assert!(finished.stderr.contains(&line), "{line:?}: {finished}");
+        }
+        assert!(
+            finished
+                .stderr
+                .contains(&format!("succeeded {reference}@sha256:")),
+            "{finished}"
+        );
+    }
+    assert!(finished.stderr.contains(" succeeded\n"), "{finished}");
+}
+
+#[tokio::test]
+async fn werf_environment_variables_name_the_tags_as_werf_does() {
+    let app = TestApp::spawn().await;
+    let (image, repo) = fresh_source("cli-env").await;
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_publishd"));
+    command
+        .args(["publish", "--image", &image, "--wait"])
+        .env("PUBLISHD_SERVER", app.url(""))
+        .env("WERF_IMAGES_REPO", &repo)
+        .env("WERF_IMAGES_REPO_MODE", "monorepo")
+        // werf's slug: not a valid tag as it is, so slugged and hashed.
+        .env("WERF_TAG_GIT_BRANCH", "core/feature/ADD_SETTINGS")
+        // What a CI system makes of an unset variable: no tag.
+        .env("WERF_TAG_GIT_TAG", "")
+        .env("WERF_TAG_GIT_COMMIT", commit)
+        // Every WERF_TAG_CUSTOM* variable is one tag, as in werf.
+        .env("WERF_TAG_CUSTOM_B", "latest")
+        .env("WERF_TAG_CUSTOM_A", "v1.2.3")
+        .kill_on_drop(true);
+    let finished = Running::spawn(command).finish().await;
+    assert_eq!(finished.code, Some(0), "{finished}");
+    assert_eq!(check_reports(&finished.stdout).await, 4, "{finished}");
+    let references: Vec<&str> = finished
+        .stdout
+        .lines()
+        .map(|line| line.strip_prefix("published ").unwrap())
+        .map(|line| line.rsplit_once('@').unwrap().0)
+        .collect();
+    assert_eq!(
+        references,
+        [
+            format!("{repo}:app-v1.2.3"),
+            format!("{repo}:app-latest"),
+            format!("{repo}:app-core-feature-add-settings-df80fdc3"),
+            format!("{repo}:app-{commit}"),
+        ],
+        "{finished}"
+    );
+}
+
+#[tokio::test]
+async fn without_wait_it_prints_the_job_id_and_watch_follows_the_job() {
+    let app = TestApp::spawn().await;
+    let (image, repo) = fresh_source("cli-nowait").await;
+    let args = ["-i", &repo, "--image", &image, "--tag-custom", "v1"];
+    let started = Instant::now();
+    let submitted = run_publish(&app, &args).await;
+    assert_eq!(
+        submitted.status.code(),
+        Some(0),
+        "{}",
+        text(&submitted.stderr)
+    );
+    let id = text(&submitted.stdout).trim().to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id:?}");
+    assert!(
+        text(&submitted.stderr).contains(&format!("publishd watch --server {} {id}", app.url(""))),
+        "{}",
+        text(&submitted.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let watched = run_client(&app, "watch", &[&id]).await;
+    let stdout = text(&watched.stdout);
+    assert_eq!(watched.status.code(), Some(0), "{}", text(&watched.stderr));
+    assert_eq!(check_reports(&stdout).await, 1, "{stdout}");
+    assert_eq!(app.job(&id).await["status"], "succeeded");
+
+    // A finished job's history is told again, and its end.
+    let again = run_client(&app, "watch", &[&id]).await;
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(text(&again.stdout), stdout);
+    assert!(
+        text(&again.stderr).contains("pushing   "),
+        "{}",
+        text(&again.stderr)
+    );
+}
+
+#[tokio::test]
+async fn output_json_prints_the_apis_own_objects() {
+    let app = TestApp::spawn().await;
+    let (image, repo) = fresh_source("cli-json").await;
+    let args = [
+        "-i",
+        &repo,
+        "--image",
+        &image,
+        "--tag-custom",
+        "v1",
+        "--output",
+        "json",
+    ];
+
+    let submitted = json_of(&run_publish(&app, &args).await);
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    let job = app.wait_finished(&id).await;
+    assert_eq!(
+        submitted["targets"][0]["reference"],
+        job["targets"][0]["reference"]
+    );
+    assert_eq!(
+        submitted.as_object().unwrap().keys().collect::<Vec<_>>(),
+        job.as_object().unwrap().keys().collect::<Vec<_>>()
+    );
+
+    let waited = run_publish(&app, &[&args[..], &["--wait"]].concat()).await;
+    assert_eq!(waited.status.code(), Some(0), "{}", text(&waited.stderr));
+    let waited = json_of(&waited);
+    let second = waited["id"].as_str().unwrap();
+    assert_eq!(waited, app.job(second).await);
+    assert_eq!(waited["targets"][0]["up_to_date"], true, "{waited:#}");
+
+    let status = run_client(&app, "status", &["--output", "json", &id]).await;
+    assert_eq!(json_of(&status), app.job(&id).await);
+    let watched = run_client(&app, "watch", &["--output", "json", &id]).await;
+    assert_eq!(json_of(&watched), app.job(&id).await);
+    let list = run_client(&app, "list", &["--output", "json", "--limit", "1"]).await;
+    let page: Value = app.get("/api/v1/jobs?limit=1").await.json().await.unwrap();
+    assert_eq!(json_of(&list), page);
+    assert_eq!(page["jobs"][0]["id"], second);
+}
+
+#[tokio::test]
+async fn status_and_list_show_jobs_as_text() {
+    let app = TestApp::spawn().await;
+    let (image, repo) = fresh_source("cli-status").await;
+    let ok = run_publish(
+        &app,
+        &[
+            "-i",
+            &repo,
+            "--image",
+            &image,
+            "--tag-custom",
+            "v1",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
+    let failed = run_publish(
+        &app,
+        &[
+            "-i",
+            &repo,
+            "--image",
+            "app=no-such-image:1",
+            "--tag-custom",
+            "v1",
+            "--wait",
+        ],
+    )
+    .await;
+    assert_eq!(failed.status.code(), Some(1));
+    let jobs: Value = app.get("/api/v1/jobs").await.json().await.unwrap();
+    let (failed_id, ok_id) = (
+        jobs["jobs"][0]["id"].as_str().unwrap(),
+        jobs["jobs"][1]["id"].as_str().unwrap(),
+    );
+
+    let status = run_client(&app, "status", &[ok_id]).await;
+    assert_eq!(status.status.code(), Some(0));
+    let shown = text(&status.stdout);
+    assert!(
+        shown.starts_with(&format!("job {ok_id} succeeded\nrepo {repo} (multirepo)\n")),
+        "{shown}"
+    );
+    assert_eq!(
+        check_reports(shown.lines().last().unwrap()).await,
+        1,
+        "{shown}"
+    );
+
+    let listed = text(&run_client(&app, "list", &[]).await.stdout);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(
+        lines[0].starts_with(&format!("{failed_id}  failed ")),
+        "{listed}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{ok_id}  succeeded ")),
+        "{listed}"
+    );
+    assert!(
+        lines[1].ends_with(&format!("{repo}  1 targets")),
+        "{listed}"
+    );
+    let only_failed = text(
+        &run_client(&app, "list", &["--status", "failed"])
+            .await
+            .stdout,
+    );
+    assert_eq!(only_failed.lines().count(), 1, "{only_failed}");
+    assert!(only_failed.starts_with(failed_id), "{only_failed}");
+}
+
+#[tokio::test]
+async fn a_failed_target_exits_1() {
+    let app = TestApp::spawn().await;
+    let repo = format!("{}/{}", TestEnv::get().registry, unique("cli-failed"));
+    let output = run_publish(
+        &app,
+        &[
+            "-i",
+            &repo,
+            "--image",
+            "app=no-such-image:1",
+            "--tag-custom",
+            "v1",
+            "--wait",
+        ],
+    )
+    .await;
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with(&format!("failed {repo}/app:v1: ")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("does not exist"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("failed    {repo}/app:v1: ")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_job_exits_3_and_cancelling_it_again_is_refused() {
+    let app = TestApp::spawn().await;
+    let hanging = HangingRegistry::start().await;
+    let (client, id) = stuck_publish(&app, &hanging, &[]).await;
+
+    let cancelled = run_client(&app, "cancel", &[&id]).await;
+    assert_eq!(
+        cancelled.status.code(),
+        Some(0),
+        "{}",
+        text(&cancelled.stderr)
+    );
+    assert!(text(&cancelled.stdout).starts_with(&format!("job {id} cancel requested (now ")));
+
+    let finished = client.finish().await;
+    assert_eq!(finished.code, Some(3), "{finished}");
+    assert!(
+        finished
+            .stderr
+            .contains(&format!("job {id}: cancel requested")),
+        "{finished}"
+    );
+    assert!(finished.stdout.starts_with("cancelled "), "{finished}");
+    assert!(
+        finished.stderr.contains(&format!("job {id} cancelled")),
+        "{finished}"
+    );
+
+    let again = run_client(&app, "cancel", &["--output", "json", &id]).await;
+    assert_eq!(again.status.code(), Some(4));
+    assert!(
+        text(&again.stderr).contains("409"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert!(again.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn refusals_exit_4_at_once() {
+    let app = TestApp::spawn_with(|settings| settings.tokens.tokens = Some("t0ken".into())).await;
+    let (image, repo) = fresh_source("cli-refused").await;
+    let args = [
+        "-i",
+        &repo,
+        "--image",
+        &image,
+        "--tag-custom",
+        "v1",
+        "--wait",
+    ];
+    let started = Instant::now();
+
+    let unauthorized = run_publish(&app, &args).await;
+    let stderr = text(&unauthorized.stderr);
+    assert_eq!(unauthorized.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("401"), "{stderr}");
+
+    let invalid = client_command(
+        "publish",
+        &app.url(""),
+        &["-i", &repo, "--image", &image, "--tag-custom=-bad"],
+    )
+    .env("PUBLISHD_TOKEN", "t0ken")
+    .output()
+    .await
+    .unwrap();
+    let stderr = text(&invalid.stderr);
+    assert_eq!(invalid.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("tags[0].value"), "{stderr}");
+
+    let unknown = client_command(
+        "status",
+        &app.url(""),
+        &["01a22000-0000-7000-8000-000000000000"],
+    )
+    .env("PUBLISHD_TOKEN", "t0ken")
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(unknown.status.code(), Some(4), "{}", text(&unknown.stderr));
+    assert!(!text(&unknown.stderr).contains("retrying"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // The token from PUBLISHD_TOKEN is let in.
+    let accepted = client_command("publish", &app.url(""), &args)
+        .env("PUBLISHD_TOKEN", "t0ken")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted.status.code(),
+        Some(0),
+        "{}",
+        text(&accepted.stderr)
+    );
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2_before_anything_is_sent() {
+    // Nothing listens: a command that sent anything would retry, then exit 5.
+    let server = format!("http://127.0.0.1:{}", free_port());
+    for args in [
+        &["-i", "reg/acme", "--image", "a=b"][..],
+        &["--image", "a=b", "--tag-custom", "v1"],
+        &["-i", "reg/acme", "--image", "=b", "--tag-custom", "v1"],
+        &[
+            "-i",
+            "reg/acme",
+            "--image",
+            "a=b",
+            "--tag-custom",
+            "v1",
+            "--cancel-on-interrupt",
+        ],
+        &[
+            "-i",
+            "reg/acme",
+            "--images-repo-mode",
+            "flat",
+            "--image",
+            "a=b",
+            "--tag-content",
+        ],
+    ] {
+        let output = publish_command(&server, args)
+            .env_remove("WERF_IMAGES_REPO")
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&output.stderr)
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_service_or_a_job_that_does_not_end_in_time_exits_5() {
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let output = client_command(
+        "publish",
+        &nowhere,
+        &[
+            "-i",
+            "reg/acme",
+            "--image",
+            "a=b",
+            "--tag-custom",
+            "v1",
+            "--wait",
+            "--wait-timeout",
+            "2",
+        ],
+    )
+    .output()
+    .await
+    .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("service unreachable"), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{stderr}");
+    let status = client_command("status", &nowhere, &["--wait-timeout", "1", "x"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(status.status.code(), Some(5));
+
+    // Reachable, but the job is still pushing when the time is up: it goes on.
+    let app = TestApp::spawn().await;
+    let hanging = HangingRegistry::start().await;
+    let (client, id) = stuck_publish(&app, &hanging, &["--wait-timeout", "4"]).await;
+    let finished = client.finish().await;
+    assert_eq!(finished.code, Some(5), "{finished}");
+    assert!(
+        finished
+            .stderr
+            .contains(&format!("job {id} had not ended after 4s")),
+        "{finished}"
+    );
+    assert_eq!(app.job(&id).await["status"], "running");
+    let cancel = app
+        .client
+        .post(app.url(&format!("/api/v1/jobs/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 200);
+}
+
+#[tokio::test]
+async fn an_interrupt_detaches_and_leaves_the_job_running() {
+    let app = TestApp::spawn().await;
+    let hanging = HangingRegistry::start().await;
+    let (client, id) = stuck_publish(&app, &hanging, &[]).await;
+    client.signal("INT").await;
+    let finished = client.finish().await;
+    assert_eq!(finished.code, Some(130), "{finished}");
+    let hint = format!("publishd watch --server {} {id}", app.url(""));
+    assert!(finished.stderr.contains(&hint), "{finished}");
+    assert_eq!(app.job(&id).await["status"], "running");
+
+    // Followed again, it is told to its end.
+    let mut watch = Running::spawn(client_command("watch", &app.url(""), &[&id]));
+    watch.wait_for("pushing ").await;
+    // `cancel --output json` prints the job as the cancel answered it.
+    let cancelled = run_client(&app, "cancel", &["--output", "json", &id]).await;
+    assert_eq!(cancelled.status.code(), Some(0));
+    let answered = json_of(&cancelled);
+    assert_eq!(answered["id"], id.as_str());
+    assert_eq!(answered["cancel_requested"], true);
+    let watched = watch.finish().await;
+    assert_eq!(watched.code, Some(3), "{watched}");
+    let job = app.job(&id).await;
+    assert_eq!(job["created_at"], answered["created_at"]);
+    assert_eq!(
+        job.as_object().unwrap().keys().collect::<Vec<_>>(),
+        answered.as_object().unwrap().keys().collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn an_interrupt_with_cancel_on_interrupt_cancels_the_job() {
+    let app = TestApp::spawn().await;
+    let hanging = HangingRegistry::start().await;
+    let (client, id) = stuck_publish(&app, &hanging, &["--cancel-on-interrupt"]).await;
+    client.signal("INT").await;
+    let finished = client.finish().await;
+    assert_eq!(finished.code, Some(3), "{finished}");
+    assert!(
+        finished
+            .stderr
+            .contains(&format!("interrupted: cancelling job {id}")),
+        "{finished}"
+    );
+    assert!(finished.stdout.starts_with("cancelled "), "{finished}");
+    let job = app.job(&id).await;
+    assert_eq!(job["status"], "cancelled");
+    assert_eq!(job["cancel_requested"], true);
 }

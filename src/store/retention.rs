@@ -17,19 +17,28 @@ impl Store {
     /// time) with their targets, images, events and deliveries, and up to
     /// `batch` audit records older than it. One short transaction: the
     /// writer is never held for long, whatever the backlog. A job whose
-    /// webhook is still being tried stays until that ends. Its idempotency
-    /// key, kept on the job, goes with it.
-    pub async fn delete_finished_before(&self, cutoff: &str, batch: u32) -> StoreResult<Deleted> {
+    /// webhook is still being tried stays until that ends, unless it
+    /// finished before `pending_cutoff` too: a delivery nobody sends (the
+    /// service restarted without a webhook secret) must not keep its job
+    /// forever. Its idempotency key, kept on the job, goes with it.
+    pub async fn delete_finished_before(
+        &self,
+        cutoff: &str,
+        pending_cutoff: &str,
+        batch: u32,
+    ) -> StoreResult<Deleted> {
         let mut tx = self.writer.begin().await?;
         let ids: Vec<String> = sqlx::query(
             "SELECT id FROM jobs
              WHERE finished_at IS NOT NULL AND finished_at < ?
                AND status IN ('succeeded', 'failed', 'cancelled')
-               AND NOT EXISTS (SELECT 1 FROM deliveries
-                               WHERE deliveries.job_id = jobs.id AND state = 'pending')
+               AND (finished_at < ?
+                    OR NOT EXISTS (SELECT 1 FROM deliveries
+                                   WHERE deliveries.job_id = jobs.id AND state = 'pending'))
              ORDER BY finished_at LIMIT ?",
         )
         .bind(cutoff)
+        .bind(pending_cutoff)
         .bind(i64::from(batch))
         .fetch_all(&mut *tx)
         .await

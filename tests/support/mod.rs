@@ -155,6 +155,8 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         allow_unauthenticated: false,
         webhook_secret: None,
         webhook_max_age: Duration::from_secs(24 * 3600),
+        // Quick webhook retries, like the step retries above.
+        webhook_first_retry: Duration::from_millis(100),
         retention: None,
     }
 }

@@ -1,0 +1,390 @@
+//! The service as the client sees it: requests with the token, retried
+//! through blips until the deadline.
+//!
+//! A blip does not fail a pipeline step: connection errors, timeouts, 408,
+//! 429 and 5xx are retried with backoff (or after the service's
+//! `Retry-After`) until `--wait-timeout`. Jobs are durable, so following
+//! simply resumes after a restart; a submission whose outcome is unknown is
+//! sent again with the same Idempotency-Key, which can only answer the job
+//! it may have created.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{RequestBuilder, StatusCode};
+use serde_json::Value;
+
+use super::Failure;
+use crate::cli::ClientArgs;
+
+/// The first wait before a retry; it doubles up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Short enough that a restarted service is found again soon.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Longest one request may take (for the event stream: until its headers):
+/// a service that hangs is retried, not waited on forever.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Service {
+    client: reqwest::Client,
+    pub base: String,
+    /// When the command gives up: `--wait-timeout` after it started.
+    pub deadline: Instant,
+    pub wait_timeout: u64,
+    backoff: Duration,
+    /// Whether the last request was retried, to say when the service is back.
+    retrying: bool,
+}
+
+/// An answer of the API: its status, as JSON, and as sent (what
+/// `--output json` prints, unchanged).
+pub struct Answer {
+    pub status: StatusCode,
+    pub json: Value,
+    pub text: String,
+}
+
+/// What one request came to.
+enum Attempt {
+    /// An answer that is not a blip: success, or a refusal to report.
+    Answer(Answer),
+    /// A blip: try again after `after`, or after the backoff if `None`.
+    Retry {
+        why: String,
+        after: Option<Duration>,
+    },
+}
+
+impl Service {
+    pub fn new(args: &ClientArgs) -> Result<Service, Failure> {
+        let mut headers = HeaderMap::new();
+        if let Some(token) = &args.token {
+            let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Failure::usage(anyhow!("the token is not a valid header value")))?;
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .map_err(|error| Failure::unreachable(anyhow!(error).context("an HTTP client")))?;
+        Ok(Service {
+            client,
+            base: args.server.trim_end_matches('/').to_owned(),
+            deadline: Instant::now() + Duration::from_secs(args.wait_timeout),
+            wait_timeout: args.wait_timeout,
+            backoff: FIRST_BACKOFF,
+            retrying: false,
+        })
+    }
+
+    /// Sends the request `build` makes until it gets an answer that is not a
+    /// blip; a 4xx is the service's refusal.
+    pub async fn expect(
+        &mut self,
+        doing: &str,
+        build: impl Fn(&reqwest::Client, &str) -> RequestBuilder,
+    ) -> Result<Answer, Failure> {
+        let answer = self.call(doing, build).await?;
+        if answer.status.is_success() {
+            Ok(answer)
+        } else {
+            Err(Failure::refused(anyhow!(
+                "{doing}: refused: {}",
+                refusal(answer.status, &answer.json)
+            )))
+        }
+    }
+
+    /// Sends the request `build` makes until it gets an answer that is not a
+    /// blip, saying on stderr what it waits for; gives up at the deadline.
+    pub async fn call(
+        &mut self,
+        doing: &str,
+        build: impl Fn(&reqwest::Client, &str) -> RequestBuilder,
+    ) -> Result<Answer, Failure> {
+        loop {
+            let timeout = self.request_timeout();
+            let request = build(&self.client, &self.base).timeout(timeout);
+            match attempt(request, timeout)
+                .await
+                .map_err(|failure| failure.context(format!("{doing} at {}", self.base)))?
+            {
+                Attempt::Answer(answer) => {
+                    self.answered();
+                    return Ok(answer);
+                }
+                Attempt::Retry { why, after } => self.pause(doing, &why, after).await?,
+            }
+        }
+    }
+
+    /// Opens the job's event stream, resuming after `last_event_id`; retried
+    /// like `call`.
+    pub async fn events(
+        &mut self,
+        id: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<reqwest::Response, Failure> {
+        let doing = format!("following job {id}");
+        loop {
+            let timeout = self.request_timeout();
+            let mut request = self
+                .client
+                .get(format!("{}/api/v1/jobs/{id}/events", self.base))
+                .header(header::ACCEPT, "text/event-stream");
+            if let Some(last) = last_event_id {
+                request = request.header("Last-Event-ID", last);
+            }
+            // The stream is read for as long as the job runs: only the wait
+            // for its headers is bounded.
+            let sent = match tokio::time::timeout(timeout, request.send()).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    let why = format!("no answer within {}", seconds(timeout));
+                    self.pause(&doing, &why, None).await?;
+                    continue;
+                }
+            };
+            let response = match sent {
+                Ok(response) => response,
+                Err(error) if error.is_builder() => return Err(Failure::usage(error.into())),
+                Err(error) => {
+                    self.pause(&doing, &blip(&error, timeout), None).await?;
+                    continue;
+                }
+            };
+            let status = response.status();
+            if status.is_success() {
+                self.answered();
+                return Ok(response);
+            }
+            let after = retry_after(&response);
+            let answer = response.json().await.unwrap_or(Value::Null);
+            if is_transient(status) {
+                let why = format!("service answered {}", message(status, &answer));
+                self.pause(&doing, &why, after).await?;
+            } else {
+                return Err(Failure::refused(anyhow!(
+                    "{doing}: refused: {}",
+                    refusal(status, &answer)
+                )));
+            }
+        }
+    }
+
+    /// Waits before the next try, saying why on stderr; gives up (as
+    /// unreachable) at the deadline.
+    pub async fn pause(
+        &mut self,
+        doing: &str,
+        why: &str,
+        after: Option<Duration>,
+    ) -> Result<(), Failure> {
+        let left = self.left();
+        if left.is_zero() {
+            return Err(Failure::unreachable(anyhow!(
+                "{doing}: gave up after {}s: {why}",
+                self.wait_timeout
+            )));
+        }
+        let delay = after.unwrap_or_else(|| self.next_backoff()).min(left);
+        eprintln!("{why}, retrying in {}", seconds(delay));
+        self.retrying = true;
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+
+    /// Time left before the deadline.
+    pub fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    fn request_timeout(&self) -> Duration {
+        // At least a moment, so that the last try can still be answered.
+        REQUEST_TIMEOUT.min(self.left()).max(Duration::from_secs(1))
+    }
+
+    fn answered(&mut self) {
+        if self.retrying {
+            eprintln!("service answering again");
+        }
+        self.retrying = false;
+        self.backoff = FIRST_BACKOFF;
+    }
+
+    /// The backoff with jitter, so that the pipelines a restart interrupted
+    /// do not all come back in the same instant; the next one doubles.
+    fn next_backoff(&mut self) -> Duration {
+        let delay = self.backoff.mul_f64(0.5 + 0.5 * fastrand::f64());
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        delay
+    }
+}
+
+/// Sends one request and sorts the outcome: only an invalid request or an
+/// answer that is not the API's is an error, everything that a later try
+/// may not meet is a blip.
+async fn attempt(request: RequestBuilder, timeout: Duration) -> Result<Attempt, Failure> {
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(error) if error.is_builder() => return Err(Failure::usage(error.into())),
+        Err(error) => {
+            return Ok(Attempt::Retry {
+                why: blip(&error, timeout),
+                after: None,
+            });
+        }
+    };
+    let status = response.status();
+    let after = retry_after(&response);
+    let bytes = match response.bytes().await {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            return Ok(Attempt::Retry {
+                why: blip(&error, timeout),
+                after: None,
+            });
+        }
+    };
+    // An error answer need not be JSON (a proxy's page); a success must be.
+    let json = match serde_json::from_slice(&bytes) {
+        Ok(answer) => answer,
+        Err(_) if !status.is_success() => Value::Null,
+        Err(error) => {
+            return Err(Failure::unreachable(
+                anyhow!(error).context("the answer is not JSON"),
+            ));
+        }
+    };
+    Ok(if is_transient(status) {
+        Attempt::Retry {
+            why: format!("service answered {}", message(status, &json)),
+            after,
+        }
+    } else {
+        Attempt::Answer(Answer {
+            status,
+            json,
+            text: String::from_utf8_lossy(&bytes).trim_end().to_owned(),
+        })
+    })
+}
+
+/// Why a request that got no answer will be tried again.
+fn blip(error: &reqwest::Error, timeout: Duration) -> String {
+    if error.is_timeout() {
+        format!("no answer within {}", seconds(timeout))
+    } else if error.is_connect() {
+        format!("service unreachable ({})", root_cause(error))
+    } else {
+        format!("connection to the service broken ({})", root_cause(error))
+    }
+}
+
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok()?.trim().parse().ok())
+        .map(Duration::from_secs)
+}
+
+/// Statuses a later try may not meet. A 5xx on a submission leaves its
+/// outcome unknown, which the Idempotency-Key makes safe to try again.
+fn is_transient(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// An error answer in a few words: the API's message, else the status.
+fn message(status: StatusCode, answer: &Value) -> String {
+    match answer["error"]["message"].as_str() {
+        Some(message) => format!("{status}: {message}"),
+        None => status.to_string(),
+    }
+}
+
+/// A refusal with the field at fault, when the API names one.
+fn refusal(status: StatusCode, answer: &Value) -> String {
+    let field = answer["error"]["field"]
+        .as_str()
+        .map(|field| format!(" ({field})"))
+        .unwrap_or_default();
+    format!("{}{field}", message(status, answer))
+}
+
+/// The innermost cause, e.g. "Connection refused (os error 111)": reqwest's
+/// own message names only the URL.
+pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+pub fn seconds(delay: Duration) -> String {
+    if delay < Duration::from_secs(1) {
+        format!("{}ms", delay.as_millis())
+    } else {
+        format!("{}s", delay.as_secs_f64().round())
+    }
+}
+
+/// `Context` for a value the API must hold.
+pub fn field<'a>(value: &'a Value, name: &str) -> Result<&'a str, Failure> {
+    value[name]
+        .as_str()
+        .with_context(|| format!("the answer has no {name}"))
+        .map_err(Failure::unreachable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Output;
+
+    #[test]
+    fn blips_are_retried_and_refusals_are_not() {
+        for code in [408, 429, 500, 502, 503, 504] {
+            assert!(is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+        for code in [400, 401, 403, 404, 409, 413, 422] {
+            assert!(!is_transient(StatusCode::from_u16(code).unwrap()), "{code}");
+        }
+    }
+
+    #[test]
+    fn the_backoff_doubles_with_jitter_up_to_its_limit() {
+        let args = ClientArgs {
+            server: String::new(),
+            token: None,
+            output: Output::Text,
+            wait_timeout: 1,
+        };
+        let mut service = Service::new(&args).unwrap();
+        let mut base = FIRST_BACKOFF;
+        for _ in 0..10 {
+            let delay = service.next_backoff();
+            assert!(delay >= base / 2 && delay <= base, "{delay:?} for {base:?}");
+            base = (base * 2).min(MAX_BACKOFF);
+        }
+        assert_eq!(service.backoff, MAX_BACKOFF);
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let answer = serde_json::json!({"error": {"code": "invalid_spec", "message": "bad tag", "field": "tags[0].value"}});
+        assert_eq!(
+            refusal(StatusCode::UNPROCESSABLE_ENTITY, &answer),
+            "422 Unprocessable Entity: bad tag (tags[0].value)"
+        );
+        assert_eq!(
+            refusal(StatusCode::NOT_FOUND, &Value::Null),
+            "404 Not Found"
+        );
+    }
+}
