@@ -106,7 +106,7 @@ async fn a_followed_job_streams_every_change_and_push_progress_then_ends() {
         .collect();
     assert_eq!(
         steps,
-        ["tagging", "pushing", "untagging", "succeeded"],
+        ["pending", "tagging", "pushing", "untagging", "succeeded"],
         "{events:#?}"
     );
     let succeeded = data(stored.iter().rev().find(|e| e.event == "target").unwrap());
@@ -133,6 +133,16 @@ async fn a_followed_job_streams_every_change_and_push_progress_then_ends() {
     let mut done_before = 0;
     for (position, event) in &progress {
         assert!(*position > pushing_at, "progress before the push began");
+        let last_step = events[..*position]
+            .iter()
+            .rev()
+            .find(|e| e.event == "target")
+            .unwrap();
+        assert_eq!(
+            data(last_step)["data"]["status"],
+            "pushing",
+            "progress outside the push"
+        );
         let update = data(event);
         assert_eq!(update["job_id"], id.as_str());
         assert_eq!(update["target"], 0);

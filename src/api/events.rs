@@ -1,6 +1,7 @@
 //! `/api/v1/jobs/{id}/events`: a job's history and live progress, as
 //! Server-Sent Events (or, asked for JSON, the stored history at once).
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::jobs::{job_id, visible_job};
+use crate::domain::status::TargetStatus;
 use crate::progress::Progress;
 use crate::store::{Event, Store};
 
@@ -100,6 +102,13 @@ pub async fn job_events(
         store: state.store.clone(),
         job_id: id,
         after,
+        progress_seq: 0,
+        // A client resuming in the middle of a push gets its progress.
+        pushing: (0..)
+            .zip(&job.targets)
+            .filter(|(_, target)| target.status == TargetStatus::Pushing)
+            .map(|(position, _)| position)
+            .collect(),
         ended: job.status.is_terminal(),
         progress: state.progress.subscribe(),
         stopping: state.stopping.clone(),
@@ -145,6 +154,12 @@ struct Follow {
     job_id: Uuid,
     /// The last stored event sent.
     after: i64,
+    /// Progress events sent since `after`: the `K` of their `N:K` ids.
+    progress_seq: u64,
+    /// The targets whose last stored event sent was `pushing`: progress of
+    /// any other target is stale (it arrived after the push ended) and
+    /// dropped, so a client never sees progress outside its push.
+    pushing: HashSet<i64>,
     /// The job had ended when the stream began: once its history is sent,
     /// there is nothing more to wait for.
     ended: bool,
@@ -153,35 +168,21 @@ struct Follow {
     sender: mpsc::Sender<SseEvent>,
 }
 
+/// What sending the stored events did.
+enum Sent {
+    /// All sent; `caught_up` if there were none.
+    Some { caught_up: bool },
+    /// The job's last event was sent, or the client left: the stream ends.
+    Done,
+}
+
 impl Follow {
     async fn run(mut self) {
-        // Progress ids count up after the last stored event, so a client
-        // that resumes from one gets every stored event after it again.
-        let mut progress_seq = 0u64;
         loop {
-            let page = match self.store.job_events(self.job_id, self.after, PAGE).await {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::warn!(job_id = %self.job_id, error = format!("{error:#}"), "reading a job's events for a stream");
-                    // The client reconnects with its Last-Event-ID.
-                    return;
-                }
-            };
-            let full = page.len() == PAGE as usize;
-            let caught_up = page.is_empty();
-            for event in page {
-                let ends = event.ends_job();
-                self.after = event.id;
-                progress_seq = 0;
-                if !self.send(stored(&event)).await || ends {
-                    return;
-                }
-            }
-            if full {
-                continue;
-            }
-            if caught_up && self.ended {
-                return;
+            match self.send_stored().await {
+                Sent::Done => return,
+                Sent::Some { caught_up } if caught_up && self.ended => return,
+                Sent::Some { .. } => {}
             }
             let wait = tokio::time::sleep(POLL);
             tokio::pin!(wait);
@@ -192,12 +193,16 @@ impl Follow {
                     _ = self.sender.closed() => return,
                     update = self.progress.recv() => match update {
                         Ok(progress) if progress.job_id == self.job_id => {
-                            progress_seq += 1;
-                            let event = SseEvent::default()
-                                .event("progress")
-                                .id(format!("{}:{progress_seq}", self.after))
-                                .json_data(&progress);
-                            if let Ok(event) = event && !self.send(event).await {
+                            // The stored change that started this push goes
+                            // first, even if the next look is not due yet.
+                            if !self.pushing.contains(&progress.target)
+                                && let Sent::Done = self.send_stored().await
+                            {
+                                return;
+                            }
+                            if self.pushing.contains(&progress.target)
+                                && !self.send_progress(&progress).await
+                            {
                                 return;
                             }
                         }
@@ -208,6 +213,55 @@ impl Follow {
                     },
                 }
             }
+        }
+    }
+
+    /// Sends every stored event after `after`, page by page.
+    async fn send_stored(&mut self) -> Sent {
+        let mut caught_up = true;
+        loop {
+            let page = match self.store.job_events(self.job_id, self.after, PAGE).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(job_id = %self.job_id, error = format!("{error:#}"), "reading a job's events for a stream");
+                    // The client reconnects with its Last-Event-ID.
+                    return Sent::Done;
+                }
+            };
+            let full = page.len() == PAGE as usize;
+            caught_up &= page.is_empty();
+            for event in page {
+                self.after = event.id;
+                self.progress_seq = 0;
+                if let (Some(target), "target") = (event.target, event.kind.as_str()) {
+                    if event.data["status"] == "pushing" {
+                        self.pushing.insert(target);
+                    } else {
+                        self.pushing.remove(&target);
+                    }
+                }
+                if !self.send(stored(&event)).await || event.ends_job() {
+                    return Sent::Done;
+                }
+            }
+            if !full {
+                return Sent::Some { caught_up };
+            }
+        }
+    }
+
+    /// Whether the client is still there.
+    async fn send_progress(&mut self, progress: &Progress) -> bool {
+        // Progress ids count up after the last stored event, so a client
+        // that resumes from one gets every stored event after it again.
+        self.progress_seq += 1;
+        let event = SseEvent::default()
+            .event("progress")
+            .id(format!("{}:{}", self.after, self.progress_seq))
+            .json_data(progress);
+        match event {
+            Ok(event) => self.send(event).await,
+            Err(_) => true,
         }
     }
 

@@ -68,7 +68,10 @@ impl Steps {
                 } else if let Some(position) = position {
                     self.logged.insert(position, Instant::now());
                 }
-                self.line(&step_line(status, change));
+                // A `content` target is named only once its source is read.
+                if !(status == "pending" && change["reference"].is_null()) {
+                    self.line(&step_line(status, change));
+                }
             }
             "attempt" => {
                 let change = &data["data"];
@@ -117,9 +120,8 @@ impl Steps {
         let Some(position) = progress["target"].as_i64() else {
             return;
         };
-        // Progress is sent live and steps a moment later, from the database:
-        // an update may come just before its target is told to be pushing,
-        // or just after it is told to be done, when it is no news.
+        // The service sends progress only between a target's `pushing` and
+        // its next change; a server of another version may not.
         match self.target(Some(position)) {
             Some((_, status)) if matches!(status.as_str(), "pending" | "tagging" | "pushing") => {}
             _ => return,
