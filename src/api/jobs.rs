@@ -81,7 +81,11 @@ pub async fn create_job(
     audit(&state, &caller, "job.submit", outcome, job_id, detail).await?;
     let (status, job) = submitted?;
     if status == StatusCode::ACCEPTED {
-        tracing::info!(targets = job.targets.len(), submitted_by = ?job.submitted_by, "job accepted");
+        tracing::info!(
+            targets = job.targets.len(),
+            submitted_by = job.submitted_by.as_deref(),
+            "job accepted"
+        );
     }
     state.wake.notify_waiters();
     let location = format!("/api/v1/jobs/{}", job.id);

@@ -149,7 +149,7 @@ pub async fn run(
         Some(id) => id.clone(),
         None => {
             let found = match run
-                .step("tag", ctx.timeouts.tag, OnCancel::Interrupt, || {
+                .tries("tag", ctx.timeouts.tag, OnCancel::Interrupt, || {
                     run.resolve_source()
                 })
                 .await
@@ -163,7 +163,7 @@ pub async fn run(
         }
     };
     let source = match run
-        .step("tag", ctx.timeouts.tag, OnCancel::Interrupt, || {
+        .tries("tag", ctx.timeouts.tag, OnCancel::Interrupt, || {
             run.source_image(&source_id)
         })
         .await
@@ -222,7 +222,7 @@ pub async fn run(
     // the engine is asked to make it, so that a crash at any point can be
     // undone.
     let method = match run
-        .step("tag", ctx.timeouts.tag, OnCancel::Interrupt, || async {
+        .tries("tag", ctx.timeouts.tag, OnCancel::Interrupt, || async {
             Ok(ctx.engine.describe().await?.image_store)
         })
         .await
@@ -231,7 +231,7 @@ pub async fn run(
         Err(stop) => return conclude(Err(stop), Vec::new()),
     };
     let prior = match run
-        .step("tag", ctx.timeouts.tag, OnCancel::Interrupt, || async {
+        .tries("tag", ctx.timeouts.tag, OnCancel::Interrupt, || async {
             Ok(ctx.engine.image_id(&reference).await?)
         })
         .await
@@ -277,7 +277,12 @@ pub async fn run(
 
     let published = match tagged {
         Ok(()) => {
-            info!(image_id = ?created, prior = ?prior, ?method, "tagged");
+            info!(
+                image_id = created.as_deref(),
+                prior = prior.as_deref(),
+                ?method,
+                "tagged"
+            );
             ctx.store
                 .set_step(&target.claim, TargetStatus::Pushing)
                 .await?;
@@ -441,7 +446,7 @@ impl Run<'_> {
             .record_created_image(&self.target.claim, &id)
             .await?;
         let named = self
-            .step("tag", ctx.timeouts.tag, OnCancel::BetweenTries, || async {
+            .tries("tag", ctx.timeouts.tag, OnCancel::BetweenTries, || async {
                 ctx.engine.tag_image(&id, reference).await?;
                 Ok(ctx.engine.remove_reference(staging).await?)
             })
@@ -586,10 +591,11 @@ impl Run<'_> {
         Ok(digest)
     }
 
-    /// Runs one step with its timeout and retries: transient failures up to
-    /// the policy's attempts, outages until the outage limit, permanent
-    /// failures never. Every failed try is recorded on the target.
-    /// `on_cancel` says what a cancel of the job does to the step.
+    /// Runs one step with its timeout and retries (see `tries`), and times
+    /// it for the step duration metric. The lookups before the tag (the
+    /// source, the engine, what the reference names) and the naming after a
+    /// build go through `tries` alone, so the metric counts one tag, push,
+    /// verify and untag per run.
     async fn step<T, Op, Fut>(
         &self,
         step: &'static str,
@@ -615,7 +621,10 @@ impl Run<'_> {
         result
     }
 
-    /// The tries of one step, as the retry policy allows.
+    /// The tries of one step with its timeout, as the retry policy allows:
+    /// transient failures up to the policy's attempts, outages until the
+    /// outage limit, permanent failures never. Every failed try is recorded
+    /// on the target. `on_cancel` says what a cancel of the job does to it.
     async fn tries<T, Op, Fut>(
         &self,
         step: &'static str,
