@@ -9,7 +9,8 @@ use tracing::{info, warn};
 
 use crate::store::{Deleted, Store, format_time};
 
-/// Jobs (and audit records) deleted per transaction.
+/// Jobs (and audit records) deleted per transaction, at most; fewer jobs
+/// when they have many targets.
 const BATCH: u32 = 200;
 /// A pause between batches while a backlog is worked off, so claims and
 /// submissions get the writer in between.
@@ -63,7 +64,7 @@ async fn sweep(store: &Store, retention: Duration, stop: &CancellationToken) {
             Ok(deleted) => {
                 total.jobs += deleted.jobs;
                 total.audit += deleted.audit;
-                if deleted.jobs < u64::from(BATCH) && deleted.audit < u64::from(BATCH) {
+                if !deleted.more && deleted.audit < u64::from(BATCH) {
                     break;
                 }
             }

@@ -194,7 +194,8 @@ impl Webhooks {
                 )
             })
             .unwrap_or_default();
-        let result = if self.allowed.matches(&host) {
+        let allowed = self.allowed.matches(&host);
+        let result = if allowed {
             self.client
                 .post(&due.url)
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -234,17 +235,19 @@ impl Webhooks {
                 .first_retry
                 .saturating_mul(2u32.saturating_pow(exponent))
                 .min(MAX_RETRY);
-            let next = now + wait;
             let created = time::OffsetDateTime::parse(
                 &due.created_at,
                 &time::format_description::well_known::Rfc3339,
             )
             .unwrap_or(now);
-            if next - created > self.max_age {
+            // The last try is at the end of the max age, not a backoff
+            // before it; a host the allow-list refuses stays refused.
+            let deadline = created + self.max_age;
+            if !allowed || now >= deadline {
                 warn!(delivery = %due.id, job_id = %due.job_id, "webhook given up");
                 DeliveryOutcome::GaveUp
             } else {
-                DeliveryOutcome::RetryAt(format_time(next))
+                DeliveryOutcome::RetryAt(format_time((now + wait).min(deadline)))
             }
         };
         self.metrics.webhook_attempt(match outcome {

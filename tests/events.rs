@@ -241,6 +241,10 @@ async fn a_client_that_reconnects_with_last_event_id_misses_and_repeats_nothing(
             .collect::<Vec<_>>()
     );
 
+    // An id this job never had replays it all, rather than waiting for it.
+    let replayed = read_to_end(&mut open(&app, &id, Some("999999999")).await).await;
+    assert_eq!(stored_ids(&replayed), history_ids);
+
     // JSON history resumes the same way.
     let response = app
         .client

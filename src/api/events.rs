@@ -82,7 +82,14 @@ pub async fn job_events(
 ) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
     let job = visible_job(&state, &caller, id).await?;
-    let after = last_event_id(&headers);
+    let mut resume = last_event_id(&headers);
+    // An id past the job's last event is none of this job's (another
+    // database's, or made up): replay everything rather than wait forever
+    // for events that will never come.
+    if resume.after > state.store.last_event_of(id).await?.unwrap_or(0) {
+        resume = Resume::default();
+    }
+    let after = resume.after;
     if wants_json(&headers) {
         let mut events = Vec::new();
         let mut cursor = after;
@@ -102,7 +109,7 @@ pub async fn job_events(
         store: state.store.clone(),
         job_id: id,
         after,
-        progress_seq: 0,
+        progress_seq: resume.progress_seq,
         // A client resuming in the middle of a push gets its progress.
         pushing: (0..)
             .zip(&job.targets)
@@ -126,16 +133,41 @@ pub async fn job_events(
         .into_response())
 }
 
-/// `Last-Event-ID` as the stored event it names: `N`, or `N:K` for the K-th
+/// Where a stream resumes: after stored event `after`, and after the
+/// `progress_seq`-th progress event that followed it.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Resume {
+    after: i64,
+    progress_seq: u64,
+}
+
+/// `Last-Event-ID` as the place it names: `N`, or `N:K` for the K-th
 /// progress event after stored event N. Anything else starts from the
 /// beginning, which repeats rather than loses.
-fn last_event_id(headers: &HeaderMap) -> i64 {
-    headers
+fn last_event_id(headers: &HeaderMap) -> Resume {
+    let Some(value) = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(':').next()?.trim().parse::<i64>().ok())
-        .filter(|id| *id >= 0)
-        .unwrap_or(0)
+    else {
+        return Resume::default();
+    };
+    let (stored, progress) = match value.trim().split_once(':') {
+        Some((stored, progress)) => (stored, Some(progress)),
+        None => (value.trim(), None),
+    };
+    let after = stored.parse::<i64>().ok().filter(|id| *id >= 0);
+    let progress_seq = progress.map(str::parse::<u64>);
+    match (after, progress_seq) {
+        (Some(after), None) => Resume {
+            after,
+            progress_seq: 0,
+        },
+        (Some(after), Some(Ok(progress_seq))) => Resume {
+            after,
+            progress_seq,
+        },
+        _ => Resume::default(),
+    }
 }
 
 /// JSON when the client asks for it and not for an event stream.
@@ -290,10 +322,16 @@ mod tests {
             headers.insert("last-event-id", value.parse().unwrap());
             last_event_id(&headers)
         };
-        assert_eq!(with("42"), 42);
-        assert_eq!(with("42:7"), 42);
-        assert_eq!(with("junk"), 0);
-        assert_eq!(with("-3"), 0);
-        assert_eq!(last_event_id(&HeaderMap::new()), 0);
+        let at = |after, progress_seq| Resume {
+            after,
+            progress_seq,
+        };
+        assert_eq!(with("42"), at(42, 0));
+        assert_eq!(with(" 42 "), at(42, 0));
+        assert_eq!(with("42:7"), at(42, 7));
+        assert_eq!(with("42:x"), at(0, 0));
+        assert_eq!(with("junk"), at(0, 0));
+        assert_eq!(with("-3"), at(0, 0));
+        assert_eq!(last_event_id(&HeaderMap::new()), at(0, 0));
     }
 }

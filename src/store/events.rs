@@ -105,6 +105,16 @@ impl Store {
         rows.iter().map(event_from_row).collect()
     }
 
+    /// The id of the job's last event, if it has any.
+    pub async fn last_event_of(&self, job_id: Uuid) -> StoreResult<Option<i64>> {
+        let last = sqlx::query_scalar("SELECT max(id) FROM events WHERE job_id = ?")
+            .bind(job_id.to_string())
+            .fetch_one(&self.reader)
+            .await
+            .context("reading a job's last event")?;
+        Ok(last)
+    }
+
     /// Deliveries whose next attempt is due, oldest first.
     pub async fn due_deliveries(&self, limit: u32) -> StoreResult<Vec<DueDelivery>> {
         let rows = sqlx::query(

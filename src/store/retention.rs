@@ -10,11 +10,19 @@ use super::{Store, StoreResult};
 pub struct Deleted {
     pub jobs: u64,
     pub audit: u64,
+    /// More jobs are past retention than this batch took.
+    pub more: bool,
 }
 
+/// Targets one batch may delete (with their events, about six rows each):
+/// a batch of jobs with hundreds of targets each must not hold the writer
+/// any longer than one of small jobs.
+const TARGETS_PER_BATCH: i64 = 2000;
+
 impl Store {
-    /// Deletes up to `batch` jobs that finished before `cutoff` (an RFC 3339
-    /// time) with their targets, images, events and deliveries, and up to
+    /// Deletes up to `batch` jobs (fewer if they have many targets) that
+    /// finished before `cutoff` (an RFC 3339 time) with their targets,
+    /// images, events and deliveries, and up to
     /// `batch` audit records older than it. One short transaction: the
     /// writer is never held for long, whatever the backlog. A job whose
     /// webhook is still being tried stays until that ends, unless it
@@ -28,8 +36,9 @@ impl Store {
         batch: u32,
     ) -> StoreResult<Deleted> {
         let mut tx = self.writer.begin().await?;
-        let ids: Vec<String> = sqlx::query(
-            "SELECT id FROM jobs
+        let found: Vec<(String, i64)> = sqlx::query(
+            "SELECT id, (SELECT count(*) FROM targets WHERE targets.job_id = jobs.id) AS targets
+             FROM jobs
              WHERE finished_at IS NOT NULL AND finished_at < ?
                AND status IN ('succeeded', 'failed', 'cancelled')
                AND (finished_at < ?
@@ -44,8 +53,19 @@ impl Store {
         .await
         .context("finding jobs past retention")?
         .iter()
-        .map(|row| row.get("id"))
+        .map(|row| (row.get("id"), row.get("targets")))
         .collect();
+        let mut targets = 0;
+        let ids: Vec<&String> = found
+            .iter()
+            .take_while(|(_, count)| {
+                let first = targets == 0;
+                targets += count;
+                first || targets <= TARGETS_PER_BATCH
+            })
+            .map(|(id, _)| id)
+            .collect();
+        let more = ids.len() < found.len() || found.len() == batch as usize;
         let ids = serde_json::to_string(&ids)?;
         for table in ["events", "deliveries", "targets", "job_images"] {
             sqlx::query(&format!(
@@ -72,6 +92,6 @@ impl Store {
         .context("deleting old audit records")?
         .rows_affected();
         tx.commit().await.context("committing a retention batch")?;
-        Ok(Deleted { jobs, audit })
+        Ok(Deleted { jobs, audit, more })
     }
 }

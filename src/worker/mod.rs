@@ -468,7 +468,6 @@ async fn reap_expired_leases(ctx: &WorkerContext, stop: &CancellationToken) {
             }
         };
         for (id, token) in expired {
-            warn!(target_id = id, "lease expired; recovering the target");
             recover_abandoned(
                 ctx,
                 id,
@@ -520,6 +519,10 @@ async fn recover_abandoned(
         reference = target.reference.as_deref().unwrap_or("(content tag)")
     );
     async {
+        // Logged here, in the span that names the job and the reference.
+        if let Some(why) = &why {
+            warn!(target_id = id, "recovering the target: {why}");
+        }
         let mut warning = None;
         if let Some(reference) = &target.reference {
             info!("undoing what an interrupted run left on the engine");

@@ -546,33 +546,29 @@ impl Run<'_> {
         };
         let digest = self
             .step("push", ctx.timeouts.push, OnCancel::Interrupt, || async {
-                ctx.engine
-                    .push(reference, auth, &report)
-                    .await
-                    .map_err(|error| {
-                        let mut failure = Failure::from(error);
-                        if failure.kind == FailureKind::Permanent && auth.is_anonymous() {
-                            let host = registry_host(reference).unwrap_or_default();
-                            let why = if self.target.use_service_credentials {
-                                format!("no credentials for {host} in the docker config")
-                            } else {
-                                format!(
-                                    "the submitter's scope does not allow publishd's own \
+                *last_report.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                let pushed = ctx.engine.push(reference, auth, &report).await;
+                // What each try uploaded counts, a failed one's too.
+                ctx.metrics.pushed(uploaded(&last_report));
+                pushed.map_err(|error| {
+                    let mut failure = Failure::from(error);
+                    if failure.kind == FailureKind::Permanent && auth.is_anonymous() {
+                        let host = registry_host(reference).unwrap_or_default();
+                        let why = if self.target.use_service_credentials {
+                            format!("no credentials for {host} in the docker config")
+                        } else {
+                            format!(
+                                "the submitter's scope does not allow publishd's own \
                                  credentials for {host}; the job may bring registry_auth"
-                                )
-                            };
-                            failure.message = format!("{} ({why})", failure.message);
-                        }
-                        failure
-                    })
+                            )
+                        };
+                        failure.message = format!("{} ({why})", failure.message);
+                    }
+                    failure
+                })
             })
             .await?;
-        let uploaded = last_report
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map_or(0, |(_, progress)| progress.bytes_done);
-        ctx.metrics.pushed(uploaded);
-        info!(%digest, bytes = uploaded, "pushed");
+        info!(%digest, bytes = uploaded(&last_report), "pushed");
         // Read the tag back: the registry, not the engine's report, is the
         // truth. The image is published now, so a cancel no longer stops it.
         self.step("verify", ctx.timeouts.tag, OnCancel::Ignore, || async {
@@ -746,4 +742,12 @@ pub async fn restore_reference(
         engine.tag_image(prior, reference).await?;
     }
     Ok(())
+}
+
+/// The bytes the last reported progress of a push had uploaded.
+fn uploaded(last_report: &std::sync::Mutex<Option<(Instant, PushProgress)>>) -> u64 {
+    last_report
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .map_or(0, |(_, progress)| progress.bytes_done)
 }
