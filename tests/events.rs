@@ -321,12 +321,7 @@ async fn the_history_records_each_failed_try_and_the_cancel() {
             break;
         }
     }
-    let response = app
-        .client
-        .post(app.url(&format!("/api/v1/jobs/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let response = app.cancel(&id).await;
     assert!(response.status().is_success());
     let rest = read_to_end(&mut stream).await;
     let kinds: Vec<&str> = rest

@@ -223,12 +223,7 @@ async fn a_cancel_after_the_push_leaves_the_target_published() {
     spec["force"] = json!(true);
     let id = app.submit(&spec).await;
     pushed.notified().await;
-    let cancel = app
-        .client
-        .post(app.url(&format!("/api/v1/jobs/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let cancel = app.cancel(&id).await;
     assert_eq!(cancel.status(), 200);
     let job = app.wait_finished(&id).await;
     assert_eq!(job["cancel_requested"], true);
@@ -389,12 +384,7 @@ async fn cancels_racing_deferred_targets_and_a_shutdown_leave_every_job_terminal
     for (index, id) in ids.iter().enumerate() {
         if index % 2 == 0 {
             tokio::time::sleep(Duration::from_millis(40 * index as u64)).await;
-            let cancel = first
-                .client
-                .post(first.url(&format!("/api/v1/jobs/{id}/cancel")))
-                .send()
-                .await
-                .unwrap();
+            let cancel = first.cancel(id).await;
             assert!([200, 409].contains(&cancel.status().as_u16()));
         }
     }

@@ -433,12 +433,7 @@ async fn a_delivery_is_given_up_past_the_max_age_and_a_cancelled_job_is_delivere
         job["targets"][0]["status"] == "pushing"
     })
     .await;
-    let cancel = app
-        .client
-        .post(app.url(&format!("/api/v1/jobs/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let cancel = app.cancel(&id).await;
     assert!(cancel.status().is_success(), "{cancel:?}");
     assert_eq!(app.wait_finished(&id).await["status"], "cancelled");
 

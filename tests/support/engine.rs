@@ -42,28 +42,8 @@ impl TestEngine {
     /// instructions such as `ENV A=1`.
     pub async fn import_image(&self, name: &str, tag: &str, changes: &[&str]) -> String {
         let content = uuid::Uuid::now_v7().to_string();
-        let mut archive = tar::Builder::new(Vec::new());
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        archive
-            .append_data(&mut header, "hello.txt", content.as_bytes())
-            .unwrap();
-        let body = Bytes::from(archive.into_inner().unwrap());
-        // The tag inside `repo`: Podman ignores the `tag` parameter of an
-        // import (dockerd takes either).
-        let options = CreateImageOptionsBuilder::default()
-            .from_src("-")
-            .repo(&format!("{name}:{tag}"))
-            .changes(changes.iter().map(|change| change.to_string()).collect())
-            .build();
-        let mut stream = self
-            .docker
-            .create_image(Some(options), Some(body_full(body)), None);
-        while let Some(item) = stream.next().await {
-            item.expect("import");
-        }
+        self.import_file(name, tag, "hello.txt", content.as_bytes(), changes)
+            .await;
         self.image(&format!("{name}:{tag}"))
             .await
             .expect("imported image")
@@ -82,19 +62,33 @@ impl TestEngine {
             state ^= state << 17;
             content.extend_from_slice(&state.to_le_bytes());
         }
+        self.import_file(name, tag, "payload.bin", &content, &[])
+            .await;
+    }
+
+    /// `docker import` of a tarball of one file.
+    async fn import_file(
+        &self,
+        name: &str,
+        tag: &str,
+        file: &str,
+        content: &[u8],
+        changes: &[&str],
+    ) {
         let mut archive = tar::Builder::new(Vec::new());
         let mut header = tar::Header::new_gnu();
         header.set_size(content.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        archive
-            .append_data(&mut header, "payload.bin", content.as_slice())
-            .unwrap();
+        archive.append_data(&mut header, file, content).unwrap();
+        let body = Bytes::from(archive.into_inner().unwrap());
+        // The tag inside `repo`: Podman ignores the `tag` parameter of an
+        // import (dockerd takes either).
         let options = CreateImageOptionsBuilder::default()
             .from_src("-")
             .repo(&format!("{name}:{tag}"))
+            .changes(changes.iter().map(|change| change.to_string()).collect())
             .build();
-        let body = Bytes::from(archive.into_inner().unwrap());
         let mut stream = self
             .docker
             .create_image(Some(options), Some(body_full(body)), None);

@@ -279,6 +279,15 @@ impl TestApp {
         self.wait_finished(&id).await
     }
 
+    /// Asks for the job to be cancelled; answers the service's response.
+    pub async fn cancel(&self, id: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/api/v1/jobs/{id}/cancel")))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn job(&self, id: &str) -> Value {
         let response = self.get(&format!("/api/v1/jobs/{id}")).await;
         assert_eq!(response.status(), 200);
