@@ -339,12 +339,8 @@ impl Store {
         before: Option<Uuid>,
     ) -> StoreResult<JobPage> {
         // Four queries for the page, whatever its size: the jobs, then all
-        // their targets, images and deliveries through the same filter.
-        const PAGE: &str = "SELECT * FROM jobs
-             WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)
-               AND (?4 IS NULL OR submitted_by = ?4)
-             ORDER BY id DESC LIMIT ?3";
-        // One read transaction: both queries see the same snapshot.
+        // their targets, images and deliveries through the same filter
+        // (`rows_of_page`), in one read transaction: one snapshot.
         let mut tx = self.reader.begin().await?;
         let mut rows = sqlx::query(PAGE)
             .bind(status.map(JobStatus::as_str))
@@ -356,28 +352,14 @@ impl Store {
             .context("listing jobs")?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
-        let target_rows = sqlx::query(&format!(
-            "SELECT * FROM targets WHERE job_id IN (SELECT id FROM ({PAGE}))
-             ORDER BY job_id, position"
-        ))
-        .bind(status.map(JobStatus::as_str))
-        .bind(before.map(|id| id.to_string()))
-        .bind(i64::from(limit))
-        .bind(submitted_by)
-        .fetch_all(&mut *tx)
-        .await
-        .context("listing the jobs' targets")?;
-        let image_rows = sqlx::query(&format!(
-            "SELECT * FROM job_images WHERE job_id IN (SELECT id FROM ({PAGE}))
-             ORDER BY job_id, position"
-        ))
-        .bind(status.map(JobStatus::as_str))
-        .bind(before.map(|id| id.to_string()))
-        .bind(i64::from(limit))
-        .bind(submitted_by)
-        .fetch_all(&mut *tx)
-        .await
-        .context("listing the jobs' images")?;
+        let filter = PageFilter {
+            status,
+            before,
+            limit,
+            submitted_by,
+        };
+        let target_rows = rows_of_page(&mut tx, "targets", "position", &filter).await?;
+        let image_rows = rows_of_page(&mut tx, "job_images", "position", &filter).await?;
         let mut targets: HashMap<String, Vec<Target>> = HashMap::new();
         for row in &target_rows {
             targets
@@ -385,17 +367,7 @@ impl Store {
                 .or_default()
                 .push(target_from_row(row)?);
         }
-        let delivery_rows = sqlx::query(&format!(
-            "SELECT * FROM deliveries WHERE job_id IN (SELECT id FROM ({PAGE}))
-             ORDER BY job_id, created_at"
-        ))
-        .bind(status.map(JobStatus::as_str))
-        .bind(before.map(|id| id.to_string()))
-        .bind(i64::from(limit))
-        .bind(submitted_by)
-        .fetch_all(&mut *tx)
-        .await
-        .context("listing the jobs' deliveries")?;
+        let delivery_rows = rows_of_page(&mut tx, "deliveries", "created_at", &filter).await?;
         let mut deliveries: HashMap<String, Vec<Delivery>> = HashMap::new();
         for row in &delivery_rows {
             deliveries
@@ -624,6 +596,41 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
         required_labels: serde_json::from_str(row.get("required_labels"))
             .context("bad required labels in the database")?,
     })
+}
+
+/// The jobs of one page of `list_jobs`, newest first.
+const PAGE: &str = "SELECT * FROM jobs
+     WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)
+       AND (?4 IS NULL OR submitted_by = ?4)
+     ORDER BY id DESC LIMIT ?3";
+
+/// What selects a page of jobs.
+struct PageFilter<'a> {
+    status: Option<JobStatus>,
+    before: Option<Uuid>,
+    limit: u32,
+    submitted_by: Option<&'a str>,
+}
+
+/// The rows of `table` that belong to the jobs of a page, by job.
+async fn rows_of_page(
+    conn: &mut sqlx::SqliteConnection,
+    table: &str,
+    order: &str,
+    filter: &PageFilter<'_>,
+) -> StoreResult<Vec<SqliteRow>> {
+    let rows = sqlx::query(&format!(
+        "SELECT * FROM {table} WHERE job_id IN (SELECT id FROM ({PAGE}))
+         ORDER BY job_id, {order}"
+    ))
+    .bind(filter.status.map(JobStatus::as_str))
+    .bind(filter.before.map(|id| id.to_string()))
+    .bind(i64::from(filter.limit))
+    .bind(filter.submitted_by)
+    .fetch_all(&mut *conn)
+    .await
+    .with_context(|| format!("listing the jobs' {table}"))?;
+    Ok(rows)
 }
 
 async fn load_job(conn: &mut sqlx::SqliteConnection, id: Uuid) -> StoreResult<Option<Job>> {
