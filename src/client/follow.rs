@@ -139,12 +139,7 @@ impl Follower<'_> {
             // The stream tells the cancel.
             200..=299 => {}
             409 => self.steps.line(&format!("job {id} had already finished")),
-            status => {
-                return Err(Failure::refused(anyhow!(
-                    "cancelling job {id}: refused: {status} {}",
-                    answer.json["error"]["message"].as_str().unwrap_or("")
-                )));
-            }
+            _ => return Err(Failure::refusal(&format!("cancelling job {id}"), &answer)),
         }
         Ok(())
     }
