@@ -69,8 +69,8 @@ pub struct ClientArgs {
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// Give up after this many seconds (counted from the start) when the
-    /// service cannot be reached or the job has not ended; the job goes on.
-    /// [default: 3600 for publish --wait and watch, 30 for the others]
+    /// service cannot be reached or the job has not ended; the job goes on
+    /// [default: 3600 for publish --wait and watch, 30 for the others].
     #[arg(long, value_name = "SECONDS")]
     pub wait_timeout: Option<u64>,
 }
