@@ -43,12 +43,25 @@ pub enum Command {
     Openapi,
 }
 
-/// What every client command needs to talk to the service.
+/// The service a client command talks to when neither `--server` nor
+/// `$PUBLISHD_SERVER` names one.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
+/// How long a command that follows a job (`publish --wait`, `watch`) keeps
+/// at it by default: a long push, a restart of the service.
+pub const FOLLOW_WAIT_TIMEOUT: u64 = 3600;
+
+/// How long the other commands (`status`, `list`, `cancel`, `publish`
+/// without `--wait`) retry an unreachable service by default.
+pub const ANSWER_WAIT_TIMEOUT: u64 = 30;
+
+/// What every client command needs to talk to the service. An empty
+/// `$PUBLISHD_*` variable is no value, as an empty `$WERF_*` one is.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Base URL of the publishd service.
-    #[arg(long, env = "PUBLISHD_SERVER", default_value = "http://127.0.0.1:8080")]
-    pub server: String,
+    /// Base URL of the publishd service [default: http://127.0.0.1:8080].
+    #[arg(long, env = "PUBLISHD_SERVER")]
+    pub server: Option<String>,
     /// API bearer token, when the service requires one.
     #[arg(long, env = "PUBLISHD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -56,9 +69,40 @@ pub struct ClientArgs {
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// Give up after this many seconds (counted from the start) when the
-    /// service cannot be reached or the job has not ended; the job goes on.
-    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
-    pub wait_timeout: u64,
+    /// service cannot be reached or the job has not ended; the job goes on
+    /// [default: 3600 for publish --wait and watch, 30 for the others].
+    #[arg(long, value_name = "SECONDS")]
+    pub wait_timeout: Option<u64>,
+}
+
+impl ClientArgs {
+    /// The service's base URL, without a trailing `/`.
+    pub fn server(&self) -> String {
+        present(&self.server)
+            .unwrap_or(DEFAULT_SERVER)
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// The token, unless empty.
+    pub fn token(&self) -> Option<&str> {
+        present(&self.token)
+    }
+
+    /// `--wait-timeout`, or the default of a command that `follows` a job
+    /// or of one that only wants an answer.
+    pub fn wait_timeout(&self, follows: bool) -> u64 {
+        self.wait_timeout.unwrap_or(if follows {
+            FOLLOW_WAIT_TIMEOUT
+        } else {
+            ANSWER_WAIT_TIMEOUT
+        })
+    }
+}
+
+/// An empty value is no value: CI systems expand an unset variable to "".
+pub fn present(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|value| !value.is_empty())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -67,56 +111,79 @@ pub enum Output {
     Json,
 }
 
+/// `publishd publish`. werf's variables ($WERF_IMAGES_REPO, ...) are read
+/// by `client::spec`, not by clap: the old `--repo`/`--tag` spellings ignore
+/// them, and an empty one is no value.
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// The images repo, e.g. registry.example.com/acme/shop.
-    #[arg(long, short = 'i', env = "WERF_IMAGES_REPO", value_name = "REPO")]
+    /// The images repo, e.g. registry.example.com/acme/shop
+    /// [env: WERF_IMAGES_REPO].
+    #[arg(long, short = 'i', value_name = "REPO")]
     pub images_repo: Option<String>,
-    /// The images repo, old spelling of --images-repo; it waits, as it did.
+    /// The images repo, old spelling of --images-repo; it waits, as it did,
+    /// and ignores the WERF_* variables.
     #[arg(long, value_name = "REPO")]
     pub repo: Option<String>,
-    /// How images are named in the repo: multirepo (REPO/NAME:TAG) or
-    /// monorepo (REPO:NAME-TAG).
+    /// How images are named in the repo: multirepo (REPO/NAME:TAG),
+    /// monorepo (REPO:NAME-TAG), or auto (werf v1.1's rule: monorepo for a
+    /// repository on Docker Hub, quay.io or docker.pkg.github.com, which do
+    /// not nest repositories; multirepo elsewhere)
+    /// [env: WERF_IMAGES_REPO_MODE] [default: auto].
     #[arg(
         long,
         alias = "repo-mode",
-        env = "WERF_IMAGES_REPO_MODE",
         value_parser = repo_mode,
-        default_value = "multirepo",
-        value_name = "multirepo|monorepo"
+        value_name = "multirepo|monorepo|auto"
     )]
-    pub images_repo_mode: String,
+    pub images_repo_mode: Option<String>,
     /// A built image as NAME=SOURCE (SOURCE alone for the nameless image):
     /// SOURCE is a local image reference or id on the service's engine.
     /// Repeatable.
     #[arg(long = "image", required = true, value_name = "NAME=SOURCE")]
     pub images: Vec<String>,
-    /// A custom tag. Repeatable. Without it, every $WERF_TAG_CUSTOM*
-    /// variable gives one (e.g. $WERF_TAG_CUSTOM_TAG1=tag1), as in werf.
+    /// A custom tag. Repeatable. Every $WERF_TAG_CUSTOM_* variable (e.g.
+    /// $WERF_TAG_CUSTOM_TAG1=tag1) and $WERF_TAG_CUSTOM give one more, as
+    /// in werf v1.1.
     #[arg(long = "tag-custom", value_name = "TAG")]
     pub tag_custom: Vec<String>,
-    /// Tag by git branch (werf's slug of it).
-    #[arg(long, env = "WERF_TAG_GIT_BRANCH", value_name = "BRANCH")]
+    /// Tag by git branch (werf's slug of it) [env: WERF_TAG_GIT_BRANCH].
+    #[arg(long, value_name = "BRANCH")]
     pub tag_git_branch: Option<String>,
-    /// Tag by git tag (werf's slug of it).
-    #[arg(long, env = "WERF_TAG_GIT_TAG", value_name = "TAG")]
+    /// Tag by git tag (werf's slug of it) [env: WERF_TAG_GIT_TAG].
+    #[arg(long, value_name = "TAG")]
     pub tag_git_tag: Option<String>,
-    /// Tag by git commit (7 to 64 hex digits).
-    #[arg(long, env = "WERF_TAG_GIT_COMMIT", value_name = "COMMIT")]
+    /// Tag by git commit (7 to 64 hex digits) [env: WERF_TAG_GIT_COMMIT].
+    #[arg(long, value_name = "COMMIT")]
     pub tag_git_commit: Option<String>,
-    /// Tag by content: the source image's id.
-    #[arg(long)]
+    /// Tag by content: the source image's id. werf v1.1's
+    /// --tag-by-stages-signature is the same [env:
+    /// WERF_TAG_BY_STAGES_SIGNATURE=true].
+    #[arg(long, alias = "tag-by-stages-signature")]
     pub tag_content: bool,
     /// A tag as STRATEGY:VALUE (custom:v1, git-branch:main, git-tag:v1,
-    /// git-commit:SHA) or `content`: the old spelling; it waits, as it did.
-    /// Repeatable.
+    /// git-commit:SHA) or `content`: the old spelling; it waits, as it did,
+    /// and ignores the WERF_* variables. Repeatable.
     #[arg(long = "tag", value_name = "STRATEGY:VALUE")]
     pub tags: Vec<String>,
     /// Push even when the registry already holds the tag for the same build.
     #[arg(long)]
     pub force: bool,
+    /// Username for the repo's registry, for this job only (else the
+    /// service's docker config is used).
+    #[arg(long, env = "PUBLISHD_REGISTRY_USERNAME", value_name = "USER")]
+    pub registry_username: Option<String>,
+    /// Password or token for the repo's registry, for this job only: held
+    /// by the service in memory, never stored, answered or printed.
+    #[arg(
+        long,
+        env = "PUBLISHD_REGISTRY_PASSWORD",
+        hide_env_values = true,
+        value_parser = Secret::parse,
+        value_name = "PASSWORD"
+    )]
+    pub registry_password: Option<Secret>,
     /// Called with the job's JSON when it ends (POST, signed).
     #[arg(long, env = "PUBLISHD_CALLBACK_URL", value_name = "URL")]
     pub callback_url: Option<String>,
@@ -133,13 +200,28 @@ pub struct PublishArgs {
     pub interrupt: InterruptArgs,
 }
 
-/// A repo mode; empty is the default, as in werf, where CI systems expand
-/// an unset variable to "".
-fn repo_mode(value: &str) -> Result<String, String> {
+/// A value that must never be printed: its Debug is `***`.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl Secret {
+    fn parse(value: &str) -> Result<Secret, String> {
+        Ok(Secret(value.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A repo mode; empty is no value (the default), as in werf, where CI
+/// systems expand an unset variable to "".
+pub fn repo_mode(value: &str) -> Result<String, String> {
     match value {
-        "" => Ok("multirepo".to_owned()),
-        "multirepo" | "monorepo" => Ok(value.to_owned()),
-        _ => Err("expected multirepo or monorepo".to_owned()),
+        "multirepo" | "monorepo" | "auto" | "" => Ok(value.to_owned()),
+        _ => Err("expected multirepo, monorepo or auto".to_owned()),
     }
 }
 

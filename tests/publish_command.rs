@@ -687,6 +687,30 @@ async fn status_and_list_show_jobs_as_text() {
         lines[1].ends_with(&format!("{repo}  1 targets")),
         "{listed}"
     );
+    // A page with more after it says how to get the next one.
+    let first = run_client(&app, "list", &["--limit", "1"]).await;
+    assert_eq!(text(&first.stdout).lines().count(), 1);
+    let hint = text(&first.stderr);
+    let prefix = format!(
+        "next page: publishd list --server {} --limit 1 --cursor ",
+        app.url("")
+    );
+    let cursor = hint
+        .trim_end()
+        .strip_prefix(&prefix)
+        .unwrap_or_else(|| panic!("{hint}"));
+    let next = run_client(&app, "list", &["--limit", "1", "--cursor", cursor]).await;
+    assert!(
+        text(&next.stdout).starts_with(ok_id),
+        "{}",
+        text(&next.stdout)
+    );
+    let last = run_client(&app, "list", &["--limit", "2"]).await;
+    assert!(
+        !text(&last.stderr).contains("next page"),
+        "{}",
+        text(&last.stderr)
+    );
     let only_failed = text(
         &run_client(&app, "list", &["--status", "failed"])
             .await
@@ -762,7 +786,10 @@ async fn a_cancelled_job_exits_3_and_cancelling_it_again_is_refused() {
         "{}",
         text(&again.stderr)
     );
-    assert!(again.stdout.is_empty());
+    // With --output json, the refusal is printed as the API sent it.
+    let refusal = json_of(&again);
+    assert!(refusal["error"]["code"].is_string(), "{refusal:#}");
+    assert!(refusal["error"]["message"].is_string(), "{refusal:#}");
 }
 
 #[tokio::test]
@@ -797,6 +824,27 @@ async fn refusals_exit_4_at_once() {
     let stderr = text(&invalid.stderr);
     assert_eq!(invalid.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("tags[0].value"), "{stderr}");
+    assert!(invalid.stdout.is_empty(), "text output: the message alone");
+    let invalid_json = client_command(
+        "publish",
+        &app.url(""),
+        &[
+            "-i",
+            &repo,
+            "--image",
+            &image,
+            "--tag-custom=-bad",
+            "--output",
+            "json",
+        ],
+    )
+    .env("PUBLISHD_TOKEN", "t0ken")
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(invalid_json.status.code(), Some(4));
+    assert!(text(&invalid_json.stderr).contains("tags[0].value"));
+    assert_eq!(json_of(&invalid_json)["error"]["field"], "tags[0].value");
 
     let unknown = client_command(
         "status",
@@ -969,4 +1017,150 @@ async fn an_interrupt_with_cancel_on_interrupt_cancels_the_job() {
     let job = app.job(&id).await;
     assert_eq!(job["status"], "cancelled");
     assert_eq!(job["cancel_requested"], true);
+}
+
+#[tokio::test]
+async fn the_old_spellings_ignore_werf_variables() {
+    // A pipeline written for the old spellings may set WERF_* for another
+    // step: they add no tag and change no naming here.
+    let app = TestApp::spawn().await;
+    let flags = fresh_image_flags("cmd-old-env", 1).await;
+    let repo = flags[1].clone();
+    let mut command = publish_command(&app.url(""), &strs(&flags));
+    command
+        .env("WERF_IMAGES_REPO", "elsewhere.example.com/nope")
+        .env("WERF_IMAGES_REPO_MODE", "monorepo")
+        .env("WERF_TAG_GIT_BRANCH", "main")
+        .env("WERF_TAG_CUSTOM_EXTRA", "extra")
+        .env("WERF_TAG_BY_STAGES_SIGNATURE", "true");
+    let finished = Running::spawn(command).finish().await;
+    assert_eq!(finished.code, Some(0), "{finished}");
+    assert_eq!(check_reports(&finished.stdout).await, 1, "{finished}");
+    assert!(
+        finished
+            .stdout
+            .starts_with(&format!("published {repo}/app:v0@sha256:")),
+        "{finished}"
+    );
+}
+
+#[tokio::test]
+async fn empty_publishd_variables_are_no_values() {
+    // PUBLISHD_SERVER="" is the default server, not a URL without a host
+    // (a usage error, 2): nothing listens there, so it is unreachable (5).
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_publishd"))
+        .args(["status", "--wait-timeout", "1", "x"])
+        .env("PUBLISHD_SERVER", "")
+        .output()
+        .await
+        .unwrap();
+    let stderr = text(&status.stderr);
+    assert_eq!(status.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("at http://127.0.0.1:8080"), "{stderr}");
+
+    // No token, a generated key, no callback (which this service, without
+    // a webhook secret, would refuse).
+    let app = TestApp::spawn().await;
+    let (image, repo) = fresh_source("cli-empty").await;
+    let output = client_command(
+        "publish",
+        &app.url(""),
+        &[
+            "-i",
+            &repo,
+            "--image",
+            &image,
+            "--tag-custom",
+            "v1",
+            "--wait",
+        ],
+    )
+    .env("PUBLISHD_TOKEN", "")
+    .env("PUBLISHD_IDEMPOTENCY_KEY", "")
+    .env("PUBLISHD_CALLBACK_URL", "")
+    .env("PUBLISHD_REGISTRY_USERNAME", "")
+    .env("PUBLISHD_REGISTRY_PASSWORD", "")
+    .output()
+    .await
+    .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(" (generated)"), "{stderr}");
+    assert_eq!(check_reports(&text(&output.stdout)).await, 1, "{stderr}");
+}
+
+#[tokio::test]
+async fn per_job_registry_credentials_reach_a_private_registry_and_are_never_shown() {
+    // The service has no credentials for the htpasswd registry: the job's
+    // own, from --registry-username and PUBLISHD_REGISTRY_PASSWORD, let it
+    // push. A content tag (werf v1.1's --tag-by-stages-signature) is named
+    // by its events: no step line shows '?'.
+    let env = TestEnv::get();
+    let app = TestApp::spawn().await;
+    let name = unique("cli-cred");
+    TestEngine::connect().import_image(&name, "b1", &[]).await;
+    let repo = format!("{}/{}", env.auth_registry, unique("cli-cred"));
+    let image = format!("app={name}:b1");
+    let mut command = publish_command(
+        &app.url(""),
+        &[
+            "-i",
+            &repo,
+            "--image",
+            &image,
+            "--tag-custom",
+            "v1",
+            "--tag-by-stages-signature",
+            "--registry-username",
+            &env.auth_user,
+            "--wait",
+        ],
+    );
+    command.env("PUBLISHD_REGISTRY_PASSWORD", &env.auth_password);
+    let finished = Running::spawn(command).finish().await;
+    assert_eq!(finished.code, Some(0), "{finished}");
+    assert!(!finished.stderr.contains('?'), "{finished}");
+    let registry = Registry::with_auth(&env.auth_registry, &env.auth_user, &env.auth_password);
+    let lines: Vec<&str> = finished.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{finished}");
+    for line in lines {
+        let (reference, digest) = line
+            .strip_prefix("published ")
+            .and_then(|rest| rest.rsplit_once('@'))
+            .unwrap_or_else(|| panic!("report line {line:?}"));
+        let pushed = registry.pushed(reference).await.expect("in the registry");
+        assert_eq!(pushed.digest, digest);
+    }
+    for shown in [&finished.stdout, &finished.stderr] {
+        assert!(!shown.contains(&env.auth_password), "{finished}");
+    }
+    // Nor is it answered: the job as the API tells it.
+    let page: Value = app.get("/api/v1/jobs").await.json().await.unwrap();
+    assert!(!page.to_string().contains(&env.auth_password), "{page:#}");
+    let help = client_command("publish", &app.url(""), &["--help"])
+        .env("PUBLISHD_REGISTRY_PASSWORD", &env.auth_password)
+        .output()
+        .await
+        .unwrap();
+    assert!(!text(&help.stdout).contains(&env.auth_password));
+
+    // One without the other is a usage error.
+    let half = client_command(
+        "publish",
+        &app.url(""),
+        &[
+            "-i",
+            &repo,
+            "--image",
+            &image,
+            "--tag-custom",
+            "v2",
+            "--registry-username",
+            "u",
+        ],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(half.status.code(), Some(2), "{}", text(&half.stderr));
 }

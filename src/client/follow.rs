@@ -6,11 +6,13 @@
 //! lost or told twice. The stream ends after the job's terminal event; the
 //! job is then read once for its final state.
 
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
-use eventsource_stream::{EventStreamError, Eventsource};
-use futures_util::StreamExt;
+use eventsource_stream::{Event, EventStreamError, Eventsource};
+use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -19,8 +21,9 @@ use super::report::{Steps, is_terminal};
 use super::service::{Answer, Service, root_cause};
 use crate::cli::InterruptArgs;
 
-/// The service sends a keep-alive every 10 s: a stream silent for this long
-/// is dead even if its connection is not closed.
+/// The service sends a keep-alive comment every 10 s while a job is idle: a
+/// connection that has sent no bytes at all for this long is dead even if
+/// it is not closed.
 const SILENCE: Duration = Duration::from_secs(35);
 
 /// Follows job `id` (as answered: `job`) to its end and answers its final
@@ -77,7 +80,7 @@ impl Follower<'_> {
                 .service
                 .events(&self.id, self.last_event_id.as_deref())
                 .await?;
-            let mut stream = response.bytes_stream().eventsource();
+            let mut stream = LiveStream::new(response.bytes_stream(), SILENCE);
             let why = loop {
                 let left = self.service.left();
                 if left.is_zero() {
@@ -87,16 +90,18 @@ impl Follower<'_> {
                         self.service.wait_timeout
                     )));
                 }
-                let event = match tokio::time::timeout(SILENCE.min(left), stream.next()).await {
+                let event = match stream.next(left).await {
                     // The deadline, checked above.
-                    Err(_) if left <= SILENCE => continue,
-                    Err(_) => break format!("no event for {}s", SILENCE.as_secs()),
-                    Ok(None) => break "the event stream ended before the job did".to_owned(),
-                    Ok(Some(Err(EventStreamError::Transport(error)))) => {
+                    Next::Deadline => continue,
+                    Next::Silent => {
+                        break format!("no event or keep-alive for {}s", SILENCE.as_secs());
+                    }
+                    Next::Ended => break "the event stream ended before the job did".to_owned(),
+                    Next::Failed(EventStreamError::Transport(error)) => {
                         break format!("event stream broken ({})", root_cause(&error));
                     }
-                    Ok(Some(Err(error))) => break format!("event stream unreadable ({error})"),
-                    Ok(Some(Ok(event))) => event,
+                    Next::Failed(error) => break format!("event stream unreadable ({error})"),
+                    Next::Event(event) => event,
                 };
                 if !event.id.is_empty() {
                     self.last_event_id = Some(event.id);
@@ -134,12 +139,7 @@ impl Follower<'_> {
             // The stream tells the cancel.
             200..=299 => {}
             409 => self.steps.line(&format!("job {id} had already finished")),
-            status => {
-                return Err(Failure::refused(anyhow!(
-                    "cancelling job {id}: refused: {status} {}",
-                    answer.json["error"]["message"].as_str().unwrap_or("")
-                )));
-            }
+            _ => return Err(Failure::refusal(&format!("cancelling job {id}"), &answer)),
         }
         Ok(())
     }
@@ -152,6 +152,70 @@ impl Follower<'_> {
              publishd watch --server {} {id}",
             self.service.base
         ))
+    }
+}
+
+/// The events of one connection, and when its last bytes came. The
+/// service's keep-alives are SSE comments, which the parser drops: they
+/// never become an event, so liveness is measured on the bytes, before they
+/// are parsed.
+struct LiveStream<E> {
+    events: Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<E>>> + Send>>,
+    last_bytes: Arc<Mutex<Instant>>,
+    silence: Duration,
+}
+
+/// What waiting on a `LiveStream` came to.
+enum Next<E> {
+    Event(Event),
+    Failed(EventStreamError<E>),
+    /// The connection was closed.
+    Ended,
+    /// No bytes at all (not even a keep-alive) for the silence limit.
+    Silent,
+    /// The time given ran out first.
+    Deadline,
+}
+
+impl<E: Send + 'static> LiveStream<E> {
+    fn new<B: AsRef<[u8]>>(
+        bytes: impl Stream<Item = Result<B, E>> + Send + 'static,
+        silence: Duration,
+    ) -> LiveStream<E> {
+        let last_bytes = Arc::new(Mutex::new(Instant::now()));
+        let seen = last_bytes.clone();
+        let events = bytes
+            .inspect(move |_| *seen.lock().expect("not poisoned") = Instant::now())
+            .eventsource();
+        LiveStream {
+            events: Box::pin(events),
+            last_bytes,
+            silence,
+        }
+    }
+
+    /// The next event, unless the stream ends, breaks or stays silent for
+    /// the silence limit, or `left` runs out first.
+    async fn next(&mut self, left: Duration) -> Next<E> {
+        let deadline = Instant::now() + left;
+        loop {
+            let quiet_until = *self.last_bytes.lock().expect("not poisoned") + self.silence;
+            let now = Instant::now();
+            if now >= deadline {
+                return Next::Deadline;
+            }
+            if now >= quiet_until {
+                return Next::Silent;
+            }
+            // `next` is cancel-safe: a partial event stays buffered.
+            match tokio::time::timeout(quiet_until.min(deadline) - now, self.events.next()).await {
+                // Bytes (a keep-alive) may have come meanwhile: look again.
+                Err(_) => continue,
+                Ok(None) => return Next::Ended,
+                Ok(Some(Ok(event))) => return Next::Event(event),
+                Ok(Some(Err(error))) => return Next::Failed(error),
+            }
+        }
     }
 }
 
@@ -193,5 +257,71 @@ async fn race<T>(work: impl Future<Output = T>, signals: &mut Signals) -> Raced<
         biased;
         _ = signals.recv() => Raced::Interrupted,
         done = work => Raced::Done(done),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::stream;
+
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_millis(300);
+
+    /// `chunks`, one every `every`, then an open connection that sends
+    /// nothing.
+    fn slow_bytes(
+        chunks: Vec<&'static str>,
+        every: Duration,
+    ) -> impl Stream<Item = Result<&'static str, std::io::Error>> + Send + 'static {
+        stream::iter(chunks)
+            .then(move |chunk| async move {
+                tokio::time::sleep(every).await;
+                Ok(chunk)
+            })
+            .chain(stream::pending())
+    }
+
+    #[tokio::test]
+    async fn keep_alive_comments_keep_a_quiet_stream_alive() {
+        // Ten keep-alives 100 ms apart outlast a 300 ms limit three times.
+        let mut chunks = vec![": keep-alive\n\n"; 10];
+        chunks.push("id: 7\nevent: job\ndata: {}\n\n");
+        let mut live = LiveStream::new(slow_bytes(chunks, Duration::from_millis(100)), LIMIT);
+        let started = Instant::now();
+        match live.next(Duration::from_secs(10)).await {
+            Next::Event(event) => {
+                assert_eq!((event.id.as_str(), event.event.as_str()), ("7", "job"))
+            }
+            _ => panic!("no event"),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(1000));
+    }
+
+    #[tokio::test]
+    async fn a_silent_stream_is_dead_and_the_deadline_comes_first() {
+        let mut live = LiveStream::new(slow_bytes(vec![": hi\n\n"], Duration::ZERO), LIMIT);
+        let started = Instant::now();
+        assert!(matches!(
+            live.next(Duration::from_secs(10)).await,
+            Next::Silent
+        ));
+        let took = started.elapsed();
+        assert!(took >= LIMIT && took < LIMIT * 3, "{took:?}");
+
+        let mut live = LiveStream::new(slow_bytes(vec![], Duration::ZERO), LIMIT);
+        assert!(matches!(
+            live.next(Duration::from_millis(50)).await,
+            Next::Deadline
+        ));
+        assert!(matches!(
+            live.next(Duration::from_secs(10)).await,
+            Next::Silent
+        ));
+
+        let closed = stream::iter(vec![Ok::<_, std::io::Error>("data: x\n\n")]);
+        let mut live = LiveStream::new(closed, LIMIT);
+        assert!(matches!(live.next(LIMIT).await, Next::Event(_)));
+        assert!(matches!(live.next(LIMIT).await, Next::Ended));
     }
 }

@@ -13,7 +13,7 @@ pub use exit::Exit;
 
 use anyhow::anyhow;
 
-use crate::cli::{JobArgs, ListArgs, Output, PublishArgs, WatchArgs};
+use crate::cli::{JobArgs, ListArgs, Output, PublishArgs, WatchArgs, present};
 use service::{Answer, Service, field};
 
 /// Why a command did not get its answer, and the code that says so.
@@ -21,60 +21,64 @@ use service::{Answer, Service, field};
 pub struct Failure {
     pub exit: Exit,
     pub error: anyhow::Error,
+    /// The service's refusal as sent (the API's JSON error), which
+    /// `--output json` prints on stdout.
+    pub answer: Option<String>,
 }
 
 impl Failure {
-    fn usage(error: anyhow::Error) -> Failure {
+    fn new(exit: Exit, error: anyhow::Error) -> Failure {
         Failure {
-            exit: Exit::Usage,
+            exit,
             error,
+            answer: None,
         }
+    }
+
+    fn usage(error: anyhow::Error) -> Failure {
+        Failure::new(Exit::Usage, error)
     }
 
     fn refused(error: anyhow::Error) -> Failure {
-        Failure {
-            exit: Exit::Refused,
-            error,
-        }
+        Failure::new(Exit::Refused, error)
     }
 
     fn unreachable(error: anyhow::Error) -> Failure {
-        Failure {
-            exit: Exit::Unreachable,
-            error,
-        }
+        Failure::new(Exit::Unreachable, error)
+    }
+
+    fn detached(error: anyhow::Error) -> Failure {
+        Failure::new(Exit::Detached, error)
     }
 
     /// Says what was being done.
     fn context(self, what: String) -> Failure {
         Failure {
-            exit: self.exit,
             error: self.error.context(what),
-        }
-    }
-
-    fn detached(error: anyhow::Error) -> Failure {
-        Failure {
-            exit: Exit::Detached,
-            error,
+            ..self
         }
     }
 }
 
-/// Says on stderr why a command failed; answers its code.
-fn finish(outcome: Result<Exit, Failure>) -> Exit {
+/// Says on stderr why a command failed (and with `--output json`, prints
+/// the service's refusal on stdout as sent); answers its code.
+fn finish(outcome: Result<Exit, Failure>, output: Output) -> Exit {
     match outcome {
         Ok(exit) => exit,
-        // Detaching is what the user asked for, not an error.
         Err(Failure {
-            exit: Exit::Detached,
+            exit,
             error,
+            answer,
         }) => {
-            eprintln!("{error}");
-            Exit::Detached
-        }
-        Err(Failure { exit, error }) => {
-            eprintln!("error: {error:#}");
+            if let (Output::Json, Some(answer)) = (output, answer) {
+                println!("{answer}");
+            }
+            // Detaching is what the user asked for, not an error.
+            if exit == Exit::Detached {
+                eprintln!("{error}");
+            } else {
+                eprintln!("error: {error:#}");
+            }
             exit
         }
     }
@@ -83,20 +87,21 @@ fn finish(outcome: Result<Exit, Failure>) -> Exit {
 /// `publishd publish`: submits the job; with `--wait` (or the old
 /// spellings) follows it and reports each target.
 pub async fn publish(args: PublishArgs) -> Exit {
-    finish(submit(args).await)
+    let output = args.client.output;
+    finish(submit(args).await, output)
 }
 
 async fn submit(args: PublishArgs) -> Result<Exit, Failure> {
-    let env_custom_tags = spec::custom_tags_from_env(std::env::vars_os());
-    let body = spec::job_spec(&args, &env_custom_tags).map_err(Failure::usage)?;
+    let env = spec::WerfEnv::from_vars(std::env::vars_os());
+    let body = spec::job_spec(&args, &env).map_err(Failure::usage)?;
     let wait = spec::waits(&args);
     if args.interrupt.cancel_on_interrupt && !wait {
         return Err(Failure::usage(anyhow!(
             "--cancel-on-interrupt applies while waiting: add --wait"
         )));
     }
-    let key = match &args.idempotency_key {
-        Some(key) => key.clone(),
+    let key = match present(&args.idempotency_key) {
+        Some(key) => key.to_owned(),
         None => {
             // Without a key a resubmission could create a second job.
             let key = uuid::Uuid::now_v7().to_string();
@@ -104,7 +109,7 @@ async fn submit(args: PublishArgs) -> Result<Exit, Failure> {
             key
         }
     };
-    let mut service = Service::new(&args.client)?;
+    let mut service = Service::new(&args.client, wait)?;
     let submitted = service
         .expect("submitting the job", |client, base| {
             client
@@ -134,11 +139,12 @@ async fn submit(args: PublishArgs) -> Result<Exit, Failure> {
 
 /// `publishd watch`: follows an existing job as `publish --wait` does.
 pub async fn watch(args: WatchArgs) -> Exit {
-    finish(watch_job(args).await)
+    let output = args.client.output;
+    finish(watch_job(args).await, output)
 }
 
 async fn watch_job(args: WatchArgs) -> Result<Exit, Failure> {
-    let mut service = Service::new(&args.client)?;
+    let mut service = Service::new(&args.client, true)?;
     let job = read_job(&mut service, &args.id).await?;
     let job = follow::follow(&mut service, &args.id, &job.json, args.interrupt).await?;
     Ok(report_end(&job, args.client.output))
@@ -163,11 +169,12 @@ fn report_end(job: &Answer, output: Output) -> Exit {
 /// `publishd status`: the job as it is now.
 pub async fn status(args: JobArgs) -> Exit {
     async fn run(args: JobArgs) -> Result<Exit, Failure> {
-        let mut service = Service::new(&args.client)?;
+        let mut service = Service::new(&args.client, false)?;
         let job = read_job(&mut service, &args.id).await?;
         Ok(show(&job, args.client.output, report::job))
     }
-    finish(run(args).await)
+    let output = args.client.output;
+    finish(run(args).await, output)
 }
 
 /// `publishd list`: a page of jobs, newest first.
@@ -180,22 +187,30 @@ pub async fn list(args: ListArgs) -> Exit {
         if let Some(cursor) = &args.cursor {
             query.push(("cursor", cursor.clone()));
         }
-        let mut service = Service::new(&args.client)?;
+        let mut service = Service::new(&args.client, false)?;
         let page = service
             .expect("listing jobs", |client, base| {
                 client.get(format!("{base}/api/v1/jobs")).query(&query)
             })
             .await?;
-        Ok(show(&page, args.client.output, report::page))
+        let shown = show(&page, args.client.output, report::page);
+        // The next page is the same command from the page's cursor.
+        if let (Output::Text, Some(cursor)) =
+            (args.client.output, page.json["next_cursor"].as_str())
+        {
+            eprintln!("{}", next_page(&service.base, &args, cursor));
+        }
+        Ok(shown)
     }
-    finish(run(args).await)
+    let output = args.client.output;
+    finish(run(args).await, output)
 }
 
 /// `publishd cancel`: asks for the job to be cancelled.
 pub async fn cancel(args: JobArgs) -> Exit {
     async fn run(args: JobArgs) -> Result<Exit, Failure> {
         let id = &args.id;
-        let mut service = Service::new(&args.client)?;
+        let mut service = Service::new(&args.client, false)?;
         let job = service
             .expect(&format!("cancelling job {id}"), |client, base| {
                 client.post(format!("{base}/api/v1/jobs/{id}/cancel"))
@@ -208,7 +223,18 @@ pub async fn cancel(args: JobArgs) -> Exit {
             )
         }))
     }
-    finish(run(args).await)
+    let output = args.client.output;
+    finish(run(args).await, output)
+}
+
+/// `next page: publishd list ... --cursor C`: the command that lists the
+/// page after this one.
+fn next_page(server: &str, args: &ListArgs, cursor: &str) -> String {
+    let mut command = format!("next page: publishd list --server {server}");
+    if let Some(status) = &args.status {
+        command += &format!(" --status {status}");
+    }
+    command + &format!(" --limit {} --cursor {cursor}", args.limit)
 }
 
 /// Prints an answer: `text` of it, or as sent.

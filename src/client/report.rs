@@ -62,6 +62,11 @@ impl Steps {
                 let status = text(change, "status");
                 if let Some(target) = self.target(position) {
                     target.1 = status.to_owned();
+                    // A `content` target is named once its source is read:
+                    // its reference is null in the job as submitted.
+                    if let Some(reference) = change["reference"].as_str() {
+                        reference.clone_into(&mut target.0);
+                    }
                 }
                 if status != "pushing" {
                     self.stop_progress(position);
@@ -70,7 +75,10 @@ impl Steps {
                 }
                 // A `content` target is named only once its source is read.
                 if !(status == "pending" && change["reference"].is_null()) {
-                    self.line(&step_line(status, change));
+                    let reference = change["reference"]
+                        .as_str()
+                        .unwrap_or_else(|| self.reference(position));
+                    self.line(&step_line(status, reference, change));
                 }
             }
             "attempt" => {
@@ -159,8 +167,7 @@ impl Steps {
 }
 
 /// A target's change of status, e.g. `pushing   reg/acme/app:v1`.
-fn step_line(status: &str, change: &Value) -> String {
-    let reference = text(change, "reference");
+fn step_line(status: &str, reference: &str, change: &Value) -> String {
     match status {
         "succeeded" => {
             let fresh = if change["up_to_date"] == true {
@@ -297,14 +304,38 @@ mod tests {
     }
 
     #[test]
+    fn a_content_target_is_named_by_its_events() {
+        let job = json!({"targets": [{"reference": null, "status": "pending"}]});
+        let mut steps = Steps::new(&job);
+        assert_eq!(steps.reference(Some(0)), "?");
+        steps.event(
+            "target",
+            &json!({"target": 0, "data": {"status": "pending", "reference": null}}),
+        );
+        assert_eq!(steps.reference(Some(0)), "?");
+        steps.event(
+            "target",
+            &json!({"target": 0, "data": {"status": "tagging", "reference": "r/a:sha256-1"}}),
+        );
+        assert_eq!(steps.reference(Some(0)), "r/a:sha256-1");
+        // A change without a reference keeps it.
+        steps.event(
+            "target",
+            &json!({"target": 0, "data": {"status": "pushing"}}),
+        );
+        assert_eq!(steps.reference(Some(0)), "r/a:sha256-1");
+        steps.clear();
+    }
+
+    #[test]
     fn steps_and_progress_read_as_lines() {
         let done = json!({"reference": "r/a:v1", "digest": "sha256:1", "up_to_date": true});
         assert_eq!(
-            step_line("succeeded", &done),
+            step_line("succeeded", "r/a:v1", &done),
             "succeeded r/a:v1@sha256:1 (up to date: not pushed)"
         );
         assert_eq!(
-            step_line("pushing", &json!({"reference": "r/a:v1"})),
+            step_line("pushing", "r/a:v1", &json!({"reference": "r/a:v1"})),
             "pushing   r/a:v1"
         );
         assert_eq!(

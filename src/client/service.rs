@@ -57,9 +57,11 @@ enum Attempt {
 }
 
 impl Service {
-    pub fn new(args: &ClientArgs) -> Result<Service, Failure> {
+    /// For a command that `follows` a job (its default `--wait-timeout` is
+    /// long) or only wants an answer.
+    pub fn new(args: &ClientArgs, follows: bool) -> Result<Service, Failure> {
         let mut headers = HeaderMap::new();
-        if let Some(token) = &args.token {
+        if let Some(token) = args.token() {
             let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
                 .map_err(|_| Failure::usage(anyhow!("the token is not a valid header value")))?;
             value.set_sensitive(true);
@@ -69,11 +71,12 @@ impl Service {
             .default_headers(headers)
             .build()
             .map_err(|error| Failure::unreachable(anyhow!(error).context("an HTTP client")))?;
+        let wait_timeout = args.wait_timeout(follows);
         Ok(Service {
             client,
-            base: args.server.trim_end_matches('/').to_owned(),
-            deadline: Instant::now() + Duration::from_secs(args.wait_timeout),
-            wait_timeout: args.wait_timeout,
+            base: args.server(),
+            deadline: Instant::now() + Duration::from_secs(wait_timeout),
+            wait_timeout,
             backoff: FIRST_BACKOFF,
             retrying: false,
         })
@@ -90,10 +93,7 @@ impl Service {
         if answer.status.is_success() {
             Ok(answer)
         } else {
-            Err(Failure::refused(anyhow!(
-                "{doing}: refused: {}",
-                refusal(answer.status, &answer.json)
-            )))
+            Err(Failure::refusal(doing, &answer))
         }
     }
 
@@ -161,15 +161,18 @@ impl Service {
                 return Ok(response);
             }
             let after = retry_after(&response);
-            let answer = response.json().await.unwrap_or(Value::Null);
+            let text = response.text().await.unwrap_or_default();
+            let json = serde_json::from_str(&text).unwrap_or(Value::Null);
             if is_transient(status) {
-                let why = format!("service answered {}", message(status, &answer));
+                let why = format!("service answered {}", message(status, &json));
                 self.pause(&doing, &why, after).await?;
             } else {
-                return Err(Failure::refused(anyhow!(
-                    "{doing}: refused: {}",
-                    refusal(status, &answer)
-                )));
+                let answer = Answer {
+                    status,
+                    json,
+                    text: text.trim_end().to_owned(),
+                };
+                return Err(Failure::refusal(&doing, &answer));
             }
         }
     }
@@ -185,7 +188,8 @@ impl Service {
         let left = self.left();
         if left.is_zero() {
             return Err(Failure::unreachable(anyhow!(
-                "{doing}: gave up after {}s: {why}",
+                "{doing} at {}: gave up after {}s: {why}",
+                self.base,
                 self.wait_timeout
             )));
         }
@@ -307,6 +311,21 @@ fn message(status: StatusCode, answer: &Value) -> String {
     }
 }
 
+impl Failure {
+    /// The service's refusal (a 4xx) of what was being done; `--output
+    /// json` prints its answer as sent, when it is the API's JSON.
+    pub fn refusal(doing: &str, answer: &Answer) -> Failure {
+        let mut failure = Failure::refused(anyhow!(
+            "{doing}: refused: {}",
+            refusal(answer.status, &answer.json)
+        ));
+        if answer.json.is_object() {
+            failure.answer = Some(answer.text.clone());
+        }
+        failure
+    }
+}
+
 /// A refusal with the field at fault, when the API names one.
 fn refusal(status: StatusCode, answer: &Value) -> String {
     let field = answer["error"]["field"]
@@ -360,12 +379,12 @@ mod tests {
     #[test]
     fn the_backoff_doubles_with_jitter_up_to_its_limit() {
         let args = ClientArgs {
-            server: String::new(),
+            server: None,
             token: None,
             output: Output::Text,
-            wait_timeout: 1,
+            wait_timeout: Some(1),
         };
-        let mut service = Service::new(&args).unwrap();
+        let mut service = Service::new(&args, true).unwrap();
         let mut base = FIRST_BACKOFF;
         for _ in 0..10 {
             let delay = service.next_backoff();
@@ -373,6 +392,27 @@ mod tests {
             base = (base * 2).min(MAX_BACKOFF);
         }
         assert_eq!(service.backoff, MAX_BACKOFF);
+    }
+
+    #[test]
+    fn empty_settings_are_no_settings_and_only_following_waits_long() {
+        let mut args = ClientArgs {
+            server: Some(String::new()),
+            token: Some(String::new()),
+            output: Output::Text,
+            wait_timeout: None,
+        };
+        assert_eq!(args.server(), crate::cli::DEFAULT_SERVER);
+        assert_eq!(args.token(), None);
+        assert_eq!(args.wait_timeout(true), 3600);
+        assert_eq!(args.wait_timeout(false), 30);
+        args.server = Some("http://svc:8080/".into());
+        args.token = Some("t".into());
+        args.wait_timeout = Some(5);
+        assert_eq!(args.server(), "http://svc:8080");
+        assert_eq!(args.token(), Some("t"));
+        assert_eq!(args.wait_timeout(true), 5);
+        assert_eq!(args.wait_timeout(false), 5);
     }
 
     #[test]
