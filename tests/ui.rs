@@ -208,6 +208,38 @@ async fn a_job_is_followed_live_and_its_page_shows_the_registrys_digests() {
     assert_eq!(browser.serious_violations().await, Vec::<String>::new());
     browser.screenshots("jobs").await;
 
+    // Search by repository or reference, and filter by status, through the form.
+    let repo_path = repo.split_once('/').unwrap().1.to_owned();
+    for (status, search, shown) in [
+        ("", repo_path.as_str(), true),
+        ("", "app:v2", true),
+        ("", "no-such-repository", false),
+        ("failed", repo_path.as_str(), false),
+        ("succeeded", repo_path.as_str(), true),
+    ] {
+        browser
+            .client
+            .execute(
+                "document.getElementById('status').value = arguments[0];
+                 document.getElementById('q').value = arguments[1];
+                 return true;",
+                vec![json!(status), json!(search)],
+            )
+            .await
+            .unwrap();
+        browser.click(".filters button").await;
+        browser
+            .wait_until(
+                &format!(
+                    "location.search.includes('q=') && \
+                     Boolean(document.querySelector('#job-{id}')) === {shown}"
+                ),
+                &format!("status {status:?}, search {search:?}"),
+            )
+            .await;
+    }
+    browser.client.goto(&app.url("/ui/")).await.unwrap();
+
     // The job's page: each target's digest is the registry's.
     browser.click(&format!("#job-{id} a")).await;
     browser
