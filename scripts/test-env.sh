@@ -46,7 +46,8 @@ token_server_bin=${CARGO_TARGET_DIR:-$repo/target}/debug/token-server
 
 # command:package pairs; podman is optional at `up` (see start_podman).
 packages=(dockerd:docker.io docker-registry:docker-registry htpasswd:apache2-utils
-  curl:curl python3:python3 openssl:openssl ip:iproute2 podman:podman)
+  curl:curl python3:python3 openssl:openssl ip:iproute2 podman:podman
+  chromium:chromium chromedriver:chromium-driver)
 
 missing_packages() {
   local pair

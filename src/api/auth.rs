@@ -3,6 +3,7 @@
 //! Probes and the OpenAPI document stay open.
 
 use axum::extract::{FromRequestParts, Request, State};
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::middleware::Next;
@@ -22,24 +23,27 @@ pub async fn identify(
     if !request.uri().path().starts_with("/api/") {
         return next.run(request).await;
     }
-    let table = access.current();
-    let principal = if table.is_empty() {
-        Some(Principal::anonymous())
-    } else {
-        request
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .and_then(|token| table.principal(token.trim()))
-    };
-    match principal {
+    match principal_of(&access, request.headers()) {
         Some(principal) => {
             request.extensions_mut().insert(Caller(principal));
             next.run(request).await
         }
         None => ApiError::Unauthorized.into_response(),
     }
+}
+
+/// Who the request's bearer token names: anyone when the service has no
+/// tokens, nobody for a missing or unknown token.
+pub fn principal_of(access: &AccessControl, headers: &HeaderMap) -> Option<Principal> {
+    let table = access.current();
+    if table.is_empty() {
+        return Some(Principal::anonymous());
+    }
+    headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|token| table.principal(token.trim()))
 }
 
 /// The caller of an `/api/` route, as `identify` found them.

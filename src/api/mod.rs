@@ -11,6 +11,7 @@ mod extract;
 mod health;
 mod jobs;
 mod metrics;
+mod ui;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,6 +125,7 @@ pub fn router(state: AppState) -> axum::Router {
             get(move || async move { Json(document.as_ref().clone()) }),
         )
         .merge(docs::routes())
+        .merge(ui::routes())
         .fallback(|| async { ApiError::NotFound("no such route".to_owned()) })
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("method not allowed on this route".to_owned())

@@ -338,6 +338,28 @@ impl Store {
         limit: u32,
         before: Option<Uuid>,
     ) -> StoreResult<JobPage> {
+        self.search_jobs(status, submitted_by, None, limit, before)
+            .await
+    }
+
+    /// `list_jobs` of the jobs whose repository or one of whose references
+    /// contains `search`.
+    pub async fn search_jobs(
+        &self,
+        status: Option<JobStatus>,
+        submitted_by: Option<&str>,
+        search: Option<&str>,
+        limit: u32,
+        before: Option<Uuid>,
+    ) -> StoreResult<JobPage> {
+        // A LIKE pattern that matches the text itself, wherever it is.
+        let pattern = search.map(|text| {
+            let escaped = text
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        });
         // Four queries for the page, whatever its size: the jobs, then all
         // their targets, images and deliveries through the same filter
         // (`rows_of_page`), in one read transaction: one snapshot.
@@ -347,6 +369,7 @@ impl Store {
             .bind(before.map(|id| id.to_string()))
             .bind(i64::from(limit) + 1)
             .bind(submitted_by)
+            .bind(pattern.as_deref())
             .fetch_all(&mut *tx)
             .await
             .context("listing jobs")?;
@@ -357,6 +380,7 @@ impl Store {
             before,
             limit,
             submitted_by,
+            pattern: pattern.as_deref(),
         };
         let target_rows = rows_of_page(&mut tx, "targets", "position", &filter).await?;
         let image_rows = rows_of_page(&mut tx, "job_images", "position", &filter).await?;
@@ -602,6 +626,9 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
 const PAGE: &str = "SELECT * FROM jobs
      WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)
        AND (?4 IS NULL OR submitted_by = ?4)
+       AND (?5 IS NULL OR repo LIKE ?5 ESCAPE '\\'
+            OR EXISTS (SELECT 1 FROM targets s
+                       WHERE s.job_id = jobs.id AND s.reference LIKE ?5 ESCAPE '\\'))
      ORDER BY id DESC LIMIT ?3";
 
 /// What selects a page of jobs.
@@ -610,6 +637,8 @@ struct PageFilter<'a> {
     before: Option<Uuid>,
     limit: u32,
     submitted_by: Option<&'a str>,
+    /// A LIKE pattern the repository or a reference matches.
+    pattern: Option<&'a str>,
 }
 
 /// The rows of `table` that belong to the jobs of a page, by job.
@@ -627,6 +656,7 @@ async fn rows_of_page(
     .bind(filter.before.map(|id| id.to_string()))
     .bind(i64::from(filter.limit))
     .bind(filter.submitted_by)
+    .bind(filter.pattern)
     .fetch_all(&mut *conn)
     .await
     .with_context(|| format!("listing the jobs' {table}"))?;
