@@ -316,12 +316,12 @@ def report(results_path, machine_path, json_path):
     machine = json.load(open(machine_path))
     print()
     print("machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()))
-    head = f"{'row':<13} {'what':<58} {'value':>12} {'unit':<10} {'ratio':>17}  target"
+    head = f"{'row':<13} {'what':<58} {'value':>21} {'unit':<10} {'ratio':>17}  target"
     print(head)
     print("-" * (len(head) + 24))
     for r in table:
         value = r["value"]
-        shown = f"{value:12.2f}" if isinstance(value, (int, float)) else f"{value:>12}"
+        shown = f"{value:21.2f}" if isinstance(value, (int, float)) else f"{value:>21}"
         ratio = f"{r['ratio']:.2f} x {r['baseline']}" if r["ratio"] is not None else ""
         verdict = "" if r["target"] is None else \
             f"{r['target']}: " + ("met" if r["met"] else "missed" if r["met"] is False else "n/a")
@@ -535,12 +535,12 @@ chmod +x "$dir/hang/bin/docker-credential-bench-hang"
 echo "{\"credHelpers\": {\"$reg\": \"bench-hang\"}}" >"$dir/hang/config/config.json"
 PATH=$dir/hang/bin:$PATH server_docker_config=$dir/hang/config start_server f --workers 4 \
   --docker-host "$DOCKER_HOST" --credential-helper-timeout 3600 --max-queued-targets 100000000
+sleep 1
+rss_idle=$(rss_mb "$server_pid")
 # One submission first: the service connects to the engine on first use.
 job_id=$(curl -sf -XPOST -H 'Content-Type: application/json' "$url/api/v1/jobs" \
   -d "{\"repo\":\"$reg/bench-$run_id/f\",\"images\":[{\"name\":\"app\",\"source\":\"$src\"}],\"tags\":[{\"strategy\":\"custom\",\"value\":\"warm\"}]}" |
   "$py3" -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-sleep 1
-rss_idle=$(rss_mb "$server_pid")
 cat >"$dir/post.lua" <<LUA
 local threads = 0
 function setup(thread)
@@ -573,7 +573,7 @@ record F_post "POST /api/v1/jobs (1 target), wrk -t2 -c$wrk_conns, workers idle"
 record F_post_p99 "  its p99 (p50 $(field "$post" p50_ms) ms)" "$(field "$post" p99_ms)" ms
 record F_get "GET /api/v1/jobs/{id}, wrk -t2 -c$wrk_conns" "$(field "$get" rps)" req/s "{\"errors\": $(field "$get" errors)}"
 record F_get_p99 "  its p99 (p50 $(field "$get" p50_ms) ms)" "$(field "$get" p99_ms)" ms
-record F_rss_idle "service RSS, idle before F" "$rss_idle" MB
+record F_rss_idle "service RSS, idle (started, nothing submitted)" "$rss_idle" MB
 record F_rss_after "service RSS after F ($(field "$post" requests) jobs submitted)" "$rss_after" MB
 
 # G: a database of finished jobs, made directly in SQL in a schema the
