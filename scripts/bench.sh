@@ -404,6 +404,8 @@ run_jobs() {
 }
 
 bench_started=$(now)
+# Another build or test on the machine skews every row: say so in the table.
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 echo "== bench: N=$n, $profile binaries, engine $DOCKER_HOST, registry $reg, work dir $dir" >&2
 echo "   publishd serve has --publish-via: $([ $has_publish_via = 1 ] && echo yes || echo no)" >&2
 
@@ -630,9 +632,9 @@ row=report
 registry_version=$(docker-registry --version 2>/dev/null | awk '{print $NF}' || true)
 "$py3" -c '
 import json, sys
-keys = ["cores", "memory", "dockerd", "registry", "profile", "N"]
+keys = ["cores", "memory", "dockerd", "registry", "profile", "N", "load average at start", "at end"]
 print(json.dumps(dict(zip(keys, sys.argv[1:]))))
 ' "$(nproc)" "$(free -g | awk '/^Mem:/ {print $2 " GB"}')" "$(dockerd --version | awk '{print $3}' | tr -d ,)" \
-  "${registry_version:-?}" "$profile" "$n" >"$dir/machine.json"
+  "${registry_version:-?}" "$profile" "$n" "$load_at_start" "$(cut -d' ' -f1-3 /proc/loadavg)" >"$dir/machine.json"
 py report "$dir/results.jsonl" "$dir/machine.json" "$json_out"
 echo "bench: $("$py3" -c 'import sys; print(round(float(sys.argv[2]) - float(sys.argv[1])))' "$bench_started" "$(now)") s" >&2
