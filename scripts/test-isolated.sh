@@ -24,6 +24,10 @@ PUBLISHD_TEST_TAG_METHOD=build cargo test --test publish --locked --offline -- "
 echo "== schemathesis against openapi/openapi.json"
 scripts/schemathesis.sh target/debug/publishd "$env_dir/schemathesis"
 
+echo "== the benchmark's smallest configuration (scripts/bench.sh --quick), so that it cannot rot"
+# Fails the suite when a measurement breaks, never for a missed target.
+scripts/bench.sh --quick
+
 # One closing line for the whole suite: cargo's results added up.
 awk '/^test result:/ { passed += $4; failed += $6 }
      END { printf "tests: %d passed, %d failed\n", passed, failed }' "$env_dir/cargo-test.log"
