@@ -177,6 +177,10 @@ impl Application {
         };
         let (served, ()) = tokio::join!(serving, draining);
         reloads.abort();
+        // Awaited, so that its hold on the store (and the database's lock)
+        // is gone when this returns: a restart in the same process must
+        // find the database free.
+        let _ = reloads.await;
         // Both stop at `stopping`; a delivery under way is dropped and sent
         // again after the restart, under the same delivery id.
         for task in webhooks.into_iter().chain(retention) {
