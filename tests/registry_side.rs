@@ -13,6 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use publishd::engine::TagMethod;
 use serde_json::{Value, json};
+use support::binary::Server;
 use support::engine::TestEngine;
 use support::fault_proxy::{FaultProxy, Faults};
 use support::registry::{Pushed, Registry};
@@ -390,4 +391,63 @@ async fn the_services_choice_and_the_jobs() {
         ))
         .await;
     assert_eq!(refused.status(), 422, "{}", refused.text().await.unwrap());
+}
+
+/// SIGKILL of the real binary while a target is being written registry-side
+/// (its read-back held up by the registry): the restart finds it mid-step
+/// with nothing on the engine to undo, runs it again, and the registry ends
+/// with the image the engine path gives.
+#[tokio::test]
+async fn sigkill_mid_registry_side_target_is_rerun() {
+    let env = TestEnv::get();
+    let proxy = FaultProxy::start(
+        &env.registry,
+        Faults::SlowReadBack(std::time::Duration::from_secs(2)),
+    )
+    .await;
+    let host = format!("127.0.0.1:{}", proxy.address.port());
+    let reader = Registry::open(&host);
+    let engine = TestEngine::connect();
+    let source = source_image(&engine).await;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = format!("{host}/{}", unique("killed"));
+    let settings = [("PUBLISHD_TAG_METHOD", "load"), ("PUBLISHD_WORKERS", "1")];
+
+    let server = Server::start(dir.path(), 0, &settings).await;
+    let seed = server
+        .submit(&job(&repo, "multirepo", &[(Some("app"), &source)], &["v1"]))
+        .await;
+    assert_eq!(ways(&server.wait_finished(&seed).await)[0].1, "engine");
+    let further = job(&repo, "multirepo", &[(Some("app"), &source)], &["v2"]);
+    let id = server.submit(&further).await;
+    let ids = [id.clone()];
+    assert!(
+        server
+            .kill_when(&ids, |s| s.iter().any(|s| s == "pushing"))
+            .await,
+        "the kill did not land mid-step"
+    );
+
+    let server = Server::start(dir.path(), 1, &settings).await;
+    let rerun = server.wait_finished(&id).await;
+    assert_eq!(rerun["status"], "succeeded", "{rerun:#}");
+    let target = &rerun["targets"][0];
+    assert_eq!(target["published_via"], "registry", "{rerun:#}");
+    assert_eq!(target["runs"], 2, "{rerun:#}");
+    assert_eq!(target["warnings"], json!([]), "{rerun:#}");
+    let registry_side = held(&reader, &rerun).await;
+    assert!(engine.names_under(&repo).await.is_empty());
+
+    let through_engine = server
+        .submit(&with(
+            &further,
+            json!({"publish_via": "engine", "force": true}),
+        ))
+        .await;
+    let through_engine = server.wait_finished(&through_engine).await;
+    assert_same(
+        &registry_side,
+        &held(&reader, &through_engine).await,
+        "rerun after SIGKILL",
+    );
 }
