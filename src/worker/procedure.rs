@@ -248,6 +248,7 @@ pub async fn run(
         method == TagMethod::Load,
     ) && let Some((registry, _)) = &place
         && let Some(seed) = ctx.store.seed(&source.id, registry).await?
+        // One layer per diff id, or the manifest would not be this image's.
         && seed.layers.len() == source.layer_count
     {
         let image = LabelledImage::new(&source, &labels);
