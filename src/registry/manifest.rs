@@ -80,8 +80,9 @@ fn string(value: &str) -> String {
 mod tests {
     use super::*;
 
-    /// A manifest dockerd 20.10.24 pushed to docker-registry 2.8 (the
-    /// registry stores and serves the pushed bytes as they are).
+    /// A manifest in the layout dockerd 20.10.24 pushes (digests made up;
+    /// `tests/registry_side.rs` checks the rendering against real pushes:
+    /// no seed, so no registry-side target, without a byte-exact match).
     const PUSHED: &str = "{\n   \"schemaVersion\": 2,\n   \"mediaType\": \"application/vnd.docker.distribution.manifest.v2+json\",\n   \"config\": {\n      \"mediaType\": \"application/vnd.docker.container.image.v1+json\",\n      \"size\": 1021,\n      \"digest\": \"sha256:7f3a1e0e1c7b8c6a1f4a62a83e7e7c2b7d4f6a0e4c1f9b7a5d3c2e1f0a9b8c7d\"\n   },\n   \"layers\": [\n      {\n         \"mediaType\": \"application/vnd.docker.image.rootfs.diff.tar.gzip\",\n         \"size\": 187,\n         \"digest\": \"sha256:1b930d010525941c1d56ec53b97bd057a67ae1865eebf042686d2a2d18271ced\"\n      },\n      {\n         \"mediaType\": \"application/vnd.docker.image.rootfs.diff.tar.gzip\",\n         \"size\": 2811,\n         \"digest\": \"sha256:2c930d010525941c1d56ec53b97bd057a67ae1865eebf042686d2a2d18271cee\"\n      }\n   ]\n}";
 
     #[test]
