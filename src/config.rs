@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use crate::access::TokenSources;
 use crate::domain::access::Patterns;
+use crate::domain::publish_via::PublishVia;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::spec::Limits;
 use crate::engine::TagMethod;
@@ -47,6 +48,13 @@ pub struct ServeArgs {
     /// every engine), or `auto` (load on the classic store, else build).
     #[arg(long, env = "PUBLISHD_TAG_METHOD", default_value = "auto", value_parser = parse_tag_method)]
     pub tag_method: TagMethod,
+    /// `auto`: once the engine has pushed an image to a registry, its
+    /// further targets there are written registry-side (a new config and
+    /// manifest next to the pushed layers, the same image and digest, the
+    /// engine untouched) where the tag method is `load`; `engine`: every
+    /// target through the engine. A job's `publish_via` overrides it.
+    #[arg(long, env = "PUBLISHD_PUBLISH_VIA", default_value = "auto", value_parser = parse_publish_via)]
+    pub publish_via: PublishVia,
     /// Longest a docker credential helper may take to answer, in seconds;
     /// one that takes longer is stopped and the step fails.
     #[arg(long, env = "PUBLISHD_CREDENTIAL_HELPER_TIMEOUT", default_value_t = 30)]
@@ -159,6 +167,7 @@ pub struct Settings {
     pub docker_config: PathBuf,
     pub docker_certs_dir: PathBuf,
     pub tag_method: TagMethod,
+    pub publish_via: PublishVia,
     pub credential_helper_timeout: Duration,
     pub timeouts: StepTimeouts,
     pub shutdown_grace: Duration,
@@ -210,6 +219,7 @@ impl Settings {
             docker_config,
             docker_certs_dir: args.docker_certs_dir,
             tag_method: args.tag_method,
+            publish_via: args.publish_via,
             credential_helper_timeout: Duration::from_secs(args.credential_helper_timeout),
             timeouts: StepTimeouts {
                 tag: Duration::from_secs(args.step_timeout),
@@ -267,6 +277,10 @@ fn parse_log_format(value: &str) -> Result<LogFormat, String> {
         "json" => Ok(LogFormat::Json),
         _ => Err(format!("{value:?} is not text or json")),
     }
+}
+
+fn parse_publish_via(value: &str) -> Result<PublishVia, String> {
+    PublishVia::parse(value).ok_or_else(|| format!("{value:?} is not auto or engine"))
 }
 
 fn parse_tag_method(value: &str) -> Result<TagMethod, String> {

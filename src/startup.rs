@@ -97,6 +97,7 @@ impl Application {
             timeouts: settings.timeouts,
             retry: settings.retry,
             tag_method: settings.tag_method,
+            publish_via: settings.publish_via,
             max_target_runs: settings.max_target_runs,
             credential_wait: settings.credential_wait,
             lease: settings.lease,

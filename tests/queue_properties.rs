@@ -1069,6 +1069,7 @@ impl Harness {
             Outcome::Succeeded => TargetOutcome::Succeeded {
                 digest: format!("sha256:{n:064x}"),
                 up_to_date: n.is_multiple_of(3),
+                published_via: None,
             },
             Outcome::Failed => TargetOutcome::Failed {
                 error: format!("failure {n}"),

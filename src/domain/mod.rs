@@ -4,6 +4,7 @@
 pub mod access;
 pub mod labels;
 pub mod naming;
+pub mod publish_via;
 pub mod retry;
 pub mod slug;
 pub mod spec;

@@ -114,6 +114,14 @@ pub fn registry_host(reference: &str) -> Option<String> {
         .map(|r| r.registry().to_owned())
 }
 
+/// The registry host of a reference and the repository path in it
+/// (normalised, as the registry's API names it: `alpine` is `library/alpine`).
+pub fn registry_repository(reference: &str) -> Option<(String, String)> {
+    Reference::try_from(reference)
+        .ok()
+        .map(|r| (r.registry().to_owned(), r.repository().to_owned()))
+}
+
 /// Splits `REPOSITORY:TAG` into its two parts.
 pub fn split_tag(reference: &str) -> (&str, &str) {
     match reference.rsplit_once(':') {
@@ -214,6 +222,14 @@ mod tests {
         assert_eq!(
             registry_host("127.0.0.1:5000/a").as_deref(),
             Some("127.0.0.1:5000")
+        );
+        assert_eq!(
+            registry_repository("127.0.0.1:5000/a/b:v1"),
+            Some(("127.0.0.1:5000".to_owned(), "a/b".to_owned()))
+        );
+        assert_eq!(
+            registry_repository("app:v1"),
+            Some(("docker.io".to_owned(), "library/app".to_owned()))
         );
         assert_eq!(
             split_tag("127.0.0.1:5000/a/b:v1"),

@@ -10,6 +10,7 @@ use super::naming::{
     RepoMode, check_repository, check_tagged_reference, content_tag, normalize_repo,
     target_reference,
 };
+use super::publish_via::PublishVia;
 use super::slug::{docker_tag, is_valid_docker_tag};
 
 /// A publish job as submitted.
@@ -29,6 +30,12 @@ pub struct JobSpec {
     /// `werf-content-signature`.
     #[serde(default)]
     pub force: bool,
+    /// `engine`: publish every target through the engine (tag, push,
+    /// untag). `auto`: a further target of an image the engine already
+    /// pushed to the registry is written registry-side (same image, same
+    /// digest). Absent: the service's `--publish-via`.
+    #[serde(default)]
+    pub publish_via: Option<PublishVia>,
     /// Credentials for the repo's registry, for this job only: held in memory,
     /// never stored or answered. Without them the service's docker config is used.
     #[serde(default)]
@@ -153,6 +160,8 @@ pub struct Plan {
     pub repo: String,
     pub repo_mode: RepoMode,
     pub force: bool,
+    /// The job's own choice; `None` takes the service's.
+    pub publish_via: Option<PublishVia>,
     pub images: Vec<PlannedImage>,
     pub targets: Vec<PlannedTarget>,
     /// Where to POST the job when it ends.
@@ -342,6 +351,7 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
         repo,
         repo_mode: spec.repo_mode,
         force: spec.force,
+        publish_via: spec.publish_via,
         images,
         targets,
         callback,

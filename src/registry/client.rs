@@ -11,15 +11,17 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use oci_spec::distribution::Reference;
-use reqwest::header::{ACCEPT, AUTHORIZATION, WWW_AUTHENTICATE};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::challenge::Challenge;
-use super::{Registry, RegistryError, RemoteImage};
+use super::manifest;
+use super::{Registry, RegistryError, RegistryImage, RemoteImage, Written};
 use crate::credentials::RegistryAuth;
 use crate::domain::access::Patterns;
+use crate::domain::publish_via::Descriptor;
 use crate::domain::retry::FailureKind;
 use crate::domain::text::cut;
 use crate::engine::{Engine, RegistrySettings};
@@ -108,13 +110,13 @@ struct TokenAnswer {
 #[derive(Deserialize)]
 struct ManifestHead {
     #[serde(default)]
-    config: Option<Descriptor>,
+    config: Option<ConfigRef>,
     #[serde(default)]
     manifests: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Deserialize)]
-struct Descriptor {
+struct ConfigRef {
     digest: String,
 }
 
@@ -175,9 +177,23 @@ impl HttpRegistry {
         auth: &RegistryAuth,
         build: impl Fn(&Client, &str) -> RequestBuilder,
     ) -> Result<Response, RegistryError> {
+        let scope = format!("repository:{}:pull", reference.repository());
+        self.send_scoped(reference, auth, &scope, build).await
+    }
+
+    /// `send` for a request that needs more than pulling `reference`'s
+    /// repository (`scope` as a token server takes it): tokens are cached
+    /// per scope, so reads and writes do not replace each other's.
+    async fn send_scoped(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        scope: &str,
+        build: impl Fn(&Client, &str) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
         let registry = reference.registry();
         let endpoint = self.endpoint(registry).await?;
-        let scope = format!("repository:{}:pull", reference.repository());
+        let scope = scope.to_owned();
         let key: TokenKey = (registry.to_owned(), auth.fingerprint(), scope.clone());
         let mut authorization = self.cached_token(&key);
         let mut answered_challenge = false;
@@ -345,6 +361,119 @@ impl HttpRegistry {
     }
 }
 
+/// The media type of a blob upload's body.
+const OCTET_STREAM: &str = "application/octet-stream";
+
+impl HttpRegistry {
+    /// Makes `layer` present in `reference`'s repository: there already
+    /// (HEAD), or mounted from `from`. `Some(why)` when the registry would
+    /// not mount it.
+    async fn ensure_layer(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        layer: &Descriptor,
+        from: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        let repository = reference.repository();
+        let push_scope = format!("repository:{repository}:pull,push");
+        let path = format!("/v2/{repository}/blobs/{}", layer.digest);
+        let response = self
+            .send_scoped(reference, auth, &push_scope, |client, base| {
+                client.head(format!("{base}{path}"))
+            })
+            .await?;
+        match response.status() {
+            status if status.is_success() => return Ok(None),
+            StatusCode::NOT_FOUND => {}
+            _ => {
+                return Err(
+                    status_error(response, &format!("checking layer {}", layer.digest)).await,
+                );
+            }
+        }
+        if from == repository {
+            return Ok(Some(format!(
+                "the layer is no longer in {repository}, where the engine pushed it"
+            )));
+        }
+        let mount_scope = format!("{push_scope} repository:{from}:pull");
+        let query = [("mount", layer.digest.as_str()), ("from", from)];
+        let uploads = format!("/v2/{repository}/blobs/uploads/");
+        let response = self
+            .send_scoped(reference, auth, &mount_scope, |client, base| {
+                client.post(format!("{base}{uploads}")).query(&query)
+            })
+            .await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(None),
+            // An upload offered instead of the mount: the registry does not
+            // have the blob there, or does not mount across repositories.
+            // Cancel that upload (a registry that cannot is no reason to
+            // fail: unfinished uploads are purged).
+            StatusCode::ACCEPTED => {
+                if let Some(location) = upload_location(&response) {
+                    let cancelled = self
+                        .send_scoped(reference, auth, &push_scope, |client, base| {
+                            client.delete(absolute(base, &location))
+                        })
+                        .await;
+                    if let Err(error) = cancelled {
+                        tracing::debug!(%error, "cancelling an unwanted upload");
+                    }
+                }
+                Ok(Some(format!("{from} offered an upload instead of a mount")))
+            }
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND => {
+                let error = status_error(response, &format!("mounting from {from}")).await;
+                Ok(Some(error.message))
+            }
+            _ => Err(status_error(response, &format!("mounting layer {}", layer.digest)).await),
+        }
+    }
+
+    /// Uploads `bytes` as the blob `digest` into `reference`'s repository
+    /// (one POST for the upload, one PUT with the whole body).
+    async fn upload_blob(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        digest: &str,
+        bytes: Bytes,
+    ) -> Result<(), RegistryError> {
+        let repository = reference.repository();
+        let scope = format!("repository:{repository}:pull,push");
+        let uploads = format!("/v2/{repository}/blobs/uploads/");
+        let response = self
+            .send_scoped(reference, auth, &scope, |client, base| {
+                client.post(format!("{base}{uploads}"))
+            })
+            .await?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(status_error(response, "starting the config's upload").await);
+        }
+        let location = upload_location(&response).ok_or_else(|| {
+            RegistryError::new(
+                FailureKind::Transient,
+                "the registry started an upload without a Location",
+            )
+        })?;
+        let response = self
+            .send_scoped(reference, auth, &scope, |client, base| {
+                client
+                    .put(absolute(base, &location))
+                    .query(&[("digest", digest)])
+                    .header(CONTENT_TYPE, OCTET_STREAM)
+                    .body(bytes.clone())
+            })
+            .await?;
+        if response.status() != StatusCode::CREATED {
+            return Err(status_error(response, "uploading the config").await);
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Registry for HttpRegistry {
     async fn digest(
@@ -427,6 +556,109 @@ impl Registry for HttpRegistry {
             digest,
             content_signature,
         }))
+    }
+
+    async fn pushed_layers(
+        &self,
+        reference: &str,
+        digest: &str,
+        auth: &RegistryAuth,
+    ) -> Result<Option<Vec<Descriptor>>, RegistryError> {
+        let reference = parse(reference)?;
+        let path = format!("/v2/{}/manifests/{digest}", reference.repository());
+        let response = self
+            .send(&reference, auth, |client, base| {
+                client
+                    .get(format!("{base}{path}"))
+                    .header(ACCEPT, MANIFEST_TYPES)
+            })
+            .await?;
+        match response.status() {
+            status if status.is_success() => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            _ => return Err(status_error(response, "reading a pushed manifest").await),
+        }
+        let body = read_limited(response, MANIFEST_LIMIT, "a manifest").await?;
+        if sha256_digest(&body) != digest {
+            return Ok(None);
+        }
+        Ok(manifest::reproducible_layers(&body))
+    }
+
+    async fn write_image(
+        &self,
+        reference: &str,
+        image: &RegistryImage<'_>,
+        auth: &RegistryAuth,
+    ) -> Result<Written, RegistryError> {
+        let reference = parse(reference)?;
+        for layer in image.layers {
+            if let Some(why) = self
+                .ensure_layer(&reference, auth, layer, image.layers_from)
+                .await?
+            {
+                return Ok(Written::MountRefused {
+                    layer: layer.digest.clone(),
+                    why,
+                });
+            }
+        }
+        let config = Descriptor {
+            media_type: manifest::CONFIG_V1.to_owned(),
+            size: image.config.len() as u64,
+            digest: sha256_digest(image.config),
+        };
+        self.upload_blob(
+            &reference,
+            auth,
+            &config.digest,
+            Bytes::copy_from_slice(image.config),
+        )
+        .await?;
+        let body = Bytes::from(manifest::render(&config, image.layers));
+        let digest = sha256_digest(&body);
+        let scope = format!("repository:{}:pull,push", reference.repository());
+        let path = manifest_path(&reference);
+        let response = self
+            .send_scoped(&reference, auth, &scope, |client, base| {
+                client
+                    .put(format!("{base}{path}"))
+                    .header(CONTENT_TYPE, manifest::MANIFEST_V2)
+                    .body(body.clone())
+            })
+            .await?;
+        if response.status() != StatusCode::CREATED {
+            return Err(status_error(
+                response,
+                &format!("putting the manifest of {}", reference.whole()),
+            )
+            .await);
+        }
+        match content_digest(&response) {
+            Some(accepted) if accepted != digest => Err(RegistryError::new(
+                FailureKind::Permanent,
+                format!("the registry took the manifest as {accepted}; its bytes are {digest}"),
+            )),
+            _ => Ok(Written::Published { digest }),
+        }
+    }
+}
+
+/// Where a registry said an upload goes on.
+fn upload_location(response: &Response) -> Option<String> {
+    response
+        .headers()
+        .get(LOCATION)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// An upload location as a URL: registries answer a path or a whole URL.
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with('/') {
+        format!("{base}{location}")
+    } else {
+        location.to_owned()
     }
 }
 

@@ -3,16 +3,20 @@
 //! question. A registry is reached the way the engine reached it (its
 //! insecure-registry settings, `certs.d`), and authenticated the way the
 //! engine does (basic, or a Bearer token from the registry's token server,
-//! with a password or by exchanging an identity token).
+//! with a password or by exchanging an identity token). It also writes
+//! images registry-side: a labelled config and a manifest in the engine's
+//! own format, next to layers the engine pushed before.
 
 mod challenge;
 mod client;
+mod manifest;
 
 use async_trait::async_trait;
 
 pub use client::HttpRegistry;
 
 use crate::credentials::RegistryAuth;
+use crate::domain::publish_via::Descriptor;
 use crate::domain::retry::FailureKind;
 
 /// A tag as the registry serves it.
@@ -21,6 +25,30 @@ pub struct RemoteImage {
     pub digest: String,
     /// The `werf-content-signature` label of its config, if any.
     pub content_signature: Option<String>,
+}
+
+/// An image to write registry-side.
+#[derive(Debug, Clone, Copy)]
+pub struct RegistryImage<'a> {
+    /// The labelled config, the very bytes the engine path would load (and
+    /// push): its digest is the image id.
+    pub config: &'a [u8],
+    /// The layers as the seed's manifest lists them.
+    pub layers: &'a [Descriptor],
+    /// A repository of the same registry that holds the layers.
+    pub layers_from: &'a str,
+}
+
+/// How writing an image registry-side ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// The registry accepted the manifest under the tag; its digest.
+    Published { digest: String },
+    /// A layer missing from the target repository could not be mounted
+    /// from `layers_from` (the registry offered an upload instead, or the
+    /// credentials do not reach that repository): nothing was tagged, and
+    /// the engine path can push the layers itself.
+    MountRefused { layer: String, why: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,4 +82,24 @@ pub trait Registry: Send + Sync + 'static {
         reference: &str,
         auth: &RegistryAuth,
     ) -> Result<Option<RemoteImage>, RegistryError>;
+
+    /// The layers of the manifest `digest` in `reference`'s repository, if
+    /// it is in the engine's format and publishd reproduces it byte for
+    /// byte (else `None`: its siblings cannot be written registry-side).
+    async fn pushed_layers(
+        &self,
+        reference: &str,
+        digest: &str,
+        auth: &RegistryAuth,
+    ) -> Result<Option<Vec<Descriptor>>, RegistryError>;
+
+    /// Writes `image` under `reference` (a tagged reference): every layer
+    /// made present in its repository (there already, or mounted), the
+    /// config uploaded, the manifest put.
+    async fn write_image(
+        &self,
+        reference: &str,
+        image: &RegistryImage<'_>,
+        auth: &RegistryAuth,
+    ) -> Result<Written, RegistryError>;
 }

@@ -8,6 +8,7 @@ mod events;
 mod model;
 mod queue;
 mod retention;
+mod seeds;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -31,6 +32,7 @@ pub use queue::{Bound, Claim, ClaimLost, Release, Released, TakeOver};
 pub use retention::Deleted;
 
 use crate::domain::naming::{RepoMode, reference_key};
+use crate::domain::publish_via::{PublishVia, PublishedVia};
 use crate::domain::spec::{Plan, TagStrategy};
 use crate::domain::status::{JobStatus, TargetStatus, job_status};
 
@@ -267,8 +269,9 @@ impl Store {
         sqlx::query(
             "INSERT INTO jobs (id, status, repo, repo_mode, force, has_registry_auth,
                                idempotency_key, spec_hash, created_at, submitted_by,
-                               use_service_credentials, required_labels, callback_url)
-             VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               use_service_credentials, required_labels, callback_url,
+                               publish_via)
+             VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(id.to_string())
         .bind(&new.plan.repo)
@@ -282,6 +285,7 @@ impl Store {
         .bind(new.submitter.use_service_credentials)
         .bind(serde_json::to_string(new.submitter.required_labels)?)
         .bind(new.plan.callback.as_ref().map(|callback| &callback.url))
+        .bind(new.plan.publish_via.map(PublishVia::as_str))
         .execute(&mut *tx)
         .await
         .context("inserting the job")?;
@@ -542,6 +546,16 @@ fn parse_enum<T>(value: &str, parse: fn(&str) -> Option<T>, what: &str) -> Store
     parse(value).with_context(|| format!("bad {what} {value:?} in the database"))
 }
 
+fn optional_enum<T>(
+    value: Option<&str>,
+    parse: fn(&str) -> Option<T>,
+    what: &str,
+) -> StoreResult<Option<T>> {
+    value
+        .map(|value| parse_enum(value, parse, what))
+        .transpose()
+}
+
 /// Brings a job's status in line with its targets' and answers it.
 async fn refresh_job(tx: &mut Transaction<'_, Sqlite>, id: Uuid) -> StoreResult<JobStatus> {
     let rows = sqlx::query("SELECT status FROM targets WHERE job_id = ?")
@@ -592,7 +606,7 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
                 t.prior_image_id, t.created_image_id, t.staging_reference, t.image_position,
                 i.source_image_id, t.claim_token, t.previous_prior_image_id,
                 t.previous_created_image_id, t.credentials_wait_until,
-                j.use_service_credentials, j.required_labels
+                j.use_service_credentials, j.required_labels, j.publish_via
          FROM targets t JOIN jobs j ON j.id = t.job_id
               JOIN job_images i ON i.job_id = t.job_id AND i.position = t.image_position
          WHERE t.id = ?",
@@ -633,6 +647,7 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
         use_service_credentials: row.get("use_service_credentials"),
         required_labels: serde_json::from_str(row.get("required_labels"))
             .context("bad required labels in the database")?,
+        publish_via: optional_enum(row.get("publish_via"), PublishVia::parse, "publish via")?,
     })
 }
 
@@ -739,6 +754,7 @@ fn job_from_row(
         cancel_requested: row.get("cancel_requested"),
         submitted_by: Some(row.get::<String, _>("submitted_by")).filter(|name| !name.is_empty()),
         callback_url: row.get("callback_url"),
+        publish_via: optional_enum(row.get("publish_via"), PublishVia::parse, "publish via")?,
         images,
         targets,
         deliveries,
@@ -761,6 +777,11 @@ fn target_from_row(row: &SqliteRow) -> StoreResult<Target> {
         attempt_errors: serde_json::from_str(&attempt_errors)
             .context("bad attempt errors in the database")?,
         up_to_date: row.get("up_to_date"),
+        published_via: optional_enum(
+            row.get("published_via"),
+            PublishedVia::parse,
+            "published via",
+        )?,
         warnings: serde_json::from_str(&warnings).context("bad warnings in the database")?,
         runs: row.get("runs"),
         dead_letter: row.get("dead_letter"),
@@ -1043,6 +1064,7 @@ mod tests {
         let outcome = TargetOutcome::Succeeded {
             digest: "sha256:stale".to_owned(),
             up_to_date: false,
+            published_via: Some(PublishedVia::Engine),
         };
         assert!(ClaimLost::is(
             &store

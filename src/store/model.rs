@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::naming::RepoMode;
+use crate::domain::publish_via::{PublishVia, PublishedVia};
 use crate::domain::spec::TagStrategy;
 use crate::domain::status::{JobStatus, TargetStatus};
 
@@ -30,6 +31,8 @@ pub struct Job {
     pub submitted_by: Option<String>,
     /// Called with the job's JSON when the job ends.
     pub callback_url: Option<String>,
+    /// The job's `publish_via`; null: the service's `--publish-via`.
+    pub publish_via: Option<PublishVia>,
     /// The job's images, each with the one image id its targets publish.
     pub images: Vec<JobImage>,
     pub targets: Vec<Target>,
@@ -70,6 +73,11 @@ pub struct Target {
     /// The registry already held this image (same `werf-content-signature`),
     /// so it was not pushed again; `digest` is the registry's.
     pub up_to_date: bool,
+    /// Which way the target was published: `engine` (tagged, pushed and
+    /// untagged on the engine) or `registry` (config and manifest written
+    /// registry-side next to layers the engine pushed before). Null until
+    /// it succeeds, and when it was up to date.
+    pub published_via: Option<PublishedVia>,
     /// Problems that did not fail the target, such as a failed clean-up.
     pub warnings: Vec<String>,
     /// Runs of the target started so far that were not cut short by the
@@ -133,13 +141,22 @@ pub struct ClaimedTarget {
     pub use_service_credentials: bool,
     /// Labels each source must carry (the submitter's scope).
     pub required_labels: std::collections::BTreeMap<String, String>,
+    /// The job's own choice of way; `None` takes the service's.
+    pub publish_via: Option<PublishVia>,
 }
 
 /// How a target's run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetOutcome {
-    Succeeded { digest: String, up_to_date: bool },
-    Failed { error: String },
+    Succeeded {
+        digest: String,
+        up_to_date: bool,
+        /// Which way it was published; `None` when it was up to date.
+        published_via: Option<PublishedVia>,
+    },
+    Failed {
+        error: String,
+    },
     Cancelled,
 }
 

@@ -15,6 +15,7 @@ use sqlx::sqlite::SqliteQueryResult;
 use uuid::Uuid;
 
 use super::{IN_FLIGHT, Store, StoreResult, bounded, load_claimed, now, parse_uuid, refresh_job};
+use crate::domain::publish_via::PublishedVia;
 use crate::domain::status::{JobStatus, TargetStatus};
 use crate::store::model::{ClaimedTarget, TargetOutcome};
 
@@ -326,17 +327,28 @@ impl Store {
         outcome: &TargetOutcome,
         warnings: &[String],
     ) -> StoreResult<JobStatus> {
-        let (status, digest, error, up_to_date) = match outcome {
-            TargetOutcome::Succeeded { digest, up_to_date } => {
-                ("succeeded", Some(digest.as_str()), None, *up_to_date)
+        let (status, digest, error, up_to_date, via) = match outcome {
+            TargetOutcome::Succeeded {
+                digest,
+                up_to_date,
+                published_via,
+            } => (
+                "succeeded",
+                Some(digest.as_str()),
+                None,
+                *up_to_date,
+                published_via.map(PublishedVia::as_str),
+            ),
+            TargetOutcome::Failed { error } => ("failed", None, Some(bounded(error)), false, None),
+            TargetOutcome::Cancelled => {
+                ("cancelled", None, Some("cancelled".to_owned()), false, None)
             }
-            TargetOutcome::Failed { error } => ("failed", None, Some(bounded(error)), false),
-            TargetOutcome::Cancelled => ("cancelled", None, Some("cancelled".to_owned()), false),
         };
         let warnings: Vec<String> = warnings.iter().map(|w| bounded(w)).collect();
         let mut tx = self.writer.begin().await?;
         let job_id: Option<String> = sqlx::query_scalar(&format!(
             "UPDATE targets SET status = ?, digest = ?, error = ?, up_to_date = ?,
+                                published_via = ?,
                                 warnings = (SELECT json_group_array(value) FROM (
                                     SELECT 0 AS part, key, value FROM json_each(targets.warnings)
                                     UNION ALL SELECT 1, key, value FROM json_each(?)
@@ -348,6 +360,7 @@ impl Store {
         .bind(digest)
         .bind(error)
         .bind(up_to_date)
+        .bind(via)
         .bind(serde_json::to_string(&warnings)?)
         .bind(now())
         .bind(claim.target_id)

@@ -18,6 +18,7 @@ pub use cancellations::Cancellations;
 pub use procedure::StepTimeouts;
 
 use crate::credentials::{DockerConfig, JobCredentials};
+use crate::domain::publish_via::PublishVia;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::text::cut;
 use crate::engine::{Engine, EngineError, TagMethod};
@@ -41,6 +42,8 @@ pub struct WorkerContext {
     pub retry: RetryPolicy,
     /// How the tag step makes the labelled image (`auto`: by the engine's store).
     pub tag_method: TagMethod,
+    /// Which ways targets may take unless their job says (`--publish-via`).
+    pub publish_via: PublishVia,
     /// Runs a target may start without finishing before it is dead-lettered.
     pub max_target_runs: u32,
     /// How long targets of a job whose credentials a restart lost wait for

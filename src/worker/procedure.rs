@@ -11,7 +11,8 @@ use tracing::{info, warn};
 use crate::credentials::RegistryAuth;
 use crate::domain::access::missing_labels;
 use crate::domain::labels::{LabelInput, werf_labels};
-use crate::domain::naming::{content_tag, registry_host, target_reference};
+use crate::domain::naming::{content_tag, registry_host, registry_repository, target_reference};
+use crate::domain::publish_via::{PublishedVia, Seed, may_skip_engine};
 use crate::domain::retry::{FailureKind, classify_engine_error, classify_registry_message};
 use crate::domain::spec::TagStrategy;
 use crate::domain::status::TargetStatus;
@@ -21,7 +22,7 @@ use crate::engine::{
 };
 use crate::metrics::StepOutcome;
 use crate::progress::Progress;
-use crate::registry::RegistryError;
+use crate::registry::{RegistryError, RegistryImage, Written};
 use crate::store::{Bound, ClaimedTarget, TargetOutcome};
 
 use super::{LOG_LIMIT, WorkerContext};
@@ -207,6 +208,7 @@ pub async fn run(
         let outcome = TargetOutcome::Succeeded {
             digest,
             up_to_date: true,
+            published_via: None,
         };
         return Ok(Finish::Done {
             outcome,
@@ -217,10 +219,6 @@ pub async fn run(
         return conclude(Err(stop), Vec::new());
     }
 
-    // Tag. What the reference names now, and the new image's id (a load) or
-    // the temporary name it is built under (a build), are recorded before
-    // the engine is asked to make it, so that a crash at any point can be
-    // undone.
     let method = match run
         .tries("tag", ctx.timeouts.tag, OnCancel::Interrupt, || async {
             Ok(ctx.engine.describe().await?.image_store)
@@ -230,6 +228,47 @@ pub async fn run(
         Ok(store) => ctx.tag_method.on(store),
         Err(stop) => return conclude(Err(stop), Vec::new()),
     };
+    let labels = werf_labels(&LabelInput {
+        reference: &reference,
+        strategy: target.strategy,
+        image_name: target.image_name.as_deref(),
+        tag: &tag,
+        source_image_id: &source.id,
+    });
+
+    // Registry-side, when the engine has pushed this image to the registry
+    // before and the config the engine path would make is known exactly:
+    // the registry then gets the same config and manifest bytes the engine
+    // would push, and the engine is not touched (no tag, so no untag).
+    let place = registry_repository(&reference);
+    let mut mount_refused = false;
+    if may_skip_engine(
+        target.publish_via,
+        ctx.publish_via,
+        method == TagMethod::Load,
+    ) && let Some((registry, _)) = &place
+        && let Some(seed) = ctx.store.seed(&source.id, registry).await?
+        // One layer per diff id, or the manifest would not be this image's.
+        && seed.layers.len() == source.layer_count
+    {
+        let image = LabelledImage::new(&source, &labels);
+        match run
+            .write_registry_side(&reference, &image, &seed, &auth)
+            .await?
+        {
+            Ok(Some(digest)) => {
+                info!(%digest, image_id = %image.id, from = %seed.repository, "published registry-side");
+                return conclude(Ok((digest, PublishedVia::Registry)), Vec::new());
+            }
+            Ok(None) => mount_refused = true,
+            Err(stop) => return conclude(Err(stop), Vec::new()),
+        }
+    }
+
+    // Tag. What the reference names now, and the new image's id (a load) or
+    // the temporary name it is built under (a build), are recorded before
+    // the engine is asked to make it, so that a crash at any point can be
+    // undone.
     let prior = match run
         .tries("tag", ctx.timeouts.tag, OnCancel::Interrupt, || async {
             Ok(ctx.engine.image_id(&reference).await?)
@@ -246,13 +285,6 @@ pub async fn run(
         Some(created) if prior.as_ref() == Some(created) => target.previous_prior_image_id.clone(),
         _ => prior,
     };
-    let labels = werf_labels(&LabelInput {
-        reference: &reference,
-        strategy: target.strategy,
-        image_name: target.image_name.as_deref(),
-        tag: &tag,
-        source_image_id: &source.id,
-    });
     let staging = (method == TagMethod::Build).then(|| staging_reference(target));
     let (created, tagged) = match &staging {
         None => {
@@ -322,16 +354,35 @@ pub async fn run(
         Err(Stop::Cancelled) => warnings.push("untag: interrupted".to_owned()),
     }
 
-    conclude(published, warnings)
+    // The engine pushed a labelled image of the source: its layers are in
+    // the registry now, and its further targets there can be written
+    // registry-side. Recorded once per source and registry (again after a
+    // refused mount: the layers are where this push left them).
+    if let (Ok(digest), Some((registry, repository)), TagMethod::Load) =
+        (&published, &place, method)
+        && (mount_refused || ctx.store.seed(&source.id, registry).await?.is_none())
+    {
+        run.record_seed(&reference, digest, &source.id, registry, repository, &auth)
+            .await?;
+    }
+
+    conclude(
+        published.map(|digest| (digest, PublishedVia::Engine)),
+        warnings,
+    )
 }
 
-/// How a run ends: `published` is the pushed digest or why there is none;
-/// `warnings` are what the untag could not clean up.
-fn conclude(published: Result<String, Stop>, warnings: Vec<String>) -> anyhow::Result<Finish> {
+/// How a run ends: `published` is the digest and the way it was published,
+/// or why there is none; `warnings` are what the untag could not clean up.
+fn conclude(
+    published: Result<(String, PublishedVia), Stop>,
+    warnings: Vec<String>,
+) -> anyhow::Result<Finish> {
     let outcome = match published {
-        Ok(digest) => TargetOutcome::Succeeded {
+        Ok((digest, via)) => TargetOutcome::Succeeded {
             digest,
             up_to_date: false,
+            published_via: Some(via),
         },
         Err(Stop::Failed(error)) => TargetOutcome::Failed { error },
         Err(Stop::Cancelled) => TargetOutcome::Cancelled,
@@ -569,13 +620,26 @@ impl Run<'_> {
             })
             .await?;
         info!(%digest, bytes = uploaded(&last_report), "pushed");
-        // Read the tag back: the registry, not the engine's report, is the
-        // truth. The image is published now, so a cancel no longer stops it.
+        self.verify(reference, &digest, auth, "the engine pushed")
+            .await?;
+        Ok(digest)
+    }
+
+    /// Reads the tag back: the registry, not the writer's report, is the
+    /// truth. The image is published now, so a cancel no longer stops it.
+    async fn verify(
+        &self,
+        reference: &str,
+        digest: &str,
+        auth: &RegistryAuth,
+        writer: &str,
+    ) -> Result<(), Stop> {
+        let ctx = self.ctx;
         self.step("verify", ctx.timeouts.tag, OnCancel::Ignore, || async {
             match ctx.registry.digest(reference, auth).await? {
                 Some(served) if served == digest => Ok(()),
                 Some(served) => Err(Failure::permanent(format!(
-                    "the registry serves {served} for {reference}, the engine pushed {digest}"
+                    "the registry serves {served} for {reference}, {writer} {digest}"
                 ))),
                 None => Err(Failure {
                     kind: FailureKind::Transient,
@@ -583,8 +647,93 @@ impl Run<'_> {
                 }),
             }
         })
-        .await?;
-        Ok(digest)
+        .await
+    }
+
+    /// Writes `image` under `reference` registry-side, next to the seed's
+    /// layers, and reads it back. `Ok(None)`: a layer could not be mounted
+    /// into the reference's repository, nothing was tagged, and the engine
+    /// path is to publish the target. Store failures abort the run.
+    async fn write_registry_side(
+        &self,
+        reference: &str,
+        image: &LabelledImage,
+        seed: &Seed,
+        auth: &RegistryAuth,
+    ) -> anyhow::Result<Result<Option<String>, Stop>> {
+        let ctx = self.ctx;
+        ctx.store
+            .set_step(&self.target.claim, TargetStatus::Pushing)
+            .await?;
+        let wanted = RegistryImage {
+            config: image.config(),
+            layers: &seed.layers,
+            layers_from: &seed.repository,
+        };
+        let written = self
+            .step("push", ctx.timeouts.push, OnCancel::Interrupt, || async {
+                Ok(ctx.registry.write_image(reference, &wanted, auth).await?)
+            })
+            .await;
+        let digest = match written {
+            Ok(Written::Published { digest }) => digest,
+            Ok(Written::MountRefused { layer, why }) => {
+                info!(%layer, why = %cut(&why, LOG_LIMIT), "layer not mountable; publishing through the engine");
+                ctx.store
+                    .set_step(&self.target.claim, TargetStatus::Tagging)
+                    .await?;
+                return Ok(Ok(None));
+            }
+            Err(Stop::Store(error)) => return Err(error),
+            Err(stop) => return Ok(Err(stop)),
+        };
+        match self
+            .verify(reference, &digest, auth, "publishd wrote")
+            .await
+        {
+            Ok(()) => Ok(Ok(Some(digest))),
+            Err(Stop::Store(error)) => Err(error),
+            Err(stop) => Ok(Err(stop)),
+        }
+    }
+
+    /// Records the seed the engine's push of `reference` (as `digest`) left:
+    /// its layers, if its manifest is one publishd reproduces. Not being
+    /// able to read it only means further targets go through the engine.
+    async fn record_seed(
+        &self,
+        reference: &str,
+        digest: &str,
+        source_id: &str,
+        registry: &str,
+        repository: &str,
+        auth: &RegistryAuth,
+    ) -> anyhow::Result<()> {
+        let read = tokio::time::timeout(
+            self.ctx.timeouts.tag,
+            self.ctx.registry.pushed_layers(reference, digest, auth),
+        )
+        .await;
+        match read {
+            Ok(Ok(Some(layers))) => {
+                let seed = Seed {
+                    layers,
+                    repository: repository.to_owned(),
+                };
+                self.ctx
+                    .store
+                    .record_seed(source_id, registry, &seed)
+                    .await?;
+            }
+            Ok(Ok(None)) => {
+                info!(%digest, "the pushed manifest is not one publishd reproduces; no registry-side targets from it")
+            }
+            Ok(Err(error)) => {
+                warn!(error = %cut(&error.to_string(), LOG_LIMIT), "reading the pushed manifest failed; no seed recorded")
+            }
+            Err(_) => warn!("reading the pushed manifest timed out; no seed recorded"),
+        }
+        Ok(())
     }
 
     /// Runs one step with its timeout and retries (see `tries`), and times

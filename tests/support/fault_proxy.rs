@@ -35,6 +35,10 @@ pub enum Faults {
     WrongDigest,
     /// Manifest HEAD requests (digest read-backs) wait this long first.
     SlowReadBack(Duration),
+    /// Cross-repository mounts are refused the way a registry that does not
+    /// mount refuses them: the `mount` and `from` parameters are dropped,
+    /// so the registry answers 202 with an upload instead of 201.
+    RefuseMounts,
 }
 
 enum Fault {
@@ -42,6 +46,7 @@ enum Fault {
     Reset,
     Delay(Duration),
     WrongDigest,
+    RefuseMount,
 }
 
 /// What `Faults::WrongDigest` reports.
@@ -64,9 +69,10 @@ impl FaultProxy {
             faults,
             rng: std::sync::Mutex::new(match faults {
                 Faults::Random { seed, .. } => fastrand::Rng::with_seed(seed),
-                Faults::ManifestPut(_) | Faults::WrongDigest | Faults::SlowReadBack(_) => {
-                    fastrand::Rng::with_seed(0)
-                }
+                Faults::ManifestPut(_)
+                | Faults::WrongDigest
+                | Faults::SlowReadBack(_)
+                | Faults::RefuseMounts => fastrand::Rng::with_seed(0),
             }),
             injected: injected.clone(),
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
@@ -125,6 +131,12 @@ impl State {
             Faults::SlowReadBack(delay) => (request.method() == hyper::Method::HEAD
                 && request.uri().path().contains("/manifests/"))
             .then_some(Fault::Delay(delay)),
+            Faults::RefuseMounts => (request.method() == hyper::Method::POST
+                && request
+                    .uri()
+                    .query()
+                    .is_some_and(|query| query.contains("mount=")))
+            .then_some(Fault::RefuseMount),
             Faults::Random { rate, latency, .. } => {
                 let mut rng = self.rng.lock().unwrap();
                 if rng.f64() >= rate {
@@ -171,6 +183,12 @@ impl State {
                 ));
             }
             Some(Fault::Delay(latency)) => tokio::time::sleep(latency).await,
+            Some(Fault::RefuseMount) => {
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                let (mut parts, body) = request.into_parts();
+                parts.uri = parts.uri.path().parse().unwrap();
+                return self.forward(Request::from_parts(parts, body)).await;
+            }
             Some(Fault::WrongDigest) => {
                 self.injected.fetch_add(1, Ordering::Relaxed);
                 let mut response = self.forward(request).await?;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use publishd::access::TokenSources;
 use publishd::config::Settings;
 use publishd::domain::access::Patterns;
+use publishd::domain::publish_via::PublishVia;
 use publishd::domain::retry::RetryPolicy;
 use publishd::domain::spec::Limits;
 use publishd::engine::{Engine, TagMethod};
@@ -125,6 +126,7 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         docker_config: dir.join("docker-config"),
         docker_certs_dir: TestEnv::get().certs_dir,
         tag_method: test_tag_method(),
+        publish_via: PublishVia::Auto,
         credential_helper_timeout: Duration::from_secs(10),
         timeouts: StepTimeouts {
             tag: Duration::from_secs(60),

@@ -19,6 +19,9 @@ pub struct Registry {
 pub struct Pushed {
     pub digest: String,
     pub manifest: Value,
+    /// The manifest and the config as the registry serves them.
+    pub manifest_bytes: Vec<u8>,
+    pub config_bytes: Vec<u8>,
     pub config: Value,
 }
 
@@ -190,17 +193,22 @@ impl Registry {
             .to_str()
             .unwrap()
             .to_owned();
-        let manifest: Value = response.json().await.unwrap();
+        let manifest_bytes = response.bytes().await.unwrap().to_vec();
+        let manifest: Value = serde_json::from_slice(&manifest_bytes).unwrap();
         let config_digest = manifest["config"]["digest"].as_str().unwrap();
-        let config: Value = self
+        let config_bytes = self
             .get(&format!("{repository}/blobs/{config_digest}"), None)
             .await
-            .json()
+            .bytes()
             .await
-            .unwrap();
+            .unwrap()
+            .to_vec();
+        let config: Value = serde_json::from_slice(&config_bytes).unwrap();
         Some(Pushed {
             digest,
             manifest,
+            manifest_bytes,
+            config_bytes,
             config,
         })
     }

@@ -1,0 +1,57 @@
+//! Seeds of registry-side publishing: what the engine pushed of a source
+//! image to a registry (the layers of the manifest there, and a repository
+//! that holds them), per source image id and registry host.
+
+use anyhow::Context;
+use sqlx::Row;
+
+use super::{Store, StoreResult, now};
+use crate::domain::publish_via::Seed;
+
+impl Store {
+    /// The seed of `source_image_id` in `registry`, if the engine pushed it there.
+    pub async fn seed(&self, source_image_id: &str, registry: &str) -> StoreResult<Option<Seed>> {
+        let row = sqlx::query(
+            "SELECT layers, repository FROM seeds WHERE source_image_id = ? AND registry = ?",
+        )
+        .bind(source_image_id)
+        .bind(registry)
+        .fetch_optional(&self.reader)
+        .await
+        .context("reading a seed")?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        Ok(Some(Seed {
+            layers: serde_json::from_str(row.get("layers"))
+                .context("bad seed layers in the database")?,
+            repository: row.get("repository"),
+        }))
+    }
+
+    /// Records (or replaces: the last push that left the layers somewhere is
+    /// the best place to mount them from) the seed of `source_image_id`.
+    pub async fn record_seed(
+        &self,
+        source_image_id: &str,
+        registry: &str,
+        seed: &Seed,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO seeds (source_image_id, registry, layers, repository, recorded_at)
+             VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (source_image_id, registry) DO UPDATE SET
+                 layers = excluded.layers, repository = excluded.repository,
+                 recorded_at = excluded.recorded_at",
+        )
+        .bind(source_image_id)
+        .bind(registry)
+        .bind(serde_json::to_string(&seed.layers)?)
+        .bind(&seed.repository)
+        .bind(now())
+        .execute(&self.writer)
+        .await
+        .context("recording a seed")?;
+        Ok(())
+    }
+}
