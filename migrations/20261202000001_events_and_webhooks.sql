@@ -31,23 +31,28 @@ WHEN NEW.cancel_requested AND NOT OLD.cancel_requested BEGIN
             json_object('cancel_requested', json('true')));
 END;
 
+-- What a `target` event says of a target: one definition for the event
+-- of its creation and of each change of its status.
+CREATE VIEW target_event_rows AS
+SELECT id, job_id, position,
+       json_object('status', status, 'reference', reference, 'digest', digest,
+                   'up_to_date', json(CASE WHEN up_to_date THEN 'true' ELSE 'false' END),
+                   'error', error, 'attempts', attempts) AS data
+FROM targets;
+
 -- A target's first event names it (its reference, unless the content
 -- strategy binds that later) before anything happens to it.
 CREATE TRIGGER events_target_created AFTER INSERT ON targets BEGIN
     INSERT INTO events (job_id, at, kind, position, data)
-    VALUES (NEW.job_id, strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z', 'target', NEW.position,
-            json_object('status', NEW.status, 'reference', NEW.reference, 'digest', NEW.digest,
-                        'up_to_date', json(CASE WHEN NEW.up_to_date THEN 'true' ELSE 'false' END),
-                        'error', NEW.error, 'attempts', NEW.attempts));
+    SELECT job_id, strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z', 'target', position, data
+    FROM target_event_rows WHERE id = NEW.id;
 END;
 
 CREATE TRIGGER events_target_status AFTER UPDATE OF status ON targets
 WHEN OLD.status <> NEW.status BEGIN
     INSERT INTO events (job_id, at, kind, position, data)
-    VALUES (NEW.job_id, strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z', 'target', NEW.position,
-            json_object('status', NEW.status, 'reference', NEW.reference, 'digest', NEW.digest,
-                        'up_to_date', json(CASE WHEN NEW.up_to_date THEN 'true' ELSE 'false' END),
-                        'error', NEW.error, 'attempts', NEW.attempts));
+    SELECT job_id, strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z', 'target', position, data
+    FROM target_event_rows WHERE id = NEW.id;
 END;
 
 CREATE TRIGGER events_target_attempt AFTER UPDATE OF attempt_errors ON targets

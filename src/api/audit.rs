@@ -5,11 +5,11 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use serde::Deserialize;
 use utoipa::IntoParams;
-use uuid::Uuid;
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
+use super::extract::{page_cursor, page_limit};
 use crate::domain::access::Role;
 use crate::store::AuditPage;
 
@@ -59,21 +59,7 @@ pub async fn list_audit(
     }
     let Query(params) =
         params.map_err(|rejection| ApiError::MalformedJson(rejection.body_text()))?;
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_PAGE,
-        Some(value) => value
-            .parse::<u32>()
-            .ok()
-            .filter(|limit| (1..=MAX_PAGE).contains(limit))
-            .ok_or_else(|| ApiError::invalid("limit", format!("must be 1 to {MAX_PAGE}")))?,
-    };
-    let cursor = params
-        .cursor
-        .as_deref()
-        .map(|value| {
-            Uuid::parse_str(value)
-                .map_err(|_| ApiError::invalid("cursor", "not a cursor from this API"))
-        })
-        .transpose()?;
+    let limit = page_limit(params.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
+    let cursor = page_cursor(params.cursor.as_deref())?;
     Ok(Json(state.store.list_audit(limit, cursor).await?))
 }

@@ -59,3 +59,25 @@ fn shape_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError
     };
     ApiError::Invalid { field, message }
 }
+
+/// A list's `limit` query parameter: `default` when absent, else 1 to `max`.
+pub fn page_limit(value: Option<&str>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(value) => value
+            .parse::<u32>()
+            .ok()
+            .filter(|limit| (1..=max).contains(limit))
+            .ok_or_else(|| ApiError::invalid("limit", format!("must be 1 to {max}"))),
+    }
+}
+
+/// A list's `cursor` query parameter: the `next_cursor` of an earlier page.
+pub fn page_cursor(value: Option<&str>) -> Result<Option<uuid::Uuid>, ApiError> {
+    value
+        .map(|value| {
+            uuid::Uuid::parse_str(value)
+                .map_err(|_| ApiError::invalid("cursor", "not a cursor from this API"))
+        })
+        .transpose()
+}

@@ -14,9 +14,9 @@ use uuid::Uuid;
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::extract::JsonBody;
+use super::extract::{JsonBody, page_cursor, page_limit};
 use crate::credentials::RegistryAuth;
-use crate::domain::access::{Grant, Principal, Role, check_submission, missing_labels};
+use crate::domain::access::{Grant, Principal, check_submission, missing_labels};
 use crate::domain::naming::registry_host;
 use crate::domain::spec::{JobSpec, Plan, RegistryAuthSpec, plan};
 use crate::domain::status::JobStatus;
@@ -402,27 +402,9 @@ pub async fn list_jobs(
                 .ok_or_else(|| ApiError::invalid("status", format!("unknown status {value:?}")))
         })
         .transpose()?;
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_PAGE,
-        Some(value) => value
-            .parse::<u32>()
-            .ok()
-            .filter(|limit| (1..=MAX_PAGE).contains(limit))
-            .ok_or_else(|| ApiError::invalid("limit", format!("must be 1 to {MAX_PAGE}")))?,
-    };
-    let cursor = params
-        .cursor
-        .as_deref()
-        .map(|value| {
-            Uuid::parse_str(value)
-                .map_err(|_| ApiError::invalid("cursor", "not a cursor from this API"))
-        })
-        .transpose()?;
-    // A publisher lists its own jobs; readers and admins every job.
-    let submitted_by = match caller.role {
-        Role::Publisher => Some(caller.name.as_deref().unwrap_or("")),
-        Role::Reader | Role::Admin => None,
-    };
+    let limit = page_limit(params.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
+    let cursor = page_cursor(params.cursor.as_deref())?;
+    let submitted_by = caller.lists_jobs_of();
     Ok(Json(
         state
             .store

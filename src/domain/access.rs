@@ -134,6 +134,15 @@ impl Principal {
         }
     }
 
+    /// Whose jobs a listing shows this principal: a publisher its own
+    /// (`Some` submitter), readers and admins everyone's (`None`).
+    pub fn lists_jobs_of(&self) -> Option<&str> {
+        match self.role {
+            Role::Publisher => Some(self.name.as_deref().unwrap_or("")),
+            Role::Reader | Role::Admin => None,
+        }
+    }
+
     pub fn can_cancel(&self, owner: Option<&str>) -> bool {
         self.role != Role::Reader && self.can_see(owner)
     }

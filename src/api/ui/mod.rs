@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::AppState;
 use super::auth::principal_of;
-use crate::domain::access::{Principal, Role};
+use crate::domain::access::Principal;
 use crate::domain::status::JobStatus;
 
 const SCRIPT: &str = include_str!("../../../assets/ui/app.js");
@@ -64,10 +64,7 @@ async fn jobs(
         .as_deref()
         .and_then(|c| Uuid::parse_str(c).ok());
     let search = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
-    let submitted_by = match caller.role {
-        Role::Publisher => Some(caller.name.as_deref().unwrap_or("")),
-        Role::Reader | Role::Admin => None,
-    };
+    let submitted_by = caller.lists_jobs_of();
     match state
         .store
         .search_jobs(status, submitted_by, search, PAGE_SIZE, cursor)
