@@ -28,7 +28,7 @@
 # target for it (met or missed), and with --json FILE writes the same as JSON.
 #
 #   scripts/bench.sh [--n N] [--quick] [--json FILE] [--profile release|debug]
-#   scripts/bench.sh install      install skopeo, wrk and sqlite3 (apt)
+#   scripts/bench.sh install      install what it needs (scripts/test-env.sh install)
 #
 # --quick: N=20, short wrk runs, 10,000 jobs for G, a 6 MB image for E and
 # the debug binaries (what the test script builds); it is the configuration
@@ -42,24 +42,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tools=(skopeo:skopeo wrk:wrk sqlite3:sqlite3)
-install_tools() {
-  local pair missing=()
-  for pair in "${tools[@]}"; do
-    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
-  done
-  ((${#missing[@]})) || return 0
-  if [ "$(id -u)" != 0 ]; then
-    echo "bench.sh: missing ${missing[*]}; run as root to install them" >&2
-    return 0
-  fi
-  echo "bench.sh: installing ${missing[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+# skopeo, wrk and sqlite3 are among the test environment's packages.
 if [ "${1:-}" = install ]; then
-  install_tools
-  exit 0
+  exec scripts/test-env.sh install
 fi
 
 n='' quick=0 json_out='' profile=''
@@ -85,7 +70,6 @@ case $profile in release | debug) ;; *) echo "bench.sh: --profile release|debug"
 
 if [ -z "${PUBLISHD_TEST_NS:-}" ]; then
   scripts/test-env.sh install
-  install_tools
   if [ "$profile" = release ]; then
     cargo build --release --locked --workspace --bins
   else
@@ -98,9 +82,9 @@ if [ -z "${PUBLISHD_TEST_NS:-}" ]; then
   exec scripts/test-ns.sh "$0" "${rerun[@]}"
 fi
 
-for pair in "${tools[@]}"; do
-  command -v "${pair%%:*}" >/dev/null ||
-    { echo "bench.sh: ${pair%%:*} is missing; run scripts/bench.sh install first" >&2; exit 1; }
+for tool in skopeo wrk sqlite3; do
+  command -v "$tool" >/dev/null ||
+    { echo "bench.sh: $tool is missing; run scripts/test-env.sh install first" >&2; exit 1; }
 done
 bin=$PWD/target/$profile/publishd
 floor=$PWD/target/$profile/engine-floor

@@ -47,7 +47,8 @@ token_server_bin=${CARGO_TARGET_DIR:-$repo/target}/debug/token-server
 # command:package pairs; podman is optional at `up` (see start_podman).
 packages=(dockerd:docker.io docker-registry:docker-registry htpasswd:apache2-utils
   curl:curl python3:python3 openssl:openssl ip:iproute2 podman:podman
-  chromium:chromium chromedriver:chromium-driver)
+  chromium:chromium chromedriver:chromium-driver
+  skopeo:skopeo wrk:wrk sqlite3:sqlite3)
 
 missing_packages() {
   local pair

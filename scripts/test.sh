@@ -13,7 +13,6 @@ cd "$(dirname "$0")/.."
 echo "== installing what the tests need"
 scripts/test-env.sh install
 scripts/schemathesis.sh install
-scripts/bench.sh install
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
