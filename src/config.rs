@@ -27,7 +27,8 @@ pub struct ServeArgs {
     /// Targets processed at once.
     #[arg(long, env = "PUBLISHD_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
-    /// Docker engine: unix:///path or tcp://host:port (default: the local socket).
+    /// Docker engine: unix:///path or tcp://host:port (default: the local
+    /// socket), or `none` to publish registry sources (`docker://`) only.
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
     /// Directory holding the docker config.json with registry credentials

@@ -13,10 +13,10 @@ use crate::access::AccessControl;
 use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::credentials::{DockerConfig, JobCredentials};
-use crate::engine::{DockerEngine, Engine};
+use crate::engine::{DockerEngine, Engine, NoEngine};
 use crate::metrics::Metrics;
 use crate::progress::ProgressHub;
-use crate::registry::HttpRegistry;
+use crate::registry::{HttpRegistry, Registry};
 use crate::store::{AuditEntry, Store};
 use crate::webhooks::Webhooks;
 use crate::worker::{Cancellations, WorkerContext, WorkerPool};
@@ -33,14 +33,26 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let engine = DockerEngine::new(settings.docker_host.as_deref())?;
-        Self::build_with_engine(settings, Arc::new(engine)).await
+        let engine: Option<Arc<dyn Engine>> = match settings.docker_host.as_deref() {
+            Some("none") => None,
+            host => Some(Arc::new(DockerEngine::new(host)?)),
+        };
+        Self::assemble(settings, engine).await
     }
 
     /// Builds on a given engine: the seam tests use to inject engine faults.
     pub async fn build_with_engine(
         settings: Settings,
         engine: Arc<dyn Engine>,
+    ) -> anyhow::Result<Application> {
+        Self::assemble(settings, Some(engine)).await
+    }
+
+    /// Builds the application; without an engine (`--docker-host none`) it
+    /// publishes registry sources only.
+    async fn assemble(
+        settings: Settings,
+        engine: Option<Arc<dyn Engine>>,
     ) -> anyhow::Result<Application> {
         let access = AccessControl::new(settings.tokens.clone())?;
         if access.current().is_empty()
@@ -65,9 +77,20 @@ impl Application {
         let progress = ProgressHub::default();
         let metrics = Metrics::default();
         let stopping = CancellationToken::new();
+        let registry: Arc<dyn Registry> = Arc::new(HttpRegistry::new(
+            engine.clone(),
+            settings.docker_certs_dir.clone(),
+            settings.allow_registry.clone(),
+        ));
+        let credentials = DockerConfig::new(
+            settings.docker_config.clone(),
+            settings.credential_helper_timeout,
+        );
         let router = api::router(AppState {
             store: store.clone(),
             engine: engine.clone(),
+            registry: registry.clone(),
+            credentials: credentials.clone(),
             cancellations: cancellations.clone(),
             wake: wake.clone(),
             limits: settings.limits,
@@ -82,16 +105,9 @@ impl Application {
         });
         let context = Arc::new(WorkerContext {
             store,
-            registry: Arc::new(HttpRegistry::new(
-                engine.clone(),
-                settings.docker_certs_dir.clone(),
-                settings.allow_registry.clone(),
-            )),
-            engine,
-            credentials: DockerConfig::new(
-                settings.docker_config.clone(),
-                settings.credential_helper_timeout,
-            ),
+            registry,
+            engine: engine.unwrap_or_else(|| Arc::new(NoEngine)),
+            credentials,
             job_credentials,
             cancellations,
             timeouts: settings.timeouts,

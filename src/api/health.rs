@@ -40,9 +40,13 @@ pub struct Readiness {
     status: String,
     /// `ok`, or why the database cannot be used.
     database: String,
-    /// `ok`, or why the docker engine cannot be used.
+    /// `ok`, or why the docker engine cannot be used; `none` when publishd
+    /// runs without one (`--docker-host none`).
     engine: String,
 }
+
+/// What readiness says of the engine of a publishd without one.
+const NOT_PROBED: &str = "none";
 
 /// The last readiness report and when it was made.
 #[derive(Default)]
@@ -81,9 +85,16 @@ pub async fn readyz(
 async fn check(state: &AppState) -> Readiness {
     let (database, engine) = tokio::join!(
         probe(async { state.store.ping().await.map_err(|e| format!("{e:#}")) }),
-        probe(async { state.engine.ping().await.map_err(|e| e.to_string()) }),
+        async {
+            match &state.engine {
+                Some(engine) => {
+                    probe(async { engine.ping().await.map_err(|e| e.to_string()) }).await
+                }
+                None => NOT_PROBED.to_owned(),
+            }
+        },
     );
-    let ready = database == "ok" && engine == "ok";
+    let ready = database == "ok" && (engine == "ok" || engine == NOT_PROBED);
     Readiness {
         status: if ready { "ready" } else { "unavailable" }.to_owned(),
         database,

@@ -15,19 +15,17 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{JsonBody, page_cursor, page_limit};
+use super::sources::resolve_sources;
 use crate::credentials::RegistryAuth;
-use crate::domain::access::{Grant, Principal, check_submission, missing_labels};
+use crate::domain::access::{Principal, check_submission};
 use crate::domain::naming::registry_host;
-use crate::domain::spec::{JobSpec, Plan, RegistryAuthSpec, plan};
+use crate::domain::spec::{JobSpec, RegistryAuthSpec, plan};
 use crate::domain::status::JobStatus;
-use crate::engine::Engine;
 use crate::store::{AuditEntry, Cancelled, Created, Job, JobPage, NewJob, Submitter};
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 const DEFAULT_PAGE: u32 = 20;
-/// How long a submission waits for the engine to say what its sources are.
-const SOURCE_LOOKUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 const MAX_PAGE: u32 = 100;
 
 /// Submit a publish job.
@@ -112,13 +110,13 @@ async fn submit(
     }
     let brings_credentials = body.value.registry_auth.is_some();
     let grant = check_submission(caller, &plan, brings_credentials, &state.allow_registry)?;
-    let sources = resolve_sources(state.engine.as_ref(), &plan, &grant).await?;
-    plan.resolve_sources(&sources);
     let auth = body
         .value
         .registry_auth
         .as_ref()
         .map(|auth| registry_auth(&plan.repo, auth));
+    let sources = resolve_sources(state, &plan, &grant, auth.as_ref()).await?;
+    plan.resolve_sources(&sources);
     // The credentials are in place before the job exists: a lane may claim
     // it the moment it is committed.
     let id = Uuid::now_v7();
@@ -219,64 +217,6 @@ async fn audit(
         })
         .await?;
     Ok(())
-}
-
-/// Each image's source as an image id, where the engine can say within a
-/// moment: the job then publishes the image the pipeline had just built,
-/// even if the name moves before a lane gets to it. The others are resolved
-/// when their first target runs. Where the submitter's scope requires labels
-/// of a source, they are checked here on the image, so a job that would be
-/// refused is refused before anything is tagged.
-async fn resolve_sources(
-    engine: &dyn Engine,
-    plan: &Plan,
-    grant: &Grant,
-) -> Result<Vec<Option<String>>, ApiError> {
-    if grant.required_labels.is_empty() {
-        return Ok(source_ids(engine, plan).await);
-    }
-    let lookups = plan.images.iter().map(|image| async move {
-        match tokio::time::timeout(SOURCE_LOOKUP_TIMEOUT, engine.inspect_image(&image.source)).await
-        {
-            Ok(Ok(found)) => found,
-            Ok(Err(_)) | Err(_) => None,
-        }
-    });
-    let found = futures_util::future::join_all(lookups).await;
-    for (index, source) in found.iter().enumerate() {
-        if let Some(source) = source {
-            let missing = missing_labels(&grant.required_labels, &source.labels());
-            if !missing.is_empty() {
-                return Err(ApiError::Forbidden {
-                    field: Some(format!("images[{index}].source")),
-                    rule: "source_labels".to_owned(),
-                    message: format!(
-                        "the source {:?} lacks the labels its submitter's scope requires: {}",
-                        plan.images[index].source,
-                        missing.join(", ")
-                    ),
-                });
-            }
-        }
-    }
-    Ok(found
-        .into_iter()
-        .map(|source| source.map(|s| s.id))
-        .collect())
-}
-
-/// Each image's source as an image id, where the engine can say within a
-/// moment: the job then publishes the image the pipeline had just built,
-/// even if the name moves before a lane gets to it. The others are resolved
-/// when their first target runs.
-async fn source_ids(engine: &dyn Engine, plan: &Plan) -> Vec<Option<String>> {
-    let lookups = plan.images.iter().map(|image| async move {
-        match tokio::time::timeout(SOURCE_LOOKUP_TIMEOUT, engine.image_id(&image.source)).await {
-            Ok(Ok(id)) => id,
-            Ok(Err(_)) | Err(_) => None,
-        }
-    });
-    futures_util::future::join_all(lookups).await
 }
 
 /// The body's identity for idempotency: canonical JSON (serde_json's maps

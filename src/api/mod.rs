@@ -11,6 +11,7 @@ mod extract;
 mod health;
 mod jobs;
 mod metrics;
+mod sources;
 mod ui;
 
 use std::sync::Arc;
@@ -33,12 +34,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::access::AccessControl;
-use crate::credentials::JobCredentials;
+use crate::credentials::{DockerConfig, JobCredentials};
 use crate::domain::access::Patterns;
 use crate::domain::spec::Limits;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::progress::ProgressHub;
+use crate::registry::Registry;
 use crate::store::Store;
 use crate::worker::Cancellations;
 use error::{ApiError, InternalErrorDetail};
@@ -47,7 +49,12 @@ use error::{ApiError, InternalErrorDetail};
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    pub engine: Arc<dyn Engine>,
+    /// `None` with `--docker-host none`: registry sources only.
+    pub engine: Option<Arc<dyn Engine>>,
+    /// Reads registry sources at submission.
+    pub registry: Arc<dyn Registry>,
+    /// The docker config's credentials, for registry sources.
+    pub credentials: DockerConfig,
     pub cancellations: Cancellations,
     /// Wakes idle worker lanes when a job is queued.
     pub wake: Arc<Notify>,

@@ -8,6 +8,7 @@ use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::{Deserialize, Serialize};
 
 use super::naming::{reference_key, registry_host};
+use super::source::RegistrySource;
 use super::spec::Plan;
 
 /// What a token may do.
@@ -225,6 +226,36 @@ pub fn check_submission(
                 scope.repos.written().join(", ")
             ),
         ));
+    }
+    for (index, image) in plan.images.iter().enumerate() {
+        let Some(Ok(source)) = RegistrySource::parse(&image.source) else {
+            continue;
+        };
+        let field = Some(format!("images[{index}].source"));
+        if !allow_registry.matches(&source.registry) {
+            return Err(Forbidden::new(
+                field,
+                "allow-registry",
+                format!(
+                    "publishd does not read from {} (not in --allow-registry)",
+                    source.registry
+                ),
+            ));
+        }
+        // A source in another registry is read with publishd's own
+        // credentials for it (the job's are for its repo's registry): only
+        // for a token that may use them there.
+        if source.registry != host && !scope.service_credentials.matches(&source.registry) {
+            return Err(Forbidden::new(
+                field,
+                "service_credentials",
+                format!(
+                    "{who} may not read {} with publishd's own credentials: take the source \
+                     from {host}",
+                    source.registry
+                ),
+            ));
+        }
     }
     for (index, image) in plan.images.iter().enumerate() {
         let normalised = reference_key(&image.source);

@@ -7,6 +7,7 @@ pub mod naming;
 pub mod publish_via;
 pub mod retry;
 pub mod slug;
+pub mod source;
 pub mod spec;
 pub mod status;
 pub mod text;

@@ -12,6 +12,7 @@ use super::naming::{
 };
 use super::publish_via::PublishVia;
 use super::slug::{docker_tag, is_valid_docker_tag};
+use super::source::{REGISTRY_SOURCE_PREFIX, RegistrySource, ResolvedSource};
 
 /// A publish job as submitted.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -75,7 +76,9 @@ pub struct ImageSpec {
     #[serde(default)]
     #[schema(example = "backend")]
     pub name: Option<String>,
-    /// A local image reference or image id on the engine.
+    /// A local image reference or image id on the engine, or an image a
+    /// remote builder pushed: `docker://REGISTRY/REPOSITORY@sha256:...` (or
+    /// `:TAG`, read once per job), published wholly in the registry.
     #[schema(example = "acme/backend:build-42")]
     pub source: String,
 }
@@ -213,15 +216,25 @@ pub struct PlannedImage {
     pub source: String,
     /// The source's image id, once known.
     pub source_image_id: Option<String>,
+    /// A registry source's manifest digest, once known.
+    pub source_digest: Option<String>,
+}
+
+impl PlannedImage {
+    /// Whether the source is an image in a registry (`docker://`).
+    pub fn in_registry(&self) -> bool {
+        self.source.starts_with(REGISTRY_SOURCE_PREFIX)
+    }
 }
 
 impl Plan {
     /// Records what each image's source resolved to (`None` where it could
     /// not be read yet); a `content` target of a resolved image then has its
     /// tag and reference at once.
-    pub fn resolve_sources(&mut self, ids: &[Option<String>]) {
-        for (image, id) in self.images.iter_mut().zip(ids) {
-            image.source_image_id.clone_from(id);
+    pub fn resolve_sources(&mut self, resolved: &[Option<ResolvedSource>]) {
+        for (image, resolved) in self.images.iter_mut().zip(resolved) {
+            image.source_image_id = resolved.as_ref().map(|r| r.image_id.clone());
+            image.source_digest = resolved.as_ref().and_then(|r| r.manifest_digest.clone());
         }
         for target in &mut self.targets {
             let image = &self.images[target.image_index];
@@ -323,6 +336,7 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
             name: image.name.clone(),
             source: image.source.clone(),
             source_image_id: None,
+            source_digest: None,
         });
         for tag in &tags {
             let reference = tag
@@ -341,6 +355,17 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
     }
     if let Some(auth) = &spec.registry_auth {
         check_registry_auth(auth)?;
+    }
+    if spec.publish_via == Some(PublishVia::Engine)
+        && let Some(index) = images.iter().position(PlannedImage::in_registry)
+    {
+        return Err(ValidationError::new(
+            "publish_via",
+            format!(
+                "images[{index}] has a registry source, which is published in the registry: \
+                 \"engine\" needs every source on the engine"
+            ),
+        ));
     }
     let callback = spec
         .callback_url
@@ -463,8 +488,12 @@ fn check_registry_auth(auth: &RegistryAuthSpec) -> Result<(), ValidationError> {
     }
 }
 
-/// A source is an image id (`sha256:...` or a hex prefix) or a reference.
+/// A source is an image id (`sha256:...` or a hex prefix), a local
+/// reference, or a registry source (`docker://...`).
 fn check_source(source: &str) -> Result<(), String> {
+    if let Some(parsed) = RegistrySource::parse(source) {
+        return parsed.map(|_| ());
+    }
     if source.is_empty() {
         return Err("source must name a local image".to_owned());
     }
@@ -555,7 +584,7 @@ mod tests {
         }))
         .unwrap();
         let id = format!("sha256:{}", "ab".repeat(32));
-        plan.resolve_sources(&[Some(id.clone()), None]);
+        plan.resolve_sources(&[Some(ResolvedSource::local(id.clone())), None]);
         assert_eq!(plan.images[0].source_image_id.as_deref(), Some(id.as_str()));
         let content = &plan.targets[0];
         assert_eq!(content.tag.as_deref(), Some("ab".repeat(32).as_str()));
@@ -658,6 +687,14 @@ mod tests {
             (
                 serde_json::json!({"repo": "r/a", "images": [{"name": "a", "source": "acme/App"}], "tags": ok_tags}),
                 "images[0].source",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "images": [{"name": "a", "source": "docker://reg/ci/a"}], "tags": ok_tags}),
+                "images[0].source",
+            ),
+            (
+                serde_json::json!({"repo": "r/a", "publish_via": "engine", "images": [{"name": "a", "source": "docker://reg/ci/a:1"}], "tags": ok_tags}),
+                "publish_via",
             ),
             (
                 serde_json::json!({"repo": "r/a", "images": ok_images, "tags": [{"strategy": "custom", "value": "-bad"}]}),

@@ -4,6 +4,7 @@
 
 mod docker;
 pub mod image_config;
+mod none;
 mod push;
 pub mod settings;
 mod transport;
@@ -12,6 +13,7 @@ use async_trait::async_trait;
 
 pub use docker::DockerEngine;
 pub use image_config::{LabelBuild, LabelledImage, SourceImage};
+pub use none::{NO_ENGINE, NoEngine};
 pub use settings::{EngineDescription, EngineProduct, ImageStore, RegistrySettings, TagMethod};
 
 use crate::credentials::RegistryAuth;

@@ -11,14 +11,19 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use oci_spec::distribution::Reference;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
+};
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::challenge::Challenge;
 use super::manifest;
-use super::{Registry, RegistryError, RegistryImage, RemoteImage, Written};
+use super::{
+    LayersFrom, ManifestForm, Registry, RegistryError, RegistryImage, RemoteImage, SourceManifest,
+    Written,
+};
 use crate::credentials::RegistryAuth;
 use crate::domain::access::Patterns;
 use crate::domain::publish_via::Descriptor;
@@ -59,7 +64,8 @@ const CLIENT_ID: &str = "publishd";
 /// Registries over HTTP(S), reached as the engine reaches them.
 #[derive(Clone)]
 pub struct HttpRegistry {
-    engine: Arc<dyn Engine>,
+    /// Whose registry settings to follow; none: dockerd's defaults.
+    engine: Option<Arc<dyn Engine>>,
     /// `certs.d`: per-registry CAs and client certificates, as the engine reads them.
     certs_dir: PathBuf,
     /// Hosts publishd may talk to at all (`--allow-registry`): registries and
@@ -120,8 +126,39 @@ struct ConfigRef {
     digest: String,
 }
 
+/// A registry source's manifest, as far as it is read here.
+#[derive(Deserialize)]
+struct SourceBody {
+    #[serde(default, rename = "mediaType")]
+    media_type: Option<String>,
+    #[serde(default)]
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    manifests: Option<Vec<serde_json::Value>>,
+}
+
+/// The image manifests a registry source may be, and the indexes it may not.
+const IMAGE_MANIFEST_TYPES: [&str; 2] = [
+    manifest::MANIFEST_V2,
+    "application/vnd.oci.image.manifest.v1+json",
+];
+const INDEX_TYPES: [&str; 2] = [
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+];
+
+/// How long one layer's copy between registries may take (the step's own
+/// timeout bounds it too).
+const BLOB_TIMEOUT: Duration = Duration::from_secs(3600);
+
 impl HttpRegistry {
-    pub fn new(engine: Arc<dyn Engine>, certs_dir: PathBuf, allowed: Patterns) -> HttpRegistry {
+    pub fn new(
+        engine: Option<Arc<dyn Engine>>,
+        certs_dir: PathBuf,
+        allowed: Patterns,
+    ) -> HttpRegistry {
         HttpRegistry {
             engine,
             certs_dir,
@@ -144,12 +181,15 @@ impl HttpRegistry {
         {
             return Ok(endpoint.clone());
         }
-        let settings = match self.engine.describe().await {
-            Ok(description) => description.registries,
-            Err(error) => {
-                tracing::warn!(%error, "engine's registry settings unreadable; using dockerd's defaults");
-                RegistrySettings::default()
-            }
+        let settings = match &self.engine {
+            Some(engine) => match engine.describe().await {
+                Ok(description) => description.registries,
+                Err(error) => {
+                    tracing::warn!(%error, "engine's registry settings unreadable; using dockerd's defaults");
+                    RegistrySettings::default()
+                }
+            },
+            None => RegistrySettings::default(),
         };
         let host = api_host(registry);
         let secure = match settings.configured(registry) {
@@ -366,14 +406,14 @@ const OCTET_STREAM: &str = "application/octet-stream";
 
 impl HttpRegistry {
     /// Makes `layer` present in `reference`'s repository: there already
-    /// (HEAD), or mounted from `from`. `Some(why)` when the registry would
-    /// not mount it.
+    /// (HEAD), mounted from `from` (same registry), or, where `from` allows
+    /// it, copied. `Some(why)` when it is not there and was not copied.
     async fn ensure_layer(
         &self,
         reference: &Reference,
         auth: &RegistryAuth,
         layer: &Descriptor,
-        from: &str,
+        from: &LayersFrom<'_>,
     ) -> Result<Option<String>, RegistryError> {
         let repository = reference.repository();
         let push_scope = format!("repository:{repository}:pull,push");
@@ -392,11 +432,34 @@ impl HttpRegistry {
                 );
             }
         }
-        if from == repository {
-            return Ok(Some(format!(
-                "the layer is no longer in {repository}, where the engine pushed it"
-            )));
+        let why = if from.registry != reference.registry() {
+            format!("the layer is in another registry, {}", from.registry)
+        } else if from.repository == repository {
+            format!("the layer is no longer in {repository}, where the engine pushed it")
+        } else {
+            match self.mount(reference, auth, layer, from.repository).await? {
+                None => return Ok(None),
+                Some(why) => why,
+            }
+        };
+        if !from.copy {
+            return Ok(Some(why));
         }
+        self.copy_blob(reference, auth, layer, from).await?;
+        Ok(None)
+    }
+
+    /// Mounts `layer` into `reference`'s repository from `from` in the same
+    /// registry; `Some(why)` when the registry would not.
+    async fn mount(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        layer: &Descriptor,
+        from: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        let repository = reference.repository();
+        let push_scope = format!("repository:{repository}:pull,push");
         let mount_scope = format!("{push_scope} repository:{from}:pull");
         let query = [("mount", layer.digest.as_str()), ("from", from)];
         let uploads = format!("/v2/{repository}/blobs/uploads/");
@@ -432,15 +495,62 @@ impl HttpRegistry {
         }
     }
 
-    /// Uploads `bytes` as the blob `digest` into `reference`'s repository
-    /// (one POST for the upload, one PUT with the whole body).
-    async fn upload_blob(
+    /// Copies `layer` from `from` into `reference`'s repository, streamed:
+    /// read from one registry while it is written to the other, never held
+    /// whole. The registry checks the digest of what arrives.
+    async fn copy_blob(
         &self,
         reference: &Reference,
         auth: &RegistryAuth,
-        digest: &str,
-        bytes: Bytes,
+        layer: &Descriptor,
+        from: &LayersFrom<'_>,
     ) -> Result<(), RegistryError> {
+        let source = parse(&format!("{}/{}", from.registry, from.repository))?;
+        let path = format!("/v2/{}/blobs/{}", from.repository, layer.digest);
+        let response = self
+            .send(&source, from.auth, |client, base| {
+                client.get(format!("{base}{path}")).timeout(BLOB_TIMEOUT)
+            })
+            .await?;
+        if !response.status().is_success() {
+            return Err(status_error(
+                response,
+                &format!("reading layer {} from {}", layer.digest, from.repository),
+            )
+            .await);
+        }
+        let (location, scope) = self.start_upload(reference, auth, "a layer").await?;
+        // One request, not retried here: a streamed body cannot be sent
+        // twice. The step's retry starts the copy again. The token the
+        // upload's start obtained is the one for this scope.
+        let endpoint = self.endpoint(reference.registry()).await?;
+        let key: TokenKey = (reference.registry().to_owned(), auth.fingerprint(), scope);
+        let mut request = endpoint
+            .client
+            .put(absolute(&endpoint.base, &location))
+            .query(&[("digest", layer.digest.as_str())])
+            .header(CONTENT_TYPE, OCTET_STREAM)
+            .header(CONTENT_LENGTH, layer.size)
+            .timeout(BLOB_TIMEOUT)
+            .body(reqwest::Body::wrap_stream(response.bytes_stream()));
+        if let Some(authorization) = self.cached_token(&key) {
+            request = request.header(AUTHORIZATION, authorization);
+        }
+        let response = request.send().await.map_err(transport_error)?;
+        if response.status() != StatusCode::CREATED {
+            return Err(status_error(response, &format!("copying layer {}", layer.digest)).await);
+        }
+        Ok(())
+    }
+
+    /// Starts a blob upload into `reference`'s repository: where it goes
+    /// on, and the scope its token was taken for.
+    async fn start_upload(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        what: &str,
+    ) -> Result<(String, String), RegistryError> {
         let repository = reference.repository();
         let scope = format!("repository:{repository}:pull,push");
         let uploads = format!("/v2/{repository}/blobs/uploads/");
@@ -450,7 +560,7 @@ impl HttpRegistry {
             })
             .await?;
         if response.status() != StatusCode::ACCEPTED {
-            return Err(status_error(response, "starting the config's upload").await);
+            return Err(status_error(response, &format!("starting the upload of {what}")).await);
         }
         let location = upload_location(&response).ok_or_else(|| {
             RegistryError::new(
@@ -458,6 +568,19 @@ impl HttpRegistry {
                 "the registry started an upload without a Location",
             )
         })?;
+        Ok((location, scope))
+    }
+
+    /// Uploads `bytes` as the blob `digest` into `reference`'s repository
+    /// (one POST for the upload, one PUT with the whole body).
+    async fn upload_blob(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        digest: &str,
+        bytes: Bytes,
+    ) -> Result<(), RegistryError> {
+        let (location, scope) = self.start_upload(reference, auth, "the config").await?;
         let response = self
             .send_scoped(reference, auth, &scope, |client, base| {
                 client
@@ -585,6 +708,95 @@ impl Registry for HttpRegistry {
         Ok(manifest::reproducible_layers(&body))
     }
 
+    async fn source_image(
+        &self,
+        reference: &str,
+        auth: &RegistryAuth,
+    ) -> Result<Option<SourceManifest>, RegistryError> {
+        let reference = parse(reference)?;
+        let Some(response) = self
+            .manifest(&reference, auth, reqwest::Method::GET)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let served_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| value.split(';').next().unwrap_or(value).trim().to_owned());
+        let body = read_limited(response, MANIFEST_LIMIT, "a manifest").await?;
+        let digest = sha256_digest(&body);
+        let whole = reference.whole();
+        if let Some(pinned) = reference.digest()
+            && pinned != digest
+        {
+            return Err(RegistryError::new(
+                FailureKind::Permanent,
+                format!("the registry served bytes of digest {digest} for {whole}"),
+            ));
+        }
+        let parsed: SourceBody = serde_json::from_slice(&body).map_err(|error| {
+            RegistryError::new(
+                FailureKind::Permanent,
+                format!("the manifest of {whole} is not JSON: {error}"),
+            )
+        })?;
+        let media_type = parsed.media_type.or(served_type).unwrap_or_default();
+        // An index is refused rather than published platform by platform:
+        // werf's content signature and `content` tag name one image id, and
+        // an index has one per platform.
+        if parsed.manifests.is_some() || INDEX_TYPES.contains(&media_type.as_str()) {
+            return Err(RegistryError::new(
+                FailureKind::Permanent,
+                format!(
+                    "{whole} is an image index (a multi-platform image): publishd publishes \
+                     single-platform images, since werf's content signature names one image; \
+                     name one platform's manifest by its digest (docker://REPOSITORY@sha256:...)"
+                ),
+            ));
+        }
+        let (Some(config), Some(layers)) = (parsed.config, parsed.layers) else {
+            return Err(RegistryError::new(
+                FailureKind::Permanent,
+                format!("{whole} is not an image manifest ({media_type:?})"),
+            ));
+        };
+        if !IMAGE_MANIFEST_TYPES.contains(&media_type.as_str()) {
+            return Err(RegistryError::new(
+                FailureKind::Permanent,
+                format!(
+                    "{whole} is a {media_type:?} manifest; publishd publishes Docker schema 2 \
+                     and OCI image manifests"
+                ),
+            ));
+        }
+        let path = format!("/v2/{}/blobs/{}", reference.repository(), config.digest);
+        let response = self
+            .send(&reference, auth, |client, base| {
+                client.get(format!("{base}{path}"))
+            })
+            .await?;
+        if !response.status().is_success() {
+            return Err(status_error(response, &format!("reading the config of {whole}")).await);
+        }
+        let config_bytes = read_limited(response, CONFIG_LIMIT, "an image config").await?;
+        if sha256_digest(&config_bytes) != config.digest {
+            return Err(RegistryError::new(
+                FailureKind::Transient,
+                format!("the config of {whole} read back with another digest"),
+            ));
+        }
+        Ok(Some(SourceManifest {
+            digest,
+            media_type,
+            manifest: body.to_vec(),
+            config: config_bytes.to_vec(),
+            config_digest: config.digest,
+            layers,
+        }))
+    }
+
     async fn write_image(
         &self,
         reference: &str,
@@ -594,7 +806,7 @@ impl Registry for HttpRegistry {
         let reference = parse(reference)?;
         for layer in image.layers {
             if let Some(why) = self
-                .ensure_layer(&reference, auth, layer, image.layers_from)
+                .ensure_layer(&reference, auth, layer, &image.layers_from)
                 .await?
             {
                 return Ok(Written::MountRefused {
@@ -603,19 +815,38 @@ impl Registry for HttpRegistry {
                 });
             }
         }
-        let config = Descriptor {
-            media_type: manifest::CONFIG_V1.to_owned(),
-            size: image.config.len() as u64,
-            digest: sha256_digest(image.config),
-        };
+        let config_digest = sha256_digest(image.config);
         self.upload_blob(
             &reference,
             auth,
-            &config.digest,
+            &config_digest,
             Bytes::copy_from_slice(image.config),
         )
         .await?;
-        let body = Bytes::from(manifest::render(&config, image.layers));
+        let (body, media_type) = match image.manifest {
+            ManifestForm::Engine => {
+                let config = Descriptor {
+                    media_type: manifest::CONFIG_V1.to_owned(),
+                    size: image.config.len() as u64,
+                    digest: config_digest,
+                };
+                (
+                    manifest::render(&config, image.layers),
+                    manifest::MANIFEST_V2,
+                )
+            }
+            ManifestForm::Like(source) => (
+                manifest::with_config(&source.manifest, &config_digest, image.config.len())
+                    .map_err(|error| {
+                        RegistryError::new(
+                            FailureKind::Permanent,
+                            format!("rewriting the source's manifest: {error}"),
+                        )
+                    })?,
+                source.media_type.as_str(),
+            ),
+        };
+        let body = Bytes::from(body);
         let digest = sha256_digest(&body);
         let scope = format!("repository:{}:pull,push", reference.repository());
         let path = manifest_path(&reference);
@@ -623,7 +854,7 @@ impl Registry for HttpRegistry {
             .send_scoped(&reference, auth, &scope, |client, base| {
                 client
                     .put(format!("{base}{path}"))
-                    .header(CONTENT_TYPE, manifest::MANIFEST_V2)
+                    .header(CONTENT_TYPE, media_type)
                     .body(body.clone())
             })
             .await?;

@@ -56,6 +56,25 @@ pub fn reproducible_layers(manifest: &[u8]) -> Option<Vec<Descriptor>> {
     (render(&parsed.config, &parsed.layers) == manifest).then_some(parsed.layers)
 }
 
+/// `manifest` (a registry source's, in its own format) with the config
+/// descriptor pointing at another config: everything else (media types,
+/// layers with their annotations) stays as the builder wrote it.
+pub fn with_config(
+    manifest: &[u8],
+    config_digest: &str,
+    config_size: usize,
+) -> Result<Vec<u8>, String> {
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(manifest).map_err(|error| error.to_string())?;
+    let config = manifest
+        .get_mut("config")
+        .and_then(serde_json::Value::as_object_mut)
+        .ok_or("it has no config descriptor")?;
+    config.insert("digest".to_owned(), config_digest.into());
+    config.insert("size".to_owned(), config_size.into());
+    serde_json::to_vec(&manifest).map_err(|error| error.to_string())
+}
+
 /// One descriptor at `indent`: Go's field order (mediaType, size, digest).
 fn descriptor(out: &mut String, descriptor: &Descriptor, indent: &str) {
     out.push_str(&format!(

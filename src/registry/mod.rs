@@ -30,13 +30,50 @@ pub struct RemoteImage {
 /// An image to write registry-side.
 #[derive(Debug, Clone, Copy)]
 pub struct RegistryImage<'a> {
-    /// The labelled config, the very bytes the engine path would load (and
-    /// push): its digest is the image id.
+    /// The labelled config: for a local source the very bytes the engine
+    /// path would load (and push), so its digest is that path's image id.
     pub config: &'a [u8],
-    /// The layers as the seed's manifest lists them.
+    /// The layers, as the manifest lists them.
     pub layers: &'a [Descriptor],
-    /// A repository of the same registry that holds the layers.
-    pub layers_from: &'a str,
+    /// Where the layers are.
+    pub layers_from: LayersFrom<'a>,
+    /// The manifest to write around the config and the layers.
+    pub manifest: ManifestForm<'a>,
+}
+
+/// A repository that holds an image's layers.
+#[derive(Debug, Clone, Copy)]
+pub struct LayersFrom<'a> {
+    pub registry: &'a str,
+    pub repository: &'a str,
+    /// The credentials that read it.
+    pub auth: &'a RegistryAuth,
+    /// Copy a layer that cannot be mounted (another registry, a refused
+    /// mount) through publishd; otherwise the write ends `MountRefused`.
+    pub copy: bool,
+}
+
+/// The manifest a registry-side write puts.
+#[derive(Debug, Clone, Copy)]
+pub enum ManifestForm<'a> {
+    /// Docker schema 2 exactly as dockerd pushes it: the engine path's digest.
+    Engine,
+    /// The source's own manifest (its format, its layers' annotations) with
+    /// the labelled config in place of its config.
+    Like(&'a SourceManifest),
+}
+
+/// An image a remote builder pushed, as its registry holds it.
+#[derive(Debug, Clone)]
+pub struct SourceManifest {
+    /// The manifest's digest.
+    pub digest: String,
+    pub media_type: String,
+    pub manifest: Vec<u8>,
+    /// The config's bytes; their digest is the image id.
+    pub config: Vec<u8>,
+    pub config_digest: String,
+    pub layers: Vec<Descriptor>,
 }
 
 /// How writing an image registry-side ended.
@@ -93,9 +130,18 @@ pub trait Registry: Send + Sync + 'static {
         auth: &RegistryAuth,
     ) -> Result<Option<Vec<Descriptor>>, RegistryError>;
 
+    /// The single-platform image `reference` (a tag or a digest) names,
+    /// with its config, or `None` if there is none; an image index is a
+    /// permanent error (see `source_image`'s implementation for why).
+    async fn source_image(
+        &self,
+        reference: &str,
+        auth: &RegistryAuth,
+    ) -> Result<Option<SourceManifest>, RegistryError>;
+
     /// Writes `image` under `reference` (a tagged reference): every layer
-    /// made present in its repository (there already, or mounted), the
-    /// config uploaded, the manifest put.
+    /// made present in its repository (there already, mounted, or copied),
+    /// the config uploaded, the manifest put.
     async fn write_image(
         &self,
         reference: &str,

@@ -291,14 +291,15 @@ impl Store {
         .context("inserting the job")?;
         for (position, image) in new.plan.images.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO job_images (job_id, position, name, source, source_image_id)
-                 VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO job_images (job_id, position, name, source, source_image_id, source_digest)
+                 VALUES (?, ?, ?, ?, ?, ?)",
             )
             .bind(id.to_string())
             .bind(position as i64)
             .bind(&image.name)
             .bind(&image.source)
             .bind(&image.source_image_id)
+            .bind(&image.source_digest)
             .execute(&mut *tx)
             .await
             .context("inserting an image")?;
@@ -604,7 +605,7 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
         "SELECT t.id, t.position, t.job_id, j.repo, j.repo_mode, t.image_name, t.source, t.strategy, t.tag,
                 t.reference, t.status, t.attempts, j.force, j.has_registry_auth,
                 t.prior_image_id, t.created_image_id, t.staging_reference, t.image_position,
-                i.source_image_id, t.claim_token, t.previous_prior_image_id,
+                i.source_image_id, i.source_digest, t.claim_token, t.previous_prior_image_id,
                 t.previous_created_image_id, t.credentials_wait_until,
                 j.use_service_credentials, j.required_labels, j.publish_via
          FROM targets t JOIN jobs j ON j.id = t.job_id
@@ -643,6 +644,7 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
         previous_created_image_id: row.get("previous_created_image_id"),
         image_position: row.get("image_position"),
         source_image_id: row.get("source_image_id"),
+        source_digest: row.get("source_digest"),
         credentials_wait_until: row.get("credentials_wait_until"),
         use_service_credentials: row.get("use_service_credentials"),
         required_labels: serde_json::from_str(row.get("required_labels"))
@@ -733,6 +735,7 @@ fn image_from_row(row: &SqliteRow) -> JobImage {
         name: row.get("name"),
         source: row.get("source"),
         source_image_id: row.get("source_image_id"),
+        source_digest: row.get("source_digest"),
     }
 }
 

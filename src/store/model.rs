@@ -48,8 +48,13 @@ pub struct JobImage {
     pub source: String,
     /// The image id `source` named when the job was accepted (or, if the
     /// engine could not say then, when its first target ran): every target
-    /// of this image publishes this id. Null until known.
+    /// of this image publishes this id. For a `docker://` source, its
+    /// config digest. Null until known.
     pub source_image_id: Option<String>,
+    /// For a `docker://` source, the manifest digest it named when it was
+    /// first read: every target publishes that manifest's image. Null for
+    /// a local source, and until known.
+    pub source_digest: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -136,6 +141,8 @@ pub struct ClaimedTarget {
     pub image_position: i64,
     /// What the job's image resolved to, once known.
     pub source_image_id: Option<String>,
+    /// A registry source's manifest digest, once known.
+    pub source_digest: Option<String>,
     pub credentials_wait_until: Option<String>,
     /// The service's docker config may be used for the repo's registry.
     pub use_service_credentials: bool,

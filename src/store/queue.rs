@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use super::{IN_FLIGHT, Store, StoreResult, bounded, load_claimed, now, parse_uuid, refresh_job};
 use crate::domain::publish_via::PublishedVia;
+use crate::domain::source::ResolvedSource;
 use crate::domain::status::{JobStatus, TargetStatus};
 use crate::store::model::{ClaimedTarget, TargetOutcome};
 
@@ -568,25 +569,32 @@ impl Store {
     }
 
     /// Records what an image of a job resolved to, unless another target of
-    /// the image resolved it first; answers the id every target of the
-    /// image publishes.
+    /// the image resolved it first; answers what every target of the image
+    /// publishes.
     pub async fn resolve_source(
         &self,
         job_id: Uuid,
         image_position: i64,
-        source_image_id: &str,
-    ) -> StoreResult<String> {
-        let id = sqlx::query_scalar(
-            "UPDATE job_images SET source_image_id = COALESCE(source_image_id, ?)
-             WHERE job_id = ? AND position = ? RETURNING source_image_id",
+        resolved: &ResolvedSource,
+    ) -> StoreResult<ResolvedSource> {
+        // Both columns are set together: the first resolution wins whole.
+        let (image_id, manifest_digest) = sqlx::query_as(
+            "UPDATE job_images
+             SET source_digest = CASE WHEN source_image_id IS NULL THEN ? ELSE source_digest END,
+                 source_image_id = COALESCE(source_image_id, ?)
+             WHERE job_id = ? AND position = ? RETURNING source_image_id, source_digest",
         )
-        .bind(source_image_id)
+        .bind(&resolved.manifest_digest)
+        .bind(&resolved.image_id)
         .bind(job_id.to_string())
         .bind(image_position)
         .fetch_one(&self.writer)
         .await
         .context("recording a resolved source")?;
-        Ok(id)
+        Ok(ResolvedSource {
+            image_id,
+            manifest_digest,
+        })
     }
 }
 

@@ -14,6 +14,7 @@ use crate::domain::labels::{LabelInput, werf_labels};
 use crate::domain::naming::{content_tag, registry_host, registry_repository, target_reference};
 use crate::domain::publish_via::{PublishedVia, Seed, may_skip_engine};
 use crate::domain::retry::{FailureKind, classify_engine_error, classify_registry_message};
+use crate::domain::source::{RegistrySource, ResolvedSource};
 use crate::domain::spec::TagStrategy;
 use crate::domain::status::TargetStatus;
 use crate::domain::text::cut;
@@ -22,10 +23,12 @@ use crate::engine::{
 };
 use crate::metrics::StepOutcome;
 use crate::progress::Progress;
-use crate::registry::{RegistryError, RegistryImage, Written};
+use crate::registry::{LayersFrom, ManifestForm, RegistryError, RegistryImage, Written};
 use crate::store::{Bound, ClaimedTarget, TargetOutcome};
 
 use super::{LOG_LIMIT, WorkerContext};
+
+mod from_registry;
 
 /// How long one try of each step may take.
 #[derive(Debug, Clone, Copy)]
@@ -143,6 +146,12 @@ pub async fn run(
         target,
         signals,
     };
+    if let Some(source) = RegistrySource::parse(&target.source) {
+        return match source {
+            Ok(source) => run.from_registry(&source).await,
+            Err(message) => conclude(Err(Stop::Failed(message)), Vec::new()),
+        };
+    }
     // The job's image is the one its source named when it was resolved:
     // every target of the image publishes that id, whatever the name
     // points at by now.
@@ -159,8 +168,13 @@ pub async fn run(
                 Err(stop) => return conclude(Err(stop), Vec::new()),
             };
             ctx.store
-                .resolve_source(target.job_id, target.image_position, &found)
+                .resolve_source(
+                    target.job_id,
+                    target.image_position,
+                    &ResolvedSource::local(found),
+                )
                 .await?
+                .image_id
         }
     };
     let source = match run
@@ -173,28 +187,8 @@ pub async fn run(
         Err(stop) => return conclude(Err(stop), Vec::new()),
     };
 
-    let (tag, reference) = match (&target.tag, &target.reference) {
-        (Some(tag), Some(reference)) => (tag.clone(), reference.clone()),
-        _ if target.strategy == TagStrategy::Content => {
-            let tag = content_tag(&source.id);
-            let reference = target_reference(
-                &target.repo,
-                target.repo_mode,
-                target.image_name.as_deref(),
-                &tag,
-            );
-            match ctx
-                .store
-                .bind_reference(&target.claim, &tag, &reference)
-                .await?
-            {
-                Bound::Bound => {}
-                Bound::Busy => return Ok(Finish::Deferred),
-                Bound::Cancelled => return Ok(Finish::Deferred),
-            }
-            (tag, reference)
-        }
-        _ => anyhow::bail!("target {} has no reference", target.id),
+    let Some((tag, reference)) = run.tag_and_reference(&source.id).await? else {
+        return Ok(Finish::Deferred);
     };
 
     let auth = match run.auth(&reference).await {
@@ -252,10 +246,18 @@ pub async fn run(
         && seed.layers.len() == source.layer_count
     {
         let image = LabelledImage::new(&source, &labels);
-        match run
-            .write_registry_side(&reference, &image, &seed, &auth)
-            .await?
-        {
+        let wanted = RegistryImage {
+            config: image.config(),
+            layers: &seed.layers,
+            layers_from: LayersFrom {
+                registry,
+                repository: &seed.repository,
+                auth: &auth,
+                copy: false,
+            },
+            manifest: ManifestForm::Engine,
+        };
+        match run.write_registry_side(&reference, &wanted, &auth).await? {
             Ok(Some(digest)) => {
                 info!(%digest, image_id = %image.id, from = %seed.repository, "published registry-side");
                 return conclude(Ok((digest, PublishedVia::Registry)), Vec::new());
@@ -508,6 +510,36 @@ impl Run<'_> {
         }
     }
 
+    /// The target's tag and reference: a `content` target's are made of the
+    /// source's id and bound now. `None`: another target is working on the
+    /// same reference (or the job was cancelled), and this one goes back to
+    /// the queue untouched.
+    async fn tag_and_reference(&self, source_id: &str) -> anyhow::Result<Option<(String, String)>> {
+        let target = self.target;
+        match (&target.tag, &target.reference) {
+            (Some(tag), Some(reference)) => Ok(Some((tag.clone(), reference.clone()))),
+            _ if target.strategy == TagStrategy::Content => {
+                let tag = content_tag(source_id);
+                let reference = target_reference(
+                    &target.repo,
+                    target.repo_mode,
+                    target.image_name.as_deref(),
+                    &tag,
+                );
+                match self
+                    .ctx
+                    .store
+                    .bind_reference(&target.claim, &tag, &reference)
+                    .await?
+                {
+                    Bound::Bound => Ok(Some((tag, reference))),
+                    Bound::Busy | Bound::Cancelled => Ok(None),
+                }
+            }
+            _ => anyhow::bail!("target {} has no reference", target.id),
+        }
+    }
+
     /// The job's own credentials if it brought some, else the docker config's
     /// for the reference's registry.
     async fn auth(&self, reference: &str) -> Result<RegistryAuth, String> {
@@ -650,29 +682,23 @@ impl Run<'_> {
         .await
     }
 
-    /// Writes `image` under `reference` registry-side, next to the seed's
-    /// layers, and reads it back. `Ok(None)`: a layer could not be mounted
-    /// into the reference's repository, nothing was tagged, and the engine
-    /// path is to publish the target. Store failures abort the run.
+    /// Writes `wanted` under `reference` registry-side and reads it back.
+    /// `Ok(None)`: a layer could not be mounted into the reference's
+    /// repository, nothing was tagged, and the engine path is to publish
+    /// the target. Store failures abort the run.
     async fn write_registry_side(
         &self,
         reference: &str,
-        image: &LabelledImage,
-        seed: &Seed,
+        wanted: &RegistryImage<'_>,
         auth: &RegistryAuth,
     ) -> anyhow::Result<Result<Option<String>, Stop>> {
         let ctx = self.ctx;
         ctx.store
             .set_step(&self.target.claim, TargetStatus::Pushing)
             .await?;
-        let wanted = RegistryImage {
-            config: image.config(),
-            layers: &seed.layers,
-            layers_from: &seed.repository,
-        };
         let written = self
             .step("push", ctx.timeouts.push, OnCancel::Interrupt, || async {
-                Ok(ctx.registry.write_image(reference, &wanted, auth).await?)
+                Ok(ctx.registry.write_image(reference, wanted, auth).await?)
             })
             .await;
         let digest = match written {

@@ -3,6 +3,7 @@
 
 use reqwest::StatusCode;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
                               application/vnd.oci.image.manifest.v1+json";
@@ -77,10 +78,23 @@ impl Registry {
 
     async fn get(&self, path: &str, accept: Option<&str>) -> reqwest::Response {
         let url = format!("{}://{}/v2/{path}", self.scheme, self.host);
+        let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+        self.send(reqwest::Method::GET, &url, &headers, Vec::new())
+            .await
+    }
+
+    /// One request to `url`, answering a Bearer challenge with a token.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> reqwest::Response {
         let request = |authorization: Option<&str>| {
-            let mut request = self.client.get(&url);
-            if let Some(accept) = accept {
-                request = request.header("Accept", accept);
+            let mut request = self.client.request(method.clone(), url).body(body.clone());
+            for (name, value) in headers {
+                request = request.header(*name, *value);
             }
             match (authorization, &self.auth) {
                 (Some(value), _) => request.header("Authorization", value),
@@ -104,6 +118,79 @@ impl Registry {
             }
             _ => response,
         }
+    }
+
+    /// Uploads `bytes` as a blob of `repository`; answers its digest.
+    pub async fn put_blob(&self, repository: &str, bytes: &[u8]) -> String {
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let base = format!("{}://{}", self.scheme, self.host);
+        let started = self
+            .send(
+                reqwest::Method::POST,
+                &format!("{base}/v2/{repository}/blobs/uploads/"),
+                &[],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(started.status(), 202, "starting an upload to {repository}");
+        let location = started.headers()["location"].to_str().unwrap().to_owned();
+        let location = if location.starts_with('/') {
+            format!("{base}{location}")
+        } else {
+            location
+        };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let finished = self
+            .send(
+                reqwest::Method::PUT,
+                &format!("{location}{separator}digest={digest}"),
+                &[("Content-Type", "application/octet-stream")],
+                bytes.to_vec(),
+            )
+            .await;
+        assert_eq!(finished.status(), 201, "uploading {digest}");
+        digest
+    }
+
+    /// Puts `manifest` (of `media_type`) as `repository:tag_or_digest`;
+    /// answers its digest.
+    pub async fn put_manifest(
+        &self,
+        repository: &str,
+        tag_or_digest: &str,
+        media_type: &str,
+        manifest: &[u8],
+    ) -> String {
+        let url = format!(
+            "{}://{}/v2/{repository}/manifests/{tag_or_digest}",
+            self.scheme, self.host
+        );
+        let response = self
+            .send(
+                reqwest::Method::PUT,
+                &url,
+                &[("Content-Type", media_type)],
+                manifest.to_vec(),
+            )
+            .await;
+        assert_eq!(
+            response.status(),
+            201,
+            "putting {repository}:{tag_or_digest}"
+        );
+        format!("sha256:{}", hex::encode(Sha256::digest(manifest)))
+    }
+
+    /// Whether `repository` holds the blob `digest`.
+    pub async fn has_blob(&self, repository: &str, digest: &str) -> bool {
+        let url = format!(
+            "{}://{}/v2/{repository}/blobs/{digest}",
+            self.scheme, self.host
+        );
+        let response = self
+            .send(reqwest::Method::HEAD, &url, &[], Vec::new())
+            .await;
+        response.status().is_success()
     }
 
     /// A token from the challenge's realm, with the basic credentials.

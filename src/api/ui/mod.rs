@@ -25,6 +25,8 @@ use super::AppState;
 use super::auth::principal_of;
 use crate::domain::access::Principal;
 use crate::domain::status::JobStatus;
+use crate::engine::{Engine, NoEngine};
+use std::sync::Arc;
 
 const SCRIPT: &str = include_str!("../../../assets/ui/app.js");
 const STYLE: &str = include_str!("../../../assets/ui/app.css");
@@ -116,7 +118,8 @@ async fn engines(State(state): State<AppState>, headers: HeaderMap) -> Response 
     if principal_of(&state.access, &headers).is_none() {
         return sign_in("Engines");
     }
-    let (ping, description) = tokio::join!(state.engine.ping(), state.engine.describe());
+    let engine: Arc<dyn Engine> = state.engine.clone().unwrap_or_else(|| Arc::new(NoEngine));
+    let (ping, description) = tokio::join!(engine.ping(), engine.describe());
     let database = state
         .store
         .ping()

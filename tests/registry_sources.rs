@@ -1,0 +1,289 @@
+//! Registry sources: `docker://REGISTRY/REPO@sha256:...` (or `:TAG`), an
+//! image a remote builder pushed, published wholly in the registry by a
+//! publishd with no engine at all (`--docker-host none`). Checked where it
+//! lives: the registry's manifests, configs, labels and blobs.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::registry::Registry;
+use support::{TestApp, TestEnv, unique};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// An image as a remote builder pushes it: two fresh layers and a config.
+struct Built {
+    repository: String,
+    digest: String,
+    config_digest: String,
+    layers: Vec<String>,
+}
+
+/// Pushes a new two-layer image as `repository:tag` in `media_type`'s
+/// format (OCI, as BuildKit does, or Docker schema 2, as kaniko does).
+async fn push_source(registry: &Registry, repository: &str, tag: &str, media_type: &str) -> Built {
+    let (layer_type, config_type) = if media_type == OCI_MANIFEST {
+        (
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.config.v1+json",
+        )
+    } else {
+        (
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "application/vnd.docker.container.image.v1+json",
+        )
+    };
+    let mut layers = Vec::new();
+    let mut descriptors = Vec::new();
+    for index in 0..2 {
+        let bytes: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8 ^ index)
+            .chain(unique("layer").into_bytes())
+            .collect();
+        let digest = registry.put_blob(repository, &bytes).await;
+        descriptors.push(json!({"mediaType": layer_type, "size": bytes.len(), "digest": digest}));
+        layers.push(digest);
+    }
+    let config = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Env": ["MODE=ci"], "Cmd": ["/app"], "Labels": {"built-by": "ci"}},
+        "rootfs": {"type": "layers", "diff_ids": layers},
+        "history": [{"created_by": "COPY app /app"}, {"created_by": "COPY lib /lib"}],
+    });
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_digest = registry.put_blob(repository, &config_bytes).await;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "config": {"mediaType": config_type, "size": config_bytes.len(), "digest": config_digest},
+        "layers": descriptors,
+    });
+    let digest = registry
+        .put_manifest(
+            repository,
+            tag,
+            media_type,
+            &serde_json::to_vec(&manifest).unwrap(),
+        )
+        .await;
+    Built {
+        repository: repository.to_owned(),
+        digest,
+        config_digest,
+        layers,
+    }
+}
+
+/// A publishd without an engine.
+async fn spawn_engineless() -> TestApp {
+    TestApp::spawn_with(|settings| settings.docker_host = Some("none".to_owned())).await
+}
+
+/// Every target was written registry-side, as the werf image of `source`.
+async fn assert_published_from(reader: &Registry, job: &Value, source: &Built) {
+    reader.assert_holds(job).await;
+    for target in job["targets"].as_array().unwrap() {
+        let reference = target["reference"].as_str().unwrap();
+        assert_eq!(target["published_via"], "registry", "{job:#}");
+        let pushed = reader.pushed(reference).await.unwrap();
+        assert_eq!(
+            pushed.label("werf-content-signature"),
+            Some(source.config_digest.as_str())
+        );
+        assert_eq!(pushed.label("werf-docker-image-name"), Some(reference));
+        // The builder's config and layers, untouched but for the labels.
+        assert_eq!(pushed.label("built-by"), Some("ci"));
+        assert_eq!(pushed.config["config"]["Env"], json!(["MODE=ci"]));
+        let layers: Vec<&str> = pushed.manifest["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|layer| layer["digest"].as_str().unwrap())
+            .collect();
+        assert_eq!(layers, source.layers, "{reference}");
+        let repository = reference
+            .split_once('/')
+            .unwrap()
+            .1
+            .rsplit_once(':')
+            .unwrap()
+            .0;
+        for layer in &source.layers {
+            assert!(
+                reader.has_blob(repository, layer).await,
+                "{layer} in {repository}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_docker_source_is_published_in_the_registry_without_an_engine() {
+    let env = TestEnv::get();
+    let reader = Registry::open(&env.registry);
+    let source = push_source(&reader, &unique("ci/app"), "build-1", OCI_MANIFEST).await;
+    let app = spawn_engineless().await;
+
+    let ready: Value = app.get("/readyz").await.json().await.unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["engine"], "none", "{ready}");
+
+    // By tag: read once, at submission; the tag moving afterwards changes
+    // nothing for this job.
+    let repo = format!("{}/{}", env.registry, unique("pub"));
+    let spec = json!({
+        "repo": repo,
+        "images": [{"name": "app", "source": format!("docker://{}/{}:build-1", env.registry, source.repository)}],
+        "tags": [
+            {"strategy": "custom", "value": "v1"},
+            {"strategy": "git-branch", "value": "feature/Docker-Sources"},
+            {"strategy": "content"}
+        ],
+    });
+    let id = app.submit(&spec).await;
+    push_source(&reader, &source.repository, "build-1", OCI_MANIFEST).await;
+    let job = app.wait_finished(&id).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_eq!(job["images"][0]["source_digest"], source.digest.as_str());
+    assert_eq!(
+        job["images"][0]["source_image_id"],
+        source.config_digest.as_str()
+    );
+    assert_published_from(&reader, &job, &source).await;
+    let references: Vec<&str> = job["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|target| target["reference"].as_str().unwrap())
+        .collect();
+    let content = source.config_digest.trim_start_matches("sha256:");
+    assert_eq!(references[0], format!("{repo}/app:v1"));
+    assert!(
+        references[1].starts_with(&format!("{repo}/app:feature-docker-sources-")),
+        "{}",
+        references[1]
+    );
+    assert_eq!(references[2], format!("{repo}/app:{content}"));
+    // The builder's format is kept.
+    let pushed = reader.pushed(references[0]).await.unwrap();
+    assert_eq!(pushed.manifest["mediaType"], OCI_MANIFEST);
+
+    // werf's up-to-date rule holds for registry sources too.
+    let pinned = json!({
+        "repo": repo,
+        "images": [{"name": "app", "source": format!("docker://{}/{}@{}", env.registry, source.repository, source.digest)}],
+        "tags": [{"strategy": "custom", "value": "v1"}],
+    });
+    let again = app.run_job(&pinned).await;
+    assert_eq!(again["status"], "succeeded", "{again:#}");
+    assert_eq!(again["targets"][0]["up_to_date"], true, "{again:#}");
+
+    // Without an engine, a local source is refused up front.
+    let local = app
+        .post_job(
+            &json!({"repo": repo, "images": [{"name": "app", "source": "app:build-1"}],
+                         "tags": [{"strategy": "custom", "value": "v2"}]}),
+        )
+        .await;
+    assert_eq!(local.status(), 422);
+    let error: Value = local.json::<Value>().await.unwrap()["error"].clone();
+    assert_eq!(error["field"], "images[0].source", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("--docker-host none"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_source_in_another_registry_is_copied_into_the_target_registry() {
+    let env = TestEnv::get();
+    let source_registry = Registry::open(&env.registry);
+    let source = push_source(
+        &source_registry,
+        &unique("cache/app"),
+        "b7",
+        DOCKER_MANIFEST,
+    )
+    .await;
+    let target_registry =
+        Registry::with_auth(&env.token_registry, &env.auth_user, &env.auth_password);
+    let app = spawn_engineless().await;
+    let job = app
+        .run_job(&json!({
+            "repo": format!("{}/{}", env.token_registry, unique("pub")),
+            "images": [{"name": "api", "source": format!("docker://{}/{}@{}", env.registry, source.repository, source.digest)}],
+            "tags": [{"strategy": "custom", "value": "v1"}, {"strategy": "custom", "value": "v2"}],
+            "registry_auth": {"username": env.auth_user, "password": env.auth_password},
+        }))
+        .await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_published_from(&target_registry, &job, &source).await;
+    let pushed = target_registry
+        .pushed(job["targets"][0]["reference"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(pushed.manifest["mediaType"], DOCKER_MANIFEST);
+}
+
+#[tokio::test]
+async fn an_image_index_is_refused_with_the_reason() {
+    let env = TestEnv::get();
+    let reader = Registry::open(&env.registry);
+    let repository = unique("ci/multi");
+    let image = push_source(&reader, &repository, "amd64", OCI_MANIFEST).await;
+    let index = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "size": 1, "digest": image.digest,
+                       "platform": {"architecture": "amd64", "os": "linux"}}],
+    });
+    reader
+        .put_manifest(
+            &repository,
+            "multi",
+            OCI_INDEX,
+            &serde_json::to_vec(&index).unwrap(),
+        )
+        .await;
+    let app = spawn_engineless().await;
+    let repo = format!("{}/{}", env.registry, unique("pub"));
+    let answer = app
+        .post_job(&json!({
+            "repo": repo,
+            "images": [{"name": "app", "source": format!("docker://{}/{repository}:multi", env.registry)}],
+            "tags": [{"strategy": "custom", "value": "v1"}],
+        }))
+        .await;
+    assert_eq!(answer.status(), 422);
+    let error: Value = answer.json::<Value>().await.unwrap()["error"].clone();
+    assert_eq!(error["field"], "images[0].source", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("image index"),
+        "{error}"
+    );
+
+    // A source that is not there is refused too; one platform's manifest,
+    // named by digest, is published.
+    let missing = app
+        .post_job(&json!({
+            "repo": repo,
+            "images": [{"name": "app", "source": format!("docker://{}/{repository}:nope", env.registry)}],
+            "tags": [{"strategy": "custom", "value": "v1"}],
+        }))
+        .await;
+    assert_eq!(missing.status(), 422);
+    let job = app
+        .run_job(&json!({
+            "repo": repo,
+            "images": [{"name": "app", "source": format!("docker://{}/{repository}@{}", env.registry, image.digest)}],
+            "tags": [{"strategy": "custom", "value": "v1"}],
+        }))
+        .await;
+    assert_published_from(&reader, &job, &image).await;
+}
