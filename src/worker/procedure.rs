@@ -148,7 +148,7 @@ pub async fn run(
     };
     if let Some(source) = RegistrySource::parse(&target.source) {
         return match source {
-            Ok(source) => run.from_registry(&source).await,
+            Ok(source) => run.publish_registry_source(&source).await,
             Err(message) => conclude(Err(Stop::Failed(message)), Vec::new()),
         };
     }

@@ -18,7 +18,10 @@ use crate::engine::{LabelledImage, SourceImage};
 use crate::registry::{LayersFrom, ManifestForm, RegistryImage, SourceManifest};
 
 impl Run<'_> {
-    pub(super) async fn from_registry(&self, source: &RegistrySource) -> anyhow::Result<Finish> {
+    pub(super) async fn publish_registry_source(
+        &self,
+        source: &RegistrySource,
+    ) -> anyhow::Result<Finish> {
         let target = self.target;
         let source_auth = match self.source_auth(source).await {
             Ok(auth) => auth,
