@@ -6,10 +6,11 @@
 #               --workers 4, all through the engine (--publish-via engine
 #               where the binary has it); first submit to last job finished
 #   A_auto      the same with --publish-via auto (registry-side publishing)
-#   A_registry  the same from a docker://REGISTRY/REPO@sha256:... source
-#               (A_auto and A_registry: "n/a (not implemented)" until the
-#               binary has them: `serve --help` names --publish-via, and a
-#               docker:// source is not refused with a 422)
+#   A_registry  the same from a docker://REGISTRY/REPO@sha256:... source,
+#               publishd run with --docker-host none
+#               (A_auto and A_registry: "n/a (not implemented)" for a
+#               binary without them: `serve --help` names --publish-via, and
+#               a docker:// source is not refused with a 422)
 #   B_load      the engine's floor: config-only load of the labelled image,
 #               push, delete, straight to the Engine API in 4 lanes
 #               (testkit/src/bin/engine-floor.rs)
@@ -435,7 +436,8 @@ row=A_registry
 docker_source=docker://$reg/bench-$run_id/seed@$seed_digest
 auto_args=()
 ((has_publish_via)) && auto_args=(--publish-via auto)
-start_server a-registry --workers 4 --docker-host "$DOCKER_HOST" "${auto_args[@]}"
+# No engine at all: a docker:// source is published wholly in the registry.
+start_server a-registry --workers 4 --docker-host none "${auto_args[@]}"
 probe=$(py probe "$url" "{\"repo\":\"$reg/bench-$run_id/a-registry-probe\",\"images\":[{\"name\":\"app\",\"source\":\"$docker_source\"}],\"tags\":[{\"strategy\":\"custom\",\"value\":\"probe\"}]}")
 if ((has_publish_via)) && [ "${probe%% *}" = 202 ]; then
   out=$(run_jobs "$reg/bench-$run_id/a-registry" "$docker_source" a pushed "")

@@ -4,7 +4,8 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::client::Exit;
-use crate::config::ServeArgs;
+use crate::config::{ServeArgs, parse_publish_via};
+use crate::domain::publish_via::PublishVia;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -170,6 +171,10 @@ pub struct PublishArgs {
     /// Push even when the registry already holds the tag for the same build.
     #[arg(long)]
     pub force: bool,
+    /// `engine`: every target through the engine; `auto`: registry-side
+    /// where it gives the same image (default: the service's choice).
+    #[arg(long, value_name = "auto|engine", value_parser = parse_publish_via)]
+    pub publish_via: Option<PublishVia>,
     /// Username for the repo's registry, for this job only (else the
     /// service's docker config is used).
     #[arg(long, env = "PUBLISHD_REGISTRY_USERNAME", value_name = "USER")]

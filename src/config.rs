@@ -280,7 +280,7 @@ fn parse_log_format(value: &str) -> Result<LogFormat, String> {
     }
 }
 
-fn parse_publish_via(value: &str) -> Result<PublishVia, String> {
+pub(crate) fn parse_publish_via(value: &str) -> Result<PublishVia, String> {
     PublishVia::parse(value).ok_or_else(|| format!("{value:?} is not auto or engine"))
 }
 

@@ -195,6 +195,9 @@ pub fn job_spec(args: &PublishArgs, env: &WerfEnv) -> anyhow::Result<Value> {
     if args.force {
         spec["force"] = json!(true);
     }
+    if let Some(via) = args.publish_via {
+        spec["publish_via"] = json!(via.as_str());
+    }
     if let Some(auth) = registry_auth(args)? {
         spec["registry_auth"] = auth;
     }
@@ -283,6 +286,7 @@ mod tests {
             "--tag-git-commit=0123abc",
             "--tag-content",
             "--force",
+            "--publish-via=engine",
             "--callback-url=https://ci.example.com/hook",
         ]);
         assert_eq!(
@@ -299,6 +303,7 @@ mod tests {
                     {"strategy": "content"},
                 ],
                 "force": true,
+                "publish_via": "engine",
                 "callback_url": "https://ci.example.com/hook",
             })
         );
