@@ -64,7 +64,11 @@ async fn sweep(store: &Store, retention: Duration, stop: &CancellationToken) {
             Ok(deleted) => {
                 total.jobs += deleted.jobs;
                 total.audit += deleted.audit;
-                if !deleted.more && deleted.audit < u64::from(BATCH) {
+                total.seeds += deleted.seeds;
+                if !deleted.more
+                    && deleted.audit < u64::from(BATCH)
+                    && deleted.seeds < u64::from(BATCH)
+                {
                     break;
                 }
             }
@@ -82,6 +86,7 @@ async fn sweep(store: &Store, retention: Duration, stop: &CancellationToken) {
         info!(
             jobs = total.jobs,
             audit = total.audit,
+            seeds = total.seeds,
             older_than = %cutoff,
             "deleted finished jobs past retention"
         );

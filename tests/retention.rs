@@ -260,6 +260,25 @@ async fn jobs_finished_long_ago_go_with_all_their_rows_and_the_rest_stay() {
         );
     }
 
+    // Seeds recorded long ago go too (their layers may have been collected
+    // since); one recorded lately stays.
+    let mut db = database(dir.path()).await;
+    for (source, days) in [("sha256:old-seed", 40), ("sha256:new-seed", 1)] {
+        let at = (time::OffsetDateTime::now_utc() - Duration::from_secs(days * 24 * 3600))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO seeds (source_image_id, registry, layers, repository, recorded_at)
+             VALUES (?, '127.0.0.1:1', '[]', 'r', ?)",
+        )
+        .bind(source)
+        .bind(at)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
+    db.close().await.unwrap();
+
     // The default retention: the task's first sweep runs at start. No
     // webhook secret any more, so the pending deliveries are sent by nobody.
     let second = TestApp::spawn_in(dir.path(), |settings| {
@@ -286,6 +305,12 @@ async fn jobs_finished_long_ago_go_with_all_their_rows_and_the_rest_stay() {
         .await
         .unwrap();
     assert_eq!(audit, 0);
+    let seeds: Vec<String> =
+        sqlx::query_scalar("SELECT source_image_id FROM seeds WHERE source_image_id LIKE '%-seed'")
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(seeds, ["sha256:new-seed"]);
     db.close().await.unwrap();
 
     // Kept: recent, unfinished however old, and one whose webhook is still

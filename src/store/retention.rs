@@ -10,6 +10,10 @@ use super::{Store, StoreResult};
 pub struct Deleted {
     pub jobs: u64,
     pub audit: u64,
+    /// Seeds not recorded again since the cutoff: the layers they point at
+    /// may be gone by now (a registry's garbage collection), and the next
+    /// engine push of their source records a fresh one.
+    pub seeds: u64,
     /// More jobs are past retention than this batch took.
     pub more: bool,
 }
@@ -23,7 +27,7 @@ impl Store {
     /// Deletes up to `batch` jobs (fewer if they have many targets) that
     /// finished before `cutoff` (an RFC 3339 time) with their targets,
     /// images, events and deliveries, and up to
-    /// `batch` audit records older than it. One short transaction: the
+    /// `batch` audit records and seeds older than it. One short transaction: the
     /// writer is never held for long, whatever the backlog. A job whose
     /// webhook is still being tried stays until that ends, unless it
     /// finished before `pending_cutoff` too: a delivery nobody sends (the
@@ -91,7 +95,22 @@ impl Store {
         .await
         .context("deleting old audit records")?
         .rows_affected();
+        let seeds = sqlx::query(
+            "DELETE FROM seeds WHERE rowid IN
+                 (SELECT rowid FROM seeds WHERE recorded_at < ? ORDER BY recorded_at LIMIT ?)",
+        )
+        .bind(cutoff)
+        .bind(i64::from(batch))
+        .execute(&mut *tx)
+        .await
+        .context("deleting old seeds")?
+        .rows_affected();
         tx.commit().await.context("committing a retention batch")?;
-        Ok(Deleted { jobs, audit, more })
+        Ok(Deleted {
+            jobs,
+            audit,
+            seeds,
+            more,
+        })
     }
 }
