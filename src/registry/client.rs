@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::challenge::Challenge;
 use super::manifest;
+use super::source_cache::SourceCache;
 use super::{
     LayersFrom, ManifestForm, Registry, RegistryError, RegistryImage, RemoteImage, SourceManifest,
     Written,
@@ -73,6 +74,7 @@ pub struct HttpRegistry {
     allowed: Arc<Patterns>,
     endpoints: Arc<Mutex<HashMap<String, (Instant, Endpoint)>>>,
     tokens: Arc<Mutex<HashMap<TokenKey, (Instant, String)>>>,
+    sources: Arc<SourceCache>,
 }
 
 /// Where a registry answers, and the client that reaches it there.
@@ -165,6 +167,7 @@ impl HttpRegistry {
             allowed: Arc::new(allowed),
             endpoints: Arc::default(),
             tokens: Arc::default(),
+            sources: Arc::default(),
         }
     }
 
@@ -714,6 +717,17 @@ impl Registry for HttpRegistry {
         auth: &RegistryAuth,
     ) -> Result<Option<SourceManifest>, RegistryError> {
         let reference = parse(reference)?;
+        let cache_key = reference.digest().map(|digest| {
+            (
+                reference.registry().to_owned(),
+                reference.repository().to_owned(),
+                auth.fingerprint(),
+                digest.to_owned(),
+            )
+        });
+        if let Some(found) = cache_key.as_ref().and_then(|key| self.sources.get(key)) {
+            return Ok(Some(found));
+        }
         let Some(response) = self
             .manifest(&reference, auth, reqwest::Method::GET)
             .await?
@@ -787,14 +801,18 @@ impl Registry for HttpRegistry {
                 format!("the config of {whole} read back with another digest"),
             ));
         }
-        Ok(Some(SourceManifest {
+        let source = SourceManifest {
             digest,
             media_type,
             manifest: body.to_vec(),
             config: config_bytes.to_vec(),
             config_digest: config.digest,
             layers,
-        }))
+        };
+        if let Some(key) = cache_key {
+            self.sources.insert(key, &source);
+        }
+        Ok(Some(source))
     }
 
     async fn write_image(

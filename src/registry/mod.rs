@@ -10,6 +10,7 @@
 mod challenge;
 mod client;
 mod manifest;
+mod source_cache;
 
 use async_trait::async_trait;
 
