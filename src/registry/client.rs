@@ -546,6 +546,26 @@ impl HttpRegistry {
         Ok(())
     }
 
+    /// The image config `digest` of `reference`'s repository.
+    async fn config_blob(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        digest: &str,
+    ) -> Result<Bytes, RegistryError> {
+        let path = format!("/v2/{}/blobs/{digest}", reference.repository());
+        let response = self
+            .send(reference, auth, |client, base| {
+                client.get(format!("{base}{path}"))
+            })
+            .await?;
+        if !response.status().is_success() {
+            let doing = format!("reading the config of {}", reference.whole());
+            return Err(status_error(response, &doing).await);
+        }
+        read_limited(response, CONFIG_LIMIT, "an image config").await
+    }
+
     /// Starts a blob upload into `reference`'s repository: where it goes
     /// on, and the scope its token was taken for.
     async fn start_upload(
@@ -659,16 +679,7 @@ impl Registry for HttpRegistry {
                 }));
             }
         };
-        let path = format!("/v2/{}/blobs/{}", reference.repository(), config.digest);
-        let response = self
-            .send(&reference, auth, |client, base| {
-                client.get(format!("{base}{path}"))
-            })
-            .await?;
-        if !response.status().is_success() {
-            return Err(status_error(response, "reading an image config").await);
-        }
-        let body = read_limited(response, CONFIG_LIMIT, "an image config").await?;
+        let body = self.config_blob(&reference, auth, &config.digest).await?;
         let config: serde_json::Value = serde_json::from_slice(&body).map_err(|error| {
             RegistryError::new(
                 FailureKind::Transient,
@@ -785,16 +796,7 @@ impl Registry for HttpRegistry {
                 ),
             ));
         }
-        let path = format!("/v2/{}/blobs/{}", reference.repository(), config.digest);
-        let response = self
-            .send(&reference, auth, |client, base| {
-                client.get(format!("{base}{path}"))
-            })
-            .await?;
-        if !response.status().is_success() {
-            return Err(status_error(response, &format!("reading the config of {whole}")).await);
-        }
-        let config_bytes = read_limited(response, CONFIG_LIMIT, "an image config").await?;
+        let config_bytes = self.config_blob(&reference, auth, &config.digest).await?;
         if sha256_digest(&config_bytes) != config.digest {
             return Err(RegistryError::new(
                 FailureKind::Transient,

@@ -191,27 +191,10 @@ pub async fn run(
         return Ok(Finish::Deferred);
     };
 
-    let auth = match run.auth(&reference).await {
+    let auth = match run.before_writing(&reference, &source).await? {
         Ok(auth) => auth,
-        Err(message) => return conclude(Err(Stop::Failed(message)), Vec::new()),
+        Err(finish) => return Ok(finish),
     };
-    if !target.force
-        && let Some(digest) = run.up_to_date(&reference, &source, &auth).await
-    {
-        info!(%digest, "registry already up to date; not pushed");
-        let outcome = TargetOutcome::Succeeded {
-            digest,
-            up_to_date: true,
-            published_via: None,
-        };
-        return Ok(Finish::Done {
-            outcome,
-            warnings: Vec::new(),
-        });
-    }
-    if let Some(stop) = run.signals.interruption() {
-        return conclude(Err(stop), Vec::new());
-    }
 
     let method = match run
         .tries("tag", ctx.timeouts.tag, OnCancel::Interrupt, || async {
@@ -538,6 +521,38 @@ impl Run<'_> {
             }
             _ => anyhow::bail!("target {} has no reference", target.id),
         }
+    }
+
+    /// What comes before anything is written: the reference's credentials,
+    /// and werf's up-to-date rule unless the target is forced. `Err` is how
+    /// the run ends instead (already published, no credentials, a cancel).
+    async fn before_writing(
+        &self,
+        reference: &str,
+        source: &SourceImage,
+    ) -> anyhow::Result<Result<RegistryAuth, Finish>> {
+        let auth = match self.auth(reference).await {
+            Ok(auth) => auth,
+            Err(message) => return conclude(Err(Stop::Failed(message)), Vec::new()).map(Err),
+        };
+        if !self.target.force
+            && let Some(digest) = self.up_to_date(reference, source, &auth).await
+        {
+            info!(%digest, "registry already up to date; not published again");
+            let outcome = TargetOutcome::Succeeded {
+                digest,
+                up_to_date: true,
+                published_via: None,
+            };
+            return Ok(Err(Finish::Done {
+                outcome,
+                warnings: Vec::new(),
+            }));
+        }
+        if let Some(stop) = self.signals.interruption() {
+            return conclude(Err(stop), Vec::new()).map(Err);
+        }
+        Ok(Ok(auth))
     }
 
     /// The job's own credentials if it brought some, else the docker config's

@@ -38,26 +38,10 @@ impl Run<'_> {
         let Some((tag, reference)) = self.tag_and_reference(&image.id).await? else {
             return Ok(Finish::Deferred);
         };
-        let auth = match self.auth(&reference).await {
+        let auth = match self.before_writing(&reference, &image).await? {
             Ok(auth) => auth,
-            Err(message) => return conclude(Err(Stop::Failed(message)), Vec::new()),
+            Err(finish) => return Ok(finish),
         };
-        if !target.force
-            && let Some(digest) = self.up_to_date(&reference, &image, &auth).await
-        {
-            info!(%digest, "registry already up to date; not written");
-            return Ok(Finish::Done {
-                outcome: crate::store::TargetOutcome::Succeeded {
-                    digest,
-                    up_to_date: true,
-                    published_via: None,
-                },
-                warnings: Vec::new(),
-            });
-        }
-        if let Some(stop) = self.signals.interruption() {
-            return conclude(Err(stop), Vec::new());
-        }
         let labels = werf_labels(&LabelInput {
             reference: &reference,
             strategy: target.strategy,
