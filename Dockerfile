@@ -15,10 +15,14 @@
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
+# The whole workspace: the manifest names testkit as a member (cargo reads
+# every member's manifest), and the crate embeds assets/ and migrations/.
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY migrations migrations
-RUN cargo build --release --locked && strip target/release/publishd
+COPY assets assets
+COPY testkit testkit
+RUN cargo build --release --locked -p publishd && strip target/release/publishd
 
 FROM debian:bookworm-slim
 RUN apt-get update \
