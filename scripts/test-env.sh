@@ -48,7 +48,7 @@ token_server_bin=${CARGO_TARGET_DIR:-$repo/target}/debug/token-server
 packages=(dockerd:docker.io docker-registry:docker-registry htpasswd:apache2-utils
   curl:curl python3:python3 openssl:openssl ip:iproute2 podman:podman
   chromium:chromium chromedriver:chromium-driver
-  skopeo:skopeo wrk:wrk sqlite3:sqlite3)
+  skopeo:skopeo wrk:wrk sqlite3:sqlite3 debootstrap:debootstrap)
 
 missing_packages() {
   local pair

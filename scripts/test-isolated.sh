@@ -28,6 +28,9 @@ echo "== the benchmark's smallest configuration (scripts/bench.sh --quick), so t
 # Fails the suite when a measurement breaks, never for a missed target.
 scripts/bench.sh --quick
 
+echo "== the container image: the Dockerfile's runtime stage on a local Debian base, publishing a job (scripts/container-test.sh)"
+scripts/container-test.sh
+
 # One closing line for the whole suite: cargo's results added up.
 awk '/^test result:/ { passed += $4; failed += $6 }
      END { printf "tests: %d passed, %d failed\n", passed, failed }' "$env_dir/cargo-test.log"

@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 echo "== installing what the tests need"
 scripts/test-env.sh install
 scripts/schemathesis.sh install
+echo "== the container test's Debian base (debootstrap, cached in /var/cache/publishd-test)"
+scripts/container-test.sh base
 
 echo "== cargo fmt --check"
 cargo fmt --all --check
