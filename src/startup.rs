@@ -229,7 +229,7 @@ async fn reload_tokens_on_sighup(access: AccessControl, store: Store) {
                 job_id: None,
                 detail,
             };
-            if let Err(error) = store.record_audit(&entry).await {
+            if let Err(error) = store.record_audit(entry).await {
                 tracing::error!(error = format!("{error:#}"), "recording a token reload");
             }
         }
