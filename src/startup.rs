@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::AccessControl;
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, SourceIds};
 use crate::config::Settings;
 use crate::credentials::{DockerConfig, JobCredentials};
 use crate::engine::{DockerEngine, Engine};
@@ -68,6 +68,7 @@ impl Application {
         let router = api::router(AppState {
             store: store.clone(),
             engine: engine.clone(),
+            source_ids: SourceIds::default(),
             cancellations: cancellations.clone(),
             wake: wake.clone(),
             limits: settings.limits,

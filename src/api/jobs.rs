@@ -19,7 +19,6 @@ use crate::credentials::RegistryAuth;
 use crate::domain::access::{Grant, Principal, check_submission, missing_labels};
 use crate::domain::naming::registry_host;
 use crate::domain::spec::{JobSpec, Plan, RegistryAuthSpec, plan};
-use crate::engine::Engine;
 use crate::domain::status::JobStatus;
 use crate::store::{AuditEntry, Cancelled, Created, Job, JobPage, NewJob, Submitter};
 
@@ -155,7 +154,7 @@ async fn prepare(
     }
     let brings_credentials = body.value.registry_auth.is_some();
     let grant = check_submission(caller, &plan, brings_credentials, &state.allow_registry)?;
-    let sources = resolve_sources(state.engine.as_ref(), &plan, &grant).await?;
+    let sources = resolve_sources(state, &plan, &grant).await?;
     plan.resolve_sources(&sources);
     let auth = body
         .value
@@ -288,13 +287,14 @@ fn log_audit(entry: &AuditEntry) {
 /// of a source, they are checked here on the image, so a job that would be
 /// refused is refused before anything is tagged.
 async fn resolve_sources(
-    engine: &dyn Engine,
+    state: &AppState,
     plan: &Plan,
     grant: &Grant,
 ) -> Result<Vec<Option<String>>, ApiError> {
     if grant.required_labels.is_empty() {
-        return Ok(source_ids(engine, plan).await);
+        return Ok(source_ids(state, plan).await);
     }
+    let engine = state.engine.as_ref();
     let lookups = plan.images.iter().map(|image| async move {
         match tokio::time::timeout(SOURCE_LOOKUP_TIMEOUT, engine.inspect_image(&image.source)).await
         {
@@ -329,12 +329,11 @@ async fn resolve_sources(
 /// moment: the job then publishes the image the pipeline had just built,
 /// even if the name moves before a lane gets to it. The others are resolved
 /// when their first target runs.
-async fn source_ids(engine: &dyn Engine, plan: &Plan) -> Vec<Option<String>> {
-    let lookups = plan.images.iter().map(|image| async move {
-        match tokio::time::timeout(SOURCE_LOOKUP_TIMEOUT, engine.image_id(&image.source)).await {
-            Ok(Ok(id)) => id,
-            Ok(Err(_)) | Err(_) => None,
-        }
+async fn source_ids(state: &AppState, plan: &Plan) -> Vec<Option<String>> {
+    let lookups = plan.images.iter().map(|image| {
+        state
+            .source_ids
+            .image_id(&state.engine, &image.source, SOURCE_LOOKUP_TIMEOUT)
     });
     futures_util::future::join_all(lookups).await
 }

@@ -11,6 +11,7 @@ mod extract;
 mod health;
 mod jobs;
 mod metrics;
+mod sources;
 mod ui;
 
 use std::sync::Arc;
@@ -42,12 +43,15 @@ use crate::progress::ProgressHub;
 use crate::store::Store;
 use crate::worker::Cancellations;
 use error::{ApiError, InternalErrorDetail};
+pub use sources::SourceIds;
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub engine: Arc<dyn Engine>,
+    /// Submissions' source lookups, shared by concurrent submissions.
+    pub source_ids: SourceIds,
     pub cancellations: Cancellations,
     /// Wakes idle worker lanes when a job is queued.
     pub wake: Arc<Notify>,
