@@ -2,6 +2,7 @@
 //! connection (so write transactions never race for the lock) and a small pool
 //! of readers (WAL lets them read while the writer writes).
 
+mod answers;
 mod audit;
 mod counts;
 mod events;
@@ -25,6 +26,7 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
+use answers::{Answers, Writes};
 pub use audit::{AuditEntry, AuditEvent, AuditPage};
 pub use counts::QueueCounts;
 pub use events::{Delivery, DeliveryAttempt, DeliveryOutcome, DueDelivery, Event};
@@ -47,6 +49,10 @@ pub struct Store {
     reader: SqlitePool,
     /// Submissions and audit records, written in batches (group commit).
     submissions: Submissions,
+    /// Uses of `writer`, and the jobs and pages read while it was idle.
+    writes: Writes,
+    jobs: Answers<Uuid, Job>,
+    pages: Answers<PageKey, JobPage>,
     /// Held while the store lives: one publishd per database, so targets
     /// found mid-step at start-up belong to a dead process, not a live one.
     _owner: Arc<std::fs::File>,
@@ -156,6 +162,8 @@ impl Store {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         migrate(path, &options).await?;
+        let writes = Writes::default();
+        let (acquired, connected, released) = (writes.clone(), writes.clone(), writes.clone());
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // A write that fails for a full disk or an I/O error can make
@@ -164,8 +172,23 @@ impl Store {
             // transactions on the connection become savepoints, and after
             // the next rollback nothing on it is committed again while every
             // commit reports success. Such a connection is replaced.
-            .before_acquire(|connection, _| {
-                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(connection)) })
+            .before_acquire(move |connection, _| {
+                let usable = !sqlx::Connection::is_in_transaction(connection);
+                if usable {
+                    acquired.taken();
+                }
+                Box::pin(async move { Ok(usable) })
+            })
+            // A new connection is handed out without `before_acquire`.
+            .after_connect(move |_, _| {
+                connected.taken();
+                Box::pin(async { Ok(()) })
+            })
+            // Whatever the connection did is committed or rolled back by
+            // now (`answers.rs`).
+            .after_release(move |_, _| {
+                released.returned();
+                Box::pin(async { Ok(true) })
             })
             .connect_with(options.clone())
             .await
@@ -177,6 +200,9 @@ impl Store {
             .with_context(|| format!("opening readers on {}", path.display()))?;
         Ok(Store {
             submissions: Submissions::start(writer.clone()),
+            writes,
+            jobs: Answers::default(),
+            pages: Answers::default(),
             writer,
             reader,
             _owner: Arc::new(owner),
@@ -232,9 +258,18 @@ impl Store {
         }
     }
 
+    /// The job; as read before if nothing was written since (`answers.rs`).
     pub async fn get_job(&self, id: Uuid) -> StoreResult<Option<Job>> {
+        let writes = self.writes.idle_after();
+        if let Some(job) = writes.and_then(|writes| self.jobs.get(&id, writes)) {
+            return Ok(Some(job));
+        }
         let mut conn = self.reader.acquire().await?;
-        load_job(&mut conn, id).await
+        let job = load_job(&mut conn, id).await?;
+        if let (Some(job), Some(writes)) = (&job, writes) {
+            self.jobs.put(id, job, writes);
+        }
+        Ok(job)
     }
 
     /// Jobs newest first; `before` is the last id of the previous page. Ids are
@@ -252,8 +287,37 @@ impl Store {
     }
 
     /// `list_jobs` of the jobs whose repository or one of whose references
-    /// contains `search`.
+    /// contains `search`; as read before if nothing was written since
+    /// (`answers.rs`).
     pub async fn search_jobs(
+        &self,
+        status: Option<JobStatus>,
+        submitted_by: Option<&str>,
+        search: Option<&str>,
+        limit: u32,
+        before: Option<Uuid>,
+    ) -> StoreResult<JobPage> {
+        let key = PageKey {
+            status,
+            submitted_by: submitted_by.map(str::to_owned),
+            search: search.map(str::to_owned),
+            limit,
+            before,
+        };
+        let writes = self.writes.idle_after();
+        if let Some(page) = writes.and_then(|writes| self.pages.get(&key, writes)) {
+            return Ok(page);
+        }
+        let page = self
+            .read_page(status, submitted_by, search, limit, before)
+            .await?;
+        if let Some(writes) = writes {
+            self.pages.put(key, &page, writes);
+        }
+        Ok(page)
+    }
+
+    async fn read_page(
         &self,
         status: Option<JobStatus>,
         submitted_by: Option<&str>,
@@ -760,6 +824,16 @@ const PAGE: &str = "SELECT * FROM jobs
                        WHERE s.job_id = jobs.id AND s.reference LIKE ?5 ESCAPE '\\'))
      ORDER BY id DESC LIMIT ?3";
 
+/// What a page of `search_jobs` was asked with.
+#[derive(PartialEq, Eq, Hash)]
+struct PageKey {
+    status: Option<JobStatus>,
+    submitted_by: Option<String>,
+    search: Option<String>,
+    limit: u32,
+    before: Option<Uuid>,
+}
+
 /// What selects a page of jobs.
 struct PageFilter<'a> {
     status: Option<JobStatus>,
@@ -1108,6 +1182,25 @@ mod tests {
             store.claim_target(LEASE).await.unwrap().unwrap().job_id,
             job.id
         );
+    }
+
+    #[tokio::test]
+    async fn reads_kept_between_writes_are_never_older_than_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_a_job(dir.path()).await;
+        let page = store.list_jobs(None, None, 10, None).await.unwrap();
+        let id = page.jobs[0].id;
+        let before = store.get_job(id).await.unwrap().unwrap();
+        assert_eq!(before.targets[0].status, TargetStatus::Pending);
+        // Read again with nothing written: the kept answers.
+        assert_eq!(store.get_job(id).await.unwrap().unwrap().targets.len(), 2);
+        store.claim_target(LEASE).await.unwrap().unwrap();
+        let after = store.get_job(id).await.unwrap().unwrap();
+        assert_eq!(after.status, JobStatus::Running);
+        queue(&store, "127.0.0.1:5000/b").await;
+        let page = store.list_jobs(None, None, 10, None).await.unwrap();
+        assert_eq!(page.jobs.len(), 2);
+        assert_eq!(page.jobs[1].status, JobStatus::Running);
     }
 
     #[tokio::test]
