@@ -1,48 +1,44 @@
 //! Jobs and pages of jobs as last read, kept until the database changes.
 //! Every change is made by this process (one owner per database), on its
-//! one writer connection. What was read while that connection was idle,
-//! after its N-th use, is what the database holds for as long as the
-//! connection has not been taken again (`Writes`). Repeated reads between
-//! writes (a dashboard refreshing, a pipeline polling its job) then cost a
-//! lookup here instead of four queries and their rows. With lanes at work,
-//! each of their writes makes every entry old, and none is used while a
-//! write is under way.
+//! one writer connection. What was read while that connection was idle in
+//! its pool, after it had been handed out N times, is what the database
+//! holds for as long as it has not been handed out again (`Writes`).
+//! Repeated reads between writes (a dashboard refreshing, a pipeline
+//! polling its job) then cost a lookup here instead of four queries and
+//! their rows. With lanes at work, each of their writes makes every entry
+//! old, and none is used while a write is under way.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use sqlx::SqlitePool;
+
 /// Most answers kept (of each kind); past it, those read before the last
 /// change go, and if that is not enough, all.
 const CAPACITY: usize = 1024;
 
-/// Uses of the writer connection: counted when it is handed out (before
-/// anything is written) and when it comes back (after its transaction was
-/// committed or rolled back).
+/// How many times the writer connection was handed out: counted by the
+/// pool's hooks, before any code can write on it.
 #[derive(Clone, Default)]
-pub(super) struct Writes {
-    taken: Arc<AtomicU64>,
-    returned: Arc<AtomicU64>,
-}
+pub(super) struct Writes(Arc<AtomicU64>);
 
 impl Writes {
     pub(super) fn taken(&self) {
-        self.taken.fetch_add(1, Ordering::SeqCst);
+        self.0.fetch_add(1, Ordering::SeqCst);
     }
 
-    pub(super) fn returned(&self) {
-        self.returned.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// The number of uses so far if no write is under way: every use so far
-    /// has ended, so a read that starts now sees all that they wrote.
-    pub(super) fn idle_after(&self) -> Option<u64> {
-        // `returned` first: a use that begins or ends between the two loads
+    /// The count if the writer connection is idle in its pool now: it goes
+    /// back there only after its transaction was committed or rolled back,
+    /// so a read that starts now sees everything written so far.
+    pub(super) fn idle_after(&self, writer: &SqlitePool) -> Option<u64> {
+        // Counted twice: a connection handed out between the two reads
         // makes them differ.
-        let returned = self.returned.load(Ordering::SeqCst);
-        let taken = self.taken.load(Ordering::SeqCst);
-        (taken == returned).then_some(taken)
+        let before = self.0.load(Ordering::SeqCst);
+        let idle = writer.num_idle() == writer.size() as usize;
+        let after = self.0.load(Ordering::SeqCst);
+        (idle && before == after).then_some(before)
     }
 }
 

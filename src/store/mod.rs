@@ -49,7 +49,8 @@ pub struct Store {
     reader: SqlitePool,
     /// Submissions and audit records, written in batches (group commit).
     submissions: Submissions,
-    /// Uses of `writer`, and the jobs and pages read while it was idle.
+    /// Times `writer` was handed out, and the jobs and pages read while it
+    /// was idle.
     writes: Writes,
     jobs: Answers<Uuid, Job>,
     pages: Answers<PageKey, JobPage>,
@@ -163,7 +164,7 @@ impl Store {
             .foreign_keys(true);
         migrate(path, &options).await?;
         let writes = Writes::default();
-        let (acquired, connected, released) = (writes.clone(), writes.clone(), writes.clone());
+        let (acquired, connected) = (writes.clone(), writes.clone());
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // A write that fails for a full disk or an I/O error can make
@@ -173,22 +174,16 @@ impl Store {
             // the next rollback nothing on it is committed again while every
             // commit reports success. Such a connection is replaced.
             .before_acquire(move |connection, _| {
+                // Handed out, it may write: reads kept so far are old
+                // (`answers.rs`).
+                acquired.taken();
                 let usable = !sqlx::Connection::is_in_transaction(connection);
-                if usable {
-                    acquired.taken();
-                }
                 Box::pin(async move { Ok(usable) })
             })
             // A new connection is handed out without `before_acquire`.
             .after_connect(move |_, _| {
                 connected.taken();
                 Box::pin(async { Ok(()) })
-            })
-            // Whatever the connection did is committed or rolled back by
-            // now (`answers.rs`).
-            .after_release(move |_, _| {
-                released.returned();
-                Box::pin(async { Ok(true) })
             })
             .connect_with(options.clone())
             .await
@@ -260,7 +255,7 @@ impl Store {
 
     /// The job; as read before if nothing was written since (`answers.rs`).
     pub async fn get_job(&self, id: Uuid) -> StoreResult<Option<Job>> {
-        let writes = self.writes.idle_after();
+        let writes = self.writes.idle_after(&self.writer);
         if let Some(job) = writes.and_then(|writes| self.jobs.get(&id, writes)) {
             return Ok(Some(job));
         }
@@ -304,7 +299,7 @@ impl Store {
             limit,
             before,
         };
-        let writes = self.writes.idle_after();
+        let writes = self.writes.idle_after(&self.writer);
         if let Some(page) = writes.and_then(|writes| self.pages.get(&key, writes)) {
             return Ok(page);
         }
