@@ -16,11 +16,14 @@ use tokio::sync::oneshot;
 
 use crate::engine::Engine;
 
+/// Submissions waiting for the next lookup of one source.
+type Asking = Vec<oneshot::Sender<Option<String>>>;
+
 /// Submissions waiting for the next lookup of each source. A source is
 /// here exactly while a task runs its rounds.
 #[derive(Clone, Default)]
 pub struct SourceIds {
-    waiting: Arc<Mutex<HashMap<String, Vec<oneshot::Sender<Option<String>>>>>>,
+    waiting: Arc<Mutex<HashMap<String, Asking>>>,
 }
 
 impl SourceIds {

@@ -229,7 +229,7 @@ impl Store {
             .write(Write::Job { new, audit: None })
             .await?
         {
-            Written::Job(created, _) => Ok(created),
+            Written::Job(written) => Ok(written.0),
             Written::Audited => unreachable!("a job's write answers a job"),
         }
     }
@@ -246,10 +246,11 @@ impl Store {
             audit: Some(Box::new(audit)),
         };
         match self.submissions.write(write).await? {
-            Written::Job(created, Some(entry)) => Ok((created, entry)),
-            Written::Job(_, None) | Written::Audited => {
-                unreachable!("an audited job's write answers the job and its record")
-            }
+            Written::Job(written) => match *written {
+                (created, Some(entry)) => Ok((created, entry)),
+                (_, None) => unreachable!("an audited job's write answers its record"),
+            },
+            Written::Audited => unreachable!("a job's write answers a job"),
         }
     }
 

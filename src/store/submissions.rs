@@ -39,8 +39,9 @@ pub(super) enum Write {
 
 /// What a committed request did.
 pub(super) enum Written {
-    /// The job's outcome and the audit record written with it.
-    Job(Created, Option<AuditEntry>),
+    /// The job's outcome and the audit record written with it (boxed: the
+    /// answer is large, and `Audited` nothing).
+    Job(Box<(Created, Option<AuditEntry>)>),
     Audited,
 }
 
@@ -116,7 +117,7 @@ async fn commit(writer: &SqlitePool, writes: Vec<Write>) -> Vec<StoreResult<Writ
                                 if matches!(created, Created::New(_)) {
                                     current_owners.insert(owner);
                                 }
-                                Written::Job(created, entry)
+                                Written::Job(Box::new((created, entry)))
                             })
                         }
                         Err(error) => Err(error),
