@@ -10,7 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::AccessControl;
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, SourceIds};
 use crate::config::Settings;
 use crate::credentials::{DockerConfig, JobCredentials};
 use crate::engine::{DockerEngine, Engine, NoEngine};
@@ -89,6 +89,7 @@ impl Application {
         let router = api::router(AppState {
             store: store.clone(),
             engine: engine.clone(),
+            source_ids: SourceIds::default(),
             registry: registry.clone(),
             credentials: credentials.clone(),
             cancellations: cancellations.clone(),
@@ -245,7 +246,7 @@ async fn reload_tokens_on_sighup(access: AccessControl, store: Store) {
                 job_id: None,
                 detail,
             };
-            if let Err(error) = store.record_audit(&entry).await {
+            if let Err(error) = store.record_audit(entry).await {
                 tracing::error!(error = format!("{error:#}"), "recording a token reload");
             }
         }

@@ -245,11 +245,11 @@ async fn crashed_run(dir: &std::path::Path, repo: &str, source: &str) -> String 
     let created = store
         .create_job(NewJob {
             id: uuid::Uuid::now_v7(),
-            plan: &plan,
+            plan: plan.clone(),
             max_pending: 100,
             has_registry_auth: false,
             idempotency_key: None,
-            spec_hash: "x",
+            spec_hash: "x".to_owned(),
             submitter: publishd::store::Submitter::anonymous(),
         })
         .await
@@ -362,11 +362,11 @@ async fn cancels_racing_deferred_targets_and_a_shutdown_leave_every_job_terminal
             let id = uuid::Uuid::now_v7();
             let new = NewJob {
                 id,
-                plan: &plan,
+                plan: plan.clone(),
                 max_pending: 100,
                 has_registry_auth: false,
                 idempotency_key: None,
-                spec_hash: "x",
+                spec_hash: "x".to_owned(),
                 submitter: publishd::store::Submitter::anonymous(),
             };
             assert!(matches!(

@@ -782,11 +782,11 @@ impl Harness {
         let id = Uuid::now_v7();
         let new = NewJob {
             id,
-            plan: &plan,
+            plan: plan.clone(),
             max_pending: 100_000,
             has_registry_auth: false,
             idempotency_key: None,
-            spec_hash: "h",
+            spec_hash: "h".to_owned(),
             submitter: publishd::store::Submitter::anonymous(),
         };
         let Created::New(job) = self.store().create_job(new).await.expect("create_job") else {
@@ -1510,11 +1510,11 @@ fn a_target_put_back_to_wait_for_credentials_after_its_job_was_cancelled_still_e
         let id = Uuid::now_v7();
         let new = NewJob {
             id,
-            plan: &plan,
+            plan: plan.clone(),
             max_pending: 100,
             has_registry_auth: true,
             idempotency_key: None,
-            spec_hash: "h",
+            spec_hash: "h".to_owned(),
             submitter: publishd::store::Submitter::anonymous(),
         };
         assert!(matches!(

@@ -110,11 +110,11 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
         let created = store
             .create_job(NewJob {
                 id: uuid::Uuid::now_v7(),
-                plan: &plan,
+                plan: plan.clone(),
                 max_pending: 100,
                 has_registry_auth: false,
                 idempotency_key: None,
-                spec_hash: "x",
+                spec_hash: "x".to_owned(),
                 submitter: publishd::store::Submitter::anonymous(),
             })
             .await

@@ -97,11 +97,11 @@ async fn a_build_that_dies_half_way_is_undone() {
         let created = store
             .create_job(NewJob {
                 id: uuid::Uuid::now_v7(),
-                plan: &plan,
+                plan: plan.clone(),
                 max_pending: 100,
                 has_registry_auth: false,
                 idempotency_key: None,
-                spec_hash: "x",
+                spec_hash: "x".to_owned(),
                 submitter: publishd::store::Submitter::anonymous(),
             })
             .await

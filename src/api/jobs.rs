@@ -26,6 +26,7 @@ use crate::store::{AuditEntry, Cancelled, Created, Job, JobPage, NewJob, Submitt
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 const DEFAULT_PAGE: u32 = 20;
+/// How long a submission waits for the engine to say what its sources are.
 const MAX_PAGE: u32 = 100;
 
 /// Submit a publish job.
@@ -60,24 +61,24 @@ pub async fn create_job(
     headers: HeaderMap,
     body: Result<JsonBody<JobSpec>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let submitted = submit(&state, &caller, &headers, body).await;
-    let (outcome, job_id, detail) = match &submitted {
-        Ok((status, job)) => (
-            if *status == StatusCode::ACCEPTED {
-                "accepted"
-            } else {
-                "replayed"
-            },
-            Some(job.id),
-            json!({"status": status.as_u16(), "repo": job.repo, "targets": job.targets.len()}),
-        ),
-        Err(error) => ("refused", None, refusal(error)),
-    };
-    if let Some(id) = job_id {
-        about_job(id);
+    let (submitted, recorded) = submit(&state, &caller, &headers, body).await;
+    match (&submitted, recorded) {
+        (_, Some(entry)) => log_audit(&entry),
+        (Err(error), None) => {
+            audit(
+                &state,
+                &caller,
+                "job.submit",
+                "refused",
+                None,
+                refusal(error),
+            )
+            .await?;
+        }
+        (Ok(_), None) => unreachable!("a job the store took has its audit record"),
     }
-    audit(&state, &caller, "job.submit", outcome, job_id, detail).await?;
     let (status, job) = submitted?;
+    about_job(job.id);
     if status == StatusCode::ACCEPTED {
         tracing::info!(
             targets = job.targets.len(),
@@ -92,13 +93,56 @@ pub async fn create_job(
 
 /// Checks a submission against the caller's scope and records it; answers
 /// 202 and the new job, or 200 and the job an earlier submission with the
-/// same key and body made.
+/// same key and body made. Also answers the submission's audit record when
+/// the store wrote it, in the job's transaction; a submission refused before
+/// the store, or whose write failed, has none yet.
 async fn submit(
     state: &AppState,
     caller: &Principal,
     headers: &HeaderMap,
     body: Result<JsonBody<JobSpec>, ApiError>,
-) -> Result<(StatusCode, Job), ApiError> {
+) -> (Result<(StatusCode, Job), ApiError>, Option<AuditEntry>) {
+    let (new, auth) = match prepare(state, caller, headers, body).await {
+        Ok(prepared) => prepared,
+        Err(error) => return (Err(error), None),
+    };
+    // The credentials are in place before the job exists: a lane may claim
+    // it the moment it is committed.
+    let id = new.id;
+    if let Some(auth) = &auth {
+        state.job_credentials.insert(id, auth.clone());
+    }
+    let who = caller.name.clone();
+    let limit = state.max_queued_targets;
+    let stored = state
+        .store
+        .create_audited_job(new, move |created| {
+            submission_audit(created, who.as_deref(), limit)
+        })
+        .await;
+    if !matches!(stored, Ok((Created::New(_), _))) {
+        state.job_credentials.remove(id);
+    }
+    let (created, entry) = match stored {
+        Ok(stored) => stored,
+        Err(error) => return (Err(error.into()), None),
+    };
+    let answer = match created {
+        Created::New(job) => Ok((StatusCode::ACCEPTED, job)),
+        Created::Existing(job) => replay(state, auth, job).await,
+        refused => Err(refusal_of(&refused, caller.name.as_deref(), limit)),
+    };
+    (answer, Some(entry))
+}
+
+/// Reads, validates and checks a submission and looks its sources up: the
+/// job to record, and the credentials it brought.
+async fn prepare(
+    state: &AppState,
+    caller: &Principal,
+    headers: &HeaderMap,
+    body: Result<JsonBody<JobSpec>, ApiError>,
+) -> Result<(NewJob, Option<RegistryAuth>), ApiError> {
     let body = body?;
     let idempotency_key = idempotency_key(headers)?;
     let mut plan = plan(&body.value, state.limits)?;
@@ -117,59 +161,73 @@ async fn submit(
         .map(|auth| registry_auth(&plan.repo, auth));
     let sources = resolve_sources(state, &plan, &grant, auth.as_ref()).await?;
     plan.resolve_sources(&sources);
-    // The credentials are in place before the job exists: a lane may claim
-    // it the moment it is committed.
-    let id = Uuid::now_v7();
-    if let Some(auth) = &auth {
-        state.job_credentials.insert(id, auth.clone());
+    let new = NewJob {
+        id: Uuid::now_v7(),
+        max_pending: state.max_queued_targets,
+        has_registry_auth: auth.is_some(),
+        idempotency_key,
+        spec_hash: spec_hash(&body.json),
+        submitter: Submitter {
+            name: caller.name.clone(),
+            weight: caller.weight,
+            max_queued_targets: caller.max_queued_targets,
+            use_service_credentials: grant.service_credentials,
+            required_labels: grant.required_labels,
+        },
+        plan,
+    };
+    Ok((new, auth))
+}
+
+/// The answer to a submission the store found already made. A resubmission
+/// brings the credentials again, which revives a job whose credentials a
+/// restart lost, as long as it has not ended.
+async fn replay(
+    state: &AppState,
+    auth: Option<RegistryAuth>,
+    job: Job,
+) -> Result<(StatusCode, Job), ApiError> {
+    if let Some(auth) = auth
+        && !job.status.is_terminal()
+    {
+        state.job_credentials.insert(job.id, auth);
+        // Targets waiting for them since a restart may go at once.
+        state.store.credentials_arrived(job.id).await?;
     }
-    let created = state
-        .store
-        .create_job(NewJob {
-            id,
-            plan: &plan,
-            max_pending: state.max_queued_targets,
-            has_registry_auth: auth.is_some(),
-            idempotency_key: idempotency_key.as_deref(),
-            spec_hash: &spec_hash(&body.json),
-            submitter: Submitter {
-                name: caller.name.as_deref(),
-                weight: caller.weight,
-                max_queued_targets: caller.max_queued_targets,
-                use_service_credentials: grant.service_credentials,
-                required_labels: &grant.required_labels,
-            },
-        })
-        .await;
-    if !matches!(created, Ok(Created::New(_))) {
-        state.job_credentials.remove(id);
-    }
-    match created? {
-        Created::New(job) => Ok((StatusCode::ACCEPTED, job)),
-        Created::Existing(job) => {
-            // A resubmission brings the credentials again, which revives a job
-            // whose credentials a restart lost, as long as it has not ended.
-            if let Some(auth) = auth
-                && !job.status.is_terminal()
-            {
-                state.job_credentials.insert(job.id, auth);
-                // Targets waiting for them since a restart may go at once.
-                state.store.credentials_arrived(job.id).await?;
-            }
-            Ok((StatusCode::OK, job))
-        }
-        Created::KeyReused => Err(ApiError::IdempotencyConflict(
+    Ok((StatusCode::OK, job))
+}
+
+/// The error a submission the store refused answers.
+fn refusal_of(created: &Created, who: Option<&str>, limit: usize) -> ApiError {
+    match *created {
+        Created::KeyReused => ApiError::IdempotencyConflict(
             "this Idempotency-Key was used for a job with a different body".to_owned(),
-        )),
-        Created::Overloaded { pending } => Err(ApiError::Overloaded {
-            pending,
-            limit: state.max_queued_targets,
-        }),
-        Created::SubmitterOverloaded { pending, limit } => Err(ApiError::SubmitterOverloaded {
-            who: caller.name.clone().unwrap_or_default(),
+        ),
+        Created::Overloaded { pending } => ApiError::Overloaded { pending, limit },
+        Created::SubmitterOverloaded { pending, limit } => ApiError::SubmitterOverloaded {
+            who: who.unwrap_or_default().to_owned(),
             pending,
             limit,
-        }),
+        },
+        Created::New(_) | Created::Existing(_) => unreachable!("the store took the job"),
+    }
+}
+
+/// The audit record of a submission that reached the store, written in the
+/// same transaction as the job.
+fn submission_audit(created: &Created, who: Option<&str>, limit: usize) -> AuditEntry {
+    let taken = |status: StatusCode, job: &Job| json!({"status": status.as_u16(), "repo": job.repo, "targets": job.targets.len()});
+    let (outcome, job_id, detail) = match created {
+        Created::New(job) => ("accepted", Some(job.id), taken(StatusCode::ACCEPTED, job)),
+        Created::Existing(job) => ("replayed", Some(job.id), taken(StatusCode::OK, job)),
+        refused => ("refused", None, refusal(&refusal_of(refused, who, limit))),
+    };
+    AuditEntry {
+        actor: who.map(str::to_owned),
+        action: "job.submit",
+        outcome,
+        job_id,
+        detail,
     }
 }
 
@@ -193,30 +251,33 @@ fn refusal(error: &ApiError) -> Value {
 async fn audit(
     state: &AppState,
     caller: &Principal,
-    action: &str,
-    outcome: &str,
+    action: &'static str,
+    outcome: &'static str,
     job_id: Option<Uuid>,
     detail: Value,
 ) -> Result<(), ApiError> {
-    tracing::info!(
-        audit = true,
-        actor = caller.name.as_deref().unwrap_or(""),
+    let entry = AuditEntry {
+        actor: caller.name.clone(),
         action,
         outcome,
-        detail = %detail,
+        job_id,
+        detail,
+    };
+    log_audit(&entry);
+    state.store.record_audit(entry).await?;
+    Ok(())
+}
+
+/// An audit event as a structured log line.
+fn log_audit(entry: &AuditEntry) {
+    tracing::info!(
+        audit = true,
+        actor = entry.actor.as_deref().unwrap_or(""),
+        action = entry.action,
+        outcome = entry.outcome,
+        detail = %entry.detail,
         "audit"
     );
-    state
-        .store
-        .record_audit(&AuditEntry {
-            actor: caller.name.as_deref(),
-            action,
-            outcome,
-            job_id,
-            detail,
-        })
-        .await?;
-    Ok(())
 }
 
 /// The body's identity for idempotency: canonical JSON (serde_json's maps

@@ -11,6 +11,7 @@ mod extract;
 mod health;
 mod jobs;
 mod metrics;
+mod source_ids;
 mod sources;
 mod ui;
 
@@ -44,6 +45,7 @@ use crate::registry::Registry;
 use crate::store::Store;
 use crate::worker::Cancellations;
 use error::{ApiError, InternalErrorDetail};
+pub use source_ids::SourceIds;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -51,6 +53,9 @@ pub struct AppState {
     pub store: Store,
     /// `None` with `--docker-host none`: registry sources only.
     pub engine: Option<Arc<dyn Engine>>,
+    /// Submissions' source lookups on the engine, shared by concurrent
+    /// submissions.
+    pub source_ids: SourceIds,
     /// Reads registry sources at submission.
     pub registry: Arc<dyn Registry>,
     /// The docker config's credentials, for registry sources.

@@ -59,11 +59,11 @@ async fn resolve_on_engine(
         return Err(ApiError::invalid(field, NO_ENGINE));
     };
     if grant.required_labels.is_empty() {
-        let id = tokio::time::timeout(SOURCE_LOOKUP_TIMEOUT, engine.image_id(&image.source)).await;
-        return Ok(match id {
-            Ok(Ok(Some(id))) => Some(ResolvedSource::local(id)),
-            _ => None,
-        });
+        let id = state
+            .source_ids
+            .image_id(engine, &image.source, SOURCE_LOOKUP_TIMEOUT)
+            .await;
+        return Ok(id.map(ResolvedSource::local));
     }
     let found = tokio::time::timeout(SOURCE_LOOKUP_TIMEOUT, engine.inspect_image(&image.source));
     match found.await {

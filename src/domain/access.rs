@@ -3,6 +3,7 @@
 //! `crate::access`, the engine is asked about labels by the caller.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock};
 
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::{Deserialize, Serialize};
@@ -30,7 +31,12 @@ pub enum Role {
 #[derive(Debug, Clone)]
 pub struct Patterns {
     written: Vec<String>,
-    matchers: Vec<GlobMatcher>,
+    /// Shared by the clones: each compiled matcher keeps its own search
+    /// caches, which a fresh clone would build again on its first match.
+    matchers: Arc<[GlobMatcher]>,
+    /// One of the patterns is `**`: every name matches, without a search.
+    /// The scope of every request to a service without tokens.
+    everything: bool,
 }
 
 impl Patterns {
@@ -50,17 +56,21 @@ impl Patterns {
         }
         Ok(Patterns {
             written: patterns.to_vec(),
-            matchers,
+            matchers: matchers.into(),
+            everything: patterns.iter().any(|pattern| pattern == "**"),
         })
     }
 
-    /// Matches everything.
+    /// Matches everything. Compiled once: a service without tokens gives
+    /// every request an unlimited scope (`Principal::anonymous`).
     pub fn any() -> Patterns {
-        Patterns::new(&["**".to_owned()]).expect("`**` is a pattern")
+        static ANY: LazyLock<Patterns> =
+            LazyLock::new(|| Patterns::new(&["**".to_owned()]).expect("`**` is a pattern"));
+        ANY.clone()
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        self.matchers.iter().any(|matcher| matcher.is_match(name))
+        self.everything || self.matchers.iter().any(|matcher| matcher.is_match(name))
     }
 
     pub fn written(&self) -> &[String] {

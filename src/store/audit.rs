@@ -8,17 +8,18 @@ use sqlx::sqlite::SqliteRow;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::submissions::Write;
 use super::{Store, StoreResult, now, parse_uuid};
 
 /// One thing to record.
 #[derive(Debug, Clone)]
-pub struct AuditEntry<'a> {
+pub struct AuditEntry {
     /// The token's name; `None` without tokens.
-    pub actor: Option<&'a str>,
+    pub actor: Option<String>,
     /// `job.submit`, `job.cancel`, `tokens.reload`.
-    pub action: &'a str,
+    pub action: &'static str,
     /// `accepted`, `replayed`, `refused`, `requested`, `reloaded`, `failed` …
-    pub outcome: &'a str,
+    pub outcome: &'static str,
     pub job_id: Option<Uuid>,
     /// What else says what happened: the HTTP status, the field and rule of
     /// a refusal, its message.
@@ -48,21 +49,10 @@ pub struct AuditPage {
 }
 
 impl Store {
-    pub async fn record_audit(&self, entry: &AuditEntry<'_>) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO audit (id, at, actor, action, outcome, job_id, detail)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(Uuid::now_v7().to_string())
-        .bind(now())
-        .bind(entry.actor)
-        .bind(entry.action)
-        .bind(entry.outcome)
-        .bind(entry.job_id.map(|id| id.to_string()))
-        .bind(entry.detail.to_string())
-        .execute(&self.writer)
-        .await
-        .context("recording an audit event")?;
+    /// Records an event; committed with the submissions written at the same
+    /// time (`submissions.rs`).
+    pub async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()> {
+        self.submissions.write(Write::Audit(entry)).await?;
         Ok(())
     }
 
@@ -92,6 +82,28 @@ impl Store {
             next_cursor,
         })
     }
+}
+
+/// Writes one audit record on `conn` (in the caller's transaction).
+pub(super) async fn insert_audit(
+    conn: &mut sqlx::SqliteConnection,
+    entry: &AuditEntry,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO audit (id, at, actor, action, outcome, job_id, detail)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(Uuid::now_v7().to_string())
+    .bind(now())
+    .bind(&entry.actor)
+    .bind(entry.action)
+    .bind(entry.outcome)
+    .bind(entry.job_id.map(|id| id.to_string()))
+    .bind(entry.detail.to_string())
+    .execute(conn)
+    .await
+    .context("recording an audit event")?;
+    Ok(())
 }
 
 fn event_from_row(row: &SqliteRow) -> StoreResult<AuditEvent> {

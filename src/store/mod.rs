@@ -2,6 +2,7 @@
 //! connection (so write transactions never race for the lock) and a small pool
 //! of readers (WAL lets them read while the writer writes).
 
+mod answers;
 mod audit;
 mod counts;
 mod events;
@@ -9,6 +10,7 @@ mod model;
 mod queue;
 mod retention;
 mod seeds;
+mod submissions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -24,12 +26,14 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
+use answers::{Answers, Writes};
 pub use audit::{AuditEntry, AuditEvent, AuditPage};
 pub use counts::QueueCounts;
 pub use events::{Delivery, DeliveryAttempt, DeliveryOutcome, DueDelivery, Event};
 pub use model::{AttemptError, ClaimedTarget, Job, JobImage, JobPage, Target, TargetOutcome};
 pub use queue::{Bound, Claim, ClaimLost, Release, Released, TakeOver};
 pub use retention::Deleted;
+use submissions::{Submissions, Write, Written};
 
 use crate::domain::naming::{RepoMode, reference_key};
 use crate::domain::publish_via::{PublishVia, PublishedVia};
@@ -43,6 +47,13 @@ pub type StoreResult<T> = anyhow::Result<T>;
 pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Submissions and audit records, written in batches (group commit).
+    submissions: Submissions,
+    /// Times `writer` was handed out, and the jobs and pages read while it
+    /// was idle.
+    writes: Writes,
+    jobs: Answers<Uuid, Job>,
+    pages: Answers<PageKey, JobPage>,
     /// Held while the store lives: one publishd per database, so targets
     /// found mid-step at start-up belong to a dead process, not a live one.
     _owner: Arc<std::fs::File>,
@@ -96,43 +107,43 @@ pub enum Cancelled {
     Requested(Job),
 }
 
-/// What a new job is made of.
-pub struct NewJob<'a> {
+/// What a new job is made of: owned, since the task that writes
+/// submissions (`submissions.rs`) takes it over.
+pub struct NewJob {
     /// Chosen by the caller, so that what belongs to the job in memory (its
     /// credentials) can be in place before a lane can claim it.
     pub id: Uuid,
-    pub plan: &'a Plan,
+    pub plan: Plan,
     /// Most pending targets there may be once the job is queued.
     pub max_pending: usize,
     pub has_registry_auth: bool,
-    pub idempotency_key: Option<&'a str>,
-    pub spec_hash: &'a str,
-    pub submitter: Submitter<'a>,
+    pub idempotency_key: Option<String>,
+    pub spec_hash: String,
+    pub submitter: Submitter,
 }
 
 /// Who submits a job, and what their scope grants it.
 #[derive(Debug, Clone)]
-pub struct Submitter<'a> {
+pub struct Submitter {
     /// The token's name; `None` when the service has no tokens.
-    pub name: Option<&'a str>,
+    pub name: Option<String>,
     /// Share of the lanes relative to other submitters.
     pub weight: u32,
     /// Most targets the submitter may have queued at once.
     pub max_queued_targets: Option<usize>,
     pub use_service_credentials: bool,
-    pub required_labels: &'a BTreeMap<String, String>,
+    pub required_labels: BTreeMap<String, String>,
 }
 
-impl Submitter<'_> {
+impl Submitter {
     /// Anyone, when the service has no tokens.
-    pub fn anonymous() -> Submitter<'static> {
-        static NONE: BTreeMap<String, String> = BTreeMap::new();
+    pub fn anonymous() -> Submitter {
         Submitter {
             name: None,
             weight: 1,
             max_queued_targets: None,
             use_service_credentials: true,
-            required_labels: &NONE,
+            required_labels: BTreeMap::new(),
         }
     }
 }
@@ -152,6 +163,8 @@ impl Store {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         migrate(path, &options).await?;
+        let writes = Writes::default();
+        let (acquired, connected) = (writes.clone(), writes.clone());
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             // A write that fails for a full disk or an I/O error can make
@@ -160,8 +173,17 @@ impl Store {
             // transactions on the connection become savepoints, and after
             // the next rollback nothing on it is committed again while every
             // commit reports success. Such a connection is replaced.
-            .before_acquire(|connection, _| {
-                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(connection)) })
+            .before_acquire(move |connection, _| {
+                // Handed out, it may write: reads kept so far are old
+                // (`answers.rs`).
+                acquired.taken();
+                let usable = !sqlx::Connection::is_in_transaction(connection);
+                Box::pin(async move { Ok(usable) })
+            })
+            // A new connection is handed out without `before_acquire`.
+            .after_connect(move |_, _| {
+                connected.taken();
+                Box::pin(async { Ok(()) })
             })
             .connect_with(options.clone())
             .await
@@ -172,6 +194,10 @@ impl Store {
             .await
             .with_context(|| format!("opening readers on {}", path.display()))?;
         Ok(Store {
+            submissions: Submissions::start(writer.clone()),
+            writes,
+            jobs: Answers::default(),
+            pages: Answers::default(),
             writer,
             reader,
             _owner: Arc::new(owner),
@@ -194,143 +220,52 @@ impl Store {
         Ok(())
     }
 
-    /// Records a job and its targets in one transaction, honouring the
-    /// idempotency key.
-    pub async fn create_job(&self, new: NewJob<'_>) -> StoreResult<Created> {
-        let mut tx = self.writer.begin().await?;
-        let submitter = new.submitter.name.unwrap_or("");
-        if let Some(key) = new.idempotency_key {
-            // Keys are the submitter's own: another token's job is never found.
-            let seen = sqlx::query(
-                "SELECT id, spec_hash FROM jobs WHERE submitted_by = ? AND idempotency_key = ?",
-            )
-            .bind(submitter)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await
-            .context("looking up the idempotency key")?;
-            if let Some(row) = seen {
-                let hash: String = row.get("spec_hash");
-                if hash != new.spec_hash {
-                    return Ok(Created::KeyReused);
-                }
-                let id = parse_uuid(row.get("id"))?;
-                let job = load_job(&mut tx, id).await?.context("job vanished")?;
-                return Ok(Created::Existing(job));
-            }
+    /// Records a job and its targets, honouring the idempotency key; answers
+    /// once the transaction that holds it has committed (with others: see
+    /// `submissions.rs`).
+    pub async fn create_job(&self, new: NewJob) -> StoreResult<Created> {
+        match self
+            .submissions
+            .write(Write::Job { new, audit: None })
+            .await?
+        {
+            Written::Job(written) => Ok(written.0),
+            Written::Audited => unreachable!("a job's write answers a job"),
         }
-
-        // Counted in the same transaction as the insert: concurrent submissions
-        // cannot overshoot the limit together.
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM targets WHERE status = 'pending'")
-                .fetch_one(&mut *tx)
-                .await
-                .context("counting pending targets")?;
-        if pending.saturating_add(new.plan.targets.len() as i64) > new.max_pending as i64 {
-            return Ok(Created::Overloaded { pending });
-        }
-        if let Some(limit) = new.submitter.max_queued_targets {
-            let pending: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM targets t JOIN jobs j ON j.id = t.job_id
-                 WHERE t.status = 'pending' AND j.submitted_by = ?",
-            )
-            .bind(submitter)
-            .fetch_one(&mut *tx)
-            .await
-            .context("counting the submitter's pending targets")?;
-            if pending.saturating_add(new.plan.targets.len() as i64) > limit as i64 {
-                return Ok(Created::SubmitterOverloaded { pending, limit });
-            }
-        }
-        // A submitter that was idle starts level with the least-served one
-        // still queued, not with the credit of its idle time.
-        sqlx::query(&format!(
-            "INSERT INTO owners (name, weight, pass) VALUES (?1, ?2,
-                 COALESCE((SELECT MIN(o.pass) FROM owners o WHERE EXISTS (
-                     SELECT 1 FROM jobs j JOIN targets t ON t.job_id = j.id
-                     WHERE j.submitted_by = o.name
-                       AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))), 0))
-             ON CONFLICT (name) DO UPDATE SET weight = excluded.weight,
-                 pass = CASE WHEN EXISTS (
-                         SELECT 1 FROM jobs j JOIN targets t ON t.job_id = j.id
-                         WHERE j.submitted_by = owners.name
-                           AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))
-                     THEN owners.pass ELSE MAX(owners.pass, excluded.pass) END"
-        ))
-        .bind(submitter)
-        .bind(i64::from(new.submitter.weight))
-        .execute(&mut *tx)
-        .await
-        .context("recording the submitter's share")?;
-
-        let id = new.id;
-        let now = now();
-        sqlx::query(
-            "INSERT INTO jobs (id, status, repo, repo_mode, force, has_registry_auth,
-                               idempotency_key, spec_hash, created_at, submitted_by,
-                               use_service_credentials, required_labels, callback_url,
-                               publish_via)
-             VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(id.to_string())
-        .bind(&new.plan.repo)
-        .bind(new.plan.repo_mode.as_str())
-        .bind(new.plan.force)
-        .bind(new.has_registry_auth)
-        .bind(new.idempotency_key)
-        .bind(new.spec_hash)
-        .bind(&now)
-        .bind(submitter)
-        .bind(new.submitter.use_service_credentials)
-        .bind(serde_json::to_string(new.submitter.required_labels)?)
-        .bind(new.plan.callback.as_ref().map(|callback| &callback.url))
-        .bind(new.plan.publish_via.map(PublishVia::as_str))
-        .execute(&mut *tx)
-        .await
-        .context("inserting the job")?;
-        for (position, image) in new.plan.images.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO job_images (job_id, position, name, source, source_image_id, source_digest)
-                 VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(id.to_string())
-            .bind(position as i64)
-            .bind(&image.name)
-            .bind(&image.source)
-            .bind(&image.source_image_id)
-            .bind(&image.source_digest)
-            .execute(&mut *tx)
-            .await
-            .context("inserting an image")?;
-        }
-        for (position, target) in new.plan.targets.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO targets (job_id, position, image_position, image_name, source, strategy,
-                                      tag, reference, reference_key, status)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-            )
-            .bind(id.to_string())
-            .bind(position as i64)
-            .bind(target.image_index as i64)
-            .bind(&target.image_name)
-            .bind(&target.source)
-            .bind(target.strategy.as_str())
-            .bind(&target.tag)
-            .bind(&target.reference)
-            .bind(target.reference.as_deref().map(reference_key))
-            .execute(&mut *tx)
-            .await
-            .context("inserting a target")?;
-        }
-        let job = load_job(&mut tx, id).await?.context("job vanished")?;
-        tx.commit().await.context("committing the new job")?;
-        Ok(Created::New(job))
     }
 
+    /// `create_job`, with the submission's audit record in the same
+    /// transaction: `audit` makes it from what was done.
+    pub async fn create_audited_job(
+        &self,
+        new: NewJob,
+        audit: impl FnOnce(&Created) -> AuditEntry + Send + 'static,
+    ) -> StoreResult<(Created, AuditEntry)> {
+        let write = Write::Job {
+            new,
+            audit: Some(Box::new(audit)),
+        };
+        match self.submissions.write(write).await? {
+            Written::Job(written) => match *written {
+                (created, Some(entry)) => Ok((created, entry)),
+                (_, None) => unreachable!("an audited job's write answers its record"),
+            },
+            Written::Audited => unreachable!("a job's write answers a job"),
+        }
+    }
+
+    /// The job; as read before if nothing was written since (`answers.rs`).
     pub async fn get_job(&self, id: Uuid) -> StoreResult<Option<Job>> {
+        let writes = self.writes.idle_after(&self.writer);
+        if let Some(job) = writes.and_then(|writes| self.jobs.get(&id, writes)) {
+            return Ok(Some(job));
+        }
         let mut conn = self.reader.acquire().await?;
-        load_job(&mut conn, id).await
+        let job = load_job(&mut conn, id).await?;
+        if let (Some(job), Some(writes)) = (&job, writes) {
+            self.jobs.put(id, job, writes);
+        }
+        Ok(job)
     }
 
     /// Jobs newest first; `before` is the last id of the previous page. Ids are
@@ -348,8 +283,37 @@ impl Store {
     }
 
     /// `list_jobs` of the jobs whose repository or one of whose references
-    /// contains `search`.
+    /// contains `search`; as read before if nothing was written since
+    /// (`answers.rs`).
     pub async fn search_jobs(
+        &self,
+        status: Option<JobStatus>,
+        submitted_by: Option<&str>,
+        search: Option<&str>,
+        limit: u32,
+        before: Option<Uuid>,
+    ) -> StoreResult<JobPage> {
+        let key = PageKey {
+            status,
+            submitted_by: submitted_by.map(str::to_owned),
+            search: search.map(str::to_owned),
+            limit,
+            before,
+        };
+        let writes = self.writes.idle_after(&self.writer);
+        if let Some(page) = writes.and_then(|writes| self.pages.get(&key, writes)) {
+            return Ok(page);
+        }
+        let page = self
+            .read_page(status, submitted_by, search, limit, before)
+            .await?;
+        if let Some(writes) = writes {
+            self.pages.put(key, &page, writes);
+        }
+        Ok(page)
+    }
+
+    async fn read_page(
         &self,
         status: Option<JobStatus>,
         submitted_by: Option<&str>,
@@ -457,6 +421,203 @@ impl Store {
         let job = load_job(&mut tx, id).await?.context("job vanished")?;
         tx.commit().await?;
         Ok(Cancelled::Requested(job))
+    }
+}
+
+/// Writes one submission on `conn` (in the caller's transaction): the
+/// idempotency key, the queue limits, the submitter's share, the job.
+/// `owner_current`: the submitter's share was already brought up to date by
+/// an earlier job of the same transaction, which left it with queued targets;
+/// the statement would change nothing.
+async fn insert_job(
+    conn: &mut sqlx::SqliteConnection,
+    new: &NewJob,
+    owner_current: bool,
+) -> StoreResult<Created> {
+    let submitter = new.submitter.name.as_deref().unwrap_or("");
+    if let Some(key) = &new.idempotency_key {
+        // Keys are the submitter's own: another token's job is never found.
+        let seen = sqlx::query(
+            "SELECT id, spec_hash FROM jobs WHERE submitted_by = ? AND idempotency_key = ?",
+        )
+        .bind(submitter)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await
+        .context("looking up the idempotency key")?;
+        if let Some(row) = seen {
+            let hash: String = row.get("spec_hash");
+            if hash != new.spec_hash {
+                return Ok(Created::KeyReused);
+            }
+            let id = parse_uuid(row.get("id"))?;
+            let job = load_job(conn, id).await?.context("job vanished")?;
+            return Ok(Created::Existing(job));
+        }
+    }
+
+    // Read in the same transaction as the insert: concurrent submissions
+    // cannot overshoot the limit together. A count kept by triggers
+    // (`pending_targets`), since counting the rows costs as much as the
+    // queue is long, for every submission.
+    let pending: i64 = sqlx::query_scalar("SELECT count FROM pending_targets")
+        .fetch_one(&mut *conn)
+        .await
+        .context("reading the number of pending targets")?;
+    if pending.saturating_add(new.plan.targets.len() as i64) > new.max_pending as i64 {
+        return Ok(Created::Overloaded { pending });
+    }
+    if let Some(limit) = new.submitter.max_queued_targets {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM targets t JOIN jobs j ON j.id = t.job_id
+             WHERE t.status = 'pending' AND j.submitted_by = ?",
+        )
+        .bind(submitter)
+        .fetch_one(&mut *conn)
+        .await
+        .context("counting the submitter's pending targets")?;
+        if pending.saturating_add(new.plan.targets.len() as i64) > limit as i64 {
+            return Ok(Created::SubmitterOverloaded { pending, limit });
+        }
+    }
+    // A submitter that was idle starts level with the least-served one
+    // still queued, not with the credit of its idle time.
+    if !owner_current {
+        sqlx::query(&format!(
+            "INSERT INTO owners (name, weight, pass) VALUES (?1, ?2,
+             COALESCE((SELECT MIN(o.pass) FROM owners o WHERE EXISTS (
+                 SELECT 1 FROM jobs j JOIN targets t ON t.job_id = j.id
+                 WHERE j.submitted_by = o.name
+                   AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))), 0))
+         ON CONFLICT (name) DO UPDATE SET weight = excluded.weight,
+             pass = CASE WHEN EXISTS (
+                     SELECT 1 FROM jobs j JOIN targets t ON t.job_id = j.id
+                     WHERE j.submitted_by = owners.name
+                       AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))
+                 THEN owners.pass ELSE MAX(owners.pass, excluded.pass) END"
+        ))
+        .bind(submitter)
+        .bind(i64::from(new.submitter.weight))
+        .execute(&mut *conn)
+        .await
+        .context("recording the submitter's share")?;
+    }
+
+    let id = new.id;
+    let now = now();
+    sqlx::query(
+        "INSERT INTO jobs (id, status, repo, repo_mode, force, has_registry_auth,
+                           idempotency_key, spec_hash, created_at, submitted_by,
+                           use_service_credentials, required_labels, callback_url,
+                           publish_via)
+         VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(id.to_string())
+    .bind(&new.plan.repo)
+    .bind(new.plan.repo_mode.as_str())
+    .bind(new.plan.force)
+    .bind(new.has_registry_auth)
+    .bind(&new.idempotency_key)
+    .bind(&new.spec_hash)
+    .bind(&now)
+    .bind(submitter)
+    .bind(new.submitter.use_service_credentials)
+    .bind(serde_json::to_string(&new.submitter.required_labels)?)
+    .bind(new.plan.callback.as_ref().map(|callback| &callback.url))
+    .bind(new.plan.publish_via.map(PublishVia::as_str))
+    .execute(&mut *conn)
+    .await
+    .context("inserting the job")?;
+    for (position, image) in new.plan.images.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO job_images (job_id, position, name, source, source_image_id, source_digest)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id.to_string())
+        .bind(position as i64)
+        .bind(&image.name)
+        .bind(&image.source)
+        .bind(&image.source_image_id)
+        .bind(&image.source_digest)
+        .execute(&mut *conn)
+        .await
+        .context("inserting an image")?;
+    }
+    for (position, target) in new.plan.targets.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO targets (job_id, position, image_position, image_name, source, strategy,
+                                  tag, reference, reference_key, status)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+        )
+        .bind(id.to_string())
+        .bind(position as i64)
+        .bind(target.image_index as i64)
+        .bind(&target.image_name)
+        .bind(&target.source)
+        .bind(target.strategy.as_str())
+        .bind(&target.tag)
+        .bind(&target.reference)
+        .bind(target.reference.as_deref().map(reference_key))
+        .execute(&mut *conn)
+        .await
+        .context("inserting a target")?;
+    }
+    Ok(Created::New(queued_job(new, now)))
+}
+
+/// The answer for a job just inserted, as `load_job` would read it back:
+/// made here, since reading it back costs four queries on the writer for
+/// every submission.
+fn queued_job(new: &NewJob, created_at: String) -> Job {
+    let plan = &new.plan;
+    Job {
+        id: new.id,
+        status: JobStatus::Queued,
+        repo: plan.repo.clone(),
+        repo_mode: plan.repo_mode,
+        created_at,
+        started_at: None,
+        finished_at: None,
+        error: None,
+        cancel_requested: false,
+        submitted_by: new.submitter.name.clone().filter(|name| !name.is_empty()),
+        callback_url: plan.callback.as_ref().map(|callback| callback.url.clone()),
+        publish_via: plan.publish_via,
+        images: plan
+            .images
+            .iter()
+            .map(|image| JobImage {
+                name: image.name.clone(),
+                source: image.source.clone(),
+                source_image_id: image.source_image_id.clone(),
+                source_digest: image.source_digest.clone(),
+            })
+            .collect(),
+        targets: plan
+            .targets
+            .iter()
+            .map(|target| Target {
+                image: target.image_name.clone(),
+                source: target.source.clone(),
+                strategy: target.strategy,
+                tag: target.tag.clone(),
+                reference: target.reference.clone(),
+                status: TargetStatus::Pending,
+                digest: None,
+                attempts: 0,
+                error: None,
+                attempt_errors: Vec::new(),
+                up_to_date: false,
+                published_via: None,
+                warnings: Vec::new(),
+                runs: 0,
+                dead_letter: false,
+                credentials_wait_until: None,
+                started_at: None,
+                finished_at: None,
+            })
+            .collect(),
+        deliveries: Vec::new(),
     }
 }
 
@@ -662,6 +823,16 @@ const PAGE: &str = "SELECT * FROM jobs
                        WHERE s.job_id = jobs.id AND s.reference LIKE ?5 ESCAPE '\\'))
      ORDER BY id DESC LIMIT ?3";
 
+/// What a page of `search_jobs` was asked with.
+#[derive(PartialEq, Eq, Hash)]
+struct PageKey {
+    status: Option<JobStatus>,
+    submitted_by: Option<String>,
+    search: Option<String>,
+    limit: u32,
+    before: Option<Uuid>,
+}
+
 /// What selects a page of jobs.
 struct PageFilter<'a> {
     status: Option<JobStatus>,
@@ -812,11 +983,11 @@ mod tests {
         let plan = plan(&spec, Limits::default()).unwrap();
         let new = NewJob {
             id: Uuid::now_v7(),
-            plan: &plan,
+            plan: plan.clone(),
             max_pending: 100,
             has_registry_auth: false,
             idempotency_key: None,
-            spec_hash: "h",
+            spec_hash: "h".to_owned(),
             submitter: Submitter::anonymous(),
         };
         store.create_job(new).await.unwrap();
@@ -835,11 +1006,11 @@ mod tests {
         let plan = plan(&spec, Limits::default()).unwrap();
         let new = |max_pending| NewJob {
             id: Uuid::now_v7(),
-            plan: &plan,
+            plan: plan.clone(),
             max_pending,
             has_registry_auth: false,
             idempotency_key: None,
-            spec_hash: "h2",
+            spec_hash: "h2".to_owned(),
             submitter: Submitter::anonymous(),
         };
         let refused = store.create_job(new(2)).await.unwrap();
@@ -859,11 +1030,11 @@ mod tests {
         let plan = plan(&spec, Limits::default()).unwrap();
         let new = NewJob {
             id: Uuid::now_v7(),
-            plan: &plan,
+            plan: plan.clone(),
             max_pending: 100,
             has_registry_auth: false,
             idempotency_key: None,
-            spec_hash: "h",
+            spec_hash: "h".to_owned(),
             submitter: Submitter::anonymous(),
         };
         assert!(matches!(
@@ -988,11 +1159,11 @@ mod tests {
         let plan = plan(&spec, Limits::default()).unwrap();
         let new = |submitter| NewJob {
             id: Uuid::now_v7(),
-            plan: &plan,
+            plan: plan.clone(),
             max_pending: 100,
             has_registry_auth: false,
-            idempotency_key: Some("key-1"),
-            spec_hash: "h",
+            idempotency_key: Some("key-1".to_owned()),
+            spec_hash: "h".to_owned(),
             submitter,
         };
         assert!(matches!(
@@ -1000,7 +1171,7 @@ mod tests {
             Created::Existing(existing) if existing.id == job.id
         ));
         let team = Submitter {
-            name: Some("team-a"),
+            name: Some("team-a".to_owned()),
             ..Submitter::anonymous()
         };
         assert!(matches!(
@@ -1011,6 +1182,25 @@ mod tests {
             store.claim_target(LEASE).await.unwrap().unwrap().job_id,
             job.id
         );
+    }
+
+    #[tokio::test]
+    async fn reads_kept_between_writes_are_never_older_than_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_with_a_job(dir.path()).await;
+        let page = store.list_jobs(None, None, 10, None).await.unwrap();
+        let id = page.jobs[0].id;
+        let before = store.get_job(id).await.unwrap().unwrap();
+        assert_eq!(before.targets[0].status, TargetStatus::Pending);
+        // Read again with nothing written: the kept answers.
+        assert_eq!(store.get_job(id).await.unwrap().unwrap().targets.len(), 2);
+        store.claim_target(LEASE).await.unwrap().unwrap();
+        let after = store.get_job(id).await.unwrap().unwrap();
+        assert_eq!(after.status, JobStatus::Running);
+        queue(&store, "127.0.0.1:5000/b").await;
+        let page = store.list_jobs(None, None, 10, None).await.unwrap();
+        assert_eq!(page.jobs.len(), 2);
+        assert_eq!(page.jobs[1].status, JobStatus::Running);
     }
 
     #[tokio::test]
