@@ -8,7 +8,7 @@ use sqlx::sqlite::SqliteRow;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::submissions::Write;
+use super::group_commit::Write;
 use super::{Store, StoreResult, now, parse_uuid};
 
 /// One thing to record.
@@ -50,9 +50,9 @@ pub struct AuditPage {
 
 impl Store {
     /// Records an event; committed with the submissions written at the same
-    /// time (`submissions.rs`).
+    /// time (`group_commit.rs`).
     pub async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()> {
-        self.submissions.write(Write::Audit(entry)).await?;
+        self.batches.write(Write::Audit(entry)).await?;
         Ok(())
     }
 

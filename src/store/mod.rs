@@ -6,11 +6,11 @@ mod answers;
 mod audit;
 mod counts;
 mod events;
+mod group_commit;
 mod model;
 mod queue;
 mod retention;
 mod seeds;
-mod submissions;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -19,21 +19,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use futures_util::future::BoxFuture;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
 use answers::{Answers, Writes};
 pub use audit::{AuditEntry, AuditEvent, AuditPage};
 pub use counts::QueueCounts;
 pub use events::{Delivery, DeliveryAttempt, DeliveryOutcome, DueDelivery, Event};
+use group_commit::{GroupCommit, QueueWrite, Write, Written};
 pub use model::{AttemptError, ClaimedTarget, Job, JobImage, JobPage, Target, TargetOutcome};
 pub use queue::{Bound, Claim, ClaimLost, Release, Released, TakeOver};
 pub use retention::Deleted;
-use submissions::{Submissions, Write, Written};
 
 use crate::domain::naming::{RepoMode, reference_key};
 use crate::domain::publish_via::{PublishVia, PublishedVia};
@@ -47,8 +48,9 @@ pub type StoreResult<T> = anyhow::Result<T>;
 pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
-    /// Submissions and audit records, written in batches (group commit).
-    submissions: Submissions,
+    /// Submissions, audit records and the lanes' queue writes, written in
+    /// batches (group commit).
+    batches: GroupCommit,
     /// Times `writer` was handed out, and the jobs and pages read while it
     /// was idle.
     writes: Writes,
@@ -108,7 +110,7 @@ pub enum Cancelled {
 }
 
 /// What a new job is made of: owned, since the task that writes
-/// submissions (`submissions.rs`) takes it over.
+/// submissions (`group_commit.rs`) takes it over.
 pub struct NewJob {
     /// Chosen by the caller, so that what belongs to the job in memory (its
     /// credentials) can be in place before a lane can claim it.
@@ -194,7 +196,7 @@ impl Store {
             .await
             .with_context(|| format!("opening readers on {}", path.display()))?;
         Ok(Store {
-            submissions: Submissions::start(writer.clone()),
+            batches: GroupCommit::start(writer.clone()),
             writes,
             jobs: Answers::default(),
             pages: Answers::default(),
@@ -222,15 +224,35 @@ impl Store {
 
     /// Records a job and its targets, honouring the idempotency key; answers
     /// once the transaction that holds it has committed (with others: see
-    /// `submissions.rs`).
+    /// `group_commit.rs`).
     pub async fn create_job(&self, new: NewJob) -> StoreResult<Created> {
-        match self
-            .submissions
-            .write(Write::Job { new, audit: None })
-            .await?
-        {
+        match self.batches.write(Write::Job { new, audit: None }).await? {
             Written::Job(written) => Ok(written.0),
-            Written::Audited => unreachable!("a job's write answers a job"),
+            Written::Audited | Written::Queue(_) => unreachable!("a job's write answers a job"),
+        }
+    }
+
+    /// Runs `write` in the group-committed writer (`group_commit.rs`), in a
+    /// savepoint of a batch's transaction; answers after that commit.
+    pub(super) async fn write_batched<T, F>(&self, write: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<T>>
+            + Send
+            + 'static,
+    {
+        let write: QueueWrite = Box::new(move |conn| {
+            Box::pin(async move {
+                let answer = write(conn).await?;
+                Ok(Box::new(answer) as Box<dyn std::any::Any + Send>)
+            })
+        });
+        match self.batches.write(Write::Queue(write)).await? {
+            Written::Queue(answer) => answer
+                .downcast::<T>()
+                .map(|answer| *answer)
+                .map_err(|_| anyhow::anyhow!("a queue write answered another type")),
+            _ => unreachable!("a queue write answers a queue write"),
         }
     }
 
@@ -245,12 +267,12 @@ impl Store {
             new,
             audit: Some(Box::new(audit)),
         };
-        match self.submissions.write(write).await? {
+        match self.batches.write(write).await? {
             Written::Job(written) => match *written {
                 (created, Some(entry)) => Ok((created, entry)),
                 (_, None) => unreachable!("an audited job's write answers its record"),
             },
-            Written::Audited => unreachable!("a job's write answers a job"),
+            Written::Audited | Written::Queue(_) => unreachable!("a job's write answers a job"),
         }
     }
 
@@ -719,10 +741,10 @@ fn optional_enum<T>(
 }
 
 /// Brings a job's status in line with its targets' and answers it.
-async fn refresh_job(tx: &mut Transaction<'_, Sqlite>, id: Uuid) -> StoreResult<JobStatus> {
+async fn refresh_job(conn: &mut SqliteConnection, id: Uuid) -> StoreResult<JobStatus> {
     let rows = sqlx::query("SELECT status FROM targets WHERE job_id = ?")
         .bind(id.to_string())
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *conn)
         .await?;
     let statuses = rows
         .iter()
@@ -731,7 +753,7 @@ async fn refresh_job(tx: &mut Transaction<'_, Sqlite>, id: Uuid) -> StoreResult<
     let cancel_requested: bool =
         sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = ?")
             .bind(id.to_string())
-            .fetch_one(&mut **tx)
+            .fetch_one(&mut *conn)
             .await?;
     let status = job_status(&statuses, cancel_requested);
     let failed = statuses
@@ -755,13 +777,13 @@ async fn refresh_job(tx: &mut Transaction<'_, Sqlite>, id: Uuid) -> StoreResult<
     .bind(&now)
     .bind(status.is_terminal())
     .bind(id.to_string())
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .context("updating the job status")?;
     Ok(status)
 }
 
-async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<ClaimedTarget> {
+async fn load_claimed(conn: &mut SqliteConnection, id: i64) -> StoreResult<ClaimedTarget> {
     let row = sqlx::query(
         "SELECT t.id, t.position, t.job_id, j.repo, j.repo_mode, t.image_name, t.source, t.strategy, t.tag,
                 t.reference, t.status, t.attempts, j.force, j.has_registry_auth,
@@ -774,7 +796,7 @@ async fn load_claimed(tx: &mut Transaction<'_, Sqlite>, id: i64) -> StoreResult<
          WHERE t.id = ?",
     )
     .bind(id)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *conn)
     .await
     .context("loading a claimed target")?;
     let id: i64 = row.get("id");

@@ -108,53 +108,57 @@ impl Store {
     /// that dies before recording its own plan is never undone with another
     /// run's records.
     pub async fn claim_target(&self, lease: Duration) -> StoreResult<Option<ClaimedTarget>> {
-        let mut tx = self.writer.begin().await?;
         let now = now();
         let token = Uuid::now_v7().to_string();
-        let claimed = sqlx::query(&format!(
-            "UPDATE targets
-             SET status = 'tagging', attempts = attempts + 1, runs = runs + 1, error = NULL,
-                 started_at = COALESCE(started_at, ?1), claim_token = ?2, lease_expires_ms = ?3,
-                 previous_prior_image_id = CASE WHEN created_image_id IS NOT NULL
-                     THEN prior_image_id ELSE previous_prior_image_id END,
-                 previous_created_image_id = COALESCE(created_image_id, previous_created_image_id),
-                 prior_image_id = NULL, created_image_id = NULL, staging_reference = NULL,
-                 not_before = NULL
-             WHERE id = (
-                 SELECT t.id FROM targets t JOIN jobs j ON j.id = t.job_id
-                      LEFT JOIN owners o ON o.name = j.submitted_by
-                 WHERE t.status = 'pending' AND j.cancel_requested = 0
-                   AND (t.not_before IS NULL OR t.not_before <= ?1)
-                   AND (t.reference_key IS NULL OR NOT EXISTS (
-                        SELECT 1 FROM targets u
-                        WHERE u.reference_key = t.reference_key AND u.status IN {IN_FLIGHT}))
-                 ORDER BY COALESCE(o.pass, 0), t.job_id, t.position
-                 LIMIT 1)
-             RETURNING id"
-        ))
-        .bind(&now)
-        .bind(&token)
-        .bind(self.lease_end_ms(lease))
-        .fetch_optional(&mut *tx)
+        let lease_end = self.lease_end_ms(lease);
+        self.write_batched(move |conn| {
+            Box::pin(async move {
+                let claimed = sqlx::query(&format!(
+                    "UPDATE targets
+                     SET status = 'tagging', attempts = attempts + 1, runs = runs + 1, error = NULL,
+                         started_at = COALESCE(started_at, ?1), claim_token = ?2, lease_expires_ms = ?3,
+                         previous_prior_image_id = CASE WHEN created_image_id IS NOT NULL
+                             THEN prior_image_id ELSE previous_prior_image_id END,
+                         previous_created_image_id = COALESCE(created_image_id, previous_created_image_id),
+                         prior_image_id = NULL, created_image_id = NULL, staging_reference = NULL,
+                         not_before = NULL
+                     WHERE id = (
+                         SELECT t.id FROM targets t JOIN jobs j ON j.id = t.job_id
+                              LEFT JOIN owners o ON o.name = j.submitted_by
+                         WHERE t.status = 'pending' AND j.cancel_requested = 0
+                           AND (t.not_before IS NULL OR t.not_before <= ?1)
+                           AND (t.reference_key IS NULL OR NOT EXISTS (
+                                SELECT 1 FROM targets u
+                                WHERE u.reference_key = t.reference_key AND u.status IN {IN_FLIGHT}))
+                         ORDER BY COALESCE(o.pass, 0), t.job_id, t.position
+                         LIMIT 1)
+                     RETURNING id"
+                ))
+                .bind(&now)
+                .bind(&token)
+                .bind(lease_end)
+                .fetch_optional(&mut *conn)
+                .await
+                .context("claiming a target")?;
+                let Some(row) = claimed else {
+                    return Ok(None);
+                };
+                let target = load_claimed(conn, row.get("id")).await?;
+                // The submitter's turn is taken: the next claim goes to whoever has
+                // had the least, by weight.
+                sqlx::query(
+                    "UPDATE owners SET pass = pass + 1.0 / weight
+                     WHERE name = (SELECT submitted_by FROM jobs WHERE id = ?)",
+                )
+                .bind(target.job_id.to_string())
+                .execute(&mut *conn)
+                .await
+                .context("advancing the submitter's turn")?;
+                refresh_job(conn, target.job_id).await?;
+                Ok(Some(target))
+            })
+        })
         .await
-        .context("claiming a target")?;
-        let Some(row) = claimed else {
-            return Ok(None);
-        };
-        let target = load_claimed(&mut tx, row.get("id")).await?;
-        // The submitter's turn is taken: the next claim goes to whoever has
-        // had the least, by weight.
-        sqlx::query(
-            "UPDATE owners SET pass = pass + 1.0 / weight
-             WHERE name = (SELECT submitted_by FROM jobs WHERE id = ?)",
-        )
-        .bind(target.job_id.to_string())
-        .execute(&mut *tx)
-        .await
-        .context("advancing the submitter's turn")?;
-        refresh_job(&mut tx, target.job_id).await?;
-        tx.commit().await.context("committing a claim")?;
-        Ok(Some(target))
     }
 
     /// Extends a claim's lease; answers false if the claim is no longer
@@ -249,19 +253,30 @@ impl Store {
         created_image_id: Option<&str>,
         staging_reference: Option<&str>,
     ) -> StoreResult<()> {
-        let result = sqlx::query(
-            "UPDATE targets SET prior_image_id = ?, created_image_id = ?, staging_reference = ?
-             WHERE id = ? AND claim_token = ?",
-        )
-        .bind(prior_image_id)
-        .bind(created_image_id)
-        .bind(staging_reference)
-        .bind(claim.target_id)
-        .bind(&claim.token)
-        .execute(&self.writer)
+        let claim = claim.clone();
+        let (prior, created, staging) = (
+            prior_image_id.map(str::to_owned),
+            created_image_id.map(str::to_owned),
+            staging_reference.map(str::to_owned),
+        );
+        self.write_batched(move |conn| {
+            Box::pin(async move {
+                let result = sqlx::query(
+                    "UPDATE targets SET prior_image_id = ?, created_image_id = ?, staging_reference = ?
+                     WHERE id = ? AND claim_token = ?",
+                )
+                .bind(prior)
+                .bind(created)
+                .bind(staging)
+                .bind(claim.target_id)
+                .bind(&claim.token)
+                .execute(&mut *conn)
+                .await
+                .context("recording the tag step's plan")?;
+                fenced(result, &claim)
+            })
+        })
         .await
-        .context("recording the tag step's plan")?;
-        fenced(result, claim)
     }
 
     /// Records the image a build made, before its target reference is
@@ -283,14 +298,21 @@ impl Store {
     }
 
     pub async fn set_step(&self, claim: &Claim, status: TargetStatus) -> StoreResult<()> {
-        let result = sqlx::query("UPDATE targets SET status = ? WHERE id = ? AND claim_token = ?")
-            .bind(status.as_str())
-            .bind(claim.target_id)
-            .bind(&claim.token)
-            .execute(&self.writer)
-            .await
-            .context("recording a step")?;
-        fenced(result, claim)
+        let claim = claim.clone();
+        self.write_batched(move |conn| {
+            Box::pin(async move {
+                let result =
+                    sqlx::query("UPDATE targets SET status = ? WHERE id = ? AND claim_token = ?")
+                        .bind(status.as_str())
+                        .bind(claim.target_id)
+                        .bind(&claim.token)
+                        .execute(&mut *conn)
+                        .await
+                        .context("recording a step")?;
+                fenced(result, &claim)
+            })
+        })
+        .await
     }
 
     /// Records a failed try of `step`; when another try follows, counts it.
@@ -345,36 +367,42 @@ impl Store {
                 ("cancelled", None, Some("cancelled".to_owned()), false, None)
             }
         };
+        let (digest, via) = (digest.map(str::to_owned), via);
         let warnings: Vec<String> = warnings.iter().map(|w| bounded(w)).collect();
-        let mut tx = self.writer.begin().await?;
-        let job_id: Option<String> = sqlx::query_scalar(&format!(
-            "UPDATE targets SET status = ?, digest = ?, error = ?, up_to_date = ?,
-                                published_via = ?,
-                                warnings = (SELECT json_group_array(value) FROM (
-                                    SELECT 0 AS part, key, value FROM json_each(targets.warnings)
-                                    UNION ALL SELECT 1, key, value FROM json_each(?)
-                                    ORDER BY part, key)),
-                                finished_at = ?, claim_token = NULL, lease_expires_ms = NULL
-             WHERE id = ? AND claim_token = ? AND status IN {IN_FLIGHT} RETURNING job_id"
-        ))
-        .bind(status)
-        .bind(digest)
-        .bind(error)
-        .bind(up_to_date)
-        .bind(via)
-        .bind(serde_json::to_string(&warnings)?)
-        .bind(now())
-        .bind(claim.target_id)
-        .bind(&claim.token)
-        .fetch_optional(&mut *tx)
+        let warnings = serde_json::to_string(&warnings)?;
+        let claim = claim.clone();
+        let now = now();
+        self.write_batched(move |conn| {
+            Box::pin(async move {
+                let job_id: Option<String> = sqlx::query_scalar(&format!(
+                    "UPDATE targets SET status = ?, digest = ?, error = ?, up_to_date = ?,
+                                        published_via = ?,
+                                        warnings = (SELECT json_group_array(value) FROM (
+                                            SELECT 0 AS part, key, value FROM json_each(targets.warnings)
+                                            UNION ALL SELECT 1, key, value FROM json_each(?)
+                                            ORDER BY part, key)),
+                                        finished_at = ?, claim_token = NULL, lease_expires_ms = NULL
+                     WHERE id = ? AND claim_token = ? AND status IN {IN_FLIGHT} RETURNING job_id"
+                ))
+                .bind(status)
+                .bind(digest)
+                .bind(error)
+                .bind(up_to_date)
+                .bind(via)
+                .bind(warnings)
+                .bind(now)
+                .bind(claim.target_id)
+                .bind(&claim.token)
+                .fetch_optional(&mut *conn)
+                .await
+                .context("finishing a target")?;
+                let job_id = job_id.ok_or(ClaimLost {
+                    target_id: claim.target_id,
+                })?;
+                refresh_job(conn, parse_uuid(job_id)?).await
+            })
+        })
         .await
-        .context("finishing a target")?;
-        let job_id = job_id.ok_or(ClaimLost {
-            target_id: claim.target_id,
-        })?;
-        let status = refresh_job(&mut tx, parse_uuid(job_id)?).await?;
-        tx.commit().await.context("committing a finished target")?;
-        Ok(status)
     }
 
     /// Puts a claimed target back in the queue, cancels it if its job was

@@ -1,19 +1,23 @@
-//! Group commit of submissions and audit records. With `synchronous=FULL`
-//! every commit waits for an fsync, so a transaction per POST (two, with its
-//! audit record) bounds submissions by the disk's sync rate. One task writes
-//! them instead: it takes everything queued (up to `MAX_BATCH`), writes each
+//! Group commit of submissions, audit records and the lanes' queue writes
+//! (claims, steps, outcomes). With `synchronous=FULL` every commit waits for
+//! an fsync (about 7 ms on the machine the benchmark ran on), so a
+//! transaction per POST (two, with its audit record) or per step of a
+//! target bounds both by the disk's sync rate. One task writes them
+//! instead: it takes everything queued (up to `MAX_BATCH`), writes each
 //! request in a savepoint of its own in ONE transaction, commits once, and
 //! only then answers each request. A request whose own writes fail is rolled
 //! back to its savepoint and answered its error; the others still commit.
 //! When the transaction itself fails (busy, full disk, I/O error), every
 //! request of the batch gets that error, as a lone transaction's would.
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::Arc;
 
 use anyhow::Context;
-use sqlx::{Acquire, SqlitePool};
+use futures_util::future::BoxFuture;
+use sqlx::{Acquire, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::audit::insert_audit;
@@ -35,7 +39,15 @@ pub(super) type AuditOf = Box<dyn FnOnce(&Created) -> AuditEntry + Send>;
 pub(super) enum Write {
     Job { new: NewJob, audit: Option<AuditOf> },
     Audit(AuditEntry),
+    Queue(QueueWrite),
 }
+
+/// A write of the queue's, run on the batch's connection (in its own
+/// savepoint); its answer, boxed, goes back to `Store::write_batched`.
+pub(super) type QueueWrite = Box<
+    dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<Box<dyn Any + Send>>>
+        + Send,
+>;
 
 /// What a committed request did.
 pub(super) enum Written {
@@ -43,6 +55,7 @@ pub(super) enum Written {
     /// answer is large, and `Audited` nothing).
     Job(Box<(Created, Option<AuditEntry>)>),
     Audited,
+    Queue(Box<dyn Any + Send>),
 }
 
 struct Request {
@@ -52,16 +65,16 @@ struct Request {
 
 /// The queue of the task that writes submissions.
 #[derive(Clone)]
-pub(super) struct Submissions {
+pub(super) struct GroupCommit {
     queue: mpsc::Sender<Request>,
 }
 
-impl Submissions {
-    /// Starts the writer task; it ends when the last `Submissions` is dropped.
-    pub(super) fn start(writer: SqlitePool) -> Submissions {
+impl GroupCommit {
+    /// Starts the writer task; it ends when the last `GroupCommit` is dropped.
+    pub(super) fn start(writer: SqlitePool) -> GroupCommit {
         let (queue, requests) = mpsc::channel(QUEUE);
         tokio::spawn(run(writer, requests));
-        Submissions { queue }
+        GroupCommit { queue }
     }
 
     /// Writes `write`; answers after the commit that holds it.
@@ -70,8 +83,10 @@ impl Submissions {
         self.queue
             .send(Request { write, reply })
             .await
-            .map_err(|_| anyhow::anyhow!("the submission writer has stopped"))?;
-        answer.await.context("the submission writer has stopped")?
+            .map_err(|_| anyhow::anyhow!("the group-commit writer has stopped"))?;
+        answer
+            .await
+            .context("the group-commit writer has stopped")?
     }
 }
 
@@ -126,6 +141,7 @@ async fn commit(writer: &SqlitePool, writes: Vec<Write>) -> Vec<StoreResult<Writ
                 Write::Audit(entry) => insert_audit(&mut savepoint, &entry)
                     .await
                     .map(|()| Written::Audited),
+                Write::Queue(write) => write(&mut savepoint).await.map(Written::Queue),
             };
             match written {
                 Ok(written) => {
@@ -140,9 +156,7 @@ async fn commit(writer: &SqlitePool, writes: Vec<Write>) -> Vec<StoreResult<Writ
                 }
             }
         }
-        tx.commit()
-            .await
-            .context("committing a batch of submissions")?;
+        tx.commit().await.context("committing a batch of writes")?;
         Ok(())
     }
     .await;
@@ -163,7 +177,7 @@ struct BatchFailed(Arc<anyhow::Error>);
 
 impl fmt::Display for BatchFailed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("writing a batch of submissions")
+        f.write_str("writing a batch")
     }
 }
 
