@@ -108,6 +108,17 @@ impl Store {
     /// that dies before recording its own plan is never undone with another
     /// run's records.
     pub async fn claim_target(&self, lease: Duration) -> StoreResult<Option<ClaimedTarget>> {
+        // Idle lanes look for work twice a second each: with nothing
+        // pending, a look on a reader leaves the writer connection free, and
+        // the reads kept while it is idle current (`answers.rs`). A target
+        // committed after this look wakes the lanes.
+        let pending: i64 = sqlx::query_scalar("SELECT count FROM pending_targets")
+            .fetch_one(&self.reader)
+            .await
+            .context("reading the number of pending targets")?;
+        if pending == 0 {
+            return Ok(None);
+        }
         let now = now();
         let token = Uuid::now_v7().to_string();
         let lease_end = self.lease_end_ms(lease);
