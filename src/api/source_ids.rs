@@ -101,7 +101,8 @@ mod tests {
     use super::*;
     use crate::credentials::RegistryAuth;
     use crate::engine::{
-        EngineDescription, EngineError, LabelBuild, LabelledImage, PushProgress, SourceImage,
+        EngineDescription, EngineError, LabelBuild, LabelledImage, NoEngine, PushProgress,
+        SourceImage,
     };
 
     /// An engine whose lookups wait for `release` and answer the number of
@@ -119,34 +120,35 @@ mod tests {
             self.release.notified().await;
             Ok(Some(format!("sha256:{number}")))
         }
+        // Nothing else is asked of it: the rest answers as no engine does.
         async fn ping(&self) -> Result<(), EngineError> {
-            unimplemented!()
+            NoEngine.ping().await
         }
         async fn describe(&self) -> Result<EngineDescription, EngineError> {
-            unimplemented!()
+            NoEngine.describe().await
         }
-        async fn inspect_image(&self, _: &str) -> Result<Option<SourceImage>, EngineError> {
-            unimplemented!()
+        async fn inspect_image(&self, name: &str) -> Result<Option<SourceImage>, EngineError> {
+            NoEngine.inspect_image(name).await
         }
-        async fn load_image(&self, _: &LabelledImage, _: &str) -> Result<(), EngineError> {
-            unimplemented!()
+        async fn load_image(&self, image: &LabelledImage, to: &str) -> Result<(), EngineError> {
+            NoEngine.load_image(image, to).await
         }
-        async fn build_image(&self, _: &LabelBuild, _: &str) -> Result<String, EngineError> {
-            unimplemented!()
+        async fn build_image(&self, build: &LabelBuild, to: &str) -> Result<String, EngineError> {
+            NoEngine.build_image(build, to).await
         }
         async fn push(
             &self,
-            _: &str,
-            _: &RegistryAuth,
-            _: &(dyn Fn(PushProgress) + Send + Sync),
+            reference: &str,
+            auth: &RegistryAuth,
+            progress: &(dyn Fn(PushProgress) + Send + Sync),
         ) -> Result<String, EngineError> {
-            unimplemented!()
+            NoEngine.push(reference, auth, progress).await
         }
-        async fn remove_reference(&self, _: &str) -> Result<(), EngineError> {
-            unimplemented!()
+        async fn remove_reference(&self, reference: &str) -> Result<(), EngineError> {
+            NoEngine.remove_reference(reference).await
         }
-        async fn tag_image(&self, _: &str, _: &str) -> Result<(), EngineError> {
-            unimplemented!()
+        async fn tag_image(&self, id: &str, reference: &str) -> Result<(), EngineError> {
+            NoEngine.tag_image(id, reference).await
         }
     }
 
