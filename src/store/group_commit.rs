@@ -24,11 +24,11 @@ use super::audit::insert_audit;
 use super::{AuditEntry, Created, NewJob, StoreResult, insert_job};
 
 /// Most requests in one transaction: bounds how long a batch holds the
-/// writer connection (which claims and lease renewals also need), and so
-/// how long its first request waits for its last.
+/// writer connection (which lease renewals and the rarer queue writes also
+/// need), and so how long its first request waits for its last.
 const MAX_BATCH: usize = 256;
 
-/// Requests that may wait for the writer task; past this, submitters wait to
+/// Requests that may wait for the writer task; past this, writers wait to
 /// be queued.
 const QUEUE: usize = 4096;
 
@@ -63,7 +63,8 @@ struct Request {
     reply: oneshot::Sender<StoreResult<Written>>,
 }
 
-/// The queue of the task that writes submissions.
+/// The queue of the task that writes submissions, audit records and the
+/// lanes' hot queue writes.
 #[derive(Clone)]
 pub(super) struct GroupCommit {
     queue: mpsc::Sender<Request>,

@@ -326,25 +326,23 @@ impl Store {
         if let Some(page) = writes.and_then(|writes| self.pages.get(&key, writes)) {
             return Ok(page);
         }
-        let page = self
-            .read_page(status, submitted_by, search, limit, before)
-            .await?;
+        let page = self.read_page(&key).await?;
         if let Some(writes) = writes {
             self.pages.put(key, &page, writes);
         }
         Ok(page)
     }
 
-    async fn read_page(
-        &self,
-        status: Option<JobStatus>,
-        submitted_by: Option<&str>,
-        search: Option<&str>,
-        limit: u32,
-        before: Option<Uuid>,
-    ) -> StoreResult<JobPage> {
+    async fn read_page(&self, key: &PageKey) -> StoreResult<JobPage> {
+        let PageKey {
+            status,
+            before,
+            limit,
+            ..
+        } = *key;
+        let submitted_by = key.submitted_by.as_deref();
         // A LIKE pattern that matches the text itself, wherever it is.
-        let pattern = search.map(|text| {
+        let pattern = key.search.as_deref().map(|text| {
             let escaped = text
                 .replace('\\', "\\\\")
                 .replace('%', "\\%")
