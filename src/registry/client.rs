@@ -116,21 +116,7 @@ struct TokenAnswer {
 
 /// The parts of a manifest (or an index) read here.
 #[derive(Deserialize)]
-struct ManifestHead {
-    #[serde(default)]
-    config: Option<ConfigRef>,
-    #[serde(default)]
-    manifests: Option<Vec<serde_json::Value>>,
-}
-
-#[derive(Deserialize)]
-struct ConfigRef {
-    digest: String,
-}
-
-/// A registry source's manifest, as far as it is read here.
-#[derive(Deserialize)]
-struct SourceBody {
+struct ManifestBody {
     #[serde(default, rename = "mediaType")]
     media_type: Option<String>,
     #[serde(default)]
@@ -139,6 +125,15 @@ struct SourceBody {
     layers: Option<Vec<Descriptor>>,
     #[serde(default)]
     manifests: Option<Vec<serde_json::Value>>,
+}
+
+/// A manifest as a registry served it.
+struct ReadManifest {
+    bytes: Bytes,
+    digest: String,
+    /// Its media type: the manifest's own field, else the served one.
+    media_type: String,
+    body: ManifestBody,
 }
 
 /// The image manifests a registry source may be, and the indexes it may not.
@@ -404,6 +399,40 @@ impl HttpRegistry {
     }
 }
 
+impl HttpRegistry {
+    /// The manifest `reference` names, read whole and parsed, or `None`.
+    async fn read_manifest(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+    ) -> Result<Option<ReadManifest>, RegistryError> {
+        let Some(response) = self
+            .manifest(reference, auth, reqwest::Method::GET)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let served_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| value.split(';').next().unwrap_or(value).trim().to_owned());
+        let bytes = read_limited(response, MANIFEST_LIMIT, "a manifest").await?;
+        let body: ManifestBody = serde_json::from_slice(&bytes).map_err(|error| {
+            RegistryError::new(
+                FailureKind::Permanent,
+                format!("the manifest of {} is not JSON: {error}", reference.whole()),
+            )
+        })?;
+        Ok(Some(ReadManifest {
+            digest: sha256_digest(&bytes),
+            media_type: body.media_type.clone().or(served_type).unwrap_or_default(),
+            bytes,
+            body,
+        }))
+    }
+}
+
 /// The media type of a blob upload's body.
 const OCTET_STREAM: &str = "application/octet-stream";
 
@@ -654,23 +683,13 @@ impl Registry for HttpRegistry {
         auth: &RegistryAuth,
     ) -> Result<Option<RemoteImage>, RegistryError> {
         let reference = parse(reference)?;
-        let Some(response) = self
-            .manifest(&reference, auth, reqwest::Method::GET)
-            .await?
-        else {
+        let Some(manifest) = self.read_manifest(&reference, auth).await? else {
             return Ok(None);
         };
-        let body = read_limited(response, MANIFEST_LIMIT, "a manifest").await?;
-        let digest = sha256_digest(&body);
-        let manifest: ManifestHead = serde_json::from_slice(&body).map_err(|error| {
-            RegistryError::new(
-                FailureKind::Permanent,
-                format!("the manifest of {} is not JSON: {error}", reference.whole()),
-            )
-        })?;
+        let digest = manifest.digest;
         // An index was not published by an engine push of one image: it
         // carries no werf signature of its own.
-        let config = match (manifest.config, manifest.manifests) {
+        let config = match (manifest.body.config, manifest.body.manifests) {
             (Some(config), None) => config,
             _ => {
                 return Ok(Some(RemoteImage {
@@ -739,19 +758,15 @@ impl Registry for HttpRegistry {
         if let Some(found) = cache_key.as_ref().and_then(|key| self.sources.get(key)) {
             return Ok(Some(found));
         }
-        let Some(response) = self
-            .manifest(&reference, auth, reqwest::Method::GET)
-            .await?
-        else {
+        let Some(manifest) = self.read_manifest(&reference, auth).await? else {
             return Ok(None);
         };
-        let served_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .map(|value| value.split(';').next().unwrap_or(value).trim().to_owned());
-        let body = read_limited(response, MANIFEST_LIMIT, "a manifest").await?;
-        let digest = sha256_digest(&body);
+        let ReadManifest {
+            bytes,
+            digest,
+            media_type,
+            body: parsed,
+        } = manifest;
         let whole = reference.whole();
         if let Some(pinned) = reference.digest()
             && pinned != digest
@@ -761,13 +776,6 @@ impl Registry for HttpRegistry {
                 format!("the registry served bytes of digest {digest} for {whole}"),
             ));
         }
-        let parsed: SourceBody = serde_json::from_slice(&body).map_err(|error| {
-            RegistryError::new(
-                FailureKind::Permanent,
-                format!("the manifest of {whole} is not JSON: {error}"),
-            )
-        })?;
-        let media_type = parsed.media_type.or(served_type).unwrap_or_default();
         // An index is refused rather than published platform by platform:
         // werf's content signature and `content` tag name one image id, and
         // an index has one per platform.
@@ -806,7 +814,7 @@ impl Registry for HttpRegistry {
         let source = SourceManifest {
             digest,
             media_type,
-            manifest: body.to_vec(),
+            manifest: bytes.to_vec(),
             config: config_bytes.to_vec(),
             config_digest: config.digest,
             layers,
