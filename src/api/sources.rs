@@ -16,7 +16,9 @@ use crate::credentials::RegistryAuth;
 use crate::domain::access::{Grant, missing_labels};
 use crate::domain::naming::registry_host;
 use crate::domain::retry::FailureKind;
-use crate::domain::source::{RegistrySource, ResolvedSource};
+use crate::domain::source::{
+    RegistrySource, ResolvedSource, SourceCredentials, source_credentials,
+};
 use crate::domain::spec::{Plan, PlannedImage};
 use crate::engine::{NO_ENGINE, SourceImage};
 
@@ -84,17 +86,24 @@ async fn resolve_in_registry(
     source: &RegistrySource,
     field: &str,
 ) -> Result<Option<ResolvedSource>, ApiError> {
-    // The same credentials the worker reads it with: the job's own for its
-    // repo's registry, else the docker config's where the scope allows.
-    let same_registry = registry_host(&plan.repo).as_deref() == Some(source.registry.as_str());
-    let auth = match job_auth {
-        Some(auth) if same_registry => auth.clone(),
-        _ if !grant.service_credentials && same_registry => RegistryAuth::anonymous(),
-        _ => match state.credentials.auth_for(&source.registry).await {
+    // The same credentials the worker reads it with.
+    let in_repo_registry = registry_host(&plan.repo).as_deref() == Some(source.registry.as_str());
+    let auth = match (
+        source_credentials(
+            in_repo_registry,
+            job_auth.is_some(),
+            grant.service_credentials,
+        ),
+        job_auth,
+    ) {
+        (SourceCredentials::Job, Some(auth)) => auth.clone(),
+        (SourceCredentials::Service, _) => match state.credentials.auth_for(&source.registry).await
+        {
             Ok(auth) => auth,
             // The worker meets (and reports) the same trouble.
             Err(_) => return Ok(None),
         },
+        _ => RegistryAuth::anonymous(),
     };
     let reference = source.reference(None);
     let read = tokio::time::timeout(

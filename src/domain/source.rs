@@ -77,6 +77,36 @@ impl RegistrySource {
     }
 }
 
+/// Whose credentials read a registry source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceCredentials {
+    /// The job's own `registry_auth`.
+    Job,
+    /// The service's docker config, for the source's registry.
+    Service,
+    Anonymous,
+}
+
+/// The credentials a registry source is read with, at submission and by the
+/// worker alike. A job's own credentials are for its repo's registry, so
+/// they read a source there; a source in another registry is read with the
+/// service's, which `access::check_submission` allowed for that registry
+/// (or refused the job); in the repo's registry the service's are used
+/// where the submitter's scope allows them there.
+pub fn source_credentials(
+    in_repo_registry: bool,
+    job_brought_credentials: bool,
+    service_credentials_for_repo: bool,
+) -> SourceCredentials {
+    if !in_repo_registry || (!job_brought_credentials && service_credentials_for_repo) {
+        SourceCredentials::Service
+    } else if job_brought_credentials {
+        SourceCredentials::Job
+    } else {
+        SourceCredentials::Anonymous
+    }
+}
+
 /// What a job's source resolved to, once per job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedSource {
@@ -150,6 +180,17 @@ mod tests {
             (hub.registry.as_str(), hub.repository.as_str()),
             ("docker.io", "library/alpine")
         );
+    }
+
+    #[test]
+    fn a_source_is_read_with_the_credentials_for_its_registry() {
+        use SourceCredentials::{Anonymous, Job, Service};
+        assert_eq!(source_credentials(true, true, true), Job);
+        assert_eq!(source_credentials(true, true, false), Job);
+        assert_eq!(source_credentials(true, false, true), Service);
+        assert_eq!(source_credentials(true, false, false), Anonymous);
+        assert_eq!(source_credentials(false, true, false), Service);
+        assert_eq!(source_credentials(false, false, false), Service);
     }
 
     #[test]

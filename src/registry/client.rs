@@ -406,10 +406,7 @@ impl HttpRegistry {
         reference: &Reference,
         auth: &RegistryAuth,
     ) -> Result<Option<ReadManifest>, RegistryError> {
-        let Some(response) = self
-            .manifest(reference, auth, reqwest::Method::GET)
-            .await?
-        else {
+        let Some(response) = self.manifest(reference, auth, reqwest::Method::GET).await? else {
             return Ok(None);
         };
         let served_type = response

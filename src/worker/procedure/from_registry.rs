@@ -13,7 +13,9 @@ use crate::domain::access::missing_labels;
 use crate::domain::labels::{LabelInput, werf_labels};
 use crate::domain::naming::registry_host;
 use crate::domain::publish_via::PublishedVia;
-use crate::domain::source::{RegistrySource, ResolvedSource};
+use crate::domain::source::{
+    RegistrySource, ResolvedSource, SourceCredentials, source_credentials,
+};
 use crate::engine::{LabelledImage, SourceImage};
 use crate::registry::{LayersFrom, ManifestForm, RegistryImage, SourceManifest};
 
@@ -76,25 +78,26 @@ impl Run<'_> {
         conclude(written, Vec::new())
     }
 
-    /// Credentials that read the source: the job's own when the source is
-    /// in its repo's registry (they were given for that registry), else the
-    /// service's docker config for the source's registry if the submitter's
-    /// scope allows it, else none.
+    /// Credentials that read the source (`domain::source::source_credentials`).
     async fn source_auth(&self, source: &RegistrySource) -> Result<RegistryAuth, String> {
         let target = self.target;
-        let same_registry =
+        let in_repo_registry =
             registry_host(&target.repo).as_deref() == Some(source.registry.as_str());
-        if same_registry || !target.has_registry_auth {
-            return self.auth(&source.reference(None)).await;
+        match source_credentials(
+            in_repo_registry,
+            target.has_registry_auth,
+            target.use_service_credentials,
+        ) {
+            // The job's, or why they are gone.
+            SourceCredentials::Job => self.auth(&target.repo).await,
+            SourceCredentials::Service => self
+                .ctx
+                .credentials
+                .auth_for(&source.registry)
+                .await
+                .map_err(|error| format!("reading the source: {error:#}")),
+            SourceCredentials::Anonymous => Ok(RegistryAuth::anonymous()),
         }
-        if !target.use_service_credentials {
-            return Ok(RegistryAuth::anonymous());
-        }
-        self.ctx
-            .credentials
-            .auth_for(&source.registry)
-            .await
-            .map_err(|error| format!("reading the source: {error:#}"))
     }
 
     /// The source's manifest: by the digest the job resolved it to, or, on
