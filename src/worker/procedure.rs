@@ -218,13 +218,18 @@ pub async fn run(
     // the registry then gets the same config and manifest bytes the engine
     // would push, and the engine is not touched (no tag, so no untag).
     let place = registry_repository(&reference);
+    // Read once: it decides the way here and whether the push below records one.
+    let seed = match (&place, method) {
+        (Some((registry, _)), TagMethod::Load) => ctx.store.seed(&source.id, registry).await?,
+        _ => None,
+    };
     let mut mount_refused = false;
     if may_skip_engine(
         target.publish_via,
         ctx.publish_via,
         method == TagMethod::Load,
     ) && let Some((registry, _)) = &place
-        && let Some(seed) = ctx.store.seed(&source.id, registry).await?
+        && let Some(seed) = &seed
         // One layer per diff id, or the manifest would not be this image's.
         && seed.layers.len() == source.layer_count
     {
@@ -345,7 +350,7 @@ pub async fn run(
     // refused mount: the layers are where this push left them).
     if let (Ok(digest), Some((registry, repository)), TagMethod::Load) =
         (&published, &place, method)
-        && (mount_refused || ctx.store.seed(&source.id, registry).await?.is_none())
+        && (mount_refused || seed.is_none())
     {
         run.record_seed(&reference, digest, &source.id, registry, repository, &auth)
             .await?;
