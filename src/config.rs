@@ -14,6 +14,7 @@ use crate::domain::publish_via::PublishVia;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::spec::Limits;
 use crate::engine::TagMethod;
+use crate::store::Location;
 use crate::worker::StepTimeouts;
 
 #[derive(Debug, Args)]
@@ -21,9 +22,11 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "PUBLISHD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// SQLite database file; created if missing.
+    /// Where jobs are kept: a SQLite file (created if missing; one publishd
+    /// per file), or a PostgreSQL URL (`postgres://USER:PASSWORD@HOST/DB`)
+    /// that several publishd instances share.
     #[arg(long, env = "PUBLISHD_DATABASE", default_value = "publishd.db")]
-    pub database: PathBuf,
+    pub database: Location,
     /// Targets processed at once.
     #[arg(long, env = "PUBLISHD_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
@@ -162,7 +165,7 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
-    pub database: PathBuf,
+    pub database: Location,
     pub workers: usize,
     pub docker_host: Option<String>,
     pub docker_config: PathBuf,

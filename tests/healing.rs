@@ -239,7 +239,7 @@ async fn a_cancel_after_the_push_leaves_the_target_published() {
 
 /// A process that claimed a target and made its labelled image, then died.
 async fn crashed_run(dir: &std::path::Path, repo: &str, source: &str) -> String {
-    let store = Store::open(&dir.join("publishd.db")).await.unwrap();
+    let store = Store::open_sqlite(&dir.join("publishd.db")).await.unwrap();
     let spec: JobSpec = serde_json::from_value(app_job(repo, source, &["v1"])).unwrap();
     let plan = plan(&spec, Limits::default()).unwrap();
     let created = store
@@ -355,7 +355,9 @@ async fn cancels_racing_deferred_targets_and_a_shutdown_leave_every_job_terminal
                      "tags": [{"strategy": "content"}, {"strategy": "custom", "value": "v1"}]});
     let mut ids = Vec::new();
     {
-        let store = Store::open(&dir.path().join("publishd.db")).await.unwrap();
+        let store = Store::open_sqlite(&dir.path().join("publishd.db"))
+            .await
+            .unwrap();
         let spec: JobSpec = serde_json::from_value(job).unwrap();
         let plan = plan(&spec, Limits::default()).unwrap();
         for _ in 0..8 {

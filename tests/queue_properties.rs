@@ -316,7 +316,7 @@ fn expect_lost<T: Debug>(what: &str, result: anyhow::Result<T>) {
 
 impl Harness {
     async fn new(path: PathBuf) -> Harness {
-        let store = Store::open(&path).await.expect("opening the store");
+        let store = Store::open_sqlite(&path).await.expect("opening the store");
         let mut harness = Harness {
             path,
             store: Some(store),
@@ -1351,7 +1351,11 @@ impl Harness {
     async fn restart(&mut self, max_runs: u32) {
         // Every clone of the store goes: its lock file is free again.
         self.store = None;
-        self.store = Some(Store::open(&self.path).await.expect("reopening the store"));
+        self.store = Some(
+            Store::open_sqlite(&self.path)
+                .await
+                .expect("reopening the store"),
+        );
         let before = self.last.text.clone();
         self.refresh_with(None, true).await;
         assert_eq!(before, self.last.text, "a restart changed the store");
@@ -1500,7 +1504,9 @@ fn a_target_put_back_to_wait_for_credentials_after_its_job_was_cancelled_still_e
         .unwrap();
     runtime.block_on(async {
         let dir = scratch_dir();
-        let store = Store::open(&dir.path().join("publishd.db")).await.unwrap();
+        let store = Store::open_sqlite(&dir.path().join("publishd.db"))
+            .await
+            .unwrap();
         let spec: JobSpec = serde_json::from_value(json!({
             "repo": "foo", "images": [{"source": "src:1"}],
             "tags": [{"strategy": "custom", "value": "v1"}]

@@ -103,7 +103,9 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
 
     // A process that claimed the target and made the labelled image, then died.
     {
-        let store = Store::open(&dir.path().join("publishd.db")).await.unwrap();
+        let store = Store::open_sqlite(&dir.path().join("publishd.db"))
+            .await
+            .unwrap();
         let spec: JobSpec =
             serde_json::from_value(app_job(&repo, &format!("{name}:b1"), &["v1"])).unwrap();
         let plan = plan(&spec, Limits::default()).unwrap();

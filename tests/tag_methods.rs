@@ -90,7 +90,9 @@ async fn a_build_that_dies_half_way_is_undone() {
     // A process that claimed the target, recorded its plan and built under
     // its temporary name, then died before naming the result.
     {
-        let store = Store::open(&dir.path().join("publishd.db")).await.unwrap();
+        let store = Store::open_sqlite(&dir.path().join("publishd.db"))
+            .await
+            .unwrap();
         let spec: JobSpec =
             serde_json::from_value(app_job(&repo, &format!("{name}:b1"), &["v1"])).unwrap();
         let plan = plan(&spec, Limits::default()).unwrap();

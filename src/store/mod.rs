@@ -1,66 +1,107 @@
-//! The only code that speaks SQL. SQLite in WAL mode, with one writer
-//! connection (so write transactions never race for the lock) and a small pool
-//! of readers (WAL lets them read while the writer writes).
+//! The only code that speaks SQL: jobs, their targets, the queue, events,
+//! webhook deliveries, the audit trail and seeds. One interface, [`Store`],
+//! over two databases:
+//! - SQLite (`sqlite/`), the default: one publishd owns one database file.
+//! - PostgreSQL (`postgres/`): several publishd instances share one
+//!   database, and it is where they coordinate (claims, leases, per-reference
+//!   exclusion, cancels), since nothing is shared in memory between hosts.
+//!
+//! Both keep the same records with the same meaning; `rows.rs` maps the
+//! columns of either to the API's types.
 
-mod answers;
 mod audit;
-mod counts;
 mod events;
-mod group_commit;
-mod model;
+pub mod model;
 mod queue;
-mod retention;
-mod seeds;
+mod rows;
+mod sqlite;
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
-use std::str::FromStr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::Context;
-use futures_util::future::BoxFuture;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
-};
-use sqlx::{Row, SqliteConnection};
 use uuid::Uuid;
 
-use answers::{Answers, Writes};
 pub use audit::{AuditEntry, AuditEvent, AuditPage};
-pub use counts::QueueCounts;
 pub use events::{Delivery, DeliveryAttempt, DeliveryOutcome, DueDelivery, Event};
-use group_commit::{GroupCommit, QueueWrite, Write, Written};
-pub use model::{AttemptError, ClaimedTarget, Job, JobImage, JobPage, Target, TargetOutcome};
+pub use model::{
+    AttemptError, ClaimedTarget, Deleted, Job, JobImage, JobPage, QueueCounts, Target,
+    TargetOutcome,
+};
 pub use queue::{Bound, Claim, ClaimLost, Release, Released, TakeOver};
-pub use retention::Deleted;
 
-use crate::domain::naming::{RepoMode, reference_key};
-use crate::domain::publish_via::{PublishVia, PublishedVia};
-use crate::domain::spec::{Plan, TagStrategy};
-use crate::domain::status::{JobStatus, TargetStatus, job_status};
+use crate::domain::publish_via::Seed;
+use crate::domain::source::ResolvedSource;
+use crate::domain::spec::Plan;
+use crate::domain::status::{JobStatus, TargetStatus};
 
 /// The store's failures are the database's: always an internal error to callers.
 pub type StoreResult<T> = anyhow::Result<T>;
 
+/// Where the store keeps its records, as `--database` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file, created if missing.
+    Sqlite(PathBuf),
+    /// A PostgreSQL connection URL (`postgres://` or `postgresql://`).
+    Postgres(String),
+}
+
+impl Location {
+    /// A `postgres://` or `postgresql://` URL names PostgreSQL; anything
+    /// else is a SQLite file's path.
+    pub fn parse(text: &str) -> Location {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Location::Postgres(text.to_owned())
+        } else {
+            Location::Sqlite(PathBuf::from(text))
+        }
+    }
+}
+
+impl std::str::FromStr for Location {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Location, Self::Err> {
+        Ok(Location::parse(text))
+    }
+}
+
+impl std::fmt::Display for Location {
+    /// Never shows a URL's password: this goes into logs and errors.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => match url::Url::parse(url) {
+                Ok(mut url) => {
+                    if url.password().is_some() {
+                        let _ = url.set_password(Some("***"));
+                    }
+                    write!(f, "{url}")
+                }
+                Err(_) => f.write_str("(a PostgreSQL URL that does not parse)"),
+            },
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
-    writer: SqlitePool,
-    reader: SqlitePool,
-    /// Submissions, audit records and the lanes' queue writes, written in
-    /// batches (group commit).
-    batches: GroupCommit,
-    /// Times `writer` was handed out, and the jobs and pages read while it
-    /// was idle.
-    writes: Writes,
-    jobs: Answers<Uuid, Job>,
-    pages: Answers<PageKey, JobPage>,
-    /// Held while the store lives: one publishd per database, so targets
-    /// found mid-step at start-up belong to a dead process, not a live one.
-    _owner: Arc<std::fs::File>,
-    /// Leases are measured from here, on a clock that does not jump.
-    epoch: Instant,
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(sqlite::SqliteStore),
+}
+
+/// Calls the same method on whichever store this is.
+macro_rules! dispatch {
+    ($self:ident, $store:ident => $call:expr) => {
+        match &$self.backend {
+            Backend::Sqlite($store) => $call,
+        }
+    };
 }
 
 /// Most bytes of an error or a warning kept on a target: a registry or
@@ -150,110 +191,34 @@ impl Submitter {
     }
 }
 
+/// Statuses of a target a lane is working on, for SQL.
 const IN_FLIGHT: &str = "('tagging', 'pushing', 'untagging')";
 
 impl Store {
-    /// Opens (creating if needed) the database file and applies migrations.
-    pub async fn open(path: &Path) -> StoreResult<Store> {
-        let owner = lock_database(path)?;
-        let options = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a job that was answered 202 must survive a power cut too.
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        migrate(path, &options).await?;
-        let writes = Writes::default();
-        let (acquired, connected) = (writes.clone(), writes.clone());
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            // A write that fails for a full disk or an I/O error can make
-            // SQLite roll the transaction back itself; sqlx's ROLLBACK then
-            // fails and it goes on counting the transaction as open: later
-            // transactions on the connection become savepoints, and after
-            // the next rollback nothing on it is committed again while every
-            // commit reports success. Such a connection is replaced.
-            .before_acquire(move |connection, _| {
-                // Handed out, it may write: reads kept so far are old
-                // (`answers.rs`).
-                acquired.taken();
-                let usable = !sqlx::Connection::is_in_transaction(connection);
-                Box::pin(async move { Ok(usable) })
-            })
-            // A new connection is handed out without `before_acquire`.
-            .after_connect(move |_, _| {
-                connected.taken();
-                Box::pin(async { Ok(()) })
-            })
-            .connect_with(options.clone())
-            .await
-            .with_context(|| format!("opening the database {}", path.display()))?;
-        let reader = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.read_only(true))
-            .await
-            .with_context(|| format!("opening readers on {}", path.display()))?;
-        Ok(Store {
-            batches: GroupCommit::start(writer.clone()),
-            writes,
-            jobs: Answers::default(),
-            pages: Answers::default(),
-            writer,
-            reader,
-            _owner: Arc::new(owner),
-            epoch: Instant::now(),
-        })
+    /// Opens (creating if needed) the database and applies its migrations.
+    pub async fn open(location: &Location) -> StoreResult<Store> {
+        let backend = match location {
+            Location::Sqlite(path) => Backend::Sqlite(sqlite::SqliteStore::open(path).await?),
+            Location::Postgres(_) => anyhow::bail!("PostgreSQL is not supported yet"),
+        };
+        Ok(Store { backend })
+    }
+
+    /// Opens the SQLite database at `path`.
+    pub async fn open_sqlite(path: &Path) -> StoreResult<Store> {
+        Store::open(&Location::Sqlite(path.to_owned())).await
     }
 
     /// Checks that the database reads and takes writes: a locked database, a
     /// read-only file system or a full disk shows here, not at the next POST.
     pub async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.reader)
-            .await
-            .context("reading the database")?;
-        sqlx::query("REPLACE INTO liveness (id, checked_at) VALUES (1, ?)")
-            .bind(now())
-            .execute(&self.writer)
-            .await
-            .context("writing to the database")?;
-        Ok(())
+        dispatch!(self, store => store.ping().await)
     }
 
-    /// Records a job and its targets, honouring the idempotency key; answers
-    /// once the transaction that holds it has committed (with others: see
-    /// `group_commit.rs`).
+    /// Records a job and its targets, honouring the idempotency key and the
+    /// queue limits; answers once it is committed.
     pub async fn create_job(&self, new: NewJob) -> StoreResult<Created> {
-        match self.batches.write(Write::Job { new, audit: None }).await? {
-            Written::Job(written) => Ok(written.0),
-            Written::Audited | Written::Queue(_) => unreachable!("a job's write answers a job"),
-        }
-    }
-
-    /// Runs `write` in the group-committed writer (`group_commit.rs`), in a
-    /// savepoint of a batch's transaction; answers after that commit.
-    pub(super) async fn write_batched<T, F>(&self, write: F) -> StoreResult<T>
-    where
-        T: Send + 'static,
-        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<T>>
-            + Send
-            + 'static,
-    {
-        let write: QueueWrite = Box::new(move |conn| {
-            Box::pin(async move {
-                let answer = write(conn).await?;
-                Ok(Box::new(answer) as Box<dyn std::any::Any + Send>)
-            })
-        });
-        match self.batches.write(Write::Queue(write)).await? {
-            Written::Queue(answer) => answer
-                .downcast::<T>()
-                .map(|answer| *answer)
-                .map_err(|_| anyhow::anyhow!("a queue write answered another type")),
-            _ => unreachable!("a queue write answers a queue write"),
-        }
+        dispatch!(self, store => store.create_job(new).await)
     }
 
     /// `create_job`, with the submission's audit record in the same
@@ -263,31 +228,11 @@ impl Store {
         new: NewJob,
         audit: impl FnOnce(&Created) -> AuditEntry + Send + 'static,
     ) -> StoreResult<(Created, AuditEntry)> {
-        let write = Write::Job {
-            new,
-            audit: Some(Box::new(audit)),
-        };
-        match self.batches.write(write).await? {
-            Written::Job(written) => match *written {
-                (created, Some(entry)) => Ok((created, entry)),
-                (_, None) => unreachable!("an audited job's write answers its record"),
-            },
-            Written::Audited | Written::Queue(_) => unreachable!("a job's write answers a job"),
-        }
+        dispatch!(self, store => store.create_audited_job(new, audit).await)
     }
 
-    /// The job; as read before if nothing was written since (`answers.rs`).
     pub async fn get_job(&self, id: Uuid) -> StoreResult<Option<Job>> {
-        let writes = self.writes.idle_after(&self.writer);
-        if let Some(job) = writes.and_then(|writes| self.jobs.get(&id, writes)) {
-            return Ok(Some(job));
-        }
-        let mut conn = self.reader.acquire().await?;
-        let job = load_job(&mut conn, id).await?;
-        if let (Some(job), Some(writes)) = (&job, writes) {
-            self.jobs.put(id, job, writes);
-        }
-        Ok(job)
+        dispatch!(self, store => store.get_job(id).await)
     }
 
     /// Jobs newest first; `before` is the last id of the previous page. Ids are
@@ -305,8 +250,7 @@ impl Store {
     }
 
     /// `list_jobs` of the jobs whose repository or one of whose references
-    /// contains `search`; as read before if nothing was written since
-    /// (`answers.rs`).
+    /// contains `search`.
     pub async fn search_jobs(
         &self,
         status: Option<JobStatus>,
@@ -322,272 +266,272 @@ impl Store {
             limit,
             before,
         };
-        let writes = self.writes.idle_after(&self.writer);
-        if let Some(page) = writes.and_then(|writes| self.pages.get(&key, writes)) {
-            return Ok(page);
-        }
-        let page = self.read_page(&key).await?;
-        if let Some(writes) = writes {
-            self.pages.put(key, &page, writes);
-        }
-        Ok(page)
-    }
-
-    async fn read_page(&self, key: &PageKey) -> StoreResult<JobPage> {
-        let PageKey {
-            status,
-            before,
-            limit,
-            ..
-        } = *key;
-        let submitted_by = key.submitted_by.as_deref();
-        // A LIKE pattern that matches the text itself, wherever it is.
-        let pattern = key.search.as_deref().map(|text| {
-            let escaped = text
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            format!("%{escaped}%")
-        });
-        // Four queries for the page, whatever its size: the jobs, then all
-        // their targets, images and deliveries through the same filter
-        // (`rows_of_page`), in one read transaction: one snapshot.
-        let mut tx = self.reader.begin().await?;
-        let mut rows = sqlx::query(PAGE)
-            .bind(status.map(JobStatus::as_str))
-            .bind(before.map(|id| id.to_string()))
-            .bind(i64::from(limit) + 1)
-            .bind(submitted_by)
-            .bind(pattern.as_deref())
-            .fetch_all(&mut *tx)
-            .await
-            .context("listing jobs")?;
-        let more = rows.len() > limit as usize;
-        rows.truncate(limit as usize);
-        let filter = PageFilter {
-            status,
-            before,
-            limit,
-            submitted_by,
-            pattern: pattern.as_deref(),
-        };
-        let target_rows = rows_of_page(&mut tx, "targets", "position", &filter).await?;
-        let image_rows = rows_of_page(&mut tx, "job_images", "position", &filter).await?;
-        let mut targets: HashMap<String, Vec<Target>> = HashMap::new();
-        for row in &target_rows {
-            targets
-                .entry(row.get("job_id"))
-                .or_default()
-                .push(target_from_row(row)?);
-        }
-        let delivery_rows = rows_of_page(&mut tx, "deliveries", "created_at", &filter).await?;
-        let mut deliveries: HashMap<String, Vec<Delivery>> = HashMap::new();
-        for row in &delivery_rows {
-            deliveries
-                .entry(row.get("job_id"))
-                .or_default()
-                .push(events::delivery_from_row(row)?);
-        }
-        let mut images: HashMap<String, Vec<JobImage>> = HashMap::new();
-        for row in &image_rows {
-            images
-                .entry(row.get("job_id"))
-                .or_default()
-                .push(image_from_row(row));
-        }
-        let jobs = rows
-            .iter()
-            .map(|row| {
-                let id: String = row.get("id");
-                let job_images = images.remove(&id).unwrap_or_default();
-                let job_targets = targets.remove(&id).unwrap_or_default();
-                let job_deliveries = deliveries.remove(&id).unwrap_or_default();
-                job_from_row(row, job_images, job_targets, job_deliveries)
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
-        let next_cursor = if more {
-            jobs.last().map(|job| job.id.to_string())
-        } else {
-            None
-        };
-        Ok(JobPage { jobs, next_cursor })
+        dispatch!(self, store => store.search_jobs(key).await)
     }
 
     /// Cancels what has not started and flags the job, so the targets under
     /// way stop after their current step.
     pub async fn cancel_job(&self, id: Uuid) -> StoreResult<Cancelled> {
-        let mut tx = self.writer.begin().await?;
-        let Some(job) = load_job(&mut tx, id).await? else {
-            return Ok(Cancelled::NotFound);
-        };
-        if job.status.is_terminal() {
-            return Ok(Cancelled::AlreadyFinished(job));
-        }
-        let now = now();
-        sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE targets SET status = 'cancelled', finished_at = ?, error = 'cancelled before it started'
-             WHERE job_id = ? AND status = 'pending'",
-        )
-        .bind(&now)
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await
-        .context("cancelling pending targets")?;
-        refresh_job(&mut tx, id).await?;
-        let job = load_job(&mut tx, id).await?.context("job vanished")?;
-        tx.commit().await?;
-        Ok(Cancelled::Requested(job))
+        dispatch!(self, store => store.cancel_job(id).await)
+    }
+
+    /// Claims the oldest pending target (by the submitters' fair share)
+    /// whose reference no other target is working on: two lanes can never
+    /// hold one reference.
+    pub async fn claim_target(&self, lease: Duration) -> StoreResult<Option<ClaimedTarget>> {
+        dispatch!(self, store => store.claim_target(lease).await)
+    }
+
+    /// Extends a claim's lease; answers false if the claim is no longer
+    /// the target's.
+    pub async fn renew_lease(&self, claim: &Claim, lease: Duration) -> StoreResult<bool> {
+        dispatch!(self, store => store.renew_lease(claim, lease).await)
+    }
+
+    /// Gives a claimed `content` target its tag and reference, unless
+    /// another target is working on that reference right now.
+    pub async fn bind_reference(
+        &self,
+        claim: &Claim,
+        tag: &str,
+        reference: &str,
+    ) -> StoreResult<Bound> {
+        dispatch!(self, store => store.bind_reference(claim, tag, reference).await)
+    }
+
+    /// Records, before the tag step touches the engine, what the reference
+    /// named and the image about to be made: what recovery needs to undo
+    /// the step whenever the process dies.
+    pub async fn record_tag_plan(
+        &self,
+        claim: &Claim,
+        prior_image_id: Option<&str>,
+        created_image_id: Option<&str>,
+        staging_reference: Option<&str>,
+    ) -> StoreResult<()> {
+        dispatch!(self, store => store
+            .record_tag_plan(claim, prior_image_id, created_image_id, staging_reference)
+            .await)
+    }
+
+    /// Records the image a build made, before its target reference is
+    /// pointed at it.
+    pub async fn record_created_image(
+        &self,
+        claim: &Claim,
+        created_image_id: &str,
+    ) -> StoreResult<()> {
+        dispatch!(self, store => store.record_created_image(claim, created_image_id).await)
+    }
+
+    pub async fn set_step(&self, claim: &Claim, status: TargetStatus) -> StoreResult<()> {
+        dispatch!(self, store => store.set_step(claim, status).await)
+    }
+
+    /// Records a failed try of `step`; when another try follows, counts it.
+    pub async fn record_failed_attempt(
+        &self,
+        claim: &Claim,
+        step: &str,
+        error: &str,
+        retrying: bool,
+    ) -> StoreResult<()> {
+        dispatch!(self, store => store.record_failed_attempt(claim, step, error, retrying).await)
+    }
+
+    /// Records how a target ended and brings its job's status up to date;
+    /// answers the job's new status.
+    pub async fn finish_target(
+        &self,
+        claim: &Claim,
+        outcome: &TargetOutcome,
+        warnings: &[String],
+    ) -> StoreResult<JobStatus> {
+        dispatch!(self, store => store.finish_target(claim, outcome, warnings).await)
+    }
+
+    /// Puts a claimed target back in the queue, cancels it if its job was
+    /// cancelled, or fails it as a dead letter after too many runs that
+    /// never finished.
+    pub async fn release_target(&self, claim: &Claim, release: Release) -> StoreResult<Released> {
+        dispatch!(self, store => store.release_target(claim, release).await)
+    }
+
+    /// Puts back a target whose job brought credentials that a restart lost.
+    pub async fn wait_for_credentials(
+        &self,
+        claim: &Claim,
+        wait_until: &str,
+        retry_at: &str,
+    ) -> StoreResult<()> {
+        dispatch!(self, store => store.wait_for_credentials(claim, wait_until, retry_at).await)
+    }
+
+    /// The job was resubmitted with its credentials: its waiting targets may
+    /// be claimed at once.
+    pub async fn credentials_arrived(&self, job_id: Uuid) -> StoreResult<()> {
+        dispatch!(self, store => store.credentials_arrived(job_id).await)
+    }
+
+    /// Takes a target in flight over from the run that held it, if
+    /// `condition` holds, with a fresh claim for recovery to use.
+    pub async fn take_over(
+        &self,
+        target_id: i64,
+        condition: TakeOver<'_>,
+        lease: Duration,
+    ) -> StoreResult<Option<Claim>> {
+        dispatch!(self, store => store.take_over(target_id, condition, lease).await)
+    }
+
+    /// Targets that, at start-up, are known to belong to a process that
+    /// died (and whose engine this instance drives).
+    pub async fn in_flight_targets(&self) -> StoreResult<Vec<i64>> {
+        dispatch!(self, store => store.in_flight_targets().await)
+    }
+
+    /// Claims whose lease ran out: (target id, claim token).
+    pub async fn expired_leases(&self) -> StoreResult<Vec<(i64, String)>> {
+        dispatch!(self, store => store.expired_leases().await)
+    }
+
+    pub async fn cancel_requested(&self, job_id: Uuid) -> StoreResult<bool> {
+        dispatch!(self, store => store.cancel_requested(job_id).await)
+    }
+
+    /// A target as a lane sees it, with what its last run recorded.
+    pub async fn claimed_target(&self, id: i64) -> StoreResult<ClaimedTarget> {
+        dispatch!(self, store => store.claimed_target(id).await)
+    }
+
+    /// Records what an image of a job resolved to, unless another target of
+    /// the image resolved it first; answers what every target of the image
+    /// publishes.
+    pub async fn resolve_source(
+        &self,
+        job_id: Uuid,
+        image_position: i64,
+        resolved: &ResolvedSource,
+    ) -> StoreResult<ResolvedSource> {
+        dispatch!(self, store => store.resolve_source(job_id, image_position, resolved).await)
+    }
+
+    /// Records an audit event.
+    pub async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()> {
+        dispatch!(self, store => store.record_audit(entry).await)
+    }
+
+    /// Audit events newest first; `before` is the last id of the previous page.
+    pub async fn list_audit(&self, limit: u32, before: Option<Uuid>) -> StoreResult<AuditPage> {
+        dispatch!(self, store => store.list_audit(limit, before).await)
+    }
+
+    /// Counts for the metrics.
+    pub async fn queue_counts(&self) -> StoreResult<QueueCounts> {
+        dispatch!(self, store => store.queue_counts().await)
+    }
+
+    /// The job's events after `after` (an event id; 0 for all), oldest first.
+    pub async fn job_events(
+        &self,
+        job_id: Uuid,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        dispatch!(self, store => store.job_events(job_id, after, limit).await)
+    }
+
+    /// The id of the job's last event, if it has any.
+    pub async fn last_event_of(&self, job_id: Uuid) -> StoreResult<Option<i64>> {
+        dispatch!(self, store => store.last_event_of(job_id).await)
+    }
+
+    /// Deliveries whose next attempt is due, oldest first.
+    pub async fn due_deliveries(&self, limit: u32) -> StoreResult<Vec<DueDelivery>> {
+        dispatch!(self, store => store.due_deliveries(limit).await)
+    }
+
+    /// Keeps the body of a delivery's first attempt, so every retry sends
+    /// (and signs) the very same bytes.
+    pub async fn set_delivery_body(&self, id: &str, body: &str) -> StoreResult<()> {
+        dispatch!(self, store => store.set_delivery_body(id, body).await)
+    }
+
+    pub async fn record_delivery_attempt(
+        &self,
+        id: &str,
+        attempt: &DeliveryAttempt,
+        outcome: &DeliveryOutcome,
+    ) -> StoreResult<()> {
+        dispatch!(self, store => store.record_delivery_attempt(id, attempt, outcome).await)
+    }
+
+    /// Deletes up to `batch` finished jobs past `cutoff` with everything of
+    /// theirs, and audit records and seeds older than it (`retention.rs`).
+    pub async fn delete_finished_before(
+        &self,
+        cutoff: &str,
+        pending_cutoff: &str,
+        batch: u32,
+    ) -> StoreResult<Deleted> {
+        dispatch!(self, store => store.delete_finished_before(cutoff, pending_cutoff, batch).await)
+    }
+
+    /// The seed of `source_image_id` in `registry`, if the engine pushed it there.
+    pub async fn seed(&self, source_image_id: &str, registry: &str) -> StoreResult<Option<Seed>> {
+        dispatch!(self, store => store.seed(source_image_id, registry).await)
+    }
+
+    /// Records (or replaces) the seed of `source_image_id` in `registry`.
+    pub async fn record_seed(
+        &self,
+        source_image_id: &str,
+        registry: &str,
+        seed: &Seed,
+    ) -> StoreResult<()> {
+        dispatch!(self, store => store.record_seed(source_image_id, registry, seed).await)
     }
 }
 
-/// Writes one submission on `conn` (in the caller's transaction): the
-/// idempotency key, the queue limits, the submitter's share, the job.
-/// `owner_current`: the submitter's share was already brought up to date by
-/// an earlier job of the same transaction, which left it with queued targets;
-/// the statement would change nothing.
-async fn insert_job(
-    conn: &mut sqlx::SqliteConnection,
-    new: &NewJob,
-    owner_current: bool,
-) -> StoreResult<Created> {
-    let submitter = new.submitter.name.as_deref().unwrap_or("");
-    if let Some(key) = &new.idempotency_key {
-        // Keys are the submitter's own: another token's job is never found.
-        let seen = sqlx::query(
-            "SELECT id, spec_hash FROM jobs WHERE submitted_by = ? AND idempotency_key = ?",
-        )
-        .bind(submitter)
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await
-        .context("looking up the idempotency key")?;
-        if let Some(row) = seen {
-            let hash: String = row.get("spec_hash");
-            if hash != new.spec_hash {
-                return Ok(Created::KeyReused);
-            }
-            let id = parse_uuid(row.get("id"))?;
-            let job = load_job(conn, id).await?.context("job vanished")?;
-            return Ok(Created::Existing(job));
-        }
-    }
-
-    // Read in the same transaction as the insert: concurrent submissions
-    // cannot overshoot the limit together. A count kept by triggers
-    // (`pending_targets`), since counting the rows costs as much as the
-    // queue is long, for every submission.
-    let pending: i64 = sqlx::query_scalar("SELECT count FROM pending_targets")
-        .fetch_one(&mut *conn)
-        .await
-        .context("reading the number of pending targets")?;
-    if pending.saturating_add(new.plan.targets.len() as i64) > new.max_pending as i64 {
-        return Ok(Created::Overloaded { pending });
-    }
-    if let Some(limit) = new.submitter.max_queued_targets {
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM targets t JOIN jobs j ON j.id = t.job_id
-             WHERE t.status = 'pending' AND j.submitted_by = ?",
-        )
-        .bind(submitter)
-        .fetch_one(&mut *conn)
-        .await
-        .context("counting the submitter's pending targets")?;
-        if pending.saturating_add(new.plan.targets.len() as i64) > limit as i64 {
-            return Ok(Created::SubmitterOverloaded { pending, limit });
-        }
-    }
-    // A submitter that was idle starts level with the least-served one
-    // still queued, not with the credit of its idle time.
-    if !owner_current {
-        sqlx::query(&format!(
-            "INSERT INTO owners (name, weight, pass) VALUES (?1, ?2,
-             COALESCE((SELECT MIN(o.pass) FROM owners o WHERE EXISTS (
-                 SELECT 1 FROM jobs j JOIN targets t ON t.job_id = j.id
-                 WHERE j.submitted_by = o.name
-                   AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))), 0))
-         ON CONFLICT (name) DO UPDATE SET weight = excluded.weight,
-             pass = CASE WHEN EXISTS (
-                     SELECT 1 FROM jobs j JOIN targets t ON t.job_id = j.id
-                     WHERE j.submitted_by = owners.name
-                       AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))
-                 THEN owners.pass ELSE MAX(owners.pass, excluded.pass) END"
-        ))
-        .bind(submitter)
-        .bind(i64::from(new.submitter.weight))
-        .execute(&mut *conn)
-        .await
-        .context("recording the submitter's share")?;
-    }
-
-    let id = new.id;
-    let now = now();
-    sqlx::query(
-        "INSERT INTO jobs (id, status, repo, repo_mode, force, has_registry_auth,
-                           idempotency_key, spec_hash, created_at, submitted_by,
-                           use_service_credentials, required_labels, callback_url,
-                           publish_via)
-         VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(id.to_string())
-    .bind(&new.plan.repo)
-    .bind(new.plan.repo_mode.as_str())
-    .bind(new.plan.force)
-    .bind(new.has_registry_auth)
-    .bind(&new.idempotency_key)
-    .bind(&new.spec_hash)
-    .bind(&now)
-    .bind(submitter)
-    .bind(new.submitter.use_service_credentials)
-    .bind(serde_json::to_string(&new.submitter.required_labels)?)
-    .bind(new.plan.callback.as_ref().map(|callback| &callback.url))
-    .bind(new.plan.publish_via.map(PublishVia::as_str))
-    .execute(&mut *conn)
-    .await
-    .context("inserting the job")?;
-    for (position, image) in new.plan.images.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO job_images (job_id, position, name, source, source_image_id, source_digest)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(id.to_string())
-        .bind(position as i64)
-        .bind(&image.name)
-        .bind(&image.source)
-        .bind(&image.source_image_id)
-        .bind(&image.source_digest)
-        .execute(&mut *conn)
-        .await
-        .context("inserting an image")?;
-    }
-    for (position, target) in new.plan.targets.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO targets (job_id, position, image_position, image_name, source, strategy,
-                                  tag, reference, reference_key, status)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-        )
-        .bind(id.to_string())
-        .bind(position as i64)
-        .bind(target.image_index as i64)
-        .bind(&target.image_name)
-        .bind(&target.source)
-        .bind(target.strategy.as_str())
-        .bind(&target.tag)
-        .bind(&target.reference)
-        .bind(target.reference.as_deref().map(reference_key))
-        .execute(&mut *conn)
-        .await
-        .context("inserting a target")?;
-    }
-    Ok(Created::New(queued_job(new, now)))
+/// What a page of `search_jobs` was asked with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PageKey {
+    pub status: Option<JobStatus>,
+    pub submitted_by: Option<String>,
+    pub search: Option<String>,
+    pub limit: u32,
+    pub before: Option<Uuid>,
 }
 
-/// The answer for a job just inserted, as `load_job` would read it back:
-/// made here, since reading it back costs four queries on the writer for
-/// every submission.
+impl PageKey {
+    /// A LIKE pattern (escaped with `\`) that matches the searched text
+    /// itself, wherever it is.
+    fn pattern(&self) -> Option<String> {
+        self.search.as_deref().map(|text| {
+            let escaped = text
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            format!("%{escaped}%")
+        })
+    }
+}
+
+fn now() -> String {
+    format_time(time::OffsetDateTime::now_utc())
+}
+
+/// RFC 3339 in UTC with a fixed six-digit fraction, so that text order is
+/// time order (in SQL, for leases, and for clients).
+pub(crate) fn format_time(at: time::OffsetDateTime) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    at.format(FORMAT).unwrap_or_else(|_| at.to_string())
+}
+
+/// The answer for a job just inserted, as it reads back: made here, since
+/// reading it back costs four queries for every submission.
 fn queued_job(new: &NewJob, created_at: String) -> Job {
     let plan = &new.plan;
     Job {
@@ -641,119 +585,10 @@ fn queued_job(new: &NewJob, created_at: String) -> Job {
     }
 }
 
-fn now() -> String {
-    format_time(time::OffsetDateTime::now_utc())
-}
-
-/// RFC 3339 in UTC with a fixed six-digit fraction, so that text order is
-/// time order (in SQL, for leases, and for clients).
-pub(crate) fn format_time(at: time::OffsetDateTime) -> String {
-    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
-    );
-    at.format(FORMAT).unwrap_or_else(|_| at.to_string())
-}
-
-/// Applies the migrations on a connection of its own without foreign key
-/// enforcement, so that a migration may rebuild a table the way SQLite
-/// documents it (foreign keys cannot be switched off inside the transaction
-/// each migration runs in); then checks every foreign key.
-async fn migrate(path: &Path, options: &SqliteConnectOptions) -> StoreResult<()> {
-    let migrating = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options.clone().foreign_keys(false))
-        .await
-        .with_context(|| format!("opening the database {}", path.display()))?;
-    let applied = || async {
-        // No table yet: a new database, nothing applied.
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM _sqlx_migrations")
-            .fetch_one(&migrating)
-            .await
-            .unwrap_or(0)
-    };
-    let before = applied().await;
-    sqlx::migrate!("./migrations")
-        .run(&migrating)
-        .await
-        .with_context(|| format!("applying migrations to {}", path.display()))?;
-    // The check reads every row: only after a migration, which may have
-    // rebuilt a table, not at every start (4 s for a million jobs).
-    let broken: Vec<SqliteRow> = if applied().await == before {
-        Vec::new()
-    } else {
-        sqlx::query("PRAGMA foreign_key_check")
-            .fetch_all(&migrating)
-            .await
-            .context("checking foreign keys after migrating")?
-    };
-    migrating.close().await;
-    if !broken.is_empty() {
-        anyhow::bail!(
-            "after migrating {}, {} rows refer to rows that do not exist",
-            path.display(),
-            broken.len()
-        );
-    }
-    Ok(())
-}
-
-/// Takes the database's lock file, or says which database is in use.
-fn lock_database(path: &Path) -> StoreResult<std::fs::File> {
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening the lock file {}", lock_path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
-            "the database {} is in use by another publishd (its lock file {} is held)",
-            path.display(),
-            Path::new(&lock_path).display()
-        ),
-        Err(std::fs::TryLockError::Error(error)) => {
-            Err(error).with_context(|| format!("locking {}", Path::new(&lock_path).display()))
-        }
-    }
-}
-
-fn parse_uuid(text: String) -> StoreResult<Uuid> {
-    Uuid::parse_str(&text).with_context(|| format!("bad job id {text:?} in the database"))
-}
-
-fn parse_enum<T>(value: &str, parse: fn(&str) -> Option<T>, what: &str) -> StoreResult<T> {
-    parse(value).with_context(|| format!("bad {what} {value:?} in the database"))
-}
-
-fn optional_enum<T>(
-    value: Option<&str>,
-    parse: fn(&str) -> Option<T>,
-    what: &str,
-) -> StoreResult<Option<T>> {
-    value
-        .map(|value| parse_enum(value, parse, what))
-        .transpose()
-}
-
-/// Brings a job's status in line with its targets' and answers it.
-async fn refresh_job(conn: &mut SqliteConnection, id: Uuid) -> StoreResult<JobStatus> {
-    let rows = sqlx::query("SELECT status FROM targets WHERE job_id = ?")
-        .bind(id.to_string())
-        .fetch_all(&mut *conn)
-        .await?;
-    let statuses = rows
-        .iter()
-        .map(|row| parse_enum(row.get("status"), TargetStatus::parse, "target status"))
-        .collect::<StoreResult<Vec<_>>>()?;
-    let cancel_requested: bool =
-        sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = ?")
-            .bind(id.to_string())
-            .fetch_one(&mut *conn)
-            .await?;
-    let status = job_status(&statuses, cancel_requested);
+/// A job's status as its targets' statuses make it, and why it did not
+/// succeed, in short.
+fn job_state(statuses: &[TargetStatus], cancel_requested: bool) -> (JobStatus, Option<String>) {
+    let status = crate::domain::status::job_status(statuses, cancel_requested);
     let failed = statuses
         .iter()
         .filter(|&&s| s == TargetStatus::Failed)
@@ -763,603 +598,5 @@ async fn refresh_job(conn: &mut SqliteConnection, id: Uuid) -> StoreResult<JobSt
         JobStatus::Cancelled => Some("cancelled".to_owned()),
         _ => None,
     };
-    let now = now();
-    sqlx::query(
-        "UPDATE jobs SET status = ?1, error = ?2,
-             started_at = CASE WHEN ?1 <> 'queued' THEN COALESCE(started_at, ?3) ELSE started_at END,
-             finished_at = CASE WHEN ?4 THEN COALESCE(finished_at, ?3) ELSE NULL END
-         WHERE id = ?5",
-    )
-    .bind(status.as_str())
-    .bind(error)
-    .bind(&now)
-    .bind(status.is_terminal())
-    .bind(id.to_string())
-    .execute(&mut *conn)
-    .await
-    .context("updating the job status")?;
-    Ok(status)
-}
-
-async fn load_claimed(conn: &mut SqliteConnection, id: i64) -> StoreResult<ClaimedTarget> {
-    let row = sqlx::query(
-        "SELECT t.id, t.position, t.job_id, j.repo, j.repo_mode, t.image_name, t.source, t.strategy, t.tag,
-                t.reference, t.status, t.attempts, j.force, j.has_registry_auth,
-                t.prior_image_id, t.created_image_id, t.staging_reference, t.image_position,
-                i.source_image_id, i.source_digest, t.claim_token, t.previous_prior_image_id,
-                t.previous_created_image_id, t.credentials_wait_until,
-                j.use_service_credentials, j.required_labels, j.publish_via
-         FROM targets t JOIN jobs j ON j.id = t.job_id
-              JOIN job_images i ON i.job_id = t.job_id AND i.position = t.image_position
-         WHERE t.id = ?",
-    )
-    .bind(id)
-    .fetch_one(&mut *conn)
-    .await
-    .context("loading a claimed target")?;
-    let id: i64 = row.get("id");
-    let token: Option<String> = row.get("claim_token");
-    Ok(ClaimedTarget {
-        id,
-        position: row.get("position"),
-        claim: Claim {
-            target_id: id,
-            token: token.unwrap_or_default(),
-        },
-        job_id: parse_uuid(row.get("job_id"))?,
-        repo: row.get("repo"),
-        repo_mode: parse_enum(row.get("repo_mode"), RepoMode::parse, "repo mode")?,
-        image_name: row.get("image_name"),
-        source: row.get("source"),
-        strategy: parse_enum(row.get("strategy"), TagStrategy::parse, "strategy")?,
-        tag: row.get("tag"),
-        reference: row.get("reference"),
-        status: parse_enum(row.get("status"), TargetStatus::parse, "target status")?,
-        attempts: row.get("attempts"),
-        force: row.get("force"),
-        has_registry_auth: row.get("has_registry_auth"),
-        prior_image_id: row.get("prior_image_id"),
-        created_image_id: row.get("created_image_id"),
-        staging_reference: row.get("staging_reference"),
-        previous_prior_image_id: row.get("previous_prior_image_id"),
-        previous_created_image_id: row.get("previous_created_image_id"),
-        image_position: row.get("image_position"),
-        source_image_id: row.get("source_image_id"),
-        source_digest: row.get("source_digest"),
-        credentials_wait_until: row.get("credentials_wait_until"),
-        use_service_credentials: row.get("use_service_credentials"),
-        required_labels: serde_json::from_str(row.get("required_labels"))
-            .context("bad required labels in the database")?,
-        publish_via: optional_enum(row.get("publish_via"), PublishVia::parse, "publish via")?,
-    })
-}
-
-/// The jobs of one page of `list_jobs`, newest first.
-const PAGE: &str = "SELECT * FROM jobs
-     WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR id < ?2)
-       AND (?4 IS NULL OR submitted_by = ?4)
-       AND (?5 IS NULL OR repo LIKE ?5 ESCAPE '\\'
-            OR EXISTS (SELECT 1 FROM targets s
-                       WHERE s.job_id = jobs.id AND s.reference LIKE ?5 ESCAPE '\\'))
-     ORDER BY id DESC LIMIT ?3";
-
-/// What a page of `search_jobs` was asked with.
-#[derive(PartialEq, Eq, Hash)]
-struct PageKey {
-    status: Option<JobStatus>,
-    submitted_by: Option<String>,
-    search: Option<String>,
-    limit: u32,
-    before: Option<Uuid>,
-}
-
-/// What selects a page of jobs.
-struct PageFilter<'a> {
-    status: Option<JobStatus>,
-    before: Option<Uuid>,
-    limit: u32,
-    submitted_by: Option<&'a str>,
-    /// A LIKE pattern the repository or a reference matches.
-    pattern: Option<&'a str>,
-}
-
-/// The rows of `table` that belong to the jobs of a page, by job.
-async fn rows_of_page(
-    conn: &mut sqlx::SqliteConnection,
-    table: &str,
-    order: &str,
-    filter: &PageFilter<'_>,
-) -> StoreResult<Vec<SqliteRow>> {
-    let rows = sqlx::query(&format!(
-        "SELECT * FROM {table} WHERE job_id IN (SELECT id FROM ({PAGE}))
-         ORDER BY job_id, {order}"
-    ))
-    .bind(filter.status.map(JobStatus::as_str))
-    .bind(filter.before.map(|id| id.to_string()))
-    .bind(i64::from(filter.limit))
-    .bind(filter.submitted_by)
-    .bind(filter.pattern)
-    .fetch_all(&mut *conn)
-    .await
-    .with_context(|| format!("listing the jobs' {table}"))?;
-    Ok(rows)
-}
-
-async fn load_job(conn: &mut sqlx::SqliteConnection, id: Uuid) -> StoreResult<Option<Job>> {
-    let Some(row) = sqlx::query("SELECT * FROM jobs WHERE id = ?")
-        .bind(id.to_string())
-        .fetch_optional(&mut *conn)
-        .await
-        .context("loading a job")?
-    else {
-        return Ok(None);
-    };
-    let targets = sqlx::query("SELECT * FROM targets WHERE job_id = ? ORDER BY position")
-        .bind(id.to_string())
-        .fetch_all(&mut *conn)
-        .await
-        .context("loading a job's targets")?
-        .iter()
-        .map(target_from_row)
-        .collect::<StoreResult<Vec<_>>>()?;
-    let images = sqlx::query("SELECT * FROM job_images WHERE job_id = ? ORDER BY position")
-        .bind(id.to_string())
-        .fetch_all(&mut *conn)
-        .await
-        .context("loading a job's images")?
-        .iter()
-        .map(image_from_row)
-        .collect();
-    let deliveries = sqlx::query("SELECT * FROM deliveries WHERE job_id = ? ORDER BY created_at")
-        .bind(id.to_string())
-        .fetch_all(&mut *conn)
-        .await
-        .context("loading a job's deliveries")?
-        .iter()
-        .map(events::delivery_from_row)
-        .collect::<StoreResult<Vec<_>>>()?;
-    job_from_row(&row, images, targets, deliveries).map(Some)
-}
-
-fn image_from_row(row: &SqliteRow) -> JobImage {
-    JobImage {
-        name: row.get("name"),
-        source: row.get("source"),
-        source_image_id: row.get("source_image_id"),
-        source_digest: row.get("source_digest"),
-    }
-}
-
-fn job_from_row(
-    row: &SqliteRow,
-    images: Vec<JobImage>,
-    targets: Vec<Target>,
-    deliveries: Vec<Delivery>,
-) -> StoreResult<Job> {
-    Ok(Job {
-        id: parse_uuid(row.get("id"))?,
-        status: parse_enum(row.get("status"), JobStatus::parse, "job status")?,
-        repo: row.get("repo"),
-        repo_mode: parse_enum(row.get("repo_mode"), RepoMode::parse, "repo mode")?,
-        created_at: row.get("created_at"),
-        started_at: row.get("started_at"),
-        finished_at: row.get("finished_at"),
-        error: row.get("error"),
-        cancel_requested: row.get("cancel_requested"),
-        submitted_by: Some(row.get::<String, _>("submitted_by")).filter(|name| !name.is_empty()),
-        callback_url: row.get("callback_url"),
-        publish_via: optional_enum(row.get("publish_via"), PublishVia::parse, "publish via")?,
-        images,
-        targets,
-        deliveries,
-    })
-}
-
-fn target_from_row(row: &SqliteRow) -> StoreResult<Target> {
-    let warnings: String = row.get("warnings");
-    let attempt_errors: String = row.get("attempt_errors");
-    Ok(Target {
-        image: row.get("image_name"),
-        source: row.get("source"),
-        strategy: parse_enum(row.get("strategy"), TagStrategy::parse, "strategy")?,
-        tag: row.get("tag"),
-        reference: row.get("reference"),
-        status: parse_enum(row.get("status"), TargetStatus::parse, "target status")?,
-        digest: row.get("digest"),
-        attempts: row.get("attempts"),
-        error: row.get("error"),
-        attempt_errors: serde_json::from_str(&attempt_errors)
-            .context("bad attempt errors in the database")?,
-        up_to_date: row.get("up_to_date"),
-        published_via: optional_enum(
-            row.get("published_via"),
-            PublishedVia::parse,
-            "published via",
-        )?,
-        warnings: serde_json::from_str(&warnings).context("bad warnings in the database")?,
-        runs: row.get("runs"),
-        dead_letter: row.get("dead_letter"),
-        credentials_wait_until: row.get("credentials_wait_until"),
-        started_at: row.get("started_at"),
-        finished_at: row.get("finished_at"),
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::spec::{JobSpec, Limits, plan};
-
-    const LEASE: Duration = Duration::from_secs(30);
-
-    async fn store_with_a_job(dir: &Path) -> Store {
-        let store = Store::open(&dir.join("publishd.db")).await.unwrap();
-        let spec: JobSpec = serde_json::from_value(serde_json::json!({
-            "repo": "127.0.0.1:5000/a",
-            "images": [{"name": "app", "source": "src:1"}],
-            "tags": [{"strategy": "custom", "value": "v1"}, {"strategy": "custom", "value": "v2"}]
-        }))
-        .unwrap();
-        let plan = plan(&spec, Limits::default()).unwrap();
-        let new = NewJob {
-            id: Uuid::now_v7(),
-            plan: plan.clone(),
-            max_pending: 100,
-            has_registry_auth: false,
-            idempotency_key: None,
-            spec_hash: "h".to_owned(),
-            submitter: Submitter::anonymous(),
-        };
-        store.create_job(new).await.unwrap();
-        store
-    }
-
-    #[tokio::test]
-    async fn a_job_past_the_queue_limit_is_refused_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_a_job(dir.path()).await;
-        let spec: JobSpec = serde_json::from_value(serde_json::json!({
-            "repo": "127.0.0.1:5000/a", "images": [{"name": "app", "source": "src:1"}],
-            "tags": [{"strategy": "custom", "value": "v3"}]
-        }))
-        .unwrap();
-        let plan = plan(&spec, Limits::default()).unwrap();
-        let new = |max_pending| NewJob {
-            id: Uuid::now_v7(),
-            plan: plan.clone(),
-            max_pending,
-            has_registry_auth: false,
-            idempotency_key: None,
-            spec_hash: "h2".to_owned(),
-            submitter: Submitter::anonymous(),
-        };
-        let refused = store.create_job(new(2)).await.unwrap();
-        assert!(matches!(refused, Created::Overloaded { pending: 2 }));
-        assert!(matches!(
-            store.create_job(new(3)).await.unwrap(),
-            Created::New(_)
-        ));
-    }
-
-    async fn queue(store: &Store, repo: &str) {
-        let spec: JobSpec = serde_json::from_value(serde_json::json!({
-            "repo": repo, "images": [{"source": "src:1"}],
-            "tags": [{"strategy": "custom", "value": "v1"}]
-        }))
-        .unwrap();
-        let plan = plan(&spec, Limits::default()).unwrap();
-        let new = NewJob {
-            id: Uuid::now_v7(),
-            plan: plan.clone(),
-            max_pending: 100,
-            has_registry_auth: false,
-            idempotency_key: None,
-            spec_hash: "h".to_owned(),
-            submitter: Submitter::anonymous(),
-        };
-        assert!(matches!(
-            store.create_job(new).await.unwrap(),
-            Created::New(_)
-        ));
-    }
-
-    #[tokio::test]
-    async fn spellings_of_one_reference_never_run_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("publishd.db")).await.unwrap();
-        // `foo:v1`, `docker.io/library/foo:v1`, `index.docker.io/library/foo:v1`.
-        for repo in [
-            "foo",
-            "docker.io/library/foo",
-            "index.docker.io/library/foo",
-        ] {
-            queue(&store, repo).await;
-        }
-        let first = store.claim_target(LEASE).await.unwrap().unwrap();
-        assert_eq!(first.reference.as_deref(), Some("foo:v1"));
-        assert!(
-            store.claim_target(LEASE).await.unwrap().is_none(),
-            "another spelling of foo:v1 was claimed while it was in flight"
-        );
-        let outcome = TargetOutcome::Failed {
-            error: "x".to_owned(),
-        };
-        store
-            .finish_target(&first.claim, &outcome, &[])
-            .await
-            .unwrap();
-        let second = store.claim_target(LEASE).await.unwrap().unwrap();
-        assert_eq!(
-            second.reference.as_deref(),
-            Some("docker.io/library/foo:v1")
-        );
-        assert!(store.claim_target(LEASE).await.unwrap().is_none());
-    }
-
-    /// A database written before jobs had owners keeps its jobs, their
-    /// idempotency keys and their targets through the migration that
-    /// rebuilds the jobs table.
-    #[tokio::test]
-    async fn a_database_from_before_owners_is_migrated_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("publishd.db");
-        // The migrations as they stood before owners, from the repository.
-        let old_migrations = dir.path().join("old-migrations");
-        std::fs::create_dir(&old_migrations).unwrap();
-        let mut files: Vec<_> =
-            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
-                .unwrap()
-                .map(|entry| entry.unwrap().path())
-                .collect();
-        files.sort();
-        let before_owners = files
-            .iter()
-            .take_while(|file| !file.to_string_lossy().contains("owners_and_audit"));
-        for file in before_owners {
-            std::fs::copy(file, old_migrations.join(file.file_name().unwrap())).unwrap();
-        }
-        let options = SqliteConnectOptions::from_str("sqlite://")
-            .unwrap()
-            .filename(&path)
-            .create_if_missing(true)
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .connect_with(options)
-            .await
-            .unwrap();
-        sqlx::migrate::Migrator::new(old_migrations.as_path())
-            .await
-            .unwrap()
-            .run(&pool)
-            .await
-            .unwrap();
-        let id = Uuid::now_v7().to_string();
-        sqlx::query(
-            "INSERT INTO jobs (id, status, repo, repo_mode, idempotency_key, spec_hash, created_at)
-             VALUES (?, 'queued', '127.0.0.1:5000/a', 'multirepo', 'key-1', 'h', '2026-01-01T00:00:00.000000Z')",
-        )
-        .bind(&id)
-        .execute(&pool)
-        .await
-        .unwrap();
-        sqlx::query(
-            "INSERT INTO job_images (job_id, position, name, source) VALUES (?, 0, 'app', 'src:1')",
-        )
-        .bind(&id)
-        .execute(&pool)
-        .await
-        .unwrap();
-        sqlx::query(
-            "INSERT INTO targets (job_id, position, image_name, source, strategy, tag, reference,
-                                  reference_key, status)
-             VALUES (?, 0, 'app', 'src:1', 'custom', 'v1', '127.0.0.1:5000/a/app:v1',
-                     '127.0.0.1:5000/a/app:v1', 'pending')",
-        )
-        .bind(&id)
-        .execute(&pool)
-        .await
-        .unwrap();
-        pool.close().await;
-
-        let store = Store::open(&path).await.unwrap();
-        let job = store
-            .get_job(Uuid::parse_str(&id).unwrap())
-            .await
-            .unwrap()
-            .expect("the job survived");
-        assert_eq!(job.submitted_by, None);
-        assert_eq!(job.targets.len(), 1);
-        assert_eq!(job.images[0].source, "src:1");
-        // Its key is still its submitter's (nobody's), and only theirs.
-        let spec: JobSpec = serde_json::from_value(serde_json::json!({
-            "repo": "127.0.0.1:5000/a", "images": [{"name": "app", "source": "src:1"}],
-            "tags": [{"strategy": "custom", "value": "v1"}]
-        }))
-        .unwrap();
-        let plan = plan(&spec, Limits::default()).unwrap();
-        let new = |submitter| NewJob {
-            id: Uuid::now_v7(),
-            plan: plan.clone(),
-            max_pending: 100,
-            has_registry_auth: false,
-            idempotency_key: Some("key-1".to_owned()),
-            spec_hash: "h".to_owned(),
-            submitter,
-        };
-        assert!(matches!(
-            store.create_job(new(Submitter::anonymous())).await.unwrap(),
-            Created::Existing(existing) if existing.id == job.id
-        ));
-        let team = Submitter {
-            name: Some("team-a".to_owned()),
-            ..Submitter::anonymous()
-        };
-        assert!(matches!(
-            store.create_job(new(team)).await.unwrap(),
-            Created::New(_)
-        ));
-        assert_eq!(
-            store.claim_target(LEASE).await.unwrap().unwrap().job_id,
-            job.id
-        );
-    }
-
-    #[tokio::test]
-    async fn reads_kept_between_writes_are_never_older_than_the_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_a_job(dir.path()).await;
-        let page = store.list_jobs(None, None, 10, None).await.unwrap();
-        let id = page.jobs[0].id;
-        let before = store.get_job(id).await.unwrap().unwrap();
-        assert_eq!(before.targets[0].status, TargetStatus::Pending);
-        // Read again with nothing written: the kept answers.
-        assert_eq!(store.get_job(id).await.unwrap().unwrap().targets.len(), 2);
-        store.claim_target(LEASE).await.unwrap().unwrap();
-        let after = store.get_job(id).await.unwrap().unwrap();
-        assert_eq!(after.status, JobStatus::Running);
-        queue(&store, "127.0.0.1:5000/b").await;
-        let page = store.list_jobs(None, None, 10, None).await.unwrap();
-        assert_eq!(page.jobs.len(), 2);
-        assert_eq!(page.jobs[1].status, JobStatus::Running);
-    }
-
-    #[tokio::test]
-    async fn one_process_per_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("publishd.db")).await.unwrap();
-        let error = Store::open(&dir.path().join("publishd.db"))
-            .await
-            .err()
-            .expect("refused");
-        assert!(
-            error.to_string().contains("in use by another publishd"),
-            "{error}"
-        );
-        drop(store);
-        Store::open(&dir.path().join("publishd.db"))
-            .await
-            .expect("free again");
-    }
-
-    #[tokio::test]
-    async fn leases_expire_on_the_stores_clock_and_lost_claims_write_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_a_job(dir.path()).await;
-        let first = store.claim_target(Duration::ZERO).await.unwrap().unwrap();
-        let second = store.claim_target(LEASE).await.unwrap().unwrap();
-        assert_ne!(first.id, second.id);
-        assert!(store.claim_target(LEASE).await.unwrap().is_none());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(
-            store.expired_leases().await.unwrap(),
-            vec![(first.id, first.claim.token.clone())]
-        );
-        assert!(store.renew_lease(&second.claim, LEASE).await.unwrap());
-
-        // Recovery takes the expired claim over: the old run is fenced out.
-        let recovery = store
-            .take_over(
-                first.id,
-                TakeOver::Expired {
-                    token: &first.claim.token,
-                },
-                LEASE,
-            )
-            .await
-            .unwrap()
-            .expect("expired claim taken over");
-        assert!(!store.renew_lease(&first.claim, LEASE).await.unwrap());
-        let stale = store
-            .set_step(&first.claim, TargetStatus::Pushing)
-            .await
-            .unwrap_err();
-        assert!(ClaimLost::is(&stale), "{stale:#}");
-        let outcome = TargetOutcome::Succeeded {
-            digest: "sha256:stale".to_owned(),
-            up_to_date: false,
-            published_via: Some(PublishedVia::Engine),
-        };
-        assert!(ClaimLost::is(
-            &store
-                .finish_target(&first.claim, &outcome, &[])
-                .await
-                .unwrap_err()
-        ));
-        // A live claim is not taken over as expired.
-        assert!(
-            store
-                .take_over(
-                    second.id,
-                    TakeOver::Expired {
-                        token: &second.claim.token
-                    },
-                    LEASE
-                )
-                .await
-                .unwrap()
-                .is_none()
-        );
-
-        let release = Release::Abandoned {
-            warning: None,
-            max_runs: 5,
-        };
-        assert_eq!(
-            store.release_target(&recovery, release).await.unwrap(),
-            Released::Queued
-        );
-        assert!(store.expired_leases().await.unwrap().is_empty());
-        let rerun = store.claim_target(LEASE).await.unwrap().unwrap();
-        assert_eq!(rerun.id, first.id);
-        assert_eq!(rerun.attempts, 2);
-    }
-
-    #[tokio::test]
-    async fn a_target_whose_runs_never_finish_becomes_a_dead_letter() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_a_job(dir.path()).await;
-        for run in 1..=3 {
-            let target = store.claim_target(LEASE).await.unwrap().unwrap();
-            let recovery = store
-                .take_over(target.id, TakeOver::Any, LEASE)
-                .await
-                .unwrap()
-                .unwrap();
-            let release = Release::Abandoned {
-                warning: Some(format!("run {run} died")),
-                max_runs: 3,
-            };
-            let released = store.release_target(&recovery, release).await.unwrap();
-            if run < 3 {
-                assert_eq!(released, Released::Queued);
-                // The other target of the job goes first next time.
-                let other = store.claim_target(LEASE).await.unwrap().unwrap();
-                store
-                    .release_target(&other.claim, Release::Stopped)
-                    .await
-                    .unwrap();
-            } else {
-                assert_eq!(released, Released::DeadLetter);
-            }
-        }
-        let job_id = store.claimed_target(1).await.unwrap().job_id;
-        let job = store.get_job(job_id).await.unwrap().unwrap();
-        let dead = job
-            .targets
-            .iter()
-            .find(|t| t.dead_letter)
-            .expect("a dead letter");
-        assert_eq!(dead.status, TargetStatus::Failed);
-        assert_eq!(dead.runs, 3);
-        assert!(
-            dead.error
-                .as_deref()
-                .unwrap()
-                .starts_with("dead letter: 3 runs")
-        );
-        assert_eq!(dead.warnings.len(), 3);
-        // Stopping the service is not a run that died.
-        let other = job.targets.iter().find(|t| !t.dead_letter).unwrap();
-        assert_eq!(other.runs, 0);
-    }
+    (status, error)
 }

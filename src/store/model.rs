@@ -174,3 +174,24 @@ pub struct JobPage {
     /// Pass as `cursor` for the next page; null on the last page.
     pub next_cursor: Option<String>,
 }
+
+/// Jobs by status, and the targets waiting and under way: for the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct QueueCounts {
+    pub jobs: std::collections::HashMap<JobStatus, i64>,
+    pub targets_queued: i64,
+    pub targets_in_flight: i64,
+}
+
+/// What one retention batch deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Deleted {
+    pub jobs: u64,
+    pub audit: u64,
+    /// Seeds not recorded again since the cutoff: the layers they point at
+    /// may be gone by now (a registry's garbage collection), and the next
+    /// engine push of their source records a fresh one.
+    pub seeds: u64,
+    /// More jobs are past retention than this batch took.
+    pub more: bool,
+}

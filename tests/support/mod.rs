@@ -120,7 +120,7 @@ pub fn test_tag_method() -> TagMethod {
 pub fn test_settings(dir: &std::path::Path) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        database: dir.join("publishd.db"),
+        database: publishd::store::Location::Sqlite(dir.join("publishd.db")),
         workers: 2,
         docker_host: Some(TestEnv::get().docker_host),
         docker_config: dir.join("docker-config"),

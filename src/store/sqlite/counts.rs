@@ -1,22 +1,13 @@
 //! Counts for the metrics: read at each scrape, from indexes.
 
-use std::collections::HashMap;
-
 use anyhow::Context;
 use sqlx::Row;
 
-use super::{Store, StoreResult};
+use super::SqliteStore;
 use crate::domain::status::{JobStatus, TargetStatus};
+use crate::store::{QueueCounts, StoreResult};
 
-/// Jobs by status, and the targets waiting and under way.
-#[derive(Debug, Clone, Default)]
-pub struct QueueCounts {
-    pub jobs: HashMap<JobStatus, i64>,
-    pub targets_queued: i64,
-    pub targets_in_flight: i64,
-}
-
-impl Store {
+impl SqliteStore {
     pub async fn queue_counts(&self) -> StoreResult<QueueCounts> {
         let mut counts = QueueCounts::default();
         let jobs = sqlx::query("SELECT status, count(*) AS n FROM jobs GROUP BY status")

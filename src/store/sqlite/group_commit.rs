@@ -21,7 +21,8 @@ use sqlx::{Acquire, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::audit::insert_audit;
-use super::{AuditEntry, Created, NewJob, StoreResult, insert_job};
+use super::insert_job;
+use crate::store::{AuditEntry, Created, NewJob, StoreResult};
 
 /// Most requests in one transaction: bounds how long a batch holds the
 /// writer connection (which lease renewals and the rarer queue writes also
@@ -43,7 +44,7 @@ pub(super) enum Write {
 }
 
 /// A write of the queue's, run on the batch's connection (in its own
-/// savepoint); its answer, boxed, goes back to `Store::write_batched`.
+/// savepoint); its answer, boxed, goes back to `SqliteStore::write_batched`.
 pub(super) type QueueWrite = Box<
     dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<Box<dyn Any + Send>>>
         + Send,
@@ -195,9 +196,10 @@ mod tests {
     use futures_util::future::join_all;
     use uuid::Uuid;
 
-    use super::super::{Store, Submitter};
+    use super::super::SqliteStore as Store;
     use super::*;
     use crate::domain::spec::{JobSpec, Limits, plan};
+    use crate::store::Submitter;
 
     fn job(tag: &str, key: Option<&str>, spec_hash: &str, max_pending: usize) -> NewJob {
         let spec: JobSpec = serde_json::from_value(serde_json::json!({

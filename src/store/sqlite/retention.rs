@@ -3,27 +3,15 @@
 use anyhow::Context;
 use sqlx::Row;
 
-use super::{Store, StoreResult};
-
-/// What one batch deleted.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Deleted {
-    pub jobs: u64,
-    pub audit: u64,
-    /// Seeds not recorded again since the cutoff: the layers they point at
-    /// may be gone by now (a registry's garbage collection), and the next
-    /// engine push of their source records a fresh one.
-    pub seeds: u64,
-    /// More jobs are past retention than this batch took.
-    pub more: bool,
-}
+use super::SqliteStore;
+use crate::store::{Deleted, StoreResult};
 
 /// Targets one batch may delete (with their events, about six rows each):
 /// a batch of jobs with hundreds of targets each must not hold the writer
 /// any longer than one of small jobs.
 const TARGETS_PER_BATCH: i64 = 2000;
 
-impl Store {
+impl SqliteStore {
     /// Deletes up to `batch` jobs (fewer if they have many targets) that
     /// finished before `cutoff` (an RFC 3339 time) with their targets,
     /// images, events and deliveries, and up to

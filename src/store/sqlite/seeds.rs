@@ -5,10 +5,11 @@
 use anyhow::Context;
 use sqlx::Row;
 
-use super::{Store, StoreResult, now};
+use super::SqliteStore;
 use crate::domain::publish_via::Seed;
+use crate::store::{StoreResult, now};
 
-impl Store {
+impl SqliteStore {
     /// The seed of `source_image_id` in `registry`, if the engine pushed it there.
     pub async fn seed(&self, source_image_id: &str, registry: &str) -> StoreResult<Option<Seed>> {
         let row = sqlx::query(

@@ -1,0 +1,400 @@
+//! Rows as both databases answer them (`sqlx::FromRow` is generic over the
+//! database), and the records they make: one mapping from columns to the
+//! API's types, whichever store read them.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use uuid::Uuid;
+
+use super::StoreResult;
+use super::audit::AuditEvent;
+use super::events::{Delivery, DueDelivery, Event};
+use super::model::{ClaimedTarget, Job, JobImage, JobPage, Target};
+use super::queue::Claim;
+use crate::domain::naming::RepoMode;
+use crate::domain::publish_via::{PublishVia, PublishedVia};
+use crate::domain::spec::TagStrategy;
+use crate::domain::status::{JobStatus, TargetStatus};
+
+pub(super) fn parse_uuid(text: String) -> StoreResult<Uuid> {
+    Uuid::parse_str(&text).with_context(|| format!("bad job id {text:?} in the database"))
+}
+
+pub(super) fn parse_enum<T>(
+    value: &str,
+    parse: fn(&str) -> Option<T>,
+    what: &str,
+) -> StoreResult<T> {
+    parse(value).with_context(|| format!("bad {what} {value:?} in the database"))
+}
+
+fn optional_enum<T>(
+    value: Option<String>,
+    parse: fn(&str) -> Option<T>,
+    what: &str,
+) -> StoreResult<Option<T>> {
+    value
+        .map(|value| parse_enum(&value, parse, what))
+        .transpose()
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct JobRow {
+    pub id: String,
+    status: String,
+    repo: String,
+    repo_mode: String,
+    created_at: String,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    error: Option<String>,
+    cancel_requested: bool,
+    submitted_by: String,
+    callback_url: Option<String>,
+    publish_via: Option<String>,
+}
+
+impl JobRow {
+    pub fn into_job(
+        self,
+        images: Vec<JobImage>,
+        targets: Vec<Target>,
+        deliveries: Vec<Delivery>,
+    ) -> StoreResult<Job> {
+        Ok(Job {
+            id: parse_uuid(self.id)?,
+            status: parse_enum(&self.status, JobStatus::parse, "job status")?,
+            repo: self.repo,
+            repo_mode: parse_enum(&self.repo_mode, RepoMode::parse, "repo mode")?,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            error: self.error,
+            cancel_requested: self.cancel_requested,
+            submitted_by: Some(self.submitted_by).filter(|name| !name.is_empty()),
+            callback_url: self.callback_url,
+            publish_via: optional_enum(self.publish_via, PublishVia::parse, "publish via")?,
+            images,
+            targets,
+            deliveries,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ImageRow {
+    pub job_id: String,
+    name: Option<String>,
+    source: String,
+    source_image_id: Option<String>,
+    source_digest: Option<String>,
+}
+
+impl ImageRow {
+    pub fn into_image(self) -> JobImage {
+        JobImage {
+            name: self.name,
+            source: self.source,
+            source_image_id: self.source_image_id,
+            source_digest: self.source_digest,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct TargetRow {
+    pub job_id: String,
+    image_name: Option<String>,
+    source: String,
+    strategy: String,
+    tag: Option<String>,
+    reference: Option<String>,
+    status: String,
+    digest: Option<String>,
+    attempts: i64,
+    error: Option<String>,
+    attempt_errors: String,
+    up_to_date: bool,
+    published_via: Option<String>,
+    warnings: String,
+    runs: i64,
+    dead_letter: bool,
+    credentials_wait_until: Option<String>,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+}
+
+impl TargetRow {
+    pub fn into_target(self) -> StoreResult<Target> {
+        Ok(Target {
+            image: self.image_name,
+            source: self.source,
+            strategy: parse_enum(&self.strategy, TagStrategy::parse, "strategy")?,
+            tag: self.tag,
+            reference: self.reference,
+            status: parse_enum(&self.status, TargetStatus::parse, "target status")?,
+            digest: self.digest,
+            attempts: self.attempts,
+            error: self.error,
+            attempt_errors: serde_json::from_str(&self.attempt_errors)
+                .context("bad attempt errors in the database")?,
+            up_to_date: self.up_to_date,
+            published_via: optional_enum(self.published_via, PublishedVia::parse, "published via")?,
+            warnings: serde_json::from_str(&self.warnings)
+                .context("bad warnings in the database")?,
+            runs: self.runs,
+            dead_letter: self.dead_letter,
+            credentials_wait_until: self.credentials_wait_until,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        })
+    }
+}
+
+/// What `CLAIMED` selects.
+#[derive(sqlx::FromRow)]
+pub(super) struct ClaimedRow {
+    id: i64,
+    position: i64,
+    job_id: String,
+    repo: String,
+    repo_mode: String,
+    image_name: Option<String>,
+    source: String,
+    strategy: String,
+    tag: Option<String>,
+    reference: Option<String>,
+    status: String,
+    attempts: i64,
+    force: bool,
+    has_registry_auth: bool,
+    prior_image_id: Option<String>,
+    created_image_id: Option<String>,
+    staging_reference: Option<String>,
+    image_position: i64,
+    source_image_id: Option<String>,
+    source_digest: Option<String>,
+    claim_token: Option<String>,
+    previous_prior_image_id: Option<String>,
+    previous_created_image_id: Option<String>,
+    credentials_wait_until: Option<String>,
+    use_service_credentials: bool,
+    required_labels: String,
+    publish_via: Option<String>,
+}
+
+/// A target with its job and image, as a lane needs it; `{}` is where the
+/// dialect's placeholder for the target id goes.
+pub(super) const CLAIMED: &str =
+    "SELECT t.id, t.position, t.job_id, j.repo, j.repo_mode, t.image_name, t.source,
+        t.strategy, t.tag, t.reference, t.status, t.attempts, j.force, j.has_registry_auth,
+        t.prior_image_id, t.created_image_id, t.staging_reference, t.image_position,
+        i.source_image_id, i.source_digest, t.claim_token, t.previous_prior_image_id,
+        t.previous_created_image_id, t.credentials_wait_until,
+        j.use_service_credentials, j.required_labels, j.publish_via
+ FROM targets t JOIN jobs j ON j.id = t.job_id
+      JOIN job_images i ON i.job_id = t.job_id AND i.position = t.image_position
+ WHERE t.id = ";
+
+impl ClaimedRow {
+    pub fn into_claimed(self) -> StoreResult<ClaimedTarget> {
+        Ok(ClaimedTarget {
+            id: self.id,
+            position: self.position,
+            claim: Claim {
+                target_id: self.id,
+                token: self.claim_token.unwrap_or_default(),
+            },
+            job_id: parse_uuid(self.job_id)?,
+            repo: self.repo,
+            repo_mode: parse_enum(&self.repo_mode, RepoMode::parse, "repo mode")?,
+            image_name: self.image_name,
+            source: self.source,
+            strategy: parse_enum(&self.strategy, TagStrategy::parse, "strategy")?,
+            tag: self.tag,
+            reference: self.reference,
+            status: parse_enum(&self.status, TargetStatus::parse, "target status")?,
+            attempts: self.attempts,
+            force: self.force,
+            has_registry_auth: self.has_registry_auth,
+            prior_image_id: self.prior_image_id,
+            created_image_id: self.created_image_id,
+            staging_reference: self.staging_reference,
+            previous_prior_image_id: self.previous_prior_image_id,
+            previous_created_image_id: self.previous_created_image_id,
+            image_position: self.image_position,
+            source_image_id: self.source_image_id,
+            source_digest: self.source_digest,
+            credentials_wait_until: self.credentials_wait_until,
+            use_service_credentials: self.use_service_credentials,
+            required_labels: serde_json::from_str(&self.required_labels)
+                .context("bad required labels in the database")?,
+            publish_via: optional_enum(self.publish_via, PublishVia::parse, "publish via")?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct DeliveryRow {
+    pub job_id: String,
+    id: String,
+    url: String,
+    state: String,
+    attempts: String,
+    next_attempt_at: Option<String>,
+}
+
+impl DeliveryRow {
+    pub fn into_delivery(self) -> StoreResult<Delivery> {
+        Ok(Delivery {
+            id: self.id,
+            url: self.url,
+            state: self.state,
+            attempts: serde_json::from_str(&self.attempts)
+                .context("bad delivery attempts in the database")?,
+            next_attempt_at: self.next_attempt_at,
+        })
+    }
+}
+
+/// A due delivery, with `tries`: how many attempts it has had.
+#[derive(sqlx::FromRow)]
+pub(super) struct DueDeliveryRow {
+    id: String,
+    job_id: String,
+    url: String,
+    created_at: String,
+    body: Option<String>,
+    tries: i64,
+}
+
+impl DueDeliveryRow {
+    pub fn into_due(self) -> StoreResult<DueDelivery> {
+        Ok(DueDelivery {
+            id: self.id,
+            job_id: parse_uuid(self.job_id)?,
+            url: self.url,
+            created_at: self.created_at,
+            body: self.body,
+            attempts: self.tries,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct EventRow {
+    id: i64,
+    job_id: String,
+    at: String,
+    kind: String,
+    position: Option<i64>,
+    data: String,
+}
+
+impl EventRow {
+    pub fn into_event(self) -> StoreResult<Event> {
+        Ok(Event {
+            id: self.id,
+            job_id: parse_uuid(self.job_id)?,
+            at: self.at,
+            kind: self.kind,
+            target: self.position,
+            data: serde_json::from_str(&self.data).context("bad event data in the database")?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct AuditRow {
+    id: String,
+    at: String,
+    actor: Option<String>,
+    action: String,
+    outcome: String,
+    job_id: Option<String>,
+    detail: String,
+}
+
+impl AuditRow {
+    pub fn into_event(self) -> StoreResult<AuditEvent> {
+        Ok(AuditEvent {
+            id: parse_uuid(self.id)?,
+            at: self.at,
+            actor: self.actor,
+            action: self.action,
+            outcome: self.outcome,
+            job_id: self.job_id.map(parse_uuid).transpose()?,
+            detail: serde_json::from_str(&self.detail)
+                .context("bad audit detail in the database")?,
+        })
+    }
+}
+
+/// A job from its rows.
+pub(super) fn job_of(
+    job: JobRow,
+    images: Vec<ImageRow>,
+    targets: Vec<TargetRow>,
+    deliveries: Vec<DeliveryRow>,
+) -> StoreResult<Job> {
+    let targets = targets
+        .into_iter()
+        .map(TargetRow::into_target)
+        .collect::<StoreResult<_>>()?;
+    let deliveries = deliveries
+        .into_iter()
+        .map(DeliveryRow::into_delivery)
+        .collect::<StoreResult<_>>()?;
+    let images = images.into_iter().map(ImageRow::into_image).collect();
+    job.into_job(images, targets, deliveries)
+}
+
+/// A page of jobs from the rows of up to `limit + 1` jobs (one more says
+/// there is a next page) and the rows of theirs.
+pub(super) fn page_of(
+    mut jobs: Vec<JobRow>,
+    images: Vec<ImageRow>,
+    targets: Vec<TargetRow>,
+    deliveries: Vec<DeliveryRow>,
+    limit: u32,
+) -> StoreResult<JobPage> {
+    let more = jobs.len() > limit as usize;
+    jobs.truncate(limit as usize);
+    let mut images_by_job: HashMap<String, Vec<ImageRow>> = HashMap::new();
+    for image in images {
+        images_by_job
+            .entry(image.job_id.clone())
+            .or_default()
+            .push(image);
+    }
+    let mut targets_by_job: HashMap<String, Vec<TargetRow>> = HashMap::new();
+    for target in targets {
+        targets_by_job
+            .entry(target.job_id.clone())
+            .or_default()
+            .push(target);
+    }
+    let mut deliveries_by_job: HashMap<String, Vec<DeliveryRow>> = HashMap::new();
+    for delivery in deliveries {
+        deliveries_by_job
+            .entry(delivery.job_id.clone())
+            .or_default()
+            .push(delivery);
+    }
+    let jobs = jobs
+        .into_iter()
+        .map(|job| {
+            let images = images_by_job.remove(&job.id).unwrap_or_default();
+            let targets = targets_by_job.remove(&job.id).unwrap_or_default();
+            let deliveries = deliveries_by_job.remove(&job.id).unwrap_or_default();
+            job_of(job, images, targets, deliveries)
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let next_cursor = if more {
+        jobs.last().map(|job| job.id.to_string())
+    } else {
+        None
+    };
+    Ok(JobPage { jobs, next_cursor })
+}
