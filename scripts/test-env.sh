@@ -12,7 +12,9 @@
 #                  trusts only through /etc/docker/certs.d; no auth
 #       insecure   insecure-registry.publishd.test (192.0.2.11), plain HTTP,
 #                  listed in the `docker` engine's --insecure-registry
-#   - a Podman API service (Debian's podman), when it works here.
+#   - a Podman API service (Debian's podman), when it works here;
+#   - a PostgreSQL server (Debian's postgresql) on 127.0.0.1, trust auth,
+#     whose superuser `publishd` the tests use to make their own databases.
 #
 #   scripts/test-env.sh install    install the Debian packages all this needs
 #                                  (needs the network: run it before the
@@ -44,30 +46,69 @@ token_service=publishd-test-registry
 token_issuer=publishd-test-token-server
 token_server_bin=${CARGO_TARGET_DIR:-$repo/target}/debug/token-server
 
-# command:package pairs; podman is optional at `up` (see start_podman).
+# command:package pairs, or /path/glob:package for what is not on PATH
+# (Debian keeps the PostgreSQL server in /usr/lib/postgresql/VERSION/bin);
+# podman is optional at `up` (see start_podman).
 packages=(dockerd:docker.io docker-registry:docker-registry htpasswd:apache2-utils
   curl:curl python3:python3 openssl:openssl ip:iproute2 podman:podman
   chromium:chromium chromedriver:chromium-driver
-  skopeo:skopeo wrk:wrk sqlite3:sqlite3 debootstrap:debootstrap)
+  skopeo:skopeo wrk:wrk sqlite3:sqlite3 debootstrap:debootstrap
+  '/usr/lib/postgresql/*/bin/initdb:postgresql' psql:postgresql-client)
 
 missing_packages() {
-  local pair
+  local pair what
   for pair in "${packages[@]}"; do
-    command -v "${pair%%:*}" >/dev/null || echo "${pair#*:}"
+    what=${pair%%:*}
+    if [[ "$what" == /* ]]; then
+      compgen -G "$what" >/dev/null || echo "${pair#*:}"
+    else
+      command -v "$what" >/dev/null || echo "${pair#*:}"
+    fi
   done
 }
 
 install() {
   local missing
   mapfile -t missing < <(missing_packages)
-  ((${#missing[@]})) || return 0
-  if [ "$(id -u)" != 0 ]; then
-    echo "missing packages: ${missing[*]} (run as root to install them)" >&2
-    exit 1
+  if ((${#missing[@]})); then
+    if [ "$(id -u)" != 0 ]; then
+      echo "missing packages: ${missing[*]} (run as root to install them)" >&2
+      exit 1
+    fi
+    echo "installing: ${missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  echo "installing: ${missing[*]}" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian's postgresql package makes the `postgres` user; a server
+  # installed another way may come without one. Here, not at `up`: /etc is
+  # the host's inside the namespace too.
+  if ! postgres_user >/dev/null; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "no user to run PostgreSQL as (run as root to make $pg_own_user)" >&2
+      exit 1
+    fi
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin "$pg_own_user"
+  fi
+}
+
+# postgres_bin: the newest server's bin directory (initdb, postgres,
+# pg_isready), which is not on PATH.
+postgres_bin() {
+  local initdb
+  initdb=$(compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n 1)
+  echo "${initdb%/initdb}"
+}
+
+# postgres_user: who runs the server (it refuses root): Debian's
+# `postgres`, else the user `install` makes.
+pg_own_user=publishd-postgres
+postgres_user() {
+  local u
+  for u in postgres "$pg_own_user"; do
+    if id -u "$u" >/dev/null 2>&1; then echo "$u"; return 0; fi
+  done
+  return 1
 }
 
 # up runs without the network: it can only check.
@@ -76,6 +117,10 @@ check_setup() {
   mapfile -t missing < <(missing_packages | grep -vx podman || true)
   if ((${#missing[@]})); then
     echo "missing packages: ${missing[*]}; run scripts/test-env.sh install first" >&2
+    exit 1
+  fi
+  if ! postgres_user >/dev/null; then
+    echo "no user to run PostgreSQL as; run scripts/test-env.sh install first" >&2
     exit 1
   fi
   if ! mountpoint -q /etc/docker || [ "$(resolve "$tls_name")" != 192.0.2.10 ] ||
@@ -256,6 +301,47 @@ check_podman() {
   done
 }
 
+# start_postgres PORT: a PostgreSQL server on 127.0.0.1:PORT with its data,
+# unix socket and log under $dir/postgres, and a superuser `publishd` that
+# any local connection may use without a password (initdb --auth=trust:
+# `local` and `host` on 127.0.0.1/::1). The tests connect as it and make
+# their own databases.
+start_postgres() {
+  local port=$1 bin pg_user p=$dir/postgres
+  bin=$(postgres_bin)
+  pg_user=$(postgres_user)
+  mkdir -p "$p"
+  chown "$pg_user:" "$p"
+  # Not root, and only one capability: CAP_DAC_READ_SEARCH, ambient so that
+  # it survives initdb's and the server's execs. $dir and its parents are
+  # usually root's 0700 mktemp directories, which the user could not pass
+  # through otherwise; this way no directory's mode changes.
+  local as_pg=(setpriv --reuid "$pg_user" --regid "$(id -g "$pg_user")" --init-groups
+    --inh-caps +dac_read_search --ambient-caps +dac_read_search --)
+  "${as_pg[@]}" "$bin/initdb" -D "$p/data" -U publishd --auth=trust \
+    --encoding=UTF8 --no-locale --no-sync >"$p/initdb.log" 2>&1 ||
+    { cat "$p/initdb.log" >&2; exit 1; }
+  # The socket beside the data: the default, /var/run/postgresql, is the
+  # host's. Durability costs time and buys nothing here (the data goes with
+  # $dir): no fsync, no synchronous commit, no full-page writes. Many test
+  # processes, each with its own pool, run at once: 400 connections.
+  cat >>"$p/data/postgresql.conf" <<CONF
+
+# scripts/test-env.sh
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$p'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 400
+CONF
+  "${as_pg[@]}" "$bin/postgres" -D "$p/data" >"$p/log" 2>&1 &
+  echo $! >"$p/pid"
+  wait_for postgres "$bin/pg_isready -q -h 127.0.0.1 -p $port -U publishd -d postgres" $! ||
+    { tail -n 30 "$p/log" >&2; exit 1; }
+}
+
 up() {
   check_setup
   mkdir -p "$dir"
@@ -263,7 +349,7 @@ up() {
 
   make_pki
 
-  local open_port auth_port token_port token_server_port tls_port insecure_port
+  local open_port auth_port token_port token_server_port tls_port insecure_port postgres_port
   local tls_addr insecure_addr
   tls_addr=$(resolve "$tls_name")
   insecure_addr=$(resolve "$insecure_name")
@@ -306,6 +392,9 @@ up() {
   start_podman "127.0.0.1:$open_port" "127.0.0.1:$auth_port" "127.0.0.1:$token_port" \
     "$insecure_name:$insecure_port"
 
+  postgres_port=$(free_port)
+  start_postgres "$postgres_port"
+
   # A docker credential helper the credential tests name in a config: it
   # answers for the auth registry only, like a real helper with one entry.
   mkdir -p "$dir/bin"
@@ -342,6 +431,7 @@ export PUBLISHD_TEST_TLS_REGISTRY=$tls_name:$tls_port
 export PUBLISHD_TEST_CA=$dir/pki/ca.crt
 export PUBLISHD_TEST_CERTS_DIR=/etc/docker/certs.d
 export PUBLISHD_TEST_INSECURE_REGISTRY=$insecure_name:$insecure_port
+export PUBLISHD_TEST_POSTGRES_URL=postgres://publishd@127.0.0.1:$postgres_port/postgres
 $podman_line
 export PUBLISHD_TEST_ENV_DIR=$dir
 export PATH=$dir/bin:\$PATH
@@ -381,8 +471,14 @@ stop_pidfiles() {
 
 down() {
   [ -d "$dir" ] || return 0
+  # SIGTERM is PostgreSQL's smart shutdown, which waits for every client to
+  # leave; SIGQUIT is its immediate one: it ends its backends and exits
+  # without a checkpoint (the data goes next anyway).
+  if [ -f "$dir/postgres/pid" ]; then
+    kill -QUIT "$(cat "$dir/postgres/pid")" 2>/dev/null || true
+  fi
   local name pidfiles=()
-  for name in podman token-server open auth token tls insecure docker empty; do
+  for name in podman token-server open auth token tls insecure docker empty postgres; do
     pidfiles+=("$dir/$name/pid")
   done
   stop_pidfiles "${pidfiles[@]}"
