@@ -67,7 +67,7 @@ impl Application {
                 settings.listen
             );
         }
-        let store = Store::open(&settings.database).await?;
+        let store = Store::open(&settings.database, crate::store::Instance::unbound()).await?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;

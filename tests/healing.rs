@@ -251,6 +251,7 @@ async fn crashed_run(dir: &std::path::Path, repo: &str, source: &str) -> String 
             idempotency_key: None,
             spec_hash: "x".to_owned(),
             submitter: publishd::store::Submitter::anonymous(),
+            engine: None,
         })
         .await
         .unwrap();
@@ -370,6 +371,7 @@ async fn cancels_racing_deferred_targets_and_a_shutdown_leave_every_job_terminal
                 idempotency_key: None,
                 spec_hash: "x".to_owned(),
                 submitter: publishd::store::Submitter::anonymous(),
+                engine: None,
             };
             assert!(matches!(
                 store.create_job(new).await.unwrap(),

@@ -788,6 +788,7 @@ impl Harness {
             idempotency_key: None,
             spec_hash: "h".to_owned(),
             submitter: publishd::store::Submitter::anonymous(),
+            engine: None,
         };
         let Created::New(job) = self.store().create_job(new).await.expect("create_job") else {
             panic!("the job was not created");
@@ -1522,6 +1523,7 @@ fn a_target_put_back_to_wait_for_credentials_after_its_job_was_cancelled_still_e
             idempotency_key: None,
             spec_hash: "h".to_owned(),
             submitter: publishd::store::Submitter::anonymous(),
+            engine: None,
         };
         assert!(matches!(
             store.create_job(new).await.unwrap(),

@@ -118,6 +118,7 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
                 idempotency_key: None,
                 spec_hash: "x".to_owned(),
                 submitter: publishd::store::Submitter::anonymous(),
+                engine: None,
             })
             .await
             .unwrap();

@@ -105,6 +105,7 @@ async fn a_build_that_dies_half_way_is_undone() {
                 idempotency_key: None,
                 spec_hash: "x".to_owned(),
                 submitter: publishd::store::Submitter::anonymous(),
+                engine: None,
             })
             .await
             .unwrap();

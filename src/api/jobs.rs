@@ -175,6 +175,7 @@ async fn prepare(
             required_labels: grant.required_labels,
         },
         plan,
+        engine: None,
     };
     Ok((new, auth))
 }

@@ -25,8 +25,8 @@ use uuid::Uuid;
 pub use audit::{AuditEntry, AuditEvent, AuditPage};
 pub use events::{Delivery, DeliveryAttempt, DeliveryOutcome, DueDelivery, Event};
 pub use model::{
-    AttemptError, ClaimedTarget, Deleted, Job, JobImage, JobPage, QueueCounts, Target,
-    TargetOutcome,
+    AttemptError, ClaimedTarget, Deleted, EngineStatus, InstanceStatus, Job, JobImage, JobPage,
+    QueueCounts, Target, TargetOutcome,
 };
 pub use queue::{Bound, Claim, ClaimLost, Release, Released, TakeOver};
 
@@ -84,6 +84,36 @@ impl std::fmt::Display for Location {
         }
     }
 }
+
+/// This publishd as the store knows it: instances that share a database
+/// coordinate through these records, not through memory.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    /// New at every start: a restarted process is another instance.
+    pub id: Uuid,
+    /// The engine it drives (`--engine-name`): it claims only targets of
+    /// jobs on that engine, and of jobs with registry sources only. `None`
+    /// without an engine (`--docker-host none`).
+    pub engine: Option<String>,
+    /// Where it listens, so that operators can tell instances apart.
+    pub address: String,
+}
+
+impl Instance {
+    /// An instance without an engine, for tools and tests that only read
+    /// and write records.
+    pub fn unbound() -> Instance {
+        Instance {
+            id: Uuid::now_v7(),
+            engine: None,
+            address: String::new(),
+        }
+    }
+}
+
+/// How often an instance says it is alive; one whose heartbeat is three of
+/// these old counts as gone in `GET /api/v1/engines`.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct Store {
@@ -163,6 +193,9 @@ pub struct NewJob {
     pub idempotency_key: Option<String>,
     pub spec_hash: String,
     pub submitter: Submitter,
+    /// The engine its local sources are on; `None` when it has registry
+    /// sources only.
+    pub engine: Option<String>,
 }
 
 /// Who submits a job, and what their scope grants it.
@@ -191,22 +224,89 @@ impl Submitter {
     }
 }
 
+/// The answer of [`Store::engines`], from either database's rows: the
+/// instances with their engines, and per engine its queued and in-flight
+/// targets. Each engine once, by name.
+fn engines_of(
+    instances: Vec<(Option<String>, InstanceStatus)>,
+    targets: Vec<rows::EngineTargetsRow>,
+) -> Vec<EngineStatus> {
+    let mut engines: BTreeMap<Option<String>, EngineStatus> = BTreeMap::new();
+    fn named(name: Option<String>) -> EngineStatus {
+        EngineStatus {
+            name,
+            instances: Vec::new(),
+            queued_targets: 0,
+            in_flight_targets: 0,
+        }
+    }
+    for (name, instance) in instances {
+        let engine = engines.entry(name.clone()).or_insert_with(|| named(name));
+        engine.instances.push(instance);
+    }
+    for row in targets {
+        let name = Some(row.engine);
+        let engine = engines.entry(name.clone()).or_insert_with(|| named(name));
+        engine.queued_targets += row.queued;
+        engine.in_flight_targets += row.in_flight;
+    }
+    let mut engines: Vec<EngineStatus> = engines.into_values().collect();
+    for engine in &mut engines {
+        engine
+            .instances
+            .sort_by(|a, b| a.heartbeat_age_seconds.total_cmp(&b.heartbeat_age_seconds));
+    }
+    engines
+}
+
+/// An instance whose heartbeat is older than this is taken to be gone.
+const LIVE_WITHIN: Duration = Duration::from_secs(3 * HEARTBEAT.as_secs());
+
 /// Statuses of a target a lane is working on, for SQL.
 const IN_FLIGHT: &str = "('tagging', 'pushing', 'untagging')";
 
 impl Store {
-    /// Opens (creating if needed) the database and applies its migrations.
-    pub async fn open(location: &Location) -> StoreResult<Store> {
+    /// Opens (creating if needed) the database, applies its migrations and
+    /// registers `instance` (its first heartbeat).
+    pub async fn open(location: &Location, instance: Instance) -> StoreResult<Store> {
         let backend = match location {
-            Location::Sqlite(path) => Backend::Sqlite(sqlite::SqliteStore::open(path).await?),
+            Location::Sqlite(path) => {
+                Backend::Sqlite(sqlite::SqliteStore::open(path, instance).await?)
+            }
             Location::Postgres(_) => anyhow::bail!("PostgreSQL is not supported yet"),
         };
-        Ok(Store { backend })
+        let store = Store { backend };
+        store.heartbeat().await?;
+        Ok(store)
     }
 
-    /// Opens the SQLite database at `path`.
+    /// Opens the SQLite database at `path` for an instance without an engine.
     pub async fn open_sqlite(path: &Path) -> StoreResult<Store> {
-        Store::open(&Location::Sqlite(path.to_owned())).await
+        Store::open(&Location::Sqlite(path.to_owned()), Instance::unbound()).await
+    }
+
+    /// Whether other instances may share the database: then cancels and
+    /// lease expiries come from them too, and only the database says so.
+    pub fn is_shared(&self) -> bool {
+        match &self.backend {
+            Backend::Sqlite(_) => false,
+        }
+    }
+
+    /// Records that this instance is alive (every [`HEARTBEAT`]).
+    pub async fn heartbeat(&self) -> StoreResult<()> {
+        dispatch!(self, store => store.heartbeat().await)
+    }
+
+    /// Takes this instance's record away: it stopped.
+    pub async fn leave(&self) -> StoreResult<()> {
+        dispatch!(self, store => store.leave().await)
+    }
+
+    /// The engines instances drive or jobs wait for, with their instances
+    /// and targets.
+    pub async fn engines(&self) -> StoreResult<Vec<EngineStatus>> {
+        dispatch!(self, store => store.engines().await)
     }
 
     /// Checks that the database reads and takes writes: a locked database, a
@@ -582,6 +682,7 @@ fn queued_job(new: &NewJob, created_at: String) -> Job {
             })
             .collect(),
         deliveries: Vec::new(),
+        engine: new.engine.clone(),
     }
 }
 

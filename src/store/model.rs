@@ -38,6 +38,9 @@ pub struct Job {
     pub targets: Vec<Target>,
     /// Webhook deliveries of the finished job to `callback_url`.
     pub deliveries: Vec<crate::store::Delivery>,
+    /// The engine the job's local sources are on: only instances that drive
+    /// it publish them. Null when every source is a `docker://` one.
+    pub engine: Option<String>,
 }
 
 /// One image of a job.
@@ -194,4 +197,33 @@ pub struct Deleted {
     pub seeds: u64,
     /// More jobs are past retention than this batch took.
     pub more: bool,
+}
+
+/// An engine that instances drive or that jobs wait for.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EngineStatus {
+    /// The engine's name (an instance's `--engine-name`); null for the
+    /// instances without an engine, which publish registry sources only.
+    pub name: Option<String>,
+    /// The instances that drive it, most recent heartbeat first.
+    pub instances: Vec<InstanceStatus>,
+    /// Targets of jobs on this engine waiting to be claimed.
+    pub queued_targets: i64,
+    /// Targets of jobs on this engine being tagged, pushed or untagged.
+    pub in_flight_targets: i64,
+}
+
+/// One publishd instance working on the database.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct InstanceStatus {
+    /// New at every start of the process.
+    pub id: Uuid,
+    /// Where it listens.
+    pub address: String,
+    #[schema(format = DateTime)]
+    pub started_at: String,
+    /// Seconds since its last heartbeat (it beats every 5 s).
+    pub heartbeat_age_seconds: f64,
+    /// Its heartbeat is recent (under 15 s old): it is taken to be running.
+    pub live: bool,
 }

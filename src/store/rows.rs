@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use anyhow::Context;
 use uuid::Uuid;
 
-use super::StoreResult;
 use super::audit::AuditEvent;
 use super::events::{Delivery, DueDelivery, Event};
-use super::model::{ClaimedTarget, Job, JobImage, JobPage, Target};
+use super::model::{ClaimedTarget, InstanceStatus, Job, JobImage, JobPage, Target};
 use super::queue::Claim;
+use super::{LIVE_WITHIN, StoreResult};
 use crate::domain::naming::RepoMode;
 use crate::domain::publish_via::{PublishVia, PublishedVia};
 use crate::domain::spec::TagStrategy;
@@ -53,6 +53,7 @@ pub(super) struct JobRow {
     submitted_by: String,
     callback_url: Option<String>,
     publish_via: Option<String>,
+    engine: Option<String>,
 }
 
 impl JobRow {
@@ -78,6 +79,7 @@ impl JobRow {
             images,
             targets,
             deliveries,
+            engine: self.engine,
         })
     }
 }
@@ -397,4 +399,35 @@ pub(super) fn page_of(
         None
     };
     Ok(JobPage { jobs, next_cursor })
+}
+
+/// An instance, with the age of its heartbeat on the database's clock.
+#[derive(sqlx::FromRow)]
+pub(super) struct InstanceRow {
+    id: String,
+    engine: Option<String>,
+    address: String,
+    started_at: String,
+    heartbeat_age_seconds: f64,
+}
+
+impl InstanceRow {
+    pub fn into_instance(self) -> StoreResult<(Option<String>, InstanceStatus)> {
+        let status = InstanceStatus {
+            id: parse_uuid(self.id)?,
+            address: self.address,
+            started_at: self.started_at,
+            heartbeat_age_seconds: self.heartbeat_age_seconds.max(0.0),
+            live: self.heartbeat_age_seconds < LIVE_WITHIN.as_secs_f64(),
+        };
+        Ok((self.engine, status))
+    }
+}
+
+/// Targets waiting and under way on one engine.
+#[derive(sqlx::FromRow)]
+pub(super) struct EngineTargetsRow {
+    pub engine: String,
+    pub queued: i64,
+    pub in_flight: i64,
 }

@@ -216,11 +216,14 @@ mod tests {
             idempotency_key: key.map(str::to_owned),
             spec_hash: spec_hash.to_owned(),
             submitter: Submitter::anonymous(),
+            engine: None,
         }
     }
 
     async fn open(dir: &Path) -> Store {
-        Store::open(&dir.join("publishd.db")).await.unwrap()
+        Store::open(&dir.join("publishd.db"), crate::store::Instance::unbound())
+            .await
+            .unwrap()
     }
 
     async fn count(store: &Store, sql: &str) -> i64 {

@@ -28,10 +28,13 @@ use uuid::Uuid;
 use answers::{Answers, Writes};
 use group_commit::{GroupCommit, QueueWrite, Write, Written};
 
-use super::rows::{CLAIMED, ClaimedRow, JobRow, job_of, page_of, parse_enum, parse_uuid};
+use super::rows::{
+    CLAIMED, ClaimedRow, EngineTargetsRow, InstanceRow, JobRow, job_of, page_of, parse_enum,
+    parse_uuid,
+};
 use super::{
-    AuditEntry, Cancelled, ClaimedTarget, Created, IN_FLIGHT, Job, JobPage, NewJob, PageKey,
-    StoreResult, job_state, now, queued_job,
+    AuditEntry, Cancelled, ClaimedTarget, Created, EngineStatus, IN_FLIGHT, Instance, Job, JobPage,
+    NewJob, PageKey, StoreResult, engines_of, job_state, now, queued_job,
 };
 use crate::domain::naming::reference_key;
 use crate::domain::publish_via::PublishVia;
@@ -54,11 +57,12 @@ pub struct SqliteStore {
     _owner: Arc<std::fs::File>,
     /// Leases are measured from here, on a clock that does not jump.
     epoch: Instant,
+    instance: Arc<Instance>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
-    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+    pub async fn open(path: &Path, instance: Instance) -> StoreResult<SqliteStore> {
         let owner = lock_database(path)?;
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
@@ -108,6 +112,7 @@ impl SqliteStore {
             reader,
             _owner: Arc::new(owner),
             epoch: Instant::now(),
+            instance: Arc::new(instance),
         })
     }
 
@@ -124,6 +129,67 @@ impl SqliteStore {
             .await
             .context("writing to the database")?;
         Ok(())
+    }
+
+    pub async fn heartbeat(&self) -> StoreResult<()> {
+        let instance = &self.instance;
+        let now = now();
+        sqlx::query(
+            "INSERT INTO instances (id, engine, address, started_at, heartbeat_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+        )
+        .bind(instance.id.to_string())
+        .bind(&instance.engine)
+        .bind(&instance.address)
+        .bind(&now)
+        .execute(&self.writer)
+        .await
+        .context("recording this instance's heartbeat")?;
+        // One publishd per file: any other record is of a process gone.
+        sqlx::query("DELETE FROM instances WHERE id <> ?")
+            .bind(instance.id.to_string())
+            .execute(&self.writer)
+            .await
+            .context("forgetting instances gone")?;
+        Ok(())
+    }
+
+    pub async fn leave(&self) -> StoreResult<()> {
+        sqlx::query("DELETE FROM instances WHERE id = ?")
+            .bind(self.instance.id.to_string())
+            .execute(&self.writer)
+            .await
+            .context("removing this instance's record")?;
+        Ok(())
+    }
+
+    pub async fn engines(&self) -> StoreResult<Vec<EngineStatus>> {
+        let mut tx = self.reader.begin().await?;
+        let instances: Vec<InstanceRow> = sqlx::query_as(
+            "SELECT id, engine, address, started_at,
+                    (julianday('now') - julianday(heartbeat_at)) * 86400.0 AS heartbeat_age_seconds
+             FROM instances",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .context("listing instances")?;
+        let targets: Vec<EngineTargetsRow> = sqlx::query_as(&format!(
+            "SELECT j.engine AS engine,
+                    sum(t.status = 'pending') AS queued,
+                    sum(t.status IN {IN_FLIGHT}) AS in_flight
+             FROM targets t JOIN jobs j ON j.id = t.job_id
+             WHERE j.engine IS NOT NULL AND (t.status = 'pending' OR t.status IN {IN_FLIGHT})
+             GROUP BY j.engine"
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .context("counting targets by engine")?;
+        let instances = instances
+            .into_iter()
+            .map(InstanceRow::into_instance)
+            .collect::<StoreResult<_>>()?;
+        Ok(engines_of(instances, targets))
     }
 
     /// Records a job and its targets, honouring the idempotency key; answers
@@ -352,8 +418,8 @@ async fn insert_job(
         "INSERT INTO jobs (id, status, repo, repo_mode, force, has_registry_auth,
                            idempotency_key, spec_hash, created_at, submitted_by,
                            use_service_credentials, required_labels, callback_url,
-                           publish_via)
-         VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           publish_via, engine)
+         VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(id.to_string())
     .bind(&new.plan.repo)
@@ -368,6 +434,7 @@ async fn insert_job(
     .bind(serde_json::to_string(&new.submitter.required_labels)?)
     .bind(new.plan.callback.as_ref().map(|callback| &callback.url))
     .bind(new.plan.publish_via.map(PublishVia::as_str))
+    .bind(&new.engine)
     .execute(&mut *conn)
     .await
     .context("inserting the job")?;
@@ -426,7 +493,7 @@ async fn migrate(path: &Path, options: &SqliteConnectOptions) -> StoreResult<()>
             .unwrap_or(0)
     };
     let before = applied().await;
-    sqlx::migrate!("./migrations")
+    sqlx::migrate!("./migrations/sqlite")
         .run(&migrating)
         .await
         .with_context(|| format!("applying migrations to {}", path.display()))?;
@@ -615,6 +682,7 @@ mod tests {
             idempotency_key: None,
             spec_hash: "h".to_owned(),
             submitter: Submitter::anonymous(),
+            engine: None,
         };
         store.create_job(new).await.unwrap();
         store
@@ -638,6 +706,7 @@ mod tests {
             idempotency_key: None,
             spec_hash: "h2".to_owned(),
             submitter: Submitter::anonymous(),
+            engine: None,
         };
         let refused = store.create_job(new(2)).await.unwrap();
         assert!(matches!(refused, Created::Overloaded { pending: 2 }));
@@ -662,6 +731,7 @@ mod tests {
             idempotency_key: None,
             spec_hash: "h".to_owned(),
             submitter: Submitter::anonymous(),
+            engine: None,
         };
         assert!(matches!(
             store.create_job(new).await.unwrap(),
@@ -715,7 +785,7 @@ mod tests {
         let old_migrations = dir.path().join("old-migrations");
         std::fs::create_dir(&old_migrations).unwrap();
         let mut files: Vec<_> =
-            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
                 .unwrap()
                 .map(|entry| entry.unwrap().path())
                 .collect();
@@ -793,6 +863,7 @@ mod tests {
             idempotency_key: Some("key-1".to_owned()),
             spec_hash: "h".to_owned(),
             submitter,
+            engine: None,
         };
         assert!(matches!(
             store.create_job(new(Submitter::anonymous())).await.unwrap(),
