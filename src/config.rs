@@ -34,6 +34,12 @@ pub struct ServeArgs {
     /// socket), or `none` to publish registry sources (`docker://`) only.
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
+    /// The name jobs give for this instance's engine (`"engine"`): only
+    /// instances that drive an engine claim its jobs' targets. Default: the
+    /// engine's own name (`docker info`'s Name, its host's name). Instances
+    /// that drive one engine must give it the same name.
+    #[arg(long, env = "PUBLISHD_ENGINE_NAME")]
+    pub engine_name: Option<String>,
     /// Directory holding the docker config.json with registry credentials
     /// (default: ~/.docker).
     #[arg(long, env = "DOCKER_CONFIG")]
@@ -102,6 +108,12 @@ pub struct ServeArgs {
     /// process died) before it is failed as a dead letter.
     #[arg(long, env = "PUBLISHD_MAX_TARGET_RUNS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_target_runs: u32,
+    /// Seconds a claim on a target holds without renewal (a running target
+    /// renews it every third of this). With several instances, how long
+    /// the targets of one that died wait before another on the same engine
+    /// takes them over.
+    #[arg(long, env = "PUBLISHD_LEASE", default_value_t = DEFAULT_LEASE.as_secs(), value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub lease: u64,
     /// After a restart, how long targets of jobs that brought their own
     /// registry credentials wait for the pipeline to resubmit them (the
     /// credentials are never stored), in seconds; then they fail.
@@ -168,6 +180,7 @@ pub struct Settings {
     pub database: Location,
     pub workers: usize,
     pub docker_host: Option<String>,
+    pub engine_name: Option<String>,
     pub docker_config: PathBuf,
     pub docker_certs_dir: PathBuf,
     pub tag_method: TagMethod,
@@ -220,6 +233,7 @@ impl Settings {
             database: args.database,
             workers: usize::from(args.workers),
             docker_host: args.docker_host,
+            engine_name: args.engine_name,
             docker_config,
             docker_certs_dir: args.docker_certs_dir,
             tag_method: args.tag_method,
@@ -237,7 +251,7 @@ impl Settings {
             max_queued_targets: args.max_queued_targets,
             max_target_runs: args.max_target_runs,
             credential_wait: Duration::from_secs(args.credential_wait),
-            lease: DEFAULT_LEASE,
+            lease: Duration::from_secs(args.lease),
             max_connections: args.max_connections as usize,
             header_read_timeout: Duration::from_secs(args.header_read_timeout),
             retry: RetryPolicy {

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -17,7 +18,7 @@ use crate::engine::{DockerEngine, Engine, NoEngine};
 use crate::metrics::Metrics;
 use crate::progress::ProgressHub;
 use crate::registry::{HttpRegistry, Registry};
-use crate::store::{AuditEntry, Store};
+use crate::store::{AuditEntry, HEARTBEAT, Instance, Store};
 use crate::webhooks::Webhooks;
 use crate::worker::{Cancellations, WorkerContext, WorkerPool};
 
@@ -67,10 +68,23 @@ impl Application {
                 settings.listen
             );
         }
-        let store = Store::open(&settings.database, crate::store::Instance::unbound()).await?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("listening on {}", settings.listen))?;
+        let instance = Instance {
+            id: uuid::Uuid::now_v7(),
+            engine: engine_name(&settings, engine.as_deref()).await,
+            address: listener.local_addr()?.to_string(),
+        };
+        tracing::info!(
+            instance = %instance.id,
+            engine = instance.engine.as_deref().unwrap_or("(none)"),
+            database = %settings.database,
+            "opening the store"
+        );
+        let store = Store::open(&settings.database, instance.clone())
+            .await
+            .with_context(|| format!("opening the database {}", settings.database))?;
         let cancellations = Cancellations::default();
         let wake = Arc::new(Notify::new());
         let job_credentials = JobCredentials::default();
@@ -88,6 +102,7 @@ impl Application {
         );
         let router = api::router(AppState {
             store: store.clone(),
+            instance: Arc::new(instance),
             engine: engine.clone(),
             source_ids: SourceIds::default(),
             registry: registry.clone(),
@@ -161,8 +176,13 @@ impl Application {
             tokio::spawn(webhooks.run(stopping.clone()))
         });
         let retention = self.settings.retention.map(|retention| {
-            tokio::spawn(crate::retention::run(store, retention, stopping.clone()))
+            tokio::spawn(crate::retention::run(
+                store.clone(),
+                retention,
+                stopping.clone(),
+            ))
         });
+        let heartbeat = tokio::spawn(heartbeat(store.clone(), stopping.clone()));
         let pool = WorkerPool::start(self.context, self.settings.workers, self.wake);
         let trigger = stopping.clone();
         tokio::spawn(async move {
@@ -204,7 +224,64 @@ impl Application {
         for task in webhooks.into_iter().chain(retention) {
             let _ = task.await;
         }
+        let _ = heartbeat.await;
+        // Gone from `GET /api/v1/engines` at once, not after its heartbeat ages.
+        if let Err(error) = store.leave().await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "removing this instance's record"
+            );
+        }
         served.context("serving HTTP")
+    }
+}
+
+/// The name of the engine this instance drives: `--engine-name`, else the
+/// engine's own (`/info` Name), else, when the engine does not answer at
+/// start, this host's name (the engine's, for a local socket). `None`
+/// without an engine.
+async fn engine_name(settings: &Settings, engine: Option<&dyn Engine>) -> Option<String> {
+    let engine = engine?;
+    if let Some(name) = &settings.engine_name {
+        return Some(name.clone());
+    }
+    let described = tokio::time::timeout(Duration::from_secs(5), engine.describe()).await;
+    match described {
+        Ok(Ok(description)) if !description.name.is_empty() => Some(description.name),
+        outcome => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_else(|_| "localhost".to_owned());
+            let why = match outcome {
+                Ok(Err(error)) => error.to_string(),
+                Ok(Ok(_)) => "it has no name".to_owned(),
+                Err(_) => "it did not answer within 5 s".to_owned(),
+            };
+            tracing::warn!(
+                engine_name = %host,
+                reason = %why,
+                "naming the engine after this host: its /info could not say its name; \
+                 give --engine-name to choose"
+            );
+            Some(host)
+        }
+    }
+}
+
+/// Says every [`HEARTBEAT`] that this instance is alive, until it stops.
+async fn heartbeat(store: Store, stopping: CancellationToken) {
+    let mut tick = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            _ = stopping.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = store.heartbeat().await {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "recording this instance's heartbeat"
+            );
+        }
     }
 }
 

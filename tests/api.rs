@@ -301,10 +301,25 @@ async fn probes_answer() {
     let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 200);
     let ready: Value = ready.json().await.unwrap();
+    let kind = if support::postgres_store() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    // The engine's own name: dockerd's /info Name.
+    let engine_name = ready["engine_name"].as_str().unwrap_or_default().to_owned();
+    assert!(!engine_name.is_empty(), "{ready:#}");
     assert_eq!(
         ready,
-        json!({"status": "ready", "database": "ok", "engine": "ok"})
+        json!({"status": "ready", "database": "ok", "engine": "ok",
+               "database_kind": kind, "engine_name": engine_name})
     );
+    let engines: Value = app.get("/api/v1/engines").await.json().await.unwrap();
+    assert_eq!(engines["this_instance_engine"], json!(engine_name));
+    let engines = engines["engines"].as_array().unwrap();
+    assert_eq!(engines.len(), 1, "{engines:#?}");
+    assert_eq!(engines[0]["name"], json!(engine_name));
+    assert_eq!(engines[0]["instances"][0]["live"], true);
 }
 
 #[tokio::test]

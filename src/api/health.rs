@@ -43,6 +43,11 @@ pub struct Readiness {
     /// `ok`, or why the docker engine cannot be used; `none` when publishd
     /// runs without one (`--docker-host none`).
     engine: String,
+    /// `sqlite` or `postgres`.
+    database_kind: String,
+    /// The name of the engine this instance drives (`--engine-name`); null
+    /// without one.
+    engine_name: Option<String>,
 }
 
 /// What readiness says of the engine of a publishd without one.
@@ -52,7 +57,7 @@ const NOT_PROBED: &str = "none";
 #[derive(Default)]
 pub struct ReadinessCache(tokio::sync::Mutex<Option<(Instant, Readiness)>>);
 
-/// SQLite and the Docker engine both answer (checked at most once a second;
+/// The database and the Docker engine both answer (checked at most once a second;
 /// probes in between get the last report).
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
@@ -99,6 +104,8 @@ async fn check(state: &AppState) -> Readiness {
         status: if ready { "ready" } else { "unavailable" }.to_owned(),
         database,
         engine,
+        database_kind: state.store.kind().to_owned(),
+        engine_name: state.instance.engine.clone(),
     }
 }
 

@@ -19,6 +19,8 @@ use super::sources::resolve_sources;
 use crate::credentials::RegistryAuth;
 use crate::domain::access::{Principal, check_submission};
 use crate::domain::naming::registry_host;
+use crate::domain::source::RegistrySource;
+use crate::domain::spec::Plan;
 use crate::domain::spec::{JobSpec, RegistryAuthSpec, plan};
 use crate::domain::status::JobStatus;
 use crate::store::{AuditEntry, Cancelled, Created, Job, JobPage, NewJob, Submitter};
@@ -159,7 +161,9 @@ async fn prepare(
         .registry_auth
         .as_ref()
         .map(|auth| registry_auth(&plan.repo, auth));
-    let sources = resolve_sources(state, &plan, &grant, auth.as_ref()).await?;
+    let engine = job_engine(state, &body.value, &plan).await?;
+    let on_this_engine = engine == state.instance.engine;
+    let sources = resolve_sources(state, &plan, &grant, auth.as_ref(), on_this_engine).await?;
     plan.resolve_sources(&sources);
     let new = NewJob {
         id: Uuid::now_v7(),
@@ -175,9 +179,70 @@ async fn prepare(
             required_labels: grant.required_labels,
         },
         plan,
-        engine: None,
+        engine,
     };
     Ok((new, auth))
+}
+
+/// The engine a job's local sources are on: the one it names, which an
+/// instance must drive, or, when it names none, the only one driven. `None`
+/// when its sources are all `docker://` (any instance publishes those), or
+/// when no engine is driven at all (the local sources are then refused).
+async fn job_engine(
+    state: &AppState,
+    spec: &JobSpec,
+    plan: &Plan,
+) -> Result<Option<String>, ApiError> {
+    let local = plan
+        .images
+        .iter()
+        .any(|image| RegistrySource::parse(&image.source).is_none());
+    if !local {
+        return Ok(None);
+    }
+    let mine = &state.instance.engine;
+    if spec.engine.is_some() && spec.engine == *mine {
+        return Ok(mine.clone());
+    }
+    // Only a shared database has other instances, and so other engines.
+    let driven: Vec<String> = if state.store.is_shared() {
+        state
+            .store
+            .engines()
+            .await?
+            .into_iter()
+            .filter(|engine| engine.instances.iter().any(|instance| instance.live))
+            .filter_map(|engine| engine.name)
+            .collect()
+    } else {
+        mine.iter().cloned().collect()
+    };
+    match (&spec.engine, driven.as_slice()) {
+        (Some(name), _) if driven.contains(name) => Ok(Some(name.clone())),
+        (Some(name), _) => Err(ApiError::invalid(
+            "engine",
+            format!(
+                "no running instance drives an engine named {name:?}; the engines driven are: {}",
+                names(&driven)
+            ),
+        )),
+        (None, []) => Ok(mine.clone()),
+        (None, [only]) => Ok(Some(only.clone())),
+        (None, several) => Err(ApiError::invalid(
+            "engine",
+            format!(
+                "several engines are driven ({}): name the one the local sources are on",
+                names(several)
+            ),
+        )),
+    }
+}
+
+fn names(engines: &[String]) -> String {
+    if engines.is_empty() {
+        return "none".to_owned();
+    }
+    engines.join(", ")
 }
 
 /// The answer to a submission the store found already made. A resubmission

@@ -5,6 +5,7 @@
 mod audit;
 mod auth;
 mod docs;
+mod engines;
 pub mod error;
 mod events;
 mod extract;
@@ -42,7 +43,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::progress::ProgressHub;
 use crate::registry::Registry;
-use crate::store::Store;
+use crate::store::{Instance, Store};
 use crate::worker::Cancellations;
 use error::{ApiError, InternalErrorDetail};
 pub use source_ids::SourceIds;
@@ -51,6 +52,8 @@ pub use source_ids::SourceIds;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// This instance: its engine decides which jobs' sources it looks up.
+    pub instance: Arc<Instance>,
     /// `None` with `--docker-host none`: registry sources only.
     pub engine: Option<Arc<dyn Engine>>,
     /// Submissions' source lookups on the engine, shared by concurrent
@@ -91,6 +94,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
         description = "werf-style image publishing (tag with meta labels, push, untag) as a durable HTTP service."
     ),
     tags((name = "jobs", description = "Publish jobs"), (name = "audit", description = "Who did what"),
+         (name = "engines", description = "The engines and instances sharing the database"),
          (name = "health", description = "Probes")),
     modifiers(&BearerScheme)
 )]
@@ -117,6 +121,7 @@ fn parts() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(events::job_events))
         .routes(routes!(audit::list_audit))
+        .routes(routes!(engines::list_engines))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))

@@ -28,11 +28,16 @@ const SOURCE_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Each image's source as far as it can be said now (`None`: at its first
 /// claim). `job_auth` is the job's own credentials, for its repo's registry.
+///
+/// Local sources are looked up only when the job is on this instance's
+/// engine (`on_this_engine`); another engine's are looked up by the instance
+/// that claims their first target.
 pub async fn resolve_sources(
     state: &AppState,
     plan: &Plan,
     grant: &Grant,
     job_auth: Option<&RegistryAuth>,
+    on_this_engine: bool,
 ) -> Result<Vec<Option<ResolvedSource>>, ApiError> {
     let lookups = plan
         .images
@@ -45,7 +50,8 @@ pub async fn resolve_sources(
                     resolve_in_registry(state, plan, grant, job_auth, image, &source, &field).await
                 }
                 Some(Err(message)) => Err(ApiError::invalid(field, message)),
-                None => resolve_on_engine(state, grant, image, &field).await,
+                None if on_this_engine => resolve_on_engine(state, grant, image, &field).await,
+                None => Ok(None),
             }
         });
     join_all(lookups).await.into_iter().collect()

@@ -46,6 +46,13 @@ pub struct JobSpec {
     #[serde(default)]
     #[schema(example = "https://ci.example.com/hooks/publishd")]
     pub callback_url: Option<String>,
+    /// The engine the local sources are on, by the name its instances give
+    /// it (`GET /api/v1/engines`): only instances that drive it publish the
+    /// job. May be left out when one engine is driven, and is not needed
+    /// when every source is `docker://`.
+    #[serde(default)]
+    #[schema(example = "ci-runner-7")]
+    pub engine: Option<String>,
 }
 
 /// Per-job registry credentials: a username and password, or an identity token.

@@ -120,6 +120,9 @@ impl RegistrySettings {
 /// Everything publishd reads from the engine about the engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineDescription {
+    /// The engine's own name (`/info` Name: its host's name): what an
+    /// instance names its engine by unless `--engine-name` says otherwise.
+    pub name: String,
     pub product: EngineProduct,
     pub api_version: String,
     pub image_store: ImageStore,
@@ -151,6 +154,8 @@ pub struct Component {
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct InfoReport {
+    #[serde(default)]
+    pub name: String,
     #[serde(default)]
     pub driver_status: Option<Vec<Vec<String>>>,
     #[serde(default)]
@@ -220,6 +225,7 @@ impl EngineDescription {
             None => RegistrySettings::default(),
         };
         EngineDescription {
+            name: info.name.clone(),
             product,
             api_version: version.api_version.clone(),
             image_store,

@@ -57,6 +57,14 @@ impl Location {
             Location::Sqlite(PathBuf::from(text))
         }
     }
+
+    /// As `--database` takes it.
+    pub fn to_argument(&self) -> std::ffi::OsString {
+        match self {
+            Location::Sqlite(path) => path.clone().into_os_string(),
+            Location::Postgres(url) => url.into(),
+        }
+    }
 }
 
 impl std::str::FromStr for Location {
@@ -290,6 +298,13 @@ impl Store {
     pub fn is_shared(&self) -> bool {
         match &self.backend {
             Backend::Sqlite(_) => false,
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
         }
     }
 

@@ -266,12 +266,48 @@ async fn process(ctx: &WorkerContext, target: ClaimedTarget, stop: &Cancellation
             stop,
             lease_lost: &lease_lost,
         };
+        // On a shared database the cancel may come through another
+        // instance: only the database says so.
+        let watcher = ctx.store.is_shared().then(|| {
+            tokio::spawn(watch_for_cancel(
+                ctx.store.clone(),
+                target.job_id,
+                guard.token().clone(),
+            ))
+        });
         let run = procedure::run(ctx, &target, signals);
         let finish = keep_lease(ctx, &target.claim, &lease_lost, run).await;
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
         conclude_run(ctx, &target, finish).await;
     }
     .instrument(span)
     .await
+}
+
+/// How often a running target's job is checked for a cancel made through
+/// another instance: the bound on how late such a cancel is seen.
+const CANCEL_POLL: Duration = Duration::from_secs(1);
+
+/// Cancels `cancel` once the job's cancel is recorded.
+async fn watch_for_cancel(store: Store, job_id: uuid::Uuid, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(CANCEL_POLL);
+    loop {
+        tick.tick().await;
+        match store.cancel_requested(job_id).await {
+            Ok(true) => {
+                info!("cancelled through another instance");
+                cancel.cancel();
+                return;
+            }
+            Ok(false) => {}
+            Err(error) => warn!(
+                error = format!("{error:#}"),
+                "reading the job's cancel flag"
+            ),
+        }
+    }
 }
 
 /// Drives `run` while renewing the claim's lease. A renewal that fails (the

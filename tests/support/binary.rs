@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
+use publishd::store::Location;
+
 use super::TestEnv;
 
 pub struct Server {
@@ -36,11 +38,31 @@ impl Server {
     /// `start` on `port`: where a client that saw the previous server will
     /// look for it again. Answers once the server is healthy.
     pub async fn start_on(port: u16, dir: &Path, round: usize, env: &[(&str, &str)]) -> Server {
+        Self::launch(port, dir, round, &super::test_database(dir), env).await
+    }
+
+    /// `start` on `database`, which other servers share.
+    pub async fn start_shared(
+        dir: &Path,
+        round: usize,
+        database: &Location,
+        env: &[(&str, &str)],
+    ) -> Server {
+        Self::launch(free_port(), dir, round, database, env).await
+    }
+
+    async fn launch(
+        port: u16,
+        dir: &Path,
+        round: usize,
+        database: &Location,
+        env: &[(&str, &str)],
+    ) -> Server {
         let log = std::fs::File::create(dir.join(format!("serve-{round}.log"))).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_publishd"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .arg("--database")
-            .arg(dir.join("publishd.db"))
+            .arg(database.to_argument())
             .arg("--docker-config")
             .arg(dir.join("docker-config"))
             .env("DOCKER_HOST", TestEnv::get().docker_host)

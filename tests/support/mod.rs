@@ -10,6 +10,7 @@ pub mod fault_proxy;
 pub mod hostile_registry;
 pub mod procs;
 pub mod registry;
+pub mod tcp_cut;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use publishd::domain::retry::RetryPolicy;
 use publishd::domain::spec::Limits;
 use publishd::engine::{Engine, TagMethod};
 use publishd::startup::Application;
+use publishd::store::Location;
 use publishd::worker::StepTimeouts;
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -116,13 +118,61 @@ pub fn test_tag_method() -> TagMethod {
         .unwrap_or_default()
 }
 
+/// The store the tests run on: SQLite, unless the test script runs a group
+/// again with `PUBLISHD_TEST_STORE=postgres`.
+pub fn postgres_store() -> bool {
+    match std::env::var("PUBLISHD_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("PUBLISHD_TEST_STORE is sqlite or postgres, not {other:?}"),
+    }
+}
+
+/// The database of the instances that run on `dir`: a SQLite file in it,
+/// or on PostgreSQL a database made for `dir` the first time (its URL kept
+/// in `dir/postgres-url`, so that a restart on `dir` finds its jobs).
+pub fn test_database(dir: &std::path::Path) -> Location {
+    if !postgres_store() {
+        return Location::Sqlite(dir.join("publishd.db"));
+    }
+    let kept = dir.join("postgres-url");
+    if let Ok(url) = std::fs::read_to_string(&kept) {
+        return Location::Postgres(url);
+    }
+    let url = new_postgres_database();
+    std::fs::write(&kept, &url).expect("keeping the database's URL");
+    Location::Postgres(url)
+}
+
+/// A new, empty database on the test PostgreSQL; answers its URL.
+pub fn new_postgres_database() -> String {
+    let admin = std::env::var("PUBLISHD_TEST_POSTGRES_URL")
+        .expect("PUBLISHD_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh");
+    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let made = std::process::Command::new("psql")
+        .args([&admin, "-q", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!("CREATE DATABASE {name}"))
+        .output()
+        .expect("psql runs");
+    assert!(
+        made.status.success(),
+        "creating a test database: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("the admin URL names a database");
+    format!("{base}/{name}")
+}
+
 /// Settings for a test instance: port 0, its own database and docker config.
 pub fn test_settings(dir: &std::path::Path) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        database: publishd::store::Location::Sqlite(dir.join("publishd.db")),
+        database: test_database(dir),
         workers: 2,
         docker_host: Some(TestEnv::get().docker_host),
+        engine_name: None,
         docker_config: dir.join("docker-config"),
         docker_certs_dir: TestEnv::get().certs_dir,
         tag_method: test_tag_method(),

@@ -38,7 +38,11 @@ pub(super) type AuditOf = Box<dyn FnOnce(&Created) -> AuditEntry + Send>;
 
 /// One request to the writer task.
 pub(super) enum Write {
-    Job { new: NewJob, audit: Option<AuditOf> },
+    // Boxed: a job is far larger than the other writes.
+    Job {
+        new: Box<NewJob>,
+        audit: Option<AuditOf>,
+    },
     Audit(AuditEntry),
     Queue(QueueWrite),
 }

@@ -196,7 +196,14 @@ impl SqliteStore {
     /// once the transaction that holds it has committed (with others: see
     /// `group_commit.rs`).
     pub async fn create_job(&self, new: NewJob) -> StoreResult<Created> {
-        match self.batches.write(Write::Job { new, audit: None }).await? {
+        match self
+            .batches
+            .write(Write::Job {
+                new: Box::new(new),
+                audit: None,
+            })
+            .await?
+        {
             Written::Job(written) => Ok(written.0),
             Written::Audited | Written::Queue(_) => unreachable!("a job's write answers a job"),
         }
@@ -234,7 +241,7 @@ impl SqliteStore {
         audit: impl FnOnce(&Created) -> AuditEntry + Send + 'static,
     ) -> StoreResult<(Created, AuditEntry)> {
         let write = Write::Job {
-            new,
+            new: Box::new(new),
             audit: Some(Box::new(audit)),
         };
         match self.batches.write(write).await? {
