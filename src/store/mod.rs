@@ -16,6 +16,8 @@ mod postgres;
 mod queue;
 mod rows;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
