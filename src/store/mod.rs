@@ -12,9 +12,12 @@
 mod audit;
 mod events;
 pub mod model;
+mod postgres;
 mod queue;
 mod rows;
 mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -131,6 +134,7 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 /// Calls the same method on whichever store this is.
@@ -138,6 +142,7 @@ macro_rules! dispatch {
     ($self:ident, $store:ident => $call:expr) => {
         match &$self.backend {
             Backend::Sqlite($store) => $call,
+            Backend::Postgres($store) => $call,
         }
     };
 }
@@ -281,7 +286,9 @@ impl Store {
             Location::Sqlite(path) => {
                 Backend::Sqlite(sqlite::SqliteStore::open(path, instance).await?)
             }
-            Location::Postgres(_) => anyhow::bail!("PostgreSQL is not supported yet"),
+            Location::Postgres(url) => {
+                Backend::Postgres(postgres::PgStore::open(url, instance).await?)
+            }
         };
         let store = Store { backend };
         store.heartbeat().await?;
@@ -298,6 +305,7 @@ impl Store {
     pub fn is_shared(&self) -> bool {
         match &self.backend {
             Backend::Sqlite(_) => false,
+            Backend::Postgres(_) => true,
         }
     }
 
@@ -500,12 +508,15 @@ impl Store {
     }
 
     /// Targets that, at start-up, are known to belong to a process that
-    /// died (and whose engine this instance drives).
+    /// died (and whose engine this instance drives). On a shared database
+    /// none: another instance may be running them; their leases tell.
     pub async fn in_flight_targets(&self) -> StoreResult<Vec<i64>> {
         dispatch!(self, store => store.in_flight_targets().await)
     }
 
-    /// Claims whose lease ran out: (target id, claim token).
+    /// Claims whose lease ran out: (target id, claim token). On a shared
+    /// database, on its clock, and only of jobs on this instance's engine
+    /// (or on none).
     pub async fn expired_leases(&self) -> StoreResult<Vec<(i64, String)>> {
         dispatch!(self, store => store.expired_leases().await)
     }
@@ -561,7 +572,9 @@ impl Store {
         dispatch!(self, store => store.last_event_of(job_id).await)
     }
 
-    /// Deliveries whose next attempt is due, oldest first.
+    /// Deliveries whose next attempt is due, oldest first. On a shared
+    /// database they are taken for this instance: no other is handed them
+    /// until the attempt is recorded (or a minute has passed).
     pub async fn due_deliveries(&self, limit: u32) -> StoreResult<Vec<DueDelivery>> {
         dispatch!(self, store => store.due_deliveries(limit).await)
     }

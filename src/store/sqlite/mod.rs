@@ -663,123 +663,15 @@ async fn load_job(conn: &mut sqlx::SqliteConnection, id: Uuid) -> StoreResult<Op
     job_of(job, images, targets, deliveries).map(Some)
 }
 
+/// The SQLite store's own: migrations from old schemas and the lock file.
+/// What both stores do is tested in `store/tests.rs`.
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::publish_via::PublishedVia;
     use crate::domain::spec::{JobSpec, Limits, plan};
-    use crate::store::{ClaimLost, Release, Released, Store, Submitter, TakeOver, TargetOutcome};
+    use crate::store::{Store, Submitter};
 
     const LEASE: Duration = Duration::from_secs(30);
-
-    async fn store_with_a_job(dir: &Path) -> Store {
-        let store = Store::open_sqlite(&dir.join("publishd.db")).await.unwrap();
-        let spec: JobSpec = serde_json::from_value(serde_json::json!({
-            "repo": "127.0.0.1:5000/a",
-            "images": [{"name": "app", "source": "src:1"}],
-            "tags": [{"strategy": "custom", "value": "v1"}, {"strategy": "custom", "value": "v2"}]
-        }))
-        .unwrap();
-        let plan = plan(&spec, Limits::default()).unwrap();
-        let new = NewJob {
-            id: Uuid::now_v7(),
-            plan: plan.clone(),
-            max_pending: 100,
-            has_registry_auth: false,
-            idempotency_key: None,
-            spec_hash: "h".to_owned(),
-            submitter: Submitter::anonymous(),
-            engine: None,
-        };
-        store.create_job(new).await.unwrap();
-        store
-    }
-
-    #[tokio::test]
-    async fn a_job_past_the_queue_limit_is_refused_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_a_job(dir.path()).await;
-        let spec: JobSpec = serde_json::from_value(serde_json::json!({
-            "repo": "127.0.0.1:5000/a", "images": [{"name": "app", "source": "src:1"}],
-            "tags": [{"strategy": "custom", "value": "v3"}]
-        }))
-        .unwrap();
-        let plan = plan(&spec, Limits::default()).unwrap();
-        let new = |max_pending| NewJob {
-            id: Uuid::now_v7(),
-            plan: plan.clone(),
-            max_pending,
-            has_registry_auth: false,
-            idempotency_key: None,
-            spec_hash: "h2".to_owned(),
-            submitter: Submitter::anonymous(),
-            engine: None,
-        };
-        let refused = store.create_job(new(2)).await.unwrap();
-        assert!(matches!(refused, Created::Overloaded { pending: 2 }));
-        assert!(matches!(
-            store.create_job(new(3)).await.unwrap(),
-            Created::New(_)
-        ));
-    }
-
-    async fn queue(store: &Store, repo: &str) {
-        let spec: JobSpec = serde_json::from_value(serde_json::json!({
-            "repo": repo, "images": [{"source": "src:1"}],
-            "tags": [{"strategy": "custom", "value": "v1"}]
-        }))
-        .unwrap();
-        let plan = plan(&spec, Limits::default()).unwrap();
-        let new = NewJob {
-            id: Uuid::now_v7(),
-            plan: plan.clone(),
-            max_pending: 100,
-            has_registry_auth: false,
-            idempotency_key: None,
-            spec_hash: "h".to_owned(),
-            submitter: Submitter::anonymous(),
-            engine: None,
-        };
-        assert!(matches!(
-            store.create_job(new).await.unwrap(),
-            Created::New(_)
-        ));
-    }
-
-    #[tokio::test]
-    async fn spellings_of_one_reference_never_run_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("publishd.db"))
-            .await
-            .unwrap();
-        // `foo:v1`, `docker.io/library/foo:v1`, `index.docker.io/library/foo:v1`.
-        for repo in [
-            "foo",
-            "docker.io/library/foo",
-            "index.docker.io/library/foo",
-        ] {
-            queue(&store, repo).await;
-        }
-        let first = store.claim_target(LEASE).await.unwrap().unwrap();
-        assert_eq!(first.reference.as_deref(), Some("foo:v1"));
-        assert!(
-            store.claim_target(LEASE).await.unwrap().is_none(),
-            "another spelling of foo:v1 was claimed while it was in flight"
-        );
-        let outcome = TargetOutcome::Failed {
-            error: "x".to_owned(),
-        };
-        store
-            .finish_target(&first.claim, &outcome, &[])
-            .await
-            .unwrap();
-        let second = store.claim_target(LEASE).await.unwrap().unwrap();
-        assert_eq!(
-            second.reference.as_deref(),
-            Some("docker.io/library/foo:v1")
-        );
-        assert!(store.claim_target(LEASE).await.unwrap().is_none());
-    }
 
     /// A database written before jobs had owners keeps its jobs, their
     /// idempotency keys and their targets through the migration that
@@ -891,25 +783,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reads_kept_between_writes_are_never_older_than_the_database() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_a_job(dir.path()).await;
-        let page = store.list_jobs(None, None, 10, None).await.unwrap();
-        let id = page.jobs[0].id;
-        let before = store.get_job(id).await.unwrap().unwrap();
-        assert_eq!(before.targets[0].status, TargetStatus::Pending);
-        // Read again with nothing written: the kept answers.
-        assert_eq!(store.get_job(id).await.unwrap().unwrap().targets.len(), 2);
-        store.claim_target(LEASE).await.unwrap().unwrap();
-        let after = store.get_job(id).await.unwrap().unwrap();
-        assert_eq!(after.status, JobStatus::Running);
-        queue(&store, "127.0.0.1:5000/b").await;
-        let page = store.list_jobs(None, None, 10, None).await.unwrap();
-        assert_eq!(page.jobs.len(), 2);
-        assert_eq!(page.jobs[1].status, JobStatus::Running);
-    }
-
-    #[tokio::test]
     async fn one_process_per_database() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(&dir.path().join("publishd.db"))
@@ -927,127 +800,5 @@ mod tests {
         Store::open_sqlite(&dir.path().join("publishd.db"))
             .await
             .expect("free again");
-    }
-
-    #[tokio::test]
-    async fn leases_expire_on_the_stores_clock_and_lost_claims_write_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_a_job(dir.path()).await;
-        let first = store.claim_target(Duration::ZERO).await.unwrap().unwrap();
-        let second = store.claim_target(LEASE).await.unwrap().unwrap();
-        assert_ne!(first.id, second.id);
-        assert!(store.claim_target(LEASE).await.unwrap().is_none());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(
-            store.expired_leases().await.unwrap(),
-            vec![(first.id, first.claim.token.clone())]
-        );
-        assert!(store.renew_lease(&second.claim, LEASE).await.unwrap());
-
-        // Recovery takes the expired claim over: the old run is fenced out.
-        let recovery = store
-            .take_over(
-                first.id,
-                TakeOver::Expired {
-                    token: &first.claim.token,
-                },
-                LEASE,
-            )
-            .await
-            .unwrap()
-            .expect("expired claim taken over");
-        assert!(!store.renew_lease(&first.claim, LEASE).await.unwrap());
-        let stale = store
-            .set_step(&first.claim, TargetStatus::Pushing)
-            .await
-            .unwrap_err();
-        assert!(ClaimLost::is(&stale), "{stale:#}");
-        let outcome = TargetOutcome::Succeeded {
-            digest: "sha256:stale".to_owned(),
-            up_to_date: false,
-            published_via: Some(PublishedVia::Engine),
-        };
-        assert!(ClaimLost::is(
-            &store
-                .finish_target(&first.claim, &outcome, &[])
-                .await
-                .unwrap_err()
-        ));
-        // A live claim is not taken over as expired.
-        assert!(
-            store
-                .take_over(
-                    second.id,
-                    TakeOver::Expired {
-                        token: &second.claim.token
-                    },
-                    LEASE
-                )
-                .await
-                .unwrap()
-                .is_none()
-        );
-
-        let release = Release::Abandoned {
-            warning: None,
-            max_runs: 5,
-        };
-        assert_eq!(
-            store.release_target(&recovery, release).await.unwrap(),
-            Released::Queued
-        );
-        assert!(store.expired_leases().await.unwrap().is_empty());
-        let rerun = store.claim_target(LEASE).await.unwrap().unwrap();
-        assert_eq!(rerun.id, first.id);
-        assert_eq!(rerun.attempts, 2);
-    }
-
-    #[tokio::test]
-    async fn a_target_whose_runs_never_finish_becomes_a_dead_letter() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = store_with_a_job(dir.path()).await;
-        for run in 1..=3 {
-            let target = store.claim_target(LEASE).await.unwrap().unwrap();
-            let recovery = store
-                .take_over(target.id, TakeOver::Any, LEASE)
-                .await
-                .unwrap()
-                .unwrap();
-            let release = Release::Abandoned {
-                warning: Some(format!("run {run} died")),
-                max_runs: 3,
-            };
-            let released = store.release_target(&recovery, release).await.unwrap();
-            if run < 3 {
-                assert_eq!(released, Released::Queued);
-                // The other target of the job goes first next time.
-                let other = store.claim_target(LEASE).await.unwrap().unwrap();
-                store
-                    .release_target(&other.claim, Release::Stopped)
-                    .await
-                    .unwrap();
-            } else {
-                assert_eq!(released, Released::DeadLetter);
-            }
-        }
-        let job_id = store.claimed_target(1).await.unwrap().job_id;
-        let job = store.get_job(job_id).await.unwrap().unwrap();
-        let dead = job
-            .targets
-            .iter()
-            .find(|t| t.dead_letter)
-            .expect("a dead letter");
-        assert_eq!(dead.status, TargetStatus::Failed);
-        assert_eq!(dead.runs, 3);
-        assert!(
-            dead.error
-                .as_deref()
-                .unwrap()
-                .starts_with("dead letter: 3 runs")
-        );
-        assert_eq!(dead.warnings.len(), 3);
-        // Stopping the service is not a run that died.
-        let other = job.targets.iter().find(|t| !t.dead_letter).unwrap();
-        assert_eq!(other.runs, 0);
     }
 }

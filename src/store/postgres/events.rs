@@ -1,0 +1,124 @@
+//! A job's history (written by the database's triggers, numbered at
+//! commit) and its webhook deliveries, which one instance at a time takes.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::{FromRow, Row};
+use uuid::Uuid;
+
+use super::super::rows::{DueDeliveryRow, EventRow};
+use super::PgStore;
+use crate::store::{
+    DeliveryAttempt, DeliveryOutcome, DueDelivery, Event, StoreResult, format_time,
+};
+
+/// How far a delivery handed to this instance is put off for the others:
+/// longer than an attempt may take. The attempt's outcome then sets its
+/// next attempt.
+const TAKEN_FOR: Duration = Duration::from_secs(60);
+
+impl PgStore {
+    /// The job's events after `after` (an event id; 0 for all), oldest
+    /// first. Ids are given at commit in commit order, so one read after
+    /// `after` never misses an event that becomes visible later.
+    pub async fn job_events(
+        &self,
+        job_id: Uuid,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT id, job_id, at, kind, position, data FROM events
+             WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(job_id.to_string())
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .context("reading a job's events")?;
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+
+    /// The id of the job's last event, if it has any.
+    pub async fn last_event_of(&self, job_id: Uuid) -> StoreResult<Option<i64>> {
+        let last = sqlx::query_scalar("SELECT max(id) FROM events WHERE job_id = $1")
+            .bind(job_id.to_string())
+            .fetch_one(&self.pool)
+            .await
+            .context("reading a job's last event")?;
+        Ok(last)
+    }
+
+    /// Deliveries whose next attempt is due, oldest first, taken for this
+    /// instance: in the same statement their next attempt moves a little
+    /// into the future, so no other instance sends them meanwhile (rows
+    /// another instance is taking are skipped, not waited for).
+    pub async fn due_deliveries(&self, limit: u32) -> StoreResult<Vec<DueDelivery>> {
+        let now_at = time::OffsetDateTime::now_utc();
+        let rows = sqlx::query(
+            "WITH due AS (
+                 SELECT id, next_attempt_at AS due_at FROM deliveries
+                 WHERE state = 'pending' AND next_attempt_at <= $1
+                 ORDER BY next_attempt_at LIMIT $2
+                 FOR UPDATE SKIP LOCKED)
+             UPDATE deliveries d SET next_attempt_at = $3 FROM due WHERE d.id = due.id
+             RETURNING d.id, d.job_id, d.url, d.created_at, d.body,
+                       jsonb_array_length(d.attempts::jsonb)::bigint AS tries, due.due_at",
+        )
+        .bind(format_time(now_at))
+        .bind(i64::from(limit))
+        .bind(format_time(now_at + TAKEN_FOR))
+        .fetch_all(&self.pool)
+        .await
+        .context("taking due deliveries")?;
+        let mut due = rows
+            .iter()
+            .map(|row| {
+                let due_at: String = row.get("due_at");
+                Ok((due_at, DueDeliveryRow::from_row(row)?.into_due()?))
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        due.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+        Ok(due.into_iter().map(|(_, delivery)| delivery).collect())
+    }
+
+    /// Keeps the body of a delivery's first attempt, so every retry sends
+    /// (and signs) the very same bytes.
+    pub async fn set_delivery_body(&self, id: &str, body: &str) -> StoreResult<()> {
+        sqlx::query("UPDATE deliveries SET body = COALESCE(body, $1) WHERE id = $2")
+            .bind(body)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .context("recording a delivery's body")?;
+        Ok(())
+    }
+
+    pub async fn record_delivery_attempt(
+        &self,
+        id: &str,
+        attempt: &DeliveryAttempt,
+        outcome: &DeliveryOutcome,
+    ) -> StoreResult<()> {
+        let (state, next) = match outcome {
+            DeliveryOutcome::Delivered => ("delivered", None),
+            DeliveryOutcome::RetryAt(at) => ("pending", Some(at.as_str())),
+            DeliveryOutcome::GaveUp => ("failed", None),
+        };
+        sqlx::query(
+            "UPDATE deliveries SET attempts = (attempts::jsonb || jsonb_build_array($1::jsonb))::text,
+                                   state = $2, next_attempt_at = $3
+             WHERE id = $4",
+        )
+        .bind(serde_json::to_string(attempt)?)
+        .bind(state)
+        .bind(next)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .context("recording a delivery attempt")?;
+        Ok(())
+    }
+}
