@@ -37,9 +37,6 @@ const QUEUE: usize = 4096;
 pub(super) type AuditOf = Box<dyn FnOnce(&Created) -> AuditEntry + Send>;
 
 /// One request to the writer task.
-// Sent once per write and moved straight into the task: boxing the job
-// would only add an allocation (clippy counts the bytes).
-#[allow(clippy::large_enum_variant)]
 pub(super) enum Write {
     // Boxed: a job is far larger than the other writes.
     Job {
