@@ -79,7 +79,6 @@ async fn sigkill_at_any_point_loses_nothing() {
 
 #[tokio::test]
 async fn sigterm_drains_running_steps_and_the_next_start_finishes() {
-    use sqlx::Connection;
     let env = TestEnv::get();
     let engine = TestEngine::connect();
     let dir = tempfile::tempdir().unwrap();
@@ -103,16 +102,9 @@ async fn sigterm_drains_running_steps_and_the_next_start_finishes() {
     );
 
     // Every step under way finished: nothing is left mid-step, on disk or on the engine.
-    let database = format!("sqlite://{}", dir.path().join("publishd.db").display());
-    let mut db = sqlx::SqliteConnection::connect(&database).await.unwrap();
-    let in_flight: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM targets WHERE status IN ('tagging', 'pushing', 'untagging')",
-    )
-    .fetch_one(&mut db)
-    .await
-    .unwrap();
-    db.close().await.unwrap();
-    assert_eq!(in_flight, 0);
+    let store = support::open_store(dir.path()).await;
+    assert_eq!(store.queue_counts().await.unwrap().targets_in_flight, 0);
+    drop(store);
     assert!(engine.names_under(&repo).await.is_empty());
 
     let server = Server::start(dir.path(), 1, &[]).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use publishd::domain::labels::{LabelInput, werf_labels};
 use publishd::domain::spec::{JobSpec, Limits, plan};
 use publishd::engine::{DockerEngine, Engine, LabelledImage};
-use publishd::store::{Created, NewJob, Store};
+use publishd::store::{Created, NewJob};
 use serde_json::{Value, json};
 use support::engine::TestEngine;
 use support::registry::Registry;
@@ -103,9 +103,7 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
 
     // A process that claimed the target and made the labelled image, then died.
     {
-        let store = Store::open_sqlite(&dir.path().join("publishd.db"))
-            .await
-            .unwrap();
+        let store = support::open_store(dir.path()).await;
         let spec: JobSpec =
             serde_json::from_value(app_job(&repo, &format!("{name}:b1"), &["v1"])).unwrap();
         let plan = plan(&spec, Limits::default()).unwrap();
@@ -123,8 +121,10 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
             .await
             .unwrap();
         assert!(matches!(created, Created::New(_)));
+        // A short lease: on a shared database, the process's death shows
+        // only by its lease running out.
         let target = store
-            .claim_target(publishd::config::DEFAULT_LEASE)
+            .claim_target(Duration::from_secs(2))
             .await
             .unwrap()
             .expect("claimed");

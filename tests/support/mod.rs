@@ -144,6 +144,15 @@ pub fn test_database(dir: &std::path::Path) -> Location {
     Location::Postgres(url)
 }
 
+/// The store of the instances that run on `dir`, opened the way a tool
+/// that only reads and writes records opens it.
+pub async fn open_store(dir: &std::path::Path) -> publishd::store::Store {
+    let instance = publishd::store::Instance::unbound();
+    publishd::store::Store::open(&test_database(dir), instance)
+        .await
+        .expect("opening the store")
+}
+
 /// A new, empty database on the test PostgreSQL; answers its URL.
 pub fn new_postgres_database() -> String {
     let admin = std::env::var("PUBLISHD_TEST_POSTGRES_URL")
