@@ -21,7 +21,7 @@ use publishd::engine::{
     DockerEngine, Engine, EngineDescription, EngineError, LabelBuild, LabelledImage, PushProgress,
     SourceImage,
 };
-use publishd::store::{Created, NewJob, Store};
+use publishd::store::{Created, NewJob};
 use serde_json::{Value, json};
 use support::engine::TestEngine;
 use support::fault_proxy::{FaultProxy, Faults};
@@ -239,7 +239,7 @@ async fn a_cancel_after_the_push_leaves_the_target_published() {
 
 /// A process that claimed a target and made its labelled image, then died.
 async fn crashed_run(dir: &std::path::Path, repo: &str, source: &str) -> String {
-    let store = Store::open_sqlite(&dir.join("publishd.db")).await.unwrap();
+    let store = support::open_store(dir).await;
     let spec: JobSpec = serde_json::from_value(app_job(repo, source, &["v1"])).unwrap();
     let plan = plan(&spec, Limits::default()).unwrap();
     let created = store
@@ -258,8 +258,10 @@ async fn crashed_run(dir: &std::path::Path, repo: &str, source: &str) -> String 
     let Created::New(job) = created else {
         panic!("job created")
     };
+    // A short lease: on a shared database, the process's death shows only
+    // by its lease running out.
     let target = store
-        .claim_target(publishd::config::DEFAULT_LEASE)
+        .claim_target(Duration::from_secs(2))
         .await
         .unwrap()
         .expect("claimed");
@@ -356,9 +358,7 @@ async fn cancels_racing_deferred_targets_and_a_shutdown_leave_every_job_terminal
                      "tags": [{"strategy": "content"}, {"strategy": "custom", "value": "v1"}]});
     let mut ids = Vec::new();
     {
-        let store = Store::open_sqlite(&dir.path().join("publishd.db"))
-            .await
-            .unwrap();
+        let store = support::open_store(dir.path()).await;
         let spec: JobSpec = serde_json::from_value(job).unwrap();
         let plan = plan(&spec, Limits::default()).unwrap();
         for _ in 0..8 {
