@@ -29,7 +29,12 @@
 # target for it (met or missed), and with --json FILE writes the same as JSON.
 #
 #   scripts/bench.sh [--n N] [--quick] [--json FILE] [--profile release|debug]
+#                    [--api-only] [--store sqlite|postgres]
 #   scripts/bench.sh install      install what it needs (scripts/test-env.sh install)
+#
+# --api-only: only the API rows, F and G. --store postgres: the service keeps
+# its jobs in a database of its own on the test environment's PostgreSQL
+# (G's jobs are written there with psql) instead of a SQLite file.
 #
 # --quick: N=20, short wrk runs, 10,000 jobs for G, a 6 MB image for E and
 # the debug binaries (what the test script builds); it is the configuration
@@ -48,9 +53,11 @@ if [ "${1:-}" = install ]; then
   exec scripts/test-env.sh install
 fi
 
-n='' quick=0 json_out='' profile=''
+n='' quick=0 json_out='' profile='' api_only=0 store=sqlite
 while (($#)); do
   case $1 in
+    --api-only) api_only=1; shift ;;
+    --store) store=$2; shift 2 ;;
     --n) n=$2; shift 2 ;;
     --quick) quick=1; shift ;;
     --json) json_out=$(realpath -m "$2"); shift 2 ;;
@@ -68,6 +75,7 @@ else
 fi
 [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "bench.sh: --n wants a positive number" >&2; exit 2; }
 case $profile in release | debug) ;; *) echo "bench.sh: --profile release|debug" >&2; exit 2 ;; esac
+case $store in sqlite | postgres) ;; *) echo "bench.sh: --store sqlite|postgres" >&2; exit 2 ;; esac
 
 if [ -z "${PUBLISHD_TEST_NS:-}" ]; then
   scripts/test-env.sh install
@@ -79,6 +87,8 @@ if [ -z "${PUBLISHD_TEST_NS:-}" ]; then
   # --json made absolute above: pass the parsed arguments on.
   rerun=(--n "$n" --profile "$profile")
   ((quick)) && rerun+=(--quick)
+  ((api_only)) && rerun+=(--api-only)
+  rerun+=(--store "$store")
   [ -n "$json_out" ] && rerun+=(--json "$json_out")
   exec scripts/test-ns.sh "$0" "${rerun[@]}"
 fi
@@ -356,6 +366,21 @@ help=$("$bin" serve --help)
 has_publish_via=0
 grep -q -- '--publish-via' <<<"$help" && has_publish_via=1
 
+# database NAME: where the server NAME keeps its jobs: a SQLite file, or a
+# PostgreSQL database made for it on its first start.
+database() {
+  if [ "$store" = sqlite ]; then
+    echo "$dir/$1.db"
+    return
+  fi
+  local db=bench_${1//-/_}_${run_id//-/_}
+  if [ ! -f "$dir/$1.pg" ]; then
+    psql "$PUBLISHD_TEST_POSTGRES_URL" -qc "CREATE DATABASE $db" >&2
+    echo "${PUBLISHD_TEST_POSTGRES_URL%/*}/$db" >"$dir/$1.pg"
+  fi
+  cat "$dir/$1.pg"
+}
+
 # start_server NAME [SERVE_ARG...]: sets url, server_pid and started_at
 # (seconds, when the process was started), waits for /healthz.
 start_server() {
@@ -363,8 +388,10 @@ start_server() {
   shift
   port=$(free_port)
   url=http://127.0.0.1:$port
+  local database
+  database=$(database "$name")
   started_at=$(now)
-  "$bin" serve --listen "127.0.0.1:$port" --database "$dir/$name.db" --docker-config "${server_docker_config:-$dir/none}" \
+  "$bin" serve --listen "127.0.0.1:$port" --database "$database" --docker-config "${server_docker_config:-$dir/none}" \
     --shutdown-grace 1 "$@" >>"$dir/$name.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 3000); do
@@ -391,7 +418,7 @@ run_jobs() {
 bench_started=$(now)
 # Another build or test on the machine skews every row: say so in the table.
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
-echo "== bench: N=$n, $profile binaries, engine $DOCKER_HOST, registry $reg, work dir $dir" >&2
+echo "== bench: N=$n, $profile binaries, $store store, engine $DOCKER_HOST, registry $reg, work dir $dir" >&2
 echo "   publishd serve has --publish-via: $([ $has_publish_via = 1 ] && echo yes || echo no)" >&2
 
 row=setup
@@ -406,6 +433,7 @@ seed_digest=$(docker inspect --format '{{index .RepoDigests 0}}' "$reg/bench-$ru
 seed_digest=${seed_digest##*@}
 docker rmi -f "$reg/bench-$run_id/seed:1" >/dev/null
 
+if ((api_only == 0)); then
 row=B_load
 out=$("$floor" --docker-host "$DOCKER_HOST" --source "$src" --repo "$reg/bench-$run_id/b-load" --n "$n" --lanes 4)
 record B_load "engine floor: config-only load + push + delete, 4 lanes" "$(field "$out" per_second)" targets/s
@@ -505,6 +533,7 @@ done
 stop_server
 record E_docker "$e_mb MB, 3 fresh layers, first push: docker push (best of $e_rounds)" "$best_d" s
 record E_publishd "$e_mb MB, 3 fresh layers, first push: publishd (best of $e_rounds)" "$best_p" s
+fi
 
 # F: the workers are kept idle by a docker credential helper for the
 # registry that never answers (until --credential-helper-timeout, an hour):
@@ -571,6 +600,7 @@ row=G
 start_server g --workers 4 --docker-host "$DOCKER_HOST"
 stop_server
 started=$(now)
+if [ "$store" = sqlite ]; then
 sqlite3 "$dir/g.db" <<SQL
 PRAGMA synchronous = OFF;
 BEGIN;
@@ -590,7 +620,29 @@ SELECT id, 0, 'app', '$src', 'custom', 'g-' || substr(id, 25), '$reg/bench-g/app
 FROM jobs WHERE id LIKE '01900000-%';
 COMMIT;
 SQL
-echo "   G: $g_jobs jobs written in $(elapsed "$started" "$(now)") s ($(du -m "$dir/g.db" | cut -f1) MB)" >&2
+else
+  # The same rows in PostgreSQL's dialect.
+  psql "$(database g)" -q -v ON_ERROR_STOP=1 <<SQL
+BEGIN;
+INSERT INTO jobs (id, status, repo, repo_mode, submitted_by, spec_hash, created_at, started_at, finished_at)
+SELECT '01900000-0000-7000-8000-' || lpad(to_hex(i), 12, '0'), 'succeeded', '$reg/bench-g', 'multirepo', '',
+       lpad(to_hex(i), 64, '0'), t, t, t
+FROM (SELECT i, to_char((now() - make_interval(secs => $g_jobs - i)) AT TIME ZONE 'UTC',
+                        'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS t
+      FROM generate_series(1, $g_jobs) AS i) AS seq;
+INSERT INTO job_images (job_id, position, name, source, source_image_id)
+SELECT id, 0, 'app', '$src', 'sha256:' || spec_hash FROM jobs WHERE id LIKE '01900000-%';
+INSERT INTO targets (job_id, position, image_name, source, strategy, tag, reference, reference_key, status,
+                     digest, attempts, up_to_date, started_at, finished_at, image_position)
+SELECT id, 0, 'app', '$src', 'custom', 'g-' || substr(id, 25), '$reg/bench-g/app:g-' || substr(id, 25),
+       '$reg/bench-g/app:g-' || substr(id, 25), 'succeeded', 'sha256:' || spec_hash, 1, false,
+       started_at, finished_at, 0
+FROM jobs WHERE id LIKE '01900000-%';
+COMMIT;
+ANALYZE;
+SQL
+fi
+echo "   G: $g_jobs jobs written in $(elapsed "$started" "$(now)") s" >&2
 start_server g --workers 4 --docker-host "$DOCKER_HOST"
 startup=$(elapsed "$started_at" "$(now)")
 sleep 1

@@ -143,7 +143,10 @@ async fn each_engine_s_jobs_run_on_its_instances_and_any_instance_answers() {
     let (status, refusal) = post(&alpha_1, "/api/v1/jobs", &unknown).await;
     assert_eq!(status, 422, "{refusal:#}");
     assert!(
-        refusal["error"]["message"].as_str().unwrap().contains("alpha, beta"),
+        refusal["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("alpha, beta"),
         "{refusal:#}"
     );
 

@@ -204,19 +204,7 @@ async fn job_engine(
     if spec.engine.is_some() && spec.engine == *mine {
         return Ok(mine.clone());
     }
-    // Only a shared database has other instances, and so other engines.
-    let driven: Vec<String> = if state.store.is_shared() {
-        state
-            .store
-            .engines()
-            .await?
-            .into_iter()
-            .filter(|engine| engine.instances.iter().any(|instance| instance.live))
-            .filter_map(|engine| engine.name)
-            .collect()
-    } else {
-        mine.iter().cloned().collect()
-    };
+    let driven = state.store.live_engines().await?;
     match (&spec.engine, driven.as_slice()) {
         (Some(name), _) if driven.contains(name) => Ok(Some(name.clone())),
         (Some(name), _) => Err(ApiError::invalid(

@@ -327,6 +327,13 @@ impl Store {
         dispatch!(self, store => store.leave().await)
     }
 
+    /// The names of the engines that running instances (a recent
+    /// heartbeat) drive: what a job may name. Read at every submission, so
+    /// it reads the instances alone, not the queue.
+    pub async fn live_engines(&self) -> StoreResult<Vec<String>> {
+        dispatch!(self, store => store.live_engines().await)
+    }
+
     /// The engines instances drive or jobs wait for, with their instances
     /// and targets.
     pub async fn engines(&self) -> StoreResult<Vec<EngineStatus>> {

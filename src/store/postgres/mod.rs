@@ -38,7 +38,7 @@ use super::rows::{
 };
 use super::{
     AuditEntry, Cancelled, ClaimedTarget, Created, EngineStatus, IN_FLIGHT, Instance, Job, JobPage,
-    Location, NewJob, PageKey, StoreResult, engines_of, job_state, now, queued_job,
+    LIVE_WITHIN, Location, NewJob, PageKey, StoreResult, engines_of, job_state, now, queued_job,
 };
 use crate::domain::naming::reference_key;
 use crate::domain::publish_via::PublishVia;
@@ -155,6 +155,20 @@ impl PgStore {
             .await
             .context("removing this instance's record")?;
         Ok(())
+    }
+
+    pub async fn live_engines(&self) -> StoreResult<Vec<String>> {
+        let engines = sqlx::query_scalar(
+            "SELECT DISTINCT engine FROM instances
+             WHERE engine IS NOT NULL
+               AND heartbeat_at > clock_timestamp() - make_interval(secs => $1)
+             ORDER BY engine",
+        )
+        .bind(LIVE_WITHIN.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await
+        .context("listing the engines driven")?;
+        Ok(engines)
     }
 
     pub async fn engines(&self) -> StoreResult<Vec<EngineStatus>> {

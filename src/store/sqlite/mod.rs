@@ -164,6 +164,11 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// One publishd per file: its own engine, if it has one.
+    pub async fn live_engines(&self) -> StoreResult<Vec<String>> {
+        Ok(self.instance.engine.iter().cloned().collect())
+    }
+
     pub async fn engines(&self) -> StoreResult<Vec<EngineStatus>> {
         let mut tx = self.reader.begin().await?;
         let instances: Vec<InstanceRow> = sqlx::query_as(
