@@ -108,7 +108,15 @@ impl Webhooks {
                 sending.remove(&finished_task(done));
             }
             if sending.len() < IN_FLIGHT {
-                let limit = u32::try_from(IN_FLIGHT + sending.len()).unwrap_or(u32::MAX);
+                // A shared store hands each due delivery to one instance
+                // (for a while): take only what there is room for. Alone,
+                // those under way are still due and come back too.
+                let wanted = if self.store.is_shared() {
+                    IN_FLIGHT - sending.len()
+                } else {
+                    IN_FLIGHT + sending.len()
+                };
+                let limit = u32::try_from(wanted).unwrap_or(u32::MAX);
                 match self.store.due_deliveries(limit).await {
                     Ok(due) => {
                         for delivery in due {
