@@ -10,15 +10,27 @@ cd "$(dirname "$0")/.."
 
 env_dir=$(mktemp -d /tmp/publishd-test.XXXXXX)
 trap 'scripts/test-env.sh down "$env_dir"' EXIT
-echo "== starting two dockerds, podman, five registries and a token server under $env_dir"
+echo "== starting two dockerds, podman, five registries, a token server and PostgreSQL under $env_dir"
 scripts/test-env.sh up "$env_dir"
 # shellcheck disable=SC1091
 . "$env_dir/env"
+# The store's PostgreSQL variants fail, not skip, without a server.
+export PUBLISHD_TEST_REQUIRE_POSTGRES=1
 
 echo "== cargo test"
 cargo test --workspace --all-targets --locked --offline --no-fail-fast -- "$@" 2>&1 | tee "$env_dir/cargo-test.log"
 echo "== the publish group again, with the build tag method"
 PUBLISHD_TEST_TAG_METHOD=build cargo test --test publish --locked --offline -- "$@" 2>&1 |
+  tee -a "$env_dir/cargo-test.log"
+
+echo "== the API, publish, restart, crash and reliability groups again, on PostgreSQL"
+# Each test instance gets a database of its own on the test server. A
+# killed instance's targets come back when their lease runs out (there is
+# no start-up recovery on a shared database): a short lease for the
+# restarted binaries keeps the crash tests quick.
+PUBLISHD_TEST_STORE=postgres PUBLISHD_LEASE=5 cargo test --locked --offline \
+  --test api --test publish --test restart --test crash --test events --test untag \
+  --test registry_sources --test access --test sources --test healing -- "$@" 2>&1 |
   tee -a "$env_dir/cargo-test.log"
 
 echo "== schemathesis against openapi/openapi.json"
