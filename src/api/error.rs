@@ -68,6 +68,8 @@ pub enum DatabaseTrouble {
     Full,
     #[error("the database cannot write")]
     Failing,
+    #[error("the database cannot be reached")]
+    Unreachable,
 }
 
 // SQLite's primary result codes (the low byte of an extended code).
@@ -84,15 +86,45 @@ impl DatabaseTrouble {
             .find_map(|cause| cause.downcast_ref::<sqlx::Error>())?;
         match sqlx {
             sqlx::Error::PoolTimedOut => Some(DatabaseTrouble::Busy),
+            // A PostgreSQL server that is down, restarting or cut off.
+            sqlx::Error::Io(_) | sqlx::Error::PoolClosed => Some(DatabaseTrouble::Unreachable),
             sqlx::Error::Database(database) => {
-                let code: i64 = database.code()?.parse().ok()?;
-                match code & 0xff {
-                    SQLITE_BUSY | SQLITE_LOCKED => Some(DatabaseTrouble::Busy),
-                    SQLITE_FULL => Some(DatabaseTrouble::Full),
-                    SQLITE_IOERR => Some(DatabaseTrouble::Failing),
-                    _ => None,
+                let code = database.code()?;
+                if database
+                    .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                    .is_some()
+                {
+                    Self::of_sqlstate(&code)
+                } else {
+                    Self::of_sqlite(code.parse().ok()?)
                 }
             }
+            _ => None,
+        }
+    }
+
+    fn of_sqlite(code: i64) -> Option<DatabaseTrouble> {
+        match code & 0xff {
+            SQLITE_BUSY | SQLITE_LOCKED => Some(DatabaseTrouble::Busy),
+            SQLITE_FULL => Some(DatabaseTrouble::Full),
+            SQLITE_IOERR => Some(DatabaseTrouble::Failing),
+            _ => None,
+        }
+    }
+
+    /// PostgreSQL's SQLSTATE codes of trouble that passes.
+    fn of_sqlstate(code: &str) -> Option<DatabaseTrouble> {
+        match code {
+            // Serialization failure, deadlock, a lock or statement timeout,
+            // too many connections, out of memory.
+            "40001" | "40P01" | "55P03" | "57014" | "53300" | "53200" => {
+                Some(DatabaseTrouble::Busy)
+            }
+            "53100" => Some(DatabaseTrouble::Full),
+            "58030" => Some(DatabaseTrouble::Failing),
+            // Shutting down, starting up, or the connection failed.
+            "57P01" | "57P02" | "57P03" => Some(DatabaseTrouble::Unreachable),
+            _ if code.starts_with("08") => Some(DatabaseTrouble::Unreachable),
             _ => None,
         }
     }
@@ -295,7 +327,7 @@ mod tests {
 
     #[test]
     fn a_database_in_trouble_is_told_from_a_bug() {
-        use DatabaseTrouble::{Busy, Failing, Full};
+        use DatabaseTrouble::{Busy, Failing, Full, Unreachable};
         let trouble = |error: anyhow::Error| DatabaseTrouble::of(&error);
         assert_eq!(trouble(sqlite(5)), Some(Busy)); // SQLITE_BUSY
         assert_eq!(trouble(sqlite(517)), Some(Busy)); // SQLITE_BUSY_SNAPSHOT
@@ -308,6 +340,17 @@ mod tests {
         assert_eq!(trouble(sqlite(1)), None); // SQLITE_ERROR
         assert_eq!(trouble(store_error(sqlx::Error::RowNotFound)), None);
         assert_eq!(trouble(anyhow::anyhow!("job vanished")), None);
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            trouble(store_error(sqlx::Error::Io(refused))),
+            Some(Unreachable)
+        );
+        assert_eq!(DatabaseTrouble::of_sqlstate("40P01"), Some(Busy));
+        assert_eq!(DatabaseTrouble::of_sqlstate("53100"), Some(Full));
+        assert_eq!(DatabaseTrouble::of_sqlstate("57P03"), Some(Unreachable));
+        assert_eq!(DatabaseTrouble::of_sqlstate("08006"), Some(Unreachable));
+        // A unique violation is a bug, not trouble that passes.
+        assert_eq!(DatabaseTrouble::of_sqlstate("23505"), None);
     }
 
     #[test]
