@@ -175,6 +175,11 @@ pub struct PublishArgs {
     /// where it gives the same image (default: the service's choice).
     #[arg(long, value_name = "auto|engine", value_parser = parse_publish_via)]
     pub publish_via: Option<PublishVia>,
+    /// The engine the local sources are on, by the name its publishd
+    /// instances give it: needed when the service drives several engines
+    /// (`GET /api/v1/engines`), e.g. the runner's own.
+    #[arg(long, env = "PUBLISHD_ENGINE", value_name = "NAME")]
+    pub engine: Option<String>,
     /// Username for the repo's registry, for this job only (else the
     /// service's docker config is used).
     #[arg(long, env = "PUBLISHD_REGISTRY_USERNAME", value_name = "USER")]

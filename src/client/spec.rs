@@ -198,6 +198,9 @@ pub fn job_spec(args: &PublishArgs, env: &WerfEnv) -> anyhow::Result<Value> {
     if let Some(via) = args.publish_via {
         spec["publish_via"] = json!(via.as_str());
     }
+    if let Some(engine) = present(&args.engine) {
+        spec["engine"] = json!(engine);
+    }
     if let Some(auth) = registry_auth(args)? {
         spec["registry_auth"] = auth;
     }
@@ -288,6 +291,7 @@ mod tests {
             "--force",
             "--publish-via=engine",
             "--callback-url=https://ci.example.com/hook",
+            "--engine=runner-7",
         ]);
         assert_eq!(
             job_spec(&args, &env(&[("WERF_TAG_GIT_BRANCH", "not-this")])).unwrap(),
@@ -305,6 +309,7 @@ mod tests {
                 "force": true,
                 "publish_via": "engine",
                 "callback_url": "https://ci.example.com/hook",
+                "engine": "runner-7",
             })
         );
         assert!(!waits(&args));
