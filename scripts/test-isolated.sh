@@ -28,7 +28,7 @@ echo "== the API, publish, restart, crash and reliability groups again, on Postg
 # killed instance's targets come back when their lease runs out (there is
 # no start-up recovery on a shared database): a short lease for the
 # restarted binaries keeps the crash tests quick.
-PUBLISHD_TEST_STORE=postgres PUBLISHD_LEASE=5 cargo test --locked --offline \
+PUBLISHD_TEST_STORE=postgres PUBLISHD_LEASE=5 cargo test --locked --offline --no-fail-fast \
   --test api --test publish --test restart --test crash --test events --test untag \
   --test registry_sources --test access --test sources --test healing -- "$@" 2>&1 |
   tee -a "$env_dir/cargo-test.log"

@@ -25,7 +25,12 @@ pub struct ServeArgs {
     /// Where jobs are kept: a SQLite file (created if missing; one publishd
     /// per file), or a PostgreSQL URL (`postgres://USER:PASSWORD@HOST/DB`)
     /// that several publishd instances share.
-    #[arg(long, env = "PUBLISHD_DATABASE", default_value = "publishd.db")]
+    #[arg(
+        long,
+        env = "PUBLISHD_DATABASE",
+        default_value = "publishd.db",
+        hide_env_values = true
+    )]
     pub database: Location,
     /// Targets processed at once.
     #[arg(long, env = "PUBLISHD_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]

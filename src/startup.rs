@@ -18,7 +18,7 @@ use crate::engine::{DockerEngine, Engine, NoEngine};
 use crate::metrics::Metrics;
 use crate::progress::ProgressHub;
 use crate::registry::{HttpRegistry, Registry};
-use crate::store::{AuditEntry, HEARTBEAT, Instance, Store};
+use crate::store::{AuditEntry, HEARTBEAT, Instance, Location, Store};
 use crate::webhooks::Webhooks;
 use crate::worker::{Cancellations, WorkerContext, WorkerPool};
 
@@ -73,7 +73,7 @@ impl Application {
             .with_context(|| format!("listening on {}", settings.listen))?;
         let instance = Instance {
             id: uuid::Uuid::now_v7(),
-            engine: engine_name(&settings, engine.as_deref()).await,
+            engine: engine_name(&settings, engine.as_deref()).await?,
             address: listener.local_addr()?.to_string(),
         };
         tracing::info!(
@@ -237,17 +237,25 @@ impl Application {
 }
 
 /// The name of the engine this instance drives: `--engine-name`, else the
-/// engine's own (`/info` Name), else, when the engine does not answer at
-/// start, this host's name (the engine's, for a local socket). `None`
-/// without an engine.
-async fn engine_name(settings: &Settings, engine: Option<&dyn Engine>) -> Option<String> {
-    let engine = engine?;
+/// engine's own (`/info` Name). When the engine does not answer at start:
+/// on a shared database, an error (a made-up name would strand the jobs
+/// of the engine's real name, and its targets in flight); alone, this
+/// host's name (the engine's, for a local socket), since one publishd per
+/// file claims every job whatever its engine's name. `None` without an
+/// engine.
+async fn engine_name(
+    settings: &Settings,
+    engine: Option<&dyn Engine>,
+) -> anyhow::Result<Option<String>> {
+    let Some(engine) = engine else {
+        return Ok(None);
+    };
     if let Some(name) = &settings.engine_name {
-        return Some(name.clone());
+        return Ok(Some(name.clone()));
     }
     let described = tokio::time::timeout(Duration::from_secs(5), engine.describe()).await;
     match described {
-        Ok(Ok(description)) if !description.name.is_empty() => Some(description.name),
+        Ok(Ok(description)) if !description.name.is_empty() => Ok(Some(description.name)),
         outcome => {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|name| name.trim().to_owned())
@@ -257,13 +265,19 @@ async fn engine_name(settings: &Settings, engine: Option<&dyn Engine>) -> Option
                 Ok(Ok(_)) => "it has no name".to_owned(),
                 Err(_) => "it did not answer within 5 s".to_owned(),
             };
+            if matches!(settings.database, Location::Postgres(_)) {
+                anyhow::bail!(
+                    "the engine could not say its name ({why}); on a shared database give \
+                     --engine-name, the name the other instances on this engine use"
+                );
+            }
             tracing::warn!(
                 engine_name = %host,
                 reason = %why,
                 "naming the engine after this host: its /info could not say its name; \
                  give --engine-name to choose"
             );
-            Some(host)
+            Ok(Some(host))
         }
     }
 }

@@ -187,8 +187,7 @@ impl Webhooks {
                     fields.remove("deliveries");
                 }
                 let body = serde_json::to_string(&job)?;
-                self.store.set_delivery_body(&due.id, &body).await?;
-                body
+                self.store.set_delivery_body(&due.id, &body).await?
             }
         };
         let attempt_number = due.attempts + 1;

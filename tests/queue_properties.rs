@@ -1134,12 +1134,12 @@ impl Harness {
         };
         assert_eq!(after.status, status);
         assert_eq!(after.dead_letter, released == Released::DeadLetter);
-        let runs = match release {
-            Release::Stopped => before.runs - 1,
-            Release::Abandoned { .. } => before.runs,
+        let (runs, attempts) = match release {
+            Release::Stopped => (before.runs - 1, before.attempts - 1),
+            Release::Abandoned { .. } => (before.runs, before.attempts),
         };
         assert_eq!(after.runs, runs);
-        assert_eq!(after.attempts, before.attempts);
+        assert_eq!(after.attempts, attempts);
     }
 
     async fn wait_for_credentials(&mut self, ci: usize, far: bool) {

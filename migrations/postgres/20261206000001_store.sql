@@ -36,7 +36,10 @@ CREATE TABLE jobs (
     publish_via             TEXT,
     -- The engine its local sources are on: only instances that drive it
     -- claim the job's targets. NULL: registry sources only, any instance.
-    engine                  TEXT COLLATE "C"
+    engine                  TEXT COLLATE "C",
+    -- The instance that holds the job's own registry credentials (in its
+    -- memory only): while it lives, only it claims the job's targets.
+    accepted_by             TEXT COLLATE "C"
 );
 
 CREATE INDEX jobs_by_status ON jobs (status, id);

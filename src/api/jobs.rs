@@ -161,8 +161,26 @@ async fn prepare(
         .registry_auth
         .as_ref()
         .map(|auth| registry_auth(&plan.repo, auth));
-    let engine = job_engine(state, &body.value, &plan).await?;
+    let engine = match job_engine(state, &body.value, &plan).await {
+        Ok(engine) => engine,
+        // A resubmission is answered its job, whatever the engines now.
+        Err(refusal) => match submitted_engine(state, caller, idempotency_key.as_deref()).await? {
+            Some(engine) => engine,
+            None => return Err(refusal),
+        },
+    };
     let on_this_engine = engine == state.instance.engine;
+    if auth.is_some() && !on_this_engine && engine.is_some() && state.store.is_shared() {
+        return Err(ApiError::invalid(
+            "registry_auth",
+            format!(
+                "a job's own registry credentials are held only in the memory of the instance \
+                 that accepts them, which must drive its engine ({}): submit it to an instance \
+                 on that engine, or leave the credentials to the service's docker config",
+                engine.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
     let sources = resolve_sources(state, &plan, &grant, auth.as_ref(), on_this_engine).await?;
     plan.resolve_sources(&sources);
     let new = NewJob {
@@ -182,6 +200,19 @@ async fn prepare(
         engine,
     };
     Ok((new, auth))
+}
+
+/// The engine of the job a resubmission with `key` made, if there is one.
+async fn submitted_engine(
+    state: &AppState,
+    caller: &Principal,
+    key: Option<&str>,
+) -> Result<Option<Option<String>>, ApiError> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    let submitter = caller.name.as_deref().unwrap_or("");
+    Ok(state.store.engine_of_key(submitter, key).await?)
 }
 
 /// The engine a job's local sources are on: the one it names, which an

@@ -41,8 +41,9 @@ use crate::domain::status::{JobStatus, TargetStatus};
 /// The store's failures are the database's: always an internal error to callers.
 pub type StoreResult<T> = anyhow::Result<T>;
 
-/// Where the store keeps its records, as `--database` names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the store keeps its records, as `--database` names it. Shown
+/// (`Display`, `Debug`) without a URL's password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Location {
     /// A SQLite file, created if missing.
     Sqlite(PathBuf),
@@ -78,6 +79,12 @@ impl std::str::FromStr for Location {
     }
 }
 
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Location({self})")
+    }
+}
+
 impl std::fmt::Display for Location {
     /// Never shows a URL's password: this goes into logs and errors.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,6 +94,21 @@ impl std::fmt::Display for Location {
                 Ok(mut url) => {
                     if url.password().is_some() {
                         let _ = url.set_password(Some("***"));
+                    }
+                    // A password may also come as a parameter.
+                    let query: Vec<(String, String)> = url
+                        .query_pairs()
+                        .map(|(key, value)| {
+                            let value = if key == "password" {
+                                "***".into()
+                            } else {
+                                value
+                            };
+                            (key.into_owned(), value.into_owned())
+                        })
+                        .collect();
+                    if !query.is_empty() {
+                        url.query_pairs_mut().clear().extend_pairs(query);
                     }
                     write!(f, "{url}")
                 }
@@ -327,6 +349,16 @@ impl Store {
         dispatch!(self, store => store.leave().await)
     }
 
+    /// The engine of the submitter's job with idempotency key `key`, if
+    /// there is such a job (`Some(None)`: it has no engine).
+    pub async fn engine_of_key(
+        &self,
+        submitter: &str,
+        key: &str,
+    ) -> StoreResult<Option<Option<String>>> {
+        dispatch!(self, store => store.engine_of_key(submitter, key).await)
+    }
+
     /// The names of the engines that running instances (a recent
     /// heartbeat) drive: what a job may name. Read at every submission, so
     /// it reads the instances alone, not the queue.
@@ -516,13 +548,17 @@ impl Store {
     }
 
     /// Targets that, at start-up, are known to belong to a process that
-    /// died (and whose engine this instance drives). On a shared database
+    /// died: on SQLite every target in flight (one publishd per file); on a
+    /// shared database none (other instances may be running them: their
+    /// leases say when they are not). On a shared database
     /// none: another instance may be running them; their leases tell.
     pub async fn in_flight_targets(&self) -> StoreResult<Vec<i64>> {
         dispatch!(self, store => store.in_flight_targets().await)
     }
 
-    /// Claims whose lease ran out: (target id, claim token). On a shared
+    /// Claims whose lease ran out: (target id, claim token); on a shared
+    /// database only those of jobs on this instance's engine (or on none),
+    /// since only that engine holds what their runs did. On a shared
     /// database, on its clock, and only of jobs on this instance's engine
     /// (or on none).
     pub async fn expired_leases(&self) -> StoreResult<Vec<(i64, String)>> {
@@ -588,11 +624,14 @@ impl Store {
     }
 
     /// Keeps the body of a delivery's first attempt, so every retry sends
-    /// (and signs) the very same bytes.
-    pub async fn set_delivery_body(&self, id: &str, body: &str) -> StoreResult<()> {
+    /// (and signs) the very same bytes; answers the body kept (another
+    /// instance's, if it was first).
+    pub async fn set_delivery_body(&self, id: &str, body: &str) -> StoreResult<String> {
         dispatch!(self, store => store.set_delivery_body(id, body).await)
     }
 
+    /// Records an attempt of a delivery still pending (a late attempt of a
+    /// delivery another instance finished changes nothing).
     pub async fn record_delivery_attempt(
         &self,
         id: &str,

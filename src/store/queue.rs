@@ -44,7 +44,9 @@ pub enum Bound {
 /// Why a claimed target goes back without an outcome.
 #[derive(Debug, Clone)]
 pub enum Release {
-    /// The service is stopping and its run cleaned up: not a failed run.
+    /// The service is stopping and its run cleaned up: not a failed run,
+    /// nor a try (a run stops only before a try begins: before its first
+    /// step, or while it waits to retry one).
     Stopped,
     /// Its run died (lane panic, process death, lost lease) and recovery
     /// cleaned up after it, as far as it could (`warning` says what it could

@@ -186,8 +186,8 @@ pub(super) struct ClaimedRow {
     publish_via: Option<String>,
 }
 
-/// A target with its job and image, as a lane needs it; `{}` is where the
-/// dialect's placeholder for the target id goes.
+/// A target with its job and image, as a lane needs it; the dialect's
+/// placeholder for the target id follows.
 pub(super) const CLAIMED: &str =
     "SELECT t.id, t.position, t.job_id, j.repo, j.repo_mode, t.image_name, t.source,
         t.strategy, t.tag, t.reference, t.status, t.attempts, j.force, j.has_registry_auth,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, error, info, info_span, warn};
 
 pub use cancellations::Cancellations;
@@ -268,18 +269,16 @@ async fn process(ctx: &WorkerContext, target: ClaimedTarget, stop: &Cancellation
         };
         // On a shared database the cancel may come through another
         // instance: only the database says so.
-        let watcher = ctx.store.is_shared().then(|| {
-            tokio::spawn(watch_for_cancel(
+        // Stopped when dropped, however the run ends (a lane may panic).
+        let _watcher = ctx.store.is_shared().then(|| {
+            AbortOnDropHandle::new(tokio::spawn(watch_for_cancel(
                 ctx.store.clone(),
                 target.job_id,
                 guard.token().clone(),
-            ))
+            )))
         });
         let run = procedure::run(ctx, &target, signals);
         let finish = keep_lease(ctx, &target.claim, &lease_lost, run).await;
-        if let Some(watcher) = watcher {
-            watcher.abort();
-        }
         conclude_run(ctx, &target, finish).await;
     }
     .instrument(span)

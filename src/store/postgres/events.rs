@@ -9,9 +9,7 @@ use uuid::Uuid;
 
 use super::super::rows::{DueDeliveryRow, EventRow};
 use super::PgStore;
-use crate::store::{
-    DeliveryAttempt, DeliveryOutcome, DueDelivery, Event, StoreResult, format_time,
-};
+use crate::store::{DeliveryAttempt, DeliveryOutcome, DueDelivery, Event, StoreResult};
 
 /// How far a delivery handed to this instance is put off for the others:
 /// longer than an attempt may take. The attempt's outcome then sets its
@@ -56,20 +54,23 @@ impl PgStore {
     /// into the future, so no other instance sends them meanwhile (rows
     /// another instance is taking are skipped, not waited for).
     pub async fn due_deliveries(&self, limit: u32) -> StoreResult<Vec<DueDelivery>> {
-        let now_at = time::OffsetDateTime::now_utc();
+        // Due by the database's clock, the one the trigger that makes a
+        // delivery writes its first time with.
         let rows = sqlx::query(
             "WITH due AS (
                  SELECT id, next_attempt_at AS due_at FROM deliveries
-                 WHERE state = 'pending' AND next_attempt_at <= $1
-                 ORDER BY next_attempt_at LIMIT $2
+                 WHERE state = 'pending' AND next_attempt_at <= publishd_now()
+                 ORDER BY next_attempt_at LIMIT $1
                  FOR UPDATE SKIP LOCKED)
-             UPDATE deliveries d SET next_attempt_at = $3 FROM due WHERE d.id = due.id
+             UPDATE deliveries d
+             SET next_attempt_at = to_char((clock_timestamp() + make_interval(secs => $2))
+                                               AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+             FROM due WHERE d.id = due.id
              RETURNING d.id, d.job_id, d.url, d.created_at, d.body,
                        jsonb_array_length(d.attempts::jsonb)::bigint AS tries, due.due_at",
         )
-        .bind(format_time(now_at))
         .bind(i64::from(limit))
-        .bind(format_time(now_at + TAKEN_FOR))
+        .bind(TAKEN_FOR.as_secs_f64())
         .fetch_all(&self.pool)
         .await
         .context("taking due deliveries")?;
@@ -86,14 +87,16 @@ impl PgStore {
 
     /// Keeps the body of a delivery's first attempt, so every retry sends
     /// (and signs) the very same bytes.
-    pub async fn set_delivery_body(&self, id: &str, body: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE deliveries SET body = COALESCE(body, $1) WHERE id = $2")
-            .bind(body)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .context("recording a delivery's body")?;
-        Ok(())
+    pub async fn set_delivery_body(&self, id: &str, body: &str) -> StoreResult<String> {
+        let kept = sqlx::query_scalar(
+            "UPDATE deliveries SET body = COALESCE(body, $1) WHERE id = $2 RETURNING body",
+        )
+        .bind(body)
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .context("recording a delivery's body")?;
+        Ok(kept)
     }
 
     pub async fn record_delivery_attempt(
@@ -110,7 +113,7 @@ impl PgStore {
         sqlx::query(
             "UPDATE deliveries SET attempts = (attempts::jsonb || jsonb_build_array($1::jsonb))::text,
                                    state = $2, next_attempt_at = $3
-             WHERE id = $4",
+             WHERE id = $4 AND state = 'pending'",
         )
         .bind(serde_json::to_string(attempt)?)
         .bind(state)

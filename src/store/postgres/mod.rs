@@ -65,7 +65,9 @@ type AuditOf = Box<dyn FnOnce(&Created) -> AuditEntry + Send>;
 
 /// Another instance inserted a job with the same idempotency key between
 /// this submission's look-up and its insert: the submission is made again,
-/// and then finds that job.
+/// and then finds that job. A backstop: submissions take the pending-count
+/// row's lock first, so they meet one after the other and this should not
+/// happen; the unique index decides if it ever does.
 #[derive(Debug, thiserror::Error)]
 #[error("another submission with the same idempotency key was committed first")]
 struct KeyRace;
@@ -157,6 +159,22 @@ impl PgStore {
         Ok(())
     }
 
+    pub async fn engine_of_key(
+        &self,
+        submitter: &str,
+        key: &str,
+    ) -> StoreResult<Option<Option<String>>> {
+        let engine = sqlx::query_scalar(
+            "SELECT engine FROM jobs WHERE submitted_by = $1 AND idempotency_key = $2",
+        )
+        .bind(submitter)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .context("looking up the idempotency key")?;
+        Ok(engine)
+    }
+
     pub async fn live_engines(&self) -> StoreResult<Vec<String>> {
         let engines = sqlx::query_scalar(
             "SELECT DISTINCT engine FROM instances
@@ -230,7 +248,7 @@ impl PgStore {
         loop {
             tries += 1;
             let mut tx = self.pool.begin().await?;
-            let created = match insert_job(&mut tx, &new).await {
+            let created = match insert_job(&mut tx, &new, self.instance.id).await {
                 Ok(created) => created,
                 Err(error) if error.is::<KeyRace>() && tries < KEY_RACE_TRIES => {
                     tx.rollback().await?;
@@ -334,7 +352,7 @@ async fn snapshot(conn: &mut PgConnection) -> StoreResult<()> {
 
 /// Writes one submission on `conn` (in the caller's transaction): the
 /// idempotency key, the queue limits, the submitter's share, the job.
-async fn insert_job(conn: &mut PgConnection, new: &NewJob) -> StoreResult<Created> {
+async fn insert_job(conn: &mut PgConnection, new: &NewJob, me: Uuid) -> StoreResult<Created> {
     let submitter = new.submitter.name.as_deref().unwrap_or("");
     // First, and held to commit: submissions on every instance meet here,
     // so the limit is exact and a key's first job is seen by the next.
@@ -406,8 +424,8 @@ async fn insert_job(conn: &mut PgConnection, new: &NewJob) -> StoreResult<Create
         "INSERT INTO jobs (id, status, repo, repo_mode, force, has_registry_auth,
                            idempotency_key, spec_hash, created_at, submitted_by,
                            use_service_credentials, required_labels, callback_url,
-                           publish_via, engine)
-         VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                           publish_via, engine, accepted_by)
+         VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(id.to_string())
     .bind(&new.plan.repo)
@@ -423,6 +441,7 @@ async fn insert_job(conn: &mut PgConnection, new: &NewJob) -> StoreResult<Create
     .bind(new.plan.callback.as_ref().map(|callback| &callback.url))
     .bind(new.plan.publish_via.map(PublishVia::as_str))
     .bind(&new.engine)
+    .bind(new.has_registry_auth.then(|| me.to_string()))
     .execute(&mut *conn)
     .await;
     match inserted {

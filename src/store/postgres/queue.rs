@@ -16,7 +16,8 @@ use crate::domain::source::ResolvedSource;
 use crate::domain::status::{JobStatus, TargetStatus};
 use crate::store::model::{ClaimedTarget, TargetOutcome};
 use crate::store::{
-    Bound, Claim, ClaimLost, IN_FLIGHT, Release, Released, StoreResult, TakeOver, bounded, now,
+    Bound, Claim, ClaimLost, IN_FLIGHT, LIVE_WITHIN, Release, Released, StoreResult, TakeOver,
+    bounded, now,
 };
 
 /// The partial unique index that keeps two targets of one reference out of
@@ -59,6 +60,9 @@ impl PgStore {
                           LEFT JOIN owners o ON o.name = j.submitted_by
                      WHERE t.status = 'pending' AND NOT j.cancel_requested
                        AND (j.engine IS NULL OR j.engine = $4)
+                       AND (j.accepted_by IS NULL OR j.accepted_by = $5 OR NOT EXISTS (
+                            SELECT 1 FROM instances i WHERE i.id = j.accepted_by
+                              AND i.heartbeat_at > clock_timestamp() - make_interval(secs => $6)))
                        AND (t.not_before IS NULL OR t.not_before <= $1)
                        AND (t.reference_key IS NULL OR NOT EXISTS (
                             SELECT 1 FROM targets u
@@ -73,6 +77,8 @@ impl PgStore {
             .bind(&token)
             .bind(lease.as_secs_f64())
             .bind(&self.instance.engine)
+            .bind(self.instance.id.to_string())
+            .bind(LIVE_WITHIN.as_secs_f64())
             .fetch_optional(&mut *tx)
             .await;
             let id = match claimed {
@@ -364,6 +370,7 @@ impl PgStore {
         let row = sqlx::query(&format!(
             "UPDATE targets SET
                  runs = runs - CASE WHEN $1 THEN 0 ELSE 1 END,
+                 attempts = attempts - CASE WHEN $1 THEN 0 ELSE 1 END,
                  status = CASE
                      WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)
                          THEN 'cancelled'
@@ -455,15 +462,24 @@ impl PgStore {
 
     /// The job was resubmitted with its credentials: its waiting targets may
     /// be claimed at once.
+    /// This instance holds them now: it claims the job's targets from here on.
     pub async fn credentials_arrived(&self, job_id: Uuid) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE jobs SET accepted_by = $2 WHERE id = $1 AND has_registry_auth")
+            .bind(job_id.to_string())
+            .bind(self.instance.id.to_string())
+            .execute(&mut *tx)
+            .await
+            .context("recording who holds a job's credentials")?;
         sqlx::query(
             "UPDATE targets SET not_before = NULL, credentials_wait_until = NULL
              WHERE job_id = $1 AND status = 'pending'",
         )
         .bind(job_id.to_string())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .context("waking targets that waited for credentials")?;
+        tx.commit().await?;
         Ok(())
     }
 

@@ -54,14 +54,16 @@ impl SqliteStore {
 
     /// Keeps the body of a delivery's first attempt, so every retry sends
     /// (and signs) the very same bytes.
-    pub async fn set_delivery_body(&self, id: &str, body: &str) -> StoreResult<()> {
-        sqlx::query("UPDATE deliveries SET body = COALESCE(body, ?) WHERE id = ?")
-            .bind(body)
-            .bind(id)
-            .execute(&self.writer)
-            .await
-            .context("recording a delivery's body")?;
-        Ok(())
+    pub async fn set_delivery_body(&self, id: &str, body: &str) -> StoreResult<String> {
+        let kept = sqlx::query_scalar(
+            "UPDATE deliveries SET body = COALESCE(body, ?) WHERE id = ? RETURNING body",
+        )
+        .bind(body)
+        .bind(id)
+        .fetch_one(&self.writer)
+        .await
+        .context("recording a delivery's body")?;
+        Ok(kept)
     }
 
     pub async fn record_delivery_attempt(
@@ -78,7 +80,7 @@ impl SqliteStore {
         sqlx::query(
             "UPDATE deliveries SET attempts = json_insert(attempts, '$[#]', json(?)),
                                    state = ?, next_attempt_at = ?
-             WHERE id = ?",
+             WHERE id = ? AND state = 'pending'",
         )
         .bind(serde_json::to_string(attempt)?)
         .bind(state)

@@ -29,12 +29,12 @@ use answers::{Answers, Writes};
 use group_commit::{GroupCommit, QueueWrite, Write, Written};
 
 use super::rows::{
-    CLAIMED, ClaimedRow, EngineTargetsRow, InstanceRow, JobRow, job_of, page_of, parse_enum,
-    parse_uuid,
+    CLAIMED, ClaimedRow, EngineTargetsRow, JobRow, job_of, page_of, parse_enum, parse_uuid,
 };
 use super::{
-    AuditEntry, Cancelled, ClaimedTarget, Created, EngineStatus, IN_FLIGHT, Instance, Job, JobPage,
-    NewJob, PageKey, StoreResult, engines_of, job_state, now, queued_job,
+    AuditEntry, Cancelled, ClaimedTarget, Created, EngineStatus, IN_FLIGHT, Instance,
+    InstanceStatus, Job, JobPage, NewJob, PageKey, StoreResult, engines_of, job_state, now,
+    queued_job,
 };
 use crate::domain::naming::reference_key;
 use crate::domain::publish_via::PublishVia;
@@ -58,6 +58,7 @@ pub struct SqliteStore {
     /// Leases are measured from here, on a clock that does not jump.
     epoch: Instant,
     instance: Arc<Instance>,
+    started_at: String,
 }
 
 impl SqliteStore {
@@ -113,6 +114,7 @@ impl SqliteStore {
             _owner: Arc::new(owner),
             epoch: Instant::now(),
             instance: Arc::new(instance),
+            started_at: now(),
         })
     }
 
@@ -131,37 +133,30 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Nothing to record: one publishd per file, and it is this one (the
+    /// file's lock says so), so nobody reads a heartbeat.
     pub async fn heartbeat(&self) -> StoreResult<()> {
-        let instance = &self.instance;
-        let now = now();
-        sqlx::query(
-            "INSERT INTO instances (id, engine, address, started_at, heartbeat_at)
-             VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-        )
-        .bind(instance.id.to_string())
-        .bind(&instance.engine)
-        .bind(&instance.address)
-        .bind(&now)
-        .execute(&self.writer)
-        .await
-        .context("recording this instance's heartbeat")?;
-        // One publishd per file: any other record is of a process gone.
-        sqlx::query("DELETE FROM instances WHERE id <> ?")
-            .bind(instance.id.to_string())
-            .execute(&self.writer)
-            .await
-            .context("forgetting instances gone")?;
         Ok(())
     }
 
     pub async fn leave(&self) -> StoreResult<()> {
-        sqlx::query("DELETE FROM instances WHERE id = ?")
-            .bind(self.instance.id.to_string())
-            .execute(&self.writer)
-            .await
-            .context("removing this instance's record")?;
         Ok(())
+    }
+
+    pub async fn engine_of_key(
+        &self,
+        submitter: &str,
+        key: &str,
+    ) -> StoreResult<Option<Option<String>>> {
+        let engine = sqlx::query_scalar(
+            "SELECT engine FROM jobs WHERE submitted_by = ? AND idempotency_key = ?",
+        )
+        .bind(submitter)
+        .bind(key)
+        .fetch_optional(&self.reader)
+        .await
+        .context("looking up the idempotency key")?;
+        Ok(engine)
     }
 
     /// One publishd per file: its own engine, if it has one.
@@ -170,15 +165,6 @@ impl SqliteStore {
     }
 
     pub async fn engines(&self) -> StoreResult<Vec<EngineStatus>> {
-        let mut tx = self.reader.begin().await?;
-        let instances: Vec<InstanceRow> = sqlx::query_as(
-            "SELECT id, engine, address, started_at,
-                    (julianday('now') - julianday(heartbeat_at)) * 86400.0 AS heartbeat_age_seconds
-             FROM instances",
-        )
-        .fetch_all(&mut *tx)
-        .await
-        .context("listing instances")?;
         let targets: Vec<EngineTargetsRow> = sqlx::query_as(&format!(
             "SELECT j.engine AS engine,
                     sum(t.status = 'pending') AS queued,
@@ -187,14 +173,20 @@ impl SqliteStore {
              WHERE j.engine IS NOT NULL AND (t.status = 'pending' OR t.status IN {IN_FLIGHT})
              GROUP BY j.engine"
         ))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.reader)
         .await
         .context("counting targets by engine")?;
-        let instances = instances
-            .into_iter()
-            .map(InstanceRow::into_instance)
-            .collect::<StoreResult<_>>()?;
-        Ok(engines_of(instances, targets))
+        let this = InstanceStatus {
+            id: self.instance.id,
+            address: self.instance.address.clone(),
+            started_at: self.started_at.clone(),
+            heartbeat_age_seconds: 0.0,
+            live: true,
+        };
+        Ok(engines_of(
+            vec![(self.instance.engine.clone(), this)],
+            targets,
+        ))
     }
 
     /// Records a job and its targets, honouring the idempotency key; answers

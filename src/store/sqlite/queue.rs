@@ -51,7 +51,6 @@ impl SqliteStore {
         let now = now();
         let token = Uuid::now_v7().to_string();
         let lease_end = self.lease_end_ms(lease);
-        let engine = self.instance.engine.clone();
         self.write_batched(move |conn| {
             Box::pin(async move {
                 let claimed = sqlx::query(&format!(
@@ -67,7 +66,6 @@ impl SqliteStore {
                          SELECT t.id FROM targets t JOIN jobs j ON j.id = t.job_id
                               LEFT JOIN owners o ON o.name = j.submitted_by
                          WHERE t.status = 'pending' AND j.cancel_requested = 0
-                           AND (j.engine IS NULL OR j.engine = ?4)
                            AND (t.not_before IS NULL OR t.not_before <= ?1)
                            AND (t.reference_key IS NULL OR NOT EXISTS (
                                 SELECT 1 FROM targets u
@@ -79,7 +77,6 @@ impl SqliteStore {
                 .bind(&now)
                 .bind(&token)
                 .bind(lease_end)
-                .bind(engine)
                 .fetch_optional(&mut *conn)
                 .await
                 .context("claiming a target")?;
@@ -360,6 +357,7 @@ impl SqliteStore {
         let row = sqlx::query(&format!(
             "UPDATE targets SET
                  runs = runs - CASE WHEN ?1 THEN 0 ELSE 1 END,
+                 attempts = attempts - CASE WHEN ?1 THEN 0 ELSE 1 END,
                  status = CASE
                      WHEN (SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)
                          THEN 'cancelled'
