@@ -402,3 +402,53 @@ async fn losing_the_database_for_seconds_leaves_nothing_half_done() {
     assert!(engine.names_under(&repo).await.is_empty());
     server.terminate().await;
 }
+
+#[tokio::test]
+async fn a_job_s_own_credentials_are_used_by_the_instance_that_holds_them() {
+    let env = TestEnv::get();
+    let dir = tempfile::tempdir().unwrap();
+    let database = Location::Postgres(new_postgres_database());
+    let holder = instance(dir.path(), 0, &database, &env.docker_host, "alpha").await;
+    let other = instance(dir.path(), 1, &database, &env.docker_host, "alpha").await;
+    let beta_dir = tempfile::tempdir().unwrap();
+    let beta_engine = PrivateEngine::start(beta_dir.path());
+    let beta = instance(dir.path(), 2, &database, &beta_engine.host(), "beta").await;
+    let source = unique("own-credentials");
+    TestEngine::connect().import_image(&source, "b1", &[]).await;
+    let repo = format!("{}/{}", env.auth_registry, unique("own-credentials"));
+    let with_credentials = |tag: &str| {
+        let mut job = job_on("alpha", &repo, &format!("{source}:b1"), &[tag, "latest"]);
+        job["registry_auth"] = json!({"username": env.auth_user, "password": env.auth_password});
+        job
+    };
+
+    // Held in the memory of the instance that accepts them: a job on
+    // another engine than that instance's could never use them.
+    let (status, refusal) = post(&beta, "/api/v1/jobs", &with_credentials("v0")).await;
+    assert_eq!(status, 422, "{refusal:#}");
+    assert_eq!(refusal["error"]["field"], "registry_auth", "{refusal:#}");
+
+    // Only their holder claims the jobs, though another instance is idle
+    // on the same engine: none waits for credentials it does not have.
+    let mut ids = Vec::new();
+    for tag in ["v1", "v2", "v3", "v4"] {
+        ids.push(holder.submit(&with_credentials(tag)).await);
+    }
+    let registry = Registry::with_auth(&env.auth_registry, &env.auth_user, &env.auth_password);
+    for id in &ids {
+        let job = other.wait_finished(id).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        assert!(
+            job["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["credentials_wait_until"].is_null()),
+            "{job:#}"
+        );
+        registry.assert_holds(&job).await;
+    }
+    for server in [holder, other, beta] {
+        server.terminate().await;
+    }
+}
