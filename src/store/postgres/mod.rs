@@ -65,9 +65,7 @@ type AuditOf = Box<dyn FnOnce(&Created) -> AuditEntry + Send>;
 
 /// Another instance inserted a job with the same idempotency key between
 /// this submission's look-up and its insert: the submission is made again,
-/// and then finds that job. A backstop: submissions take the pending-count
-/// row's lock first, so they meet one after the other and this should not
-/// happen; the unique index decides if it ever does.
+/// and then finds that job.
 #[derive(Debug, thiserror::Error)]
 #[error("another submission with the same idempotency key was committed first")]
 struct KeyRace;
@@ -256,6 +254,12 @@ impl PgStore {
                 }
                 Err(error) => return Err(error),
             };
+            if !matches!(created, Created::New(_)) {
+                // A refusal may come after the job's rows were written: only
+                // its audit record stays.
+                tx.rollback().await?;
+                tx = self.pool.begin().await?;
+            }
             let entry = audit.map(|audit| audit(&created));
             if let Some(entry) = &entry {
                 audit::insert_audit(&mut tx, entry).await?;
@@ -354,15 +358,11 @@ async fn snapshot(conn: &mut PgConnection) -> StoreResult<()> {
 /// idempotency key, the queue limits, the submitter's share, the job.
 async fn insert_job(conn: &mut PgConnection, new: &NewJob, me: Uuid) -> StoreResult<Created> {
     let submitter = new.submitter.name.as_deref().unwrap_or("");
-    // First, and held to commit: submissions on every instance meet here,
-    // so the limit is exact and a key's first job is seen by the next.
-    let pending: i64 =
-        sqlx::query_scalar("SELECT count FROM pending_targets WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut *conn)
-            .await
-            .context("reading the number of pending targets")?;
     if let Some(key) = &new.idempotency_key {
         // Keys are the submitter's own: another token's job is never found.
+        // Two submissions of one key at once both miss here; the unique
+        // index stops the second at its insert (`KeyRace`), and it is made
+        // again and finds the first.
         let seen = sqlx::query(
             "SELECT id, spec_hash FROM jobs WHERE submitted_by = $1 AND idempotency_key = $2",
         )
@@ -381,43 +381,11 @@ async fn insert_job(conn: &mut PgConnection, new: &NewJob, me: Uuid) -> StoreRes
             return Ok(Created::Existing(job));
         }
     }
-    if pending.saturating_add(new.plan.targets.len() as i64) > new.max_pending as i64 {
-        return Ok(Created::Overloaded { pending });
-    }
-    if let Some(limit) = new.submitter.max_queued_targets {
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM targets t JOIN jobs j ON j.id = t.job_id
-             WHERE t.status = 'pending' AND j.submitted_by = $1",
-        )
-        .bind(submitter)
-        .fetch_one(&mut *conn)
-        .await
-        .context("counting the submitter's pending targets")?;
-        if pending.saturating_add(new.plan.targets.len() as i64) > limit as i64 {
-            return Ok(Created::SubmitterOverloaded { pending, limit });
-        }
-    }
-    // A submitter that was idle starts level with the least-served one
-    // still queued, not with the credit of its idle time.
-    sqlx::query(&format!(
-        "INSERT INTO owners (name, weight, pass) VALUES ($1, $2,
-         COALESCE((SELECT MIN(o.pass) FROM owners o WHERE EXISTS (
-             SELECT 1 FROM jobs j JOIN targets t ON t.job_id = j.id
-             WHERE j.submitted_by = o.name
-               AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))), 0))
-         ON CONFLICT (name) DO UPDATE SET weight = excluded.weight,
-             pass = CASE WHEN EXISTS (
-                     SELECT 1 FROM jobs j JOIN targets t ON t.job_id = j.id
-                     WHERE j.submitted_by = owners.name
-                       AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))
-                 THEN owners.pass ELSE GREATEST(owners.pass, excluded.pass) END"
-    ))
-    .bind(submitter)
-    .bind(i64::from(new.submitter.weight))
-    .execute(&mut *conn)
-    .await
-    .context("recording the submitter's share")?;
 
+    // The job and its images first: they take no lock that others wait
+    // for. Submissions on every instance meet at the pending count's row,
+    // which the limit check below locks to commit: the less done after it,
+    // the more submissions a second.
     let id = new.id;
     let now = now();
     let inserted = sqlx::query(
@@ -448,40 +416,124 @@ async fn insert_job(conn: &mut PgConnection, new: &NewJob, me: Uuid) -> StoreRes
         Err(error) if violates(&error, "jobs_by_idempotency_key") => return Err(KeyRace.into()),
         inserted => inserted.context("inserting the job")?,
     };
-    for (position, image) in new.plan.images.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO job_images (job_id, position, name, source, source_image_id, source_digest)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(id.to_string())
-        .bind(position as i64)
-        .bind(&image.name)
-        .bind(&image.source)
-        .bind(&image.source_image_id)
-        .bind(&image.source_digest)
-        .execute(&mut *conn)
-        .await
-        .context("inserting an image")?;
+    let images = &new.plan.images;
+    sqlx::query(
+        "INSERT INTO job_images (job_id, position, name, source, source_image_id, source_digest)
+         SELECT $1, position, name, source, source_image_id, source_digest
+         FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
+              AS image (position, name, source, source_image_id, source_digest)",
+    )
+    .bind(id.to_string())
+    .bind((0..images.len() as i64).collect::<Vec<_>>())
+    .bind(images.iter().map(|i| i.name.clone()).collect::<Vec<_>>())
+    .bind(images.iter().map(|i| i.source.clone()).collect::<Vec<_>>())
+    .bind(
+        images
+            .iter()
+            .map(|i| i.source_image_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        images
+            .iter()
+            .map(|i| i.source_digest.clone())
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await
+    .context("inserting the images")?;
+
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count FROM pending_targets WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *conn)
+            .await
+            .context("reading the number of pending targets")?;
+    if pending.saturating_add(new.plan.targets.len() as i64) > new.max_pending as i64 {
+        return Ok(Created::Overloaded { pending });
     }
-    for (position, target) in new.plan.targets.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO targets (job_id, position, image_position, image_name, source, strategy,
-                                  tag, reference, reference_key, status)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending')",
+    if let Some(limit) = new.submitter.max_queued_targets {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM targets t JOIN jobs j ON j.id = t.job_id
+             WHERE t.status = 'pending' AND j.submitted_by = $1",
         )
-        .bind(id.to_string())
-        .bind(position as i64)
-        .bind(target.image_index as i64)
-        .bind(&target.image_name)
-        .bind(&target.source)
-        .bind(target.strategy.as_str())
-        .bind(&target.tag)
-        .bind(&target.reference)
-        .bind(target.reference.as_deref().map(reference_key))
-        .execute(&mut *conn)
+        .bind(submitter)
+        .fetch_one(&mut *conn)
         .await
-        .context("inserting a target")?;
+        .context("counting the submitter's pending targets")?;
+        if pending.saturating_add(new.plan.targets.len() as i64) > limit as i64 {
+            return Ok(Created::SubmitterOverloaded { pending, limit });
+        }
     }
+    // A submitter that was idle starts level with the least-served one
+    // still queued, not with the credit of its idle time. After the count's
+    // lock, as claims take them (the lock order).
+    sqlx::query(&format!(
+        "INSERT INTO owners (name, weight, pass) VALUES ($1, $2,
+         COALESCE((SELECT MIN(o.pass) FROM owners o WHERE EXISTS (
+             SELECT 1 FROM jobs j JOIN targets t ON t.job_id = j.id
+             WHERE j.submitted_by = o.name
+               AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))), 0))
+         ON CONFLICT (name) DO UPDATE SET weight = excluded.weight,
+             pass = CASE WHEN EXISTS (
+                     SELECT 1 FROM jobs j JOIN targets t ON t.job_id = j.id
+                     WHERE j.submitted_by = owners.name
+                       AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))
+                 THEN owners.pass ELSE GREATEST(owners.pass, excluded.pass) END"
+    ))
+    .bind(submitter)
+    .bind(i64::from(new.submitter.weight))
+    .execute(&mut *conn)
+    .await
+    .context("recording the submitter's share")?;
+    let targets = &new.plan.targets;
+    sqlx::query(
+        "INSERT INTO targets (job_id, position, image_position, image_name, source, strategy,
+                              tag, reference, reference_key, status)
+         SELECT $1, position, image_position, image_name, source, strategy, tag, reference,
+                reference_key, 'pending'
+         FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::text[], $9::text[])
+              AS target (position, image_position, image_name, source, strategy, tag,
+                         reference, reference_key)
+         ORDER BY position",
+    )
+    .bind(id.to_string())
+    .bind((0..targets.len() as i64).collect::<Vec<_>>())
+    .bind(
+        targets
+            .iter()
+            .map(|t| t.image_index as i64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        targets
+            .iter()
+            .map(|t| t.image_name.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(targets.iter().map(|t| t.source.clone()).collect::<Vec<_>>())
+    .bind(
+        targets
+            .iter()
+            .map(|t| t.strategy.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(targets.iter().map(|t| t.tag.clone()).collect::<Vec<_>>())
+    .bind(
+        targets
+            .iter()
+            .map(|t| t.reference.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        targets
+            .iter()
+            .map(|t| t.reference.as_deref().map(reference_key))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut *conn)
+    .await
+    .context("inserting the targets")?;
     Ok(Created::New(queued_job(new, now)))
 }
 
