@@ -453,8 +453,7 @@ async fn insert_job(conn: &mut PgConnection, new: &NewJob, me: Uuid) -> StoreRes
     }
     if let Some(limit) = new.submitter.max_queued_targets {
         let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM targets t JOIN jobs j ON j.id = t.job_id
-             WHERE t.status = 'pending' AND j.submitted_by = $1",
+            "SELECT count(*) FROM targets WHERE submitted_by = $1 AND status = 'pending'",
         )
         .bind(submitter)
         .fetch_one(&mut *conn)
@@ -470,13 +469,13 @@ async fn insert_job(conn: &mut PgConnection, new: &NewJob, me: Uuid) -> StoreRes
     sqlx::query(&format!(
         "INSERT INTO owners (name, weight, pass) VALUES ($1, $2,
          COALESCE((SELECT MIN(o.pass) FROM owners o WHERE EXISTS (
-             SELECT 1 FROM jobs j JOIN targets t ON t.job_id = j.id
-             WHERE j.submitted_by = o.name
+             SELECT 1 FROM targets t
+             WHERE t.submitted_by = o.name
                AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))), 0))
          ON CONFLICT (name) DO UPDATE SET weight = excluded.weight,
              pass = CASE WHEN EXISTS (
-                     SELECT 1 FROM jobs j JOIN targets t ON t.job_id = j.id
-                     WHERE j.submitted_by = owners.name
+                     SELECT 1 FROM targets t
+                     WHERE t.submitted_by = owners.name
                        AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))
                  THEN owners.pass ELSE GREATEST(owners.pass, excluded.pass) END"
     ))
@@ -488,9 +487,9 @@ async fn insert_job(conn: &mut PgConnection, new: &NewJob, me: Uuid) -> StoreRes
     let targets = &new.plan.targets;
     sqlx::query(
         "INSERT INTO targets (job_id, position, image_position, image_name, source, strategy,
-                              tag, reference, reference_key, status)
+                              tag, reference, reference_key, status, submitted_by)
          SELECT $1, position, image_position, image_name, source, strategy, tag, reference,
-                reference_key, 'pending'
+                reference_key, 'pending', $10
          FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::text[], $9::text[])
               AS target (position, image_position, image_name, source, strategy, tag,
@@ -531,6 +530,7 @@ async fn insert_job(conn: &mut PgConnection, new: &NewJob, me: Uuid) -> StoreRes
             .map(|t| t.reference.as_deref().map(reference_key))
             .collect::<Vec<_>>(),
     )
+    .bind(submitter)
     .execute(&mut *conn)
     .await
     .context("inserting the targets")?;
