@@ -238,7 +238,7 @@ FOR EACH ROW WHEN (OLD.status = 'pending') EXECUTE FUNCTION pending_targets_coun
 --
 -- `id` must never become visible after a higher one: a row is inserted
 -- without it (`seq` only orders the transaction's own rows), and at commit
--- a deferred trigger per event numbers it from `event_counter`.
+-- a deferred trigger numbers the transaction's events from `event_counter`.
 -- That row's lock, held to the end of the commit, makes the ids gap-free in
 -- commit order; taken at commit, after every other lock of the
 -- transaction, it can never be part of a deadlock.
@@ -249,9 +249,11 @@ CREATE TABLE events (
     at       TEXT NOT NULL,
     kind     TEXT NOT NULL,      -- job, target, attempt, cancel
     position BIGINT,             -- the target's, for target and attempt events
-    data     TEXT NOT NULL       -- JSON
+    data     TEXT NOT NULL,      -- JSON
+    tx       BIGINT NOT NULL DEFAULT txid_current()  -- the transaction that wrote it
 );
 CREATE INDEX events_by_job ON events (job_id, id);
+CREATE INDEX events_unnumbered ON events (tx) WHERE id IS NULL;
 
 CREATE TABLE event_counter (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
@@ -266,15 +268,24 @@ $$;
 
 CREATE FUNCTION events_number() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    next BIGINT;
+    unnumbered BIGINT;
+    first BIGINT;
 BEGIN
-    -- Each event numbers itself, in the order the transaction made them
-    -- (deferred triggers fire in that order). The counter's row, locked by
-    -- the first, is held to the end of the commit. No scan for the rows
-    -- still unnumbered: with the versions numbering leaves behind, that
-    -- costs more the busier the table.
-    UPDATE event_counter SET last = last + 1 WHERE id = 1 RETURNING last INTO next;
-    UPDATE events SET id = next WHERE seq = NEW.seq;
+    -- The first of the transaction's deferred triggers numbers all its
+    -- events, in the order it made them; the others find theirs numbered.
+    -- They are found by the transaction's id: a scan for every unnumbered
+    -- row would also walk the versions that numbering leaves behind.
+    IF (SELECT id FROM events WHERE seq = NEW.seq) IS NOT NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT count(*) INTO unnumbered FROM events
+    WHERE tx = txid_current() AND id IS NULL;
+    UPDATE event_counter SET last = last + unnumbered WHERE id = 1
+    RETURNING last - unnumbered INTO first;
+    UPDATE events e SET id = first + n.k
+    FROM (SELECT seq, row_number() OVER (ORDER BY seq) AS k
+          FROM events WHERE tx = txid_current() AND id IS NULL) n
+    WHERE e.seq = n.seq;
     RETURN NULL;
 END $$;
 
