@@ -19,7 +19,6 @@ use super::sources::resolve_sources;
 use crate::credentials::RegistryAuth;
 use crate::domain::access::{Principal, check_submission};
 use crate::domain::naming::registry_host;
-use crate::domain::source::RegistrySource;
 use crate::domain::spec::Plan;
 use crate::domain::spec::{JobSpec, RegistryAuthSpec, plan};
 use crate::domain::status::JobStatus;
@@ -224,10 +223,7 @@ async fn job_engine(
     spec: &JobSpec,
     plan: &Plan,
 ) -> Result<Option<String>, ApiError> {
-    let local = plan
-        .images
-        .iter()
-        .any(|image| RegistrySource::parse(&image.source).is_none());
+    let local = plan.images.iter().any(|image| !image.in_registry());
     if !local {
         return Ok(None);
     }
