@@ -182,7 +182,10 @@ impl Application {
                 stopping.clone(),
             ))
         });
-        let heartbeat = tokio::spawn(heartbeat(store.clone(), stopping.clone()));
+        // Only on a shared database does anyone read a heartbeat.
+        let heartbeat = store
+            .is_shared()
+            .then(|| tokio::spawn(heartbeat(store.clone(), stopping.clone())));
         let pool = WorkerPool::start(self.context, self.settings.workers, self.wake);
         let trigger = stopping.clone();
         tokio::spawn(async move {
@@ -224,7 +227,9 @@ impl Application {
         for task in webhooks.into_iter().chain(retention) {
             let _ = task.await;
         }
-        let _ = heartbeat.await;
+        if let Some(heartbeat) = heartbeat {
+            let _ = heartbeat.await;
+        }
         // Gone from `GET /api/v1/engines` at once, not after its heartbeat ages.
         if let Err(error) = store.leave().await {
             tracing::warn!(
