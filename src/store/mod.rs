@@ -10,6 +10,7 @@
 //! columns of either to the API's types.
 
 mod audit;
+mod counts;
 mod events;
 pub mod model;
 mod postgres;

@@ -18,11 +18,9 @@
 //! commit (see the migration).
 
 mod audit;
-mod counts;
 mod events;
 mod queue;
 mod retention;
-mod seeds;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +30,7 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
+use super::counts;
 use super::rows::{
     CLAIMED, ClaimedRow, EngineTargetsRow, InstanceRow, JobRow, job_of, page_of, parse_enum,
     parse_uuid,
@@ -42,7 +41,9 @@ use super::{
 };
 use crate::domain::naming::reference_key;
 use crate::domain::publish_via::PublishVia;
+use crate::domain::publish_via::Seed;
 use crate::domain::status::{JobStatus, TargetStatus};
+use crate::store::QueueCounts;
 
 /// Connections per instance: lanes, the API and the background loops share them.
 const MAX_CONNECTIONS: u32 = 10;
@@ -664,4 +665,24 @@ async fn load_job(conn: &mut PgConnection, id: Uuid) -> StoreResult<Option<Job>>
             .await
             .context("loading a job's deliveries")?;
     job_of(job, images, targets, deliveries).map(Some)
+}
+
+/// The SQL both stores share (`store/counts.rs`).
+impl PgStore {
+    pub async fn queue_counts(&self) -> StoreResult<QueueCounts> {
+        counts::queue_counts(&self.pool).await
+    }
+
+    pub async fn seed(&self, source_image_id: &str, registry: &str) -> StoreResult<Option<Seed>> {
+        counts::seed(&self.pool, source_image_id, registry).await
+    }
+
+    pub async fn record_seed(
+        &self,
+        source_image_id: &str,
+        registry: &str,
+        seed: &Seed,
+    ) -> StoreResult<()> {
+        counts::record_seed(&self.pool, source_image_id, registry, seed).await
+    }
 }

@@ -4,12 +4,10 @@
 
 mod answers;
 mod audit;
-mod counts;
 mod events;
 mod group_commit;
 mod queue;
 mod retention;
-mod seeds;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -28,6 +26,7 @@ use uuid::Uuid;
 use answers::{Answers, Writes};
 use group_commit::{GroupCommit, QueueWrite, Write, Written};
 
+use super::counts;
 use super::rows::{
     CLAIMED, ClaimedRow, EngineTargetsRow, JobRow, job_of, page_of, parse_enum, parse_uuid,
 };
@@ -38,7 +37,9 @@ use super::{
 };
 use crate::domain::naming::reference_key;
 use crate::domain::publish_via::PublishVia;
+use crate::domain::publish_via::Seed;
 use crate::domain::status::{JobStatus, TargetStatus};
+use crate::store::QueueCounts;
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -662,6 +663,26 @@ async fn load_job(conn: &mut sqlx::SqliteConnection, id: Uuid) -> StoreResult<Op
 
 /// The SQLite store's own: migrations from old schemas and the lock file.
 /// What both stores do is tested in `store/tests.rs`.
+/// The SQL both stores share (`store/counts.rs`).
+impl SqliteStore {
+    pub async fn queue_counts(&self) -> StoreResult<QueueCounts> {
+        counts::queue_counts(&self.reader).await
+    }
+
+    pub async fn seed(&self, source_image_id: &str, registry: &str) -> StoreResult<Option<Seed>> {
+        counts::seed(&self.reader, source_image_id, registry).await
+    }
+
+    pub async fn record_seed(
+        &self,
+        source_image_id: &str,
+        registry: &str,
+        seed: &Seed,
+    ) -> StoreResult<()> {
+        counts::record_seed(&self.writer, source_image_id, registry, seed).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
