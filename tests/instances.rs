@@ -290,6 +290,7 @@ async fn one_reference_is_never_published_by_two_instances_at_once() {
             started,
             finished,
             job["engine"].as_str().unwrap().to_owned(),
+            target["digest"].as_str().unwrap().to_owned(),
         ));
     }
     // The records' times (RFC 3339, fixed width: text order is time order).
@@ -300,6 +301,12 @@ async fn one_reference_is_never_published_by_two_instances_at_once() {
             "two runs of {repo}/app:v1 overlapped: {pair:?}"
         );
     }
+    // The tag in the registry is the image of the run that came last.
+    let pushed = Registry::open(&env.registry)
+        .pushed(&format!("{repo}/app:v1"))
+        .await
+        .expect("v1 in the registry");
+    assert_eq!(pushed.digest, runs.last().unwrap().3);
     let engines: Vec<&str> = runs.iter().map(|run| run.2.as_str()).collect();
     assert!(engines.contains(&"alpha") && engines.contains(&"beta"));
     assert!(TestEngine::connect().names_under(&repo).await.is_empty());
@@ -356,6 +363,17 @@ async fn a_cancel_through_one_instance_stops_a_target_running_on_another() {
         statuses.iter().filter(|s| **s == "cancelled").count() >= 4,
         "{statuses:?}"
     );
+    // What was cancelled before it started is not in the registry.
+    let published = Registry::open(&registry.address.to_string());
+    for target in job["targets"].as_array().unwrap() {
+        if target["status"] == "cancelled" && target["started_at"].is_null() {
+            let reference = target["reference"].as_str().unwrap();
+            assert!(
+                published.pushed(reference).await.is_none(),
+                "{reference} was pushed"
+            );
+        }
+    }
     assert!(engine.names_under(&repo).await.is_empty());
     runner.terminate().await;
     other.terminate().await;
