@@ -6,6 +6,8 @@
 //! [`ClaimLost`], so a lane that lost its lease can never overwrite what the
 //! next run of its target recorded.
 
+use super::StoreResult;
+
 /// A lane's hold on one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
@@ -75,4 +77,15 @@ pub enum TakeOver<'a> {
     /// Only if `token` still holds it: its own lane is gone (it panicked) or
     /// gave it up.
     Held { token: &'a str },
+}
+
+/// A fenced write that changed no row was made for a lost claim.
+pub(super) fn fenced(rows_affected: u64, claim: &Claim) -> StoreResult<()> {
+    if rows_affected == 0 {
+        return Err(ClaimLost {
+            target_id: claim.target_id,
+        }
+        .into());
+    }
+    Ok(())
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::Row;
-use sqlx::postgres::PgQueryResult;
 use uuid::Uuid;
 
 use super::{PgStore, load_claimed, lock_job_of, refresh_job, violates};
@@ -15,6 +14,7 @@ use crate::domain::publish_via::PublishedVia;
 use crate::domain::source::ResolvedSource;
 use crate::domain::status::{JobStatus, TargetStatus};
 use crate::store::model::{ClaimedTarget, TargetOutcome};
+use crate::store::queue::fenced;
 use crate::store::{
     Bound, Claim, ClaimLost, IN_FLIGHT, LIVE_WITHIN, Release, Released, StoreResult, TakeOver,
     bounded, now,
@@ -201,7 +201,7 @@ impl PgStore {
                 }
                 result => result.context("binding a content reference")?,
             };
-            fenced(result, claim)?;
+            fenced(result.rows_affected(), claim)?;
             refresh_job(&mut tx, job_id).await?;
             tx.commit().await?;
             return Ok(bound);
@@ -229,7 +229,7 @@ impl PgStore {
         .execute(&self.pool)
         .await
         .context("recording the tag step's plan")?;
-        fenced(result, claim)
+        fenced(result.rows_affected(), claim)
     }
 
     /// Records the image a build made, before its target reference is
@@ -248,7 +248,7 @@ impl PgStore {
         .execute(&self.pool)
         .await
         .context("recording the built image")?;
-        fenced(result, claim)
+        fenced(result.rows_affected(), claim)
     }
 
     pub async fn set_step(&self, claim: &Claim, status: TargetStatus) -> StoreResult<()> {
@@ -260,7 +260,7 @@ impl PgStore {
                 .execute(&self.pool)
                 .await
                 .context("recording a step")?;
-        fenced(result, claim)
+        fenced(result.rows_affected(), claim)
     }
 
     /// Records a failed try of `step`; when another try follows, counts it.
@@ -287,7 +287,7 @@ impl PgStore {
         .execute(&self.pool)
         .await
         .context("recording a failed attempt")?;
-        fenced(result, claim)
+        fenced(result.rows_affected(), claim)
     }
 
     /// Records how a target ended and brings its job's status up to date;
@@ -454,7 +454,7 @@ impl PgStore {
         .execute(&mut *tx)
         .await
         .context("putting a target back to wait for credentials")?;
-        fenced(result, claim)?;
+        fenced(result.rows_affected(), claim)?;
         refresh_job(&mut tx, job_id).await?;
         tx.commit().await?;
         Ok(())
@@ -588,15 +588,4 @@ impl PgStore {
             manifest_digest,
         })
     }
-}
-
-/// A fenced write that changed nothing was made for a lost claim.
-fn fenced(result: PgQueryResult, claim: &Claim) -> StoreResult<()> {
-    if result.rows_affected() == 0 {
-        return Err(ClaimLost {
-            target_id: claim.target_id,
-        }
-        .into());
-    }
-    Ok(())
 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::Row;
-use sqlx::sqlite::SqliteQueryResult;
 use uuid::Uuid;
 
 use super::{SqliteStore, load_claimed, parse_uuid, refresh_job};
@@ -14,6 +13,7 @@ use crate::domain::publish_via::PublishedVia;
 use crate::domain::source::ResolvedSource;
 use crate::domain::status::{JobStatus, TargetStatus};
 use crate::store::model::{ClaimedTarget, TargetOutcome};
+use crate::store::queue::fenced;
 use crate::store::{
     Bound, Claim, ClaimLost, IN_FLIGHT, Release, Released, StoreResult, TakeOver, bounded, now,
 };
@@ -171,7 +171,7 @@ impl SqliteStore {
         .execute(&mut *tx)
         .await
         .context("binding a content reference")?;
-        fenced(result, claim)?;
+        fenced(result.rows_affected(), claim)?;
         let job_id: String = sqlx::query_scalar("SELECT job_id FROM targets WHERE id = ?")
             .bind(claim.target_id)
             .fetch_one(&mut *tx)
@@ -213,7 +213,7 @@ impl SqliteStore {
                 .execute(&mut *conn)
                 .await
                 .context("recording the tag step's plan")?;
-                fenced(result, &claim)
+                fenced(result.rows_affected(), &claim)
             })
         })
         .await
@@ -234,7 +234,7 @@ impl SqliteStore {
                 .execute(&self.writer)
                 .await
                 .context("recording the built image")?;
-        fenced(result, claim)
+        fenced(result.rows_affected(), claim)
     }
 
     pub async fn set_step(&self, claim: &Claim, status: TargetStatus) -> StoreResult<()> {
@@ -249,7 +249,7 @@ impl SqliteStore {
                         .execute(&mut *conn)
                         .await
                         .context("recording a step")?;
-                fenced(result, &claim)
+                fenced(result.rows_affected(), &claim)
             })
         })
         .await
@@ -279,7 +279,7 @@ impl SqliteStore {
         .execute(&self.writer)
         .await
         .context("recording a failed attempt")?;
-        fenced(result, claim)
+        fenced(result.rows_affected(), claim)
     }
 
     /// Records how a target ended and brings its job's status up to date;
@@ -565,15 +565,4 @@ impl SqliteStore {
             manifest_digest,
         })
     }
-}
-
-/// A fenced write that changed nothing was made for a lost claim.
-fn fenced(result: SqliteQueryResult, claim: &Claim) -> StoreResult<()> {
-    if result.rows_affected() == 0 {
-        return Err(ClaimLost {
-            target_id: claim.target_id,
-        }
-        .into());
-    }
-    Ok(())
 }
