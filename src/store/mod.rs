@@ -10,12 +10,12 @@
 //! columns of either to the API's types.
 
 mod audit;
-mod counts;
 mod events;
 pub mod model;
 mod postgres;
 mod queue;
 mod rows;
+mod shared;
 mod sqlite;
 #[cfg(test)]
 mod tests;

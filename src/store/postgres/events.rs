@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::{FromRow, Row};
-use uuid::Uuid;
 
-use super::super::rows::{DueDeliveryRow, EventRow};
+use super::super::rows::DueDeliveryRow;
 use super::PgStore;
-use crate::store::{DeliveryAttempt, DeliveryOutcome, DueDelivery, Event, StoreResult};
+use crate::store::{DeliveryAttempt, DeliveryOutcome, DueDelivery, StoreResult};
 
 /// How far a delivery handed to this instance is put off for the others:
 /// longer than an attempt may take. The attempt's outcome then sets its
@@ -17,38 +16,6 @@ use crate::store::{DeliveryAttempt, DeliveryOutcome, DueDelivery, Event, StoreRe
 const TAKEN_FOR: Duration = Duration::from_secs(60);
 
 impl PgStore {
-    /// The job's events after `after` (an event id; 0 for all), oldest
-    /// first. Ids are given at commit in commit order, so one read after
-    /// `after` never misses an event that becomes visible later.
-    pub async fn job_events(
-        &self,
-        job_id: Uuid,
-        after: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<Event>> {
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT id, job_id, at, kind, position, data FROM events
-             WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
-        )
-        .bind(job_id.to_string())
-        .bind(after)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .context("reading a job's events")?;
-        rows.into_iter().map(EventRow::into_event).collect()
-    }
-
-    /// The id of the job's last event, if it has any.
-    pub async fn last_event_of(&self, job_id: Uuid) -> StoreResult<Option<i64>> {
-        let last = sqlx::query_scalar("SELECT max(id) FROM events WHERE job_id = $1")
-            .bind(job_id.to_string())
-            .fetch_one(&self.pool)
-            .await
-            .context("reading a job's last event")?;
-        Ok(last)
-    }
-
     /// Deliveries whose next attempt is due, oldest first, taken for this
     /// instance: in the same statement their next attempt moves a little
     /// into the future, so no other instance sends them meanwhile (rows

@@ -30,11 +30,11 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{FromRow, Row};
 use uuid::Uuid;
 
-use super::counts;
 use super::rows::{
     CLAIMED, ClaimedRow, EngineTargetsRow, InstanceRow, JobRow, job_of, page_of, parse_enum,
     parse_uuid,
 };
+use super::shared;
 use super::{
     AuditEntry, Cancelled, ClaimedTarget, Created, EngineStatus, IN_FLIGHT, Instance, Job, JobPage,
     LIVE_WITHIN, Location, NewJob, PageKey, StoreResult, engines_of, job_state, now, queued_job,
@@ -43,7 +43,7 @@ use crate::domain::naming::reference_key;
 use crate::domain::publish_via::PublishVia;
 use crate::domain::publish_via::Seed;
 use crate::domain::status::{JobStatus, TargetStatus};
-use crate::store::QueueCounts;
+use crate::store::{Event, QueueCounts};
 
 /// Connections per instance: lanes, the API and the background loops share them.
 const MAX_CONNECTIONS: u32 = 10;
@@ -667,14 +667,27 @@ async fn load_job(conn: &mut PgConnection, id: Uuid) -> StoreResult<Option<Job>>
     job_of(job, images, targets, deliveries).map(Some)
 }
 
-/// The SQL both stores share (`store/counts.rs`).
+/// The SQL both stores share (`store/shared.rs`).
 impl PgStore {
+    pub async fn job_events(
+        &self,
+        job_id: Uuid,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        shared::job_events(&self.pool, job_id, after, limit).await
+    }
+
+    pub async fn last_event_of(&self, job_id: Uuid) -> StoreResult<Option<i64>> {
+        shared::last_event_of(&self.pool, job_id).await
+    }
+
     pub async fn queue_counts(&self) -> StoreResult<QueueCounts> {
-        counts::queue_counts(&self.pool).await
+        shared::queue_counts(&self.pool).await
     }
 
     pub async fn seed(&self, source_image_id: &str, registry: &str) -> StoreResult<Option<Seed>> {
-        counts::seed(&self.pool, source_image_id, registry).await
+        shared::seed(&self.pool, source_image_id, registry).await
     }
 
     pub async fn record_seed(
@@ -683,6 +696,6 @@ impl PgStore {
         registry: &str,
         seed: &Seed,
     ) -> StoreResult<()> {
-        counts::record_seed(&self.pool, source_image_id, registry, seed).await
+        shared::record_seed(&self.pool, source_image_id, registry, seed).await
     }
 }

@@ -2,41 +2,12 @@
 //! deliveries.
 
 use anyhow::Context;
-use uuid::Uuid;
 
-use super::super::rows::{DueDeliveryRow, EventRow};
+use super::super::rows::DueDeliveryRow;
 use super::SqliteStore;
-use crate::store::{DeliveryAttempt, DeliveryOutcome, DueDelivery, Event, StoreResult, now};
+use crate::store::{DeliveryAttempt, DeliveryOutcome, DueDelivery, StoreResult, now};
 
 impl SqliteStore {
-    /// The job's events after `after` (an event id; 0 for all), oldest first.
-    pub async fn job_events(
-        &self,
-        job_id: Uuid,
-        after: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<Event>> {
-        let rows: Vec<EventRow> =
-            sqlx::query_as("SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id LIMIT ?")
-                .bind(job_id.to_string())
-                .bind(after)
-                .bind(i64::from(limit))
-                .fetch_all(&self.reader)
-                .await
-                .context("reading a job's events")?;
-        rows.into_iter().map(EventRow::into_event).collect()
-    }
-
-    /// The id of the job's last event, if it has any.
-    pub async fn last_event_of(&self, job_id: Uuid) -> StoreResult<Option<i64>> {
-        let last = sqlx::query_scalar("SELECT max(id) FROM events WHERE job_id = ?")
-            .bind(job_id.to_string())
-            .fetch_one(&self.reader)
-            .await
-            .context("reading a job's last event")?;
-        Ok(last)
-    }
-
     /// Deliveries whose next attempt is due, oldest first.
     pub async fn due_deliveries(&self, limit: u32) -> StoreResult<Vec<DueDelivery>> {
         let rows: Vec<DueDeliveryRow> = sqlx::query_as(

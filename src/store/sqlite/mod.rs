@@ -26,10 +26,10 @@ use uuid::Uuid;
 use answers::{Answers, Writes};
 use group_commit::{GroupCommit, QueueWrite, Write, Written};
 
-use super::counts;
 use super::rows::{
     CLAIMED, ClaimedRow, EngineTargetsRow, JobRow, job_of, page_of, parse_enum, parse_uuid,
 };
+use super::shared;
 use super::{
     AuditEntry, Cancelled, ClaimedTarget, Created, EngineStatus, IN_FLIGHT, Instance,
     InstanceStatus, Job, JobPage, NewJob, PageKey, StoreResult, engines_of, job_state, now,
@@ -39,7 +39,7 @@ use crate::domain::naming::reference_key;
 use crate::domain::publish_via::PublishVia;
 use crate::domain::publish_via::Seed;
 use crate::domain::status::{JobStatus, TargetStatus};
-use crate::store::QueueCounts;
+use crate::store::{Event, QueueCounts};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -663,14 +663,27 @@ async fn load_job(conn: &mut sqlx::SqliteConnection, id: Uuid) -> StoreResult<Op
 
 /// The SQLite store's own: migrations from old schemas and the lock file.
 /// What both stores do is tested in `store/tests.rs`.
-/// The SQL both stores share (`store/counts.rs`).
+/// The SQL both stores share (`store/shared.rs`).
 impl SqliteStore {
+    pub async fn job_events(
+        &self,
+        job_id: Uuid,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<Event>> {
+        shared::job_events(&self.reader, job_id, after, limit).await
+    }
+
+    pub async fn last_event_of(&self, job_id: Uuid) -> StoreResult<Option<i64>> {
+        shared::last_event_of(&self.reader, job_id).await
+    }
+
     pub async fn queue_counts(&self) -> StoreResult<QueueCounts> {
-        counts::queue_counts(&self.reader).await
+        shared::queue_counts(&self.reader).await
     }
 
     pub async fn seed(&self, source_image_id: &str, registry: &str) -> StoreResult<Option<Seed>> {
-        counts::seed(&self.reader, source_image_id, registry).await
+        shared::seed(&self.reader, source_image_id, registry).await
     }
 
     pub async fn record_seed(
@@ -679,7 +692,7 @@ impl SqliteStore {
         registry: &str,
         seed: &Seed,
     ) -> StoreResult<()> {
-        counts::record_seed(&self.writer, source_image_id, registry, seed).await
+        shared::record_seed(&self.writer, source_image_id, registry, seed).await
     }
 }
 

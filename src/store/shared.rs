@@ -1,16 +1,64 @@
 //! What both databases read and write with the same SQL, written once,
 //! generic over sqlx's database (`$N` placeholders, which SQLite takes too
-//! when each appears once and in order): the counts for the metrics (read
-//! at each scrape, from indexes), and the seeds of registry-side
-//! publishing (what the engine pushed of a source image to a registry, per
-//! source image id and registry host).
+//! when each appears once and in order): a job's events, the counts for
+//! the metrics (read at each scrape, from indexes), and the seeds of
+//! registry-side publishing (what the engine pushed of a source image to a
+//! registry, per source image id and registry host).
 
 use anyhow::Context;
 use sqlx::{Database, Executor, FromRow, IntoArguments};
 
-use super::{QueueCounts, StoreResult, now};
+use uuid::Uuid;
+
+use super::rows::EventRow;
+use super::{Event, QueueCounts, StoreResult, now};
 use crate::domain::publish_via::Seed;
 use crate::domain::status::{JobStatus, TargetStatus};
+
+/// The job's events after `after` (an event id; 0 for all), oldest first.
+pub(super) async fn job_events<'c, DB, E>(
+    db: E,
+    job_id: Uuid,
+    after: i64,
+    limit: u32,
+) -> StoreResult<Vec<Event>>
+where
+    DB: Database,
+    for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> EventRow: FromRow<'r, DB::Row>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    E: Executor<'c, Database = DB>,
+{
+    let rows: Vec<EventRow> = sqlx::query_as(
+        "SELECT id, job_id, at, kind, position, data FROM events
+         WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+    )
+    .bind(job_id.to_string())
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(db)
+    .await
+    .context("reading a job's events")?;
+    rows.into_iter().map(EventRow::into_event).collect()
+}
+
+/// The id of the job's last event, if it has any.
+pub(super) async fn last_event_of<'c, DB, E>(db: E, job_id: Uuid) -> StoreResult<Option<i64>>
+where
+    DB: Database,
+    for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> (Option<i64>,): FromRow<'r, DB::Row>,
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    E: Executor<'c, Database = DB>,
+{
+    let (last,): (Option<i64>,) = sqlx::query_as("SELECT max(id) FROM events WHERE job_id = $1")
+        .bind(job_id.to_string())
+        .fetch_one(db)
+        .await
+        .context("reading a job's last event")?;
+    Ok(last)
+}
 
 pub(super) async fn queue_counts<'c, DB, E>(db: E) -> StoreResult<QueueCounts>
 where
