@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 /// How a client command ended. One place for the codes, so the help text,
-/// the README and the process agree.
+/// `docs/cli.md` and the process agree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// The job succeeded (every target published); for `status`, `list`
