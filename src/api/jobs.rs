@@ -117,9 +117,10 @@ async fn submit(
     let limit = state.max_queued_targets;
     let stored = state
         .store
-        .create_audited_job(new, move |created| {
-            submission_audit(created, who.as_deref(), limit)
-        })
+        .create_audited_job(
+            new,
+            Box::new(move |created| submission_audit(created, who.as_deref(), limit)),
+        )
         .await;
     if !matches!(stored, Ok((Created::New(_), _))) {
         state.job_credentials.remove(id);

@@ -14,14 +14,18 @@ mod events;
 pub mod model;
 mod postgres;
 mod queue;
+mod read_cache;
 mod rows;
-mod shared;
+#[cfg(test)]
+mod schema_parity;
+mod sql;
 mod sqlite;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -149,25 +153,17 @@ impl Instance {
 /// these old counts as gone in `GET /api/v1/engines`.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// The store: a handle on one of the two databases, cheap to clone. Every
+/// operation is a method of [`Records`], documented there once.
 #[derive(Clone)]
-pub struct Store {
-    backend: Backend,
-}
+pub struct Store(Arc<dyn Records>);
 
-#[derive(Clone)]
-enum Backend {
-    Sqlite(sqlite::SqliteStore),
-    Postgres(postgres::PgStore),
-}
+impl std::ops::Deref for Store {
+    type Target = dyn Records;
 
-/// Calls the same method on whichever store this is.
-macro_rules! dispatch {
-    ($self:ident, $store:ident => $call:expr) => {
-        match &$self.backend {
-            Backend::Sqlite($store) => $call,
-            Backend::Postgres($store) => $call,
-        }
-    };
+    fn deref(&self) -> &Self::Target {
+        &*self.0
+    }
 }
 
 /// Most bytes of an error or a warning kept on a target: a registry or
@@ -305,104 +301,79 @@ impl Store {
     /// Opens (creating if needed) the database, applies its migrations and
     /// registers `instance` (its first heartbeat).
     pub async fn open(location: &Location, instance: Instance) -> StoreResult<Store> {
-        let backend = match location {
-            Location::Sqlite(path) => {
-                Backend::Sqlite(sqlite::SqliteStore::open(path, instance).await?)
-            }
-            Location::Postgres(url) => {
-                Backend::Postgres(postgres::PgStore::open(url, instance).await?)
-            }
+        let records: Arc<dyn Records> = match location {
+            Location::Sqlite(path) => Arc::new(sqlite::open(path, instance).await?),
+            Location::Postgres(url) => Arc::new(postgres::open(url, instance).await?),
         };
-        let store = Store { backend };
-        store.heartbeat().await?;
-        Ok(store)
+        records.heartbeat().await?;
+        Ok(Store(records))
     }
 
     /// Opens the SQLite database at `path` for an instance without an engine.
     pub async fn open_sqlite(path: &Path) -> StoreResult<Store> {
         Store::open(&Location::Sqlite(path.to_owned()), Instance::unbound()).await
     }
+}
 
+/// Everything the service records and reads, whichever database keeps it
+/// (`sql::SqlStore` implements it once for both, with `sql::Dialect` saying
+/// what differs). Writes a lane makes name its [`Claim`] and answer
+/// [`ClaimLost`] when the claim is no longer the target's.
+#[async_trait::async_trait]
+pub trait Records: Send + Sync {
     /// Whether other instances may share the database: then cancels and
     /// lease expiries come from them too, and only the database says so.
-    pub fn is_shared(&self) -> bool {
-        match &self.backend {
-            Backend::Sqlite(_) => false,
-            Backend::Postgres(_) => true,
-        }
-    }
+    fn is_shared(&self) -> bool;
 
     /// `sqlite` or `postgres`.
-    pub fn kind(&self) -> &'static str {
-        match &self.backend {
-            Backend::Sqlite(_) => "sqlite",
-            Backend::Postgres(_) => "postgres",
-        }
-    }
+    fn kind(&self) -> &'static str;
 
-    /// Records that this instance is alive (every [`HEARTBEAT`]).
-    pub async fn heartbeat(&self) -> StoreResult<()> {
-        dispatch!(self, store => store.heartbeat().await)
-    }
+    /// Records that this instance is alive (every [`HEARTBEAT`]); nothing
+    /// on SQLite, where one publishd owns the file.
+    async fn heartbeat(&self) -> StoreResult<()>;
 
     /// Takes this instance's record away: it stopped.
-    pub async fn leave(&self) -> StoreResult<()> {
-        dispatch!(self, store => store.leave().await)
-    }
+    async fn leave(&self) -> StoreResult<()>;
 
     /// The engine of the submitter's job with idempotency key `key`, if
     /// there is such a job (`Some(None)`: it has no engine).
-    pub async fn engine_of_key(
+    async fn engine_of_key(
         &self,
         submitter: &str,
         key: &str,
-    ) -> StoreResult<Option<Option<String>>> {
-        dispatch!(self, store => store.engine_of_key(submitter, key).await)
-    }
+    ) -> StoreResult<Option<Option<String>>>;
 
     /// The names of the engines that running instances (a recent
     /// heartbeat) drive: what a job may name. Read at every submission, so
     /// it reads the instances alone, not the queue.
-    pub async fn live_engines(&self) -> StoreResult<Vec<String>> {
-        dispatch!(self, store => store.live_engines().await)
-    }
+    async fn live_engines(&self) -> StoreResult<Vec<String>>;
 
     /// The engines instances drive or jobs wait for, with their instances
     /// and targets.
-    pub async fn engines(&self) -> StoreResult<Vec<EngineStatus>> {
-        dispatch!(self, store => store.engines().await)
-    }
+    async fn engines(&self) -> StoreResult<Vec<EngineStatus>>;
 
     /// Checks that the database reads and takes writes: a locked database, a
     /// read-only file system or a full disk shows here, not at the next POST.
-    pub async fn ping(&self) -> StoreResult<()> {
-        dispatch!(self, store => store.ping().await)
-    }
+    async fn ping(&self) -> StoreResult<()>;
 
     /// Records a job and its targets, honouring the idempotency key and the
     /// queue limits; answers once it is committed.
-    pub async fn create_job(&self, new: NewJob) -> StoreResult<Created> {
-        dispatch!(self, store => store.create_job(new).await)
-    }
+    async fn create_job(&self, new: NewJob) -> StoreResult<Created>;
 
     /// `create_job`, with the submission's audit record in the same
     /// transaction: `audit` makes it from what was done.
-    pub async fn create_audited_job(
+    async fn create_audited_job(
         &self,
         new: NewJob,
-        audit: impl FnOnce(&Created) -> AuditEntry + Send + 'static,
-    ) -> StoreResult<(Created, AuditEntry)> {
-        dispatch!(self, store => store.create_audited_job(new, audit).await)
-    }
+        audit: AuditOf,
+    ) -> StoreResult<(Created, AuditEntry)>;
 
-    pub async fn get_job(&self, id: Uuid) -> StoreResult<Option<Job>> {
-        dispatch!(self, store => store.get_job(id).await)
-    }
+    async fn get_job(&self, id: Uuid) -> StoreResult<Option<Job>>;
 
     /// Jobs newest first; `before` is the last id of the previous page. Ids are
     /// uuid v7, so their order is creation order and the cursor is stable
     /// while new jobs arrive.
-    pub async fn list_jobs(
+    async fn list_jobs(
         &self,
         status: Option<JobStatus>,
         submitted_by: Option<&str>,
@@ -415,259 +386,201 @@ impl Store {
 
     /// `list_jobs` of the jobs whose repository or one of whose references
     /// contains `search`.
-    pub async fn search_jobs(
+    async fn search_jobs(
         &self,
         status: Option<JobStatus>,
         submitted_by: Option<&str>,
         search: Option<&str>,
         limit: u32,
         before: Option<Uuid>,
-    ) -> StoreResult<JobPage> {
-        let key = PageKey {
-            status,
-            submitted_by: submitted_by.map(str::to_owned),
-            search: search.map(str::to_owned),
-            limit,
-            before,
-        };
-        dispatch!(self, store => store.search_jobs(key).await)
-    }
+    ) -> StoreResult<JobPage>;
 
     /// Cancels what has not started and flags the job, so the targets under
     /// way stop after their current step.
-    pub async fn cancel_job(&self, id: Uuid) -> StoreResult<Cancelled> {
-        dispatch!(self, store => store.cancel_job(id).await)
-    }
+    async fn cancel_job(&self, id: Uuid) -> StoreResult<Cancelled>;
 
     /// Claims the oldest pending target (by the submitters' fair share)
     /// whose reference no other target is working on: two lanes can never
-    /// hold one reference.
-    pub async fn claim_target(&self, lease: Duration) -> StoreResult<Option<ClaimedTarget>> {
-        dispatch!(self, store => store.claim_target(lease).await)
-    }
+    /// hold one reference. A `content` target whose source was not resolved
+    /// yet has no reference; it takes one with [`Records::bind_reference`].
+    /// What the previous run recorded of the engine moves to `previous_*`, so
+    /// a run that dies before recording its own plan is never undone with
+    /// another run's records.
+    async fn claim_target(&self, lease: Duration) -> StoreResult<Option<ClaimedTarget>>;
 
     /// Extends a claim's lease; answers false if the claim is no longer
     /// the target's.
-    pub async fn renew_lease(&self, claim: &Claim, lease: Duration) -> StoreResult<bool> {
-        dispatch!(self, store => store.renew_lease(claim, lease).await)
-    }
+    async fn renew_lease(&self, claim: &Claim, lease: Duration) -> StoreResult<bool>;
 
     /// Gives a claimed `content` target its tag and reference, unless
-    /// another target is working on that reference right now.
-    pub async fn bind_reference(
-        &self,
-        claim: &Claim,
-        tag: &str,
-        reference: &str,
-    ) -> StoreResult<Bound> {
-        dispatch!(self, store => store.bind_reference(claim, tag, reference).await)
-    }
+    /// another target is working on that reference right now: then the
+    /// target goes back to the queue with its reference (so it waits for the
+    /// other), or is cancelled if its job was.
+    async fn bind_reference(&self, claim: &Claim, tag: &str, reference: &str)
+    -> StoreResult<Bound>;
 
     /// Records, before the tag step touches the engine, what the reference
     /// named and the image about to be made: what recovery needs to undo
-    /// the step whenever the process dies.
-    pub async fn record_tag_plan(
+    /// the step whenever the process dies. `created_image_id` is known in
+    /// advance for a load; a build's image is known only once built, so its
+    /// temporary name is recorded instead.
+    async fn record_tag_plan(
         &self,
         claim: &Claim,
         prior_image_id: Option<&str>,
         created_image_id: Option<&str>,
         staging_reference: Option<&str>,
-    ) -> StoreResult<()> {
-        dispatch!(self, store => store
-            .record_tag_plan(claim, prior_image_id, created_image_id, staging_reference)
-            .await)
-    }
+    ) -> StoreResult<()>;
 
     /// Records the image a build made, before its target reference is
     /// pointed at it.
-    pub async fn record_created_image(
-        &self,
-        claim: &Claim,
-        created_image_id: &str,
-    ) -> StoreResult<()> {
-        dispatch!(self, store => store.record_created_image(claim, created_image_id).await)
-    }
+    async fn record_created_image(&self, claim: &Claim, created_image_id: &str) -> StoreResult<()>;
 
-    pub async fn set_step(&self, claim: &Claim, status: TargetStatus) -> StoreResult<()> {
-        dispatch!(self, store => store.set_step(claim, status).await)
-    }
+    async fn set_step(&self, claim: &Claim, status: TargetStatus) -> StoreResult<()>;
 
     /// Records a failed try of `step`; when another try follows, counts it.
-    pub async fn record_failed_attempt(
+    async fn record_failed_attempt(
         &self,
         claim: &Claim,
         step: &str,
         error: &str,
         retrying: bool,
-    ) -> StoreResult<()> {
-        dispatch!(self, store => store.record_failed_attempt(claim, step, error, retrying).await)
-    }
+    ) -> StoreResult<()>;
 
     /// Records how a target ended and brings its job's status up to date;
     /// answers the job's new status.
-    pub async fn finish_target(
+    async fn finish_target(
         &self,
         claim: &Claim,
         outcome: &TargetOutcome,
         warnings: &[String],
-    ) -> StoreResult<JobStatus> {
-        dispatch!(self, store => store.finish_target(claim, outcome, warnings).await)
-    }
+    ) -> StoreResult<JobStatus>;
 
     /// Puts a claimed target back in the queue, cancels it if its job was
     /// cancelled, or fails it as a dead letter after too many runs that
     /// never finished.
-    pub async fn release_target(&self, claim: &Claim, release: Release) -> StoreResult<Released> {
-        dispatch!(self, store => store.release_target(claim, release).await)
-    }
+    async fn release_target(&self, claim: &Claim, release: Release) -> StoreResult<Released>;
 
-    /// Puts back a target whose job brought credentials that a restart lost.
-    pub async fn wait_for_credentials(
+    /// Puts back a target whose job brought credentials that a restart lost:
+    /// it is not claimed again before `retry_at`, and fails once
+    /// `wait_until` (kept from the first wait) has passed. Not a run, nor a
+    /// try. Cancelled instead if its job was cancelled meanwhile (a pending
+    /// target of a cancelled job would never be claimed again).
+    async fn wait_for_credentials(
         &self,
         claim: &Claim,
         wait_until: &str,
         retry_at: &str,
-    ) -> StoreResult<()> {
-        dispatch!(self, store => store.wait_for_credentials(claim, wait_until, retry_at).await)
-    }
+    ) -> StoreResult<()>;
 
     /// The job was resubmitted with its credentials: its waiting targets may
-    /// be claimed at once.
-    pub async fn credentials_arrived(&self, job_id: Uuid) -> StoreResult<()> {
-        dispatch!(self, store => store.credentials_arrived(job_id).await)
-    }
+    /// be claimed at once, and this instance, which holds them now, claims
+    /// the job's targets from here on.
+    async fn credentials_arrived(&self, job_id: Uuid) -> StoreResult<()>;
 
     /// Takes a target in flight over from the run that held it, if
-    /// `condition` holds, with a fresh claim for recovery to use.
-    pub async fn take_over(
+    /// `condition` holds, with a fresh claim for recovery to use: from then
+    /// on every write of the old run changes nothing.
+    async fn take_over(
         &self,
         target_id: i64,
         condition: TakeOver<'_>,
         lease: Duration,
-    ) -> StoreResult<Option<Claim>> {
-        dispatch!(self, store => store.take_over(target_id, condition, lease).await)
-    }
+    ) -> StoreResult<Option<Claim>>;
 
     /// Targets that, at start-up, are known to belong to a process that
     /// died: on SQLite every target in flight (one publishd per file); on a
     /// shared database none (other instances may be running them: their
-    /// leases say when they are not). On a shared database
-    /// none: another instance may be running them; their leases tell.
-    pub async fn in_flight_targets(&self) -> StoreResult<Vec<i64>> {
-        dispatch!(self, store => store.in_flight_targets().await)
-    }
+    /// leases say when they are not).
+    async fn in_flight_targets(&self) -> StoreResult<Vec<i64>>;
 
-    /// Claims whose lease ran out: (target id, claim token); on a shared
-    /// database only those of jobs on this instance's engine (or on none),
-    /// since only that engine holds what their runs did. On a shared
-    /// database, on its clock, and only of jobs on this instance's engine
-    /// (or on none).
-    pub async fn expired_leases(&self) -> StoreResult<Vec<(i64, String)>> {
-        dispatch!(self, store => store.expired_leases().await)
-    }
+    /// Claims whose lease ran out: (target id, claim token). On a shared
+    /// database on its clock, and only of jobs on this instance's engine
+    /// (or on none), since only that engine holds what their runs did.
+    async fn expired_leases(&self) -> StoreResult<Vec<(i64, String)>>;
 
-    pub async fn cancel_requested(&self, job_id: Uuid) -> StoreResult<bool> {
-        dispatch!(self, store => store.cancel_requested(job_id).await)
-    }
+    async fn cancel_requested(&self, job_id: Uuid) -> StoreResult<bool>;
 
     /// A target as a lane sees it, with what its last run recorded.
-    pub async fn claimed_target(&self, id: i64) -> StoreResult<ClaimedTarget> {
-        dispatch!(self, store => store.claimed_target(id).await)
-    }
+    async fn claimed_target(&self, id: i64) -> StoreResult<ClaimedTarget>;
 
     /// Records what an image of a job resolved to, unless another target of
-    /// the image resolved it first; answers what every target of the image
+    /// the image resolved it first (both columns are set together: the
+    /// first resolution wins whole); answers what every target of the image
     /// publishes.
-    pub async fn resolve_source(
+    async fn resolve_source(
         &self,
         job_id: Uuid,
         image_position: i64,
         resolved: &ResolvedSource,
-    ) -> StoreResult<ResolvedSource> {
-        dispatch!(self, store => store.resolve_source(job_id, image_position, resolved).await)
-    }
+    ) -> StoreResult<ResolvedSource>;
 
     /// Records an audit event.
-    pub async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()> {
-        dispatch!(self, store => store.record_audit(entry).await)
-    }
+    async fn record_audit(&self, entry: AuditEntry) -> StoreResult<()>;
 
     /// Audit events newest first; `before` is the last id of the previous page.
-    pub async fn list_audit(&self, limit: u32, before: Option<Uuid>) -> StoreResult<AuditPage> {
-        dispatch!(self, store => store.list_audit(limit, before).await)
-    }
+    async fn list_audit(&self, limit: u32, before: Option<Uuid>) -> StoreResult<AuditPage>;
 
     /// Counts for the metrics.
-    pub async fn queue_counts(&self) -> StoreResult<QueueCounts> {
-        dispatch!(self, store => store.queue_counts().await)
-    }
+    async fn queue_counts(&self) -> StoreResult<QueueCounts>;
 
     /// The job's events after `after` (an event id; 0 for all), oldest first.
-    pub async fn job_events(
-        &self,
-        job_id: Uuid,
-        after: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<Event>> {
-        dispatch!(self, store => store.job_events(job_id, after, limit).await)
-    }
+    async fn job_events(&self, job_id: Uuid, after: i64, limit: u32) -> StoreResult<Vec<Event>>;
 
     /// The id of the job's last event, if it has any.
-    pub async fn last_event_of(&self, job_id: Uuid) -> StoreResult<Option<i64>> {
-        dispatch!(self, store => store.last_event_of(job_id).await)
-    }
+    async fn last_event_of(&self, job_id: Uuid) -> StoreResult<Option<i64>>;
 
     /// Deliveries whose next attempt is due, oldest first. On a shared
     /// database they are taken for this instance: no other is handed them
     /// until the attempt is recorded (or a minute has passed).
-    pub async fn due_deliveries(&self, limit: u32) -> StoreResult<Vec<DueDelivery>> {
-        dispatch!(self, store => store.due_deliveries(limit).await)
-    }
+    async fn due_deliveries(&self, limit: u32) -> StoreResult<Vec<DueDelivery>>;
 
     /// Keeps the body of a delivery's first attempt, so every retry sends
     /// (and signs) the very same bytes; answers the body kept (another
     /// instance's, if it was first).
-    pub async fn set_delivery_body(&self, id: &str, body: &str) -> StoreResult<String> {
-        dispatch!(self, store => store.set_delivery_body(id, body).await)
-    }
+    async fn set_delivery_body(&self, id: &str, body: &str) -> StoreResult<String>;
 
     /// Records an attempt of a delivery still pending (a late attempt of a
     /// delivery another instance finished changes nothing).
-    pub async fn record_delivery_attempt(
+    async fn record_delivery_attempt(
         &self,
         id: &str,
         attempt: &DeliveryAttempt,
         outcome: &DeliveryOutcome,
-    ) -> StoreResult<()> {
-        dispatch!(self, store => store.record_delivery_attempt(id, attempt, outcome).await)
-    }
+    ) -> StoreResult<()>;
 
-    /// Deletes up to `batch` finished jobs past `cutoff` with everything of
-    /// theirs, and audit records and seeds older than it (`retention.rs`).
-    pub async fn delete_finished_before(
+    /// Deletes up to `batch` jobs (fewer if they have many targets) that
+    /// finished before `cutoff` (an RFC 3339 time) with their targets,
+    /// images, events and deliveries, and up to `batch` audit records and
+    /// seeds older than it, in one short transaction: the writer is never
+    /// held for long, whatever the backlog. A job whose webhook is still
+    /// being tried stays until that ends, unless it finished before
+    /// `pending_cutoff` too: a delivery nobody sends (the service restarted
+    /// without a webhook secret) must not keep its job forever. Its
+    /// idempotency key, kept on the job, goes with it.
+    async fn delete_finished_before(
         &self,
         cutoff: &str,
         pending_cutoff: &str,
         batch: u32,
-    ) -> StoreResult<Deleted> {
-        dispatch!(self, store => store.delete_finished_before(cutoff, pending_cutoff, batch).await)
-    }
+    ) -> StoreResult<Deleted>;
 
     /// The seed of `source_image_id` in `registry`, if the engine pushed it there.
-    pub async fn seed(&self, source_image_id: &str, registry: &str) -> StoreResult<Option<Seed>> {
-        dispatch!(self, store => store.seed(source_image_id, registry).await)
-    }
+    async fn seed(&self, source_image_id: &str, registry: &str) -> StoreResult<Option<Seed>>;
 
-    /// Records (or replaces) the seed of `source_image_id` in `registry`.
-    pub async fn record_seed(
+    /// Records (or replaces: the last push that left the layers somewhere is
+    /// the best place to mount them from) the seed of `source_image_id` in
+    /// `registry`.
+    async fn record_seed(
         &self,
         source_image_id: &str,
         registry: &str,
         seed: &Seed,
-    ) -> StoreResult<()> {
-        dispatch!(self, store => store.record_seed(source_image_id, registry, seed).await)
-    }
+    ) -> StoreResult<()>;
 }
+
+/// Makes a submission's audit record from what the store did with it.
+pub type AuditOf = Box<dyn FnOnce(&Created) -> AuditEntry + Send>;
 
 /// What a page of `search_jobs` was asked with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

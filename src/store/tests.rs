@@ -20,13 +20,13 @@ use crate::domain::spec::{JobSpec, Limits, plan};
 const LEASE: Duration = Duration::from_secs(30);
 
 /// A database for one test.
-enum Db {
+pub(super) enum Db {
     Sqlite(tempfile::TempDir),
     Postgres(PgDb),
 }
 
 /// A PostgreSQL database made for one test, dropped after it.
-struct PgDb {
+pub(super) struct PgDb {
     admin: String,
     name: String,
     url: String,
@@ -54,13 +54,13 @@ impl Drop for PgDb {
 }
 
 impl Db {
-    fn sqlite() -> Db {
+    pub(super) fn sqlite() -> Db {
         Db::Sqlite(tempfile::tempdir().unwrap())
     }
 
     /// A fresh PostgreSQL database, or `None` (the test is skipped) when
     /// no server is configured.
-    async fn postgres() -> Option<Db> {
+    pub(super) async fn postgres() -> Option<Db> {
         let Ok(admin) = std::env::var("PUBLISHD_TEST_POSTGRES_URL") else {
             if std::env::var_os("PUBLISHD_TEST_REQUIRE_POSTGRES").is_some() {
                 panic!(
@@ -89,14 +89,14 @@ impl Db {
         }))
     }
 
-    fn location(&self) -> Location {
+    pub(super) fn location(&self) -> Location {
         match self {
             Db::Sqlite(dir) => Location::Sqlite(dir.path().join("publishd.db")),
             Db::Postgres(db) => Location::Postgres(db.url.clone()),
         }
     }
 
-    async fn open(&self) -> Store {
+    pub(super) async fn open(&self) -> Store {
         self.open_as(Instance::unbound()).await
     }
 
@@ -115,7 +115,7 @@ impl Db {
     }
 
     /// A connection pool of the test's own, for what the store does not say.
-    async fn raw_postgres(&self) -> sqlx::PgPool {
+    pub(super) async fn raw_postgres(&self) -> sqlx::PgPool {
         match self {
             Db::Postgres(db) => sqlx::PgPool::connect(&db.url).await.unwrap(),
             Db::Sqlite(_) => unreachable!("PostgreSQL only"),
@@ -159,7 +159,7 @@ macro_rules! postgres_only {
     )*};
 }
 
-fn new_job(spec: serde_json::Value) -> NewJob {
+pub(super) fn new_job(spec: serde_json::Value) -> NewJob {
     let spec: JobSpec = serde_json::from_value(spec).unwrap();
     NewJob {
         id: Uuid::now_v7(),
@@ -238,13 +238,13 @@ both_stores! {
         };
         assert!(matches!(store.create_job(team).await.unwrap(), Created::New(_)));
         let (created, entry) = store
-            .create_audited_job(keyed("h"), |created| AuditEntry {
+            .create_audited_job(keyed("h"), Box::new(|created| AuditEntry {
                 actor: None,
                 action: "job.submit",
                 outcome: if matches!(created, Created::Existing(_)) { "replayed" } else { "accepted" },
                 job_id: None,
                 detail: serde_json::json!({"status": 200}),
-            })
+            }))
             .await
             .unwrap();
         assert!(matches!(created, Created::Existing(_)));

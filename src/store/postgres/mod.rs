@@ -1,4 +1,4 @@
-//! The PostgreSQL store: several publishd instances share one database and
+//! PostgreSQL's dialect: several publishd instances share one database and
 //! coordinate through it alone. What differs from SQLite, and why:
 //! - claims skip rows other instances hold (`FOR UPDATE … SKIP LOCKED`), and
 //!   a partial unique index keeps two targets of one reference out of
@@ -17,33 +17,22 @@
 //! then `pending_targets`, then `owners`; `event_counter` last of all, at
 //! commit (see the migration).
 
-mod audit;
-mod events;
-mod queue;
-mod retention;
-
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{FromRow, Row};
+use async_trait::async_trait;
+use sqlx::Postgres;
+use sqlx::postgres::{PgConnection, PgPoolOptions};
 use uuid::Uuid;
 
-use super::rows::{
-    CLAIMED, ClaimedRow, EngineTargetsRow, InstanceRow, JobRow, job_of, page_of, parse_enum,
-    parse_uuid,
-};
-use super::shared;
+use super::rows::{DueDeliveryRow, InstanceRow};
+use super::sql::{Dialect, KeyRace, ONE_IN_FLIGHT, SqlStore, WriteOp};
 use super::{
-    AuditEntry, Cancelled, ClaimedTarget, Created, EngineStatus, IN_FLIGHT, Instance, Job, JobPage,
-    LIVE_WITHIN, Location, NewJob, PageKey, StoreResult, engines_of, job_state, now, queued_job,
+    AuditEntry, AuditOf, Claim, ClaimedTarget, Created, DueDelivery, IN_FLIGHT, Instance,
+    InstanceStatus, LIVE_WITHIN, Location, NewJob, StoreResult, TakeOver, now,
 };
 use crate::domain::naming::reference_key;
-use crate::domain::publish_via::PublishVia;
-use crate::domain::publish_via::Seed;
-use crate::domain::status::{JobStatus, TargetStatus};
-use crate::store::{Event, QueueCounts};
 
 /// Connections per instance: lanes, the API and the background loops share them.
 const MAX_CONNECTIONS: u32 = 10;
@@ -56,77 +45,191 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// record is removed.
 const FORGET_AFTER: &str = "1 hour";
 
-#[derive(Clone)]
-pub struct PgStore {
-    pool: PgPool,
-    instance: Arc<Instance>,
-}
-
-type AuditOf = Box<dyn FnOnce(&Created) -> AuditEntry + Send>;
-
-/// Another instance inserted a job with the same idempotency key between
-/// this submission's look-up and its insert: the submission is made again,
-/// and then finds that job.
-#[derive(Debug, thiserror::Error)]
-#[error("another submission with the same idempotency key was committed first")]
-struct KeyRace;
-
 /// How many times a submission is made again after losing a key race.
 const KEY_RACE_TRIES: usize = 3;
 
-/// Whether `error` is a unique violation of `index`.
-fn violates(error: &sqlx::Error, index: &str) -> bool {
-    match error {
-        sqlx::Error::Database(error) => {
-            error.code().as_deref() == Some("23505") && error.constraint() == Some(index)
-        }
-        _ => false,
-    }
+/// Claims made again after a race for a reference was lost: the next try
+/// sees the winner's claim and takes another target.
+const CLAIM_TRIES: usize = 3;
+
+/// How far a delivery handed to this instance is put off for the others:
+/// longer than an attempt may take. The attempt's outcome then sets its
+/// next attempt.
+const TAKEN_FOR: Duration = Duration::from_secs(60);
+
+/// Connects to the database at `url` and applies migrations. Several
+/// instances may start at once: sqlx's migrator holds an advisory lock
+/// while it migrates.
+pub(super) async fn open(url: &str, instance: Instance) -> StoreResult<SqlStore<Postgres>> {
+    let location = Location::Postgres(url.to_owned());
+    let pool = PgPoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect(url)
+        .await
+        .with_context(|| format!("opening the database {location}"))?;
+    sqlx::migrate!("./migrations/postgres")
+        .run(&pool)
+        .await
+        .with_context(|| format!("applying migrations to {location}"))?;
+    Ok(SqlStore {
+        reader: pool.clone(),
+        writer: pool,
+        instance: Arc::new(instance),
+        kept: None,
+        local: (),
+    })
 }
 
-impl PgStore {
-    /// Connects to the database at `url` and applies migrations. Several
-    /// instances may start at once: sqlx's migrator holds an advisory lock
-    /// while it migrates.
-    pub async fn open(url: &str, instance: Instance) -> StoreResult<PgStore> {
-        let location = Location::Postgres(url.to_owned());
-        let pool = PgPoolOptions::new()
-            .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect(url)
-            .await
-            .with_context(|| format!("opening the database {location}"))?;
-        sqlx::migrate!("./migrations/postgres")
-            .run(&pool)
-            .await
-            .with_context(|| format!("applying migrations to {location}"))?;
-        Ok(PgStore {
-            pool,
-            instance: Arc::new(instance),
-        })
+/// The end of a lease `lease` from now on the database's clock, where `$n`
+/// is the lease in seconds.
+fn lease_end(n: u8) -> String {
+    format!("clock_timestamp() + make_interval(secs => ${n})")
+}
+
+#[async_trait]
+impl Dialect for Postgres {
+    type Local = ();
+    const KIND: &'static str = "postgres";
+    const SHARED: bool = true;
+    const ILIKE: &'static str = "ILIKE";
+    const LOCK_JOB: &'static str = " FOR NO KEY UPDATE";
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const SNAPSHOT: Option<&'static str> =
+        Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+    const LEASE_COLUMN: &'static str = "lease_expires_at";
+    /// Its row lock, held to commit, makes `--max-queued-targets` exact
+    /// across instances (and makes submissions with one idempotency key
+    /// meet one after the other).
+    const PENDING_COUNT: &'static str = "SELECT count FROM pending_targets WHERE id = 1 FOR UPDATE";
+
+    fn json_push(array: &str, element: &str) -> String {
+        format!("(CAST({array} AS jsonb) || jsonb_build_array({element}))::text")
     }
 
-    /// Checks that the database reads and takes writes.
-    pub async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .context("reading the database")?;
+    fn json_concat(array: &str, more: &str) -> String {
+        format!("(CAST({array} AS jsonb) || CAST({more} AS jsonb))::text")
+    }
+
+    fn json_object(fields: &str) -> String {
+        format!("jsonb_build_object({fields})")
+    }
+
+    fn json_parse(text: &str) -> String {
+        format!("CAST({text} AS jsonb)")
+    }
+
+    fn text_list(list: &str) -> String {
+        format!("(SELECT jsonb_array_elements_text(CAST({list} AS jsonb)))")
+    }
+
+    fn greatest(a: &str, b: &str) -> String {
+        format!("GREATEST({a}, {b})")
+    }
+
+    async fn write<T: Send + 'static>(
+        store: &SqlStore<Postgres>,
+        write: WriteOp<Postgres, T>,
+    ) -> StoreResult<T> {
+        let mut tx = store.writer.begin().await?;
+        let answer = write(&mut tx).await?;
+        tx.commit().await.context("committing a write")?;
+        Ok(answer)
+    }
+
+    async fn write_single<T: Send + 'static>(
+        store: &SqlStore<Postgres>,
+        write: WriteOp<Postgres, T>,
+    ) -> StoreResult<T> {
+        let mut conn = store.writer.acquire().await?;
+        write(&mut conn).await
+    }
+
+    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn violates(error: &sqlx::Error, index: &str) -> bool {
+        match error {
+            sqlx::Error::Database(error) => {
+                error.code().as_deref() == Some("23505") && error.constraint() == Some(index)
+            }
+            _ => false,
+        }
+    }
+
+    async fn insert_images(conn: &mut PgConnection, new: &NewJob) -> StoreResult<()> {
+        let images = &new.plan.images;
         sqlx::query(
-            "INSERT INTO liveness (id, checked_at) VALUES (1, $1)
-             ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+            "INSERT INTO job_images (job_id, position, name, source, source_image_id,
+                                     source_digest)
+             SELECT $1, position, name, source, source_image_id, source_digest
+             FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
+                  AS image (position, name, source, source_image_id, source_digest)",
         )
-        .bind(now())
-        .execute(&self.pool)
+        .bind(new.id.to_string())
+        .bind((0..images.len() as i64).collect::<Vec<_>>())
+        .bind(images.iter().map(|i| i.name.clone()).collect::<Vec<_>>())
+        .bind(images.iter().map(|i| i.source.clone()).collect::<Vec<_>>())
+        .bind(
+            images
+                .iter()
+                .map(|i| i.source_image_id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            images
+                .iter()
+                .map(|i| i.source_digest.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(conn)
         .await
-        .context("writing to the database")?;
+        .context("inserting the images")?;
+        Ok(())
+    }
+
+    async fn insert_targets(conn: &mut PgConnection, new: &NewJob) -> StoreResult<()> {
+        let targets = &new.plan.targets;
+        let column = |value: fn(&crate::domain::spec::PlannedTarget) -> Option<String>| {
+            targets.iter().map(value).collect::<Vec<_>>()
+        };
+        sqlx::query(
+            "INSERT INTO targets (job_id, position, image_position, image_name, source, strategy,
+                                  tag, reference, reference_key, status, submitted_by)
+             SELECT $1, position, image_position, image_name, source, strategy, tag, reference,
+                    reference_key, 'pending', $10
+             FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                         $7::text[], $8::text[], $9::text[])
+                  AS target (position, image_position, image_name, source, strategy, tag,
+                             reference, reference_key)
+             ORDER BY position",
+        )
+        .bind(new.id.to_string())
+        .bind((0..targets.len() as i64).collect::<Vec<_>>())
+        .bind(
+            targets
+                .iter()
+                .map(|t| t.image_index as i64)
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|t| t.image_name.clone()))
+        .bind(column(|t| Some(t.source.clone())))
+        .bind(column(|t| Some(t.strategy.as_str().to_owned())))
+        .bind(column(|t| t.tag.clone()))
+        .bind(column(|t| t.reference.clone()))
+        .bind(column(|t| t.reference.as_deref().map(reference_key)))
+        .bind(new.submitter.name.as_deref().unwrap_or(""))
+        .execute(conn)
+        .await
+        .context("inserting the targets")?;
         Ok(())
     }
 
     /// Records that this instance is alive, on the database's clock, and
     /// forgets instances silent for long.
-    pub async fn heartbeat(&self) -> StoreResult<()> {
-        let instance = &self.instance;
+    async fn heartbeat(store: &SqlStore<Postgres>) -> StoreResult<()> {
+        let instance = &store.instance;
         sqlx::query(
             "INSERT INTO instances (id, engine, address, started_at, heartbeat_at)
              VALUES ($1, $2, $3, $4, clock_timestamp())
@@ -136,45 +239,29 @@ impl PgStore {
         .bind(&instance.engine)
         .bind(&instance.address)
         .bind(now())
-        .execute(&self.pool)
+        .execute(&store.writer)
         .await
         .context("recording this instance's heartbeat")?;
         sqlx::query(&format!(
             "DELETE FROM instances
              WHERE heartbeat_at < clock_timestamp() - interval '{FORGET_AFTER}'"
         ))
-        .execute(&self.pool)
+        .execute(&store.writer)
         .await
         .context("forgetting instances gone")?;
         Ok(())
     }
 
-    pub async fn leave(&self) -> StoreResult<()> {
+    async fn leave(store: &SqlStore<Postgres>) -> StoreResult<()> {
         sqlx::query("DELETE FROM instances WHERE id = $1")
-            .bind(self.instance.id.to_string())
-            .execute(&self.pool)
+            .bind(store.instance.id.to_string())
+            .execute(&store.writer)
             .await
             .context("removing this instance's record")?;
         Ok(())
     }
 
-    pub async fn engine_of_key(
-        &self,
-        submitter: &str,
-        key: &str,
-    ) -> StoreResult<Option<Option<String>>> {
-        let engine = sqlx::query_scalar(
-            "SELECT engine FROM jobs WHERE submitted_by = $1 AND idempotency_key = $2",
-        )
-        .bind(submitter)
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await
-        .context("looking up the idempotency key")?;
-        Ok(engine)
-    }
-
-    pub async fn live_engines(&self) -> StoreResult<Vec<String>> {
+    async fn live_engines(store: &SqlStore<Postgres>) -> StoreResult<Vec<String>> {
         let engines = sqlx::query_scalar(
             "SELECT DISTINCT engine FROM instances
              WHERE engine IS NOT NULL
@@ -182,520 +269,243 @@ impl PgStore {
              ORDER BY engine",
         )
         .bind(LIVE_WITHIN.as_secs_f64())
-        .fetch_all(&self.pool)
+        .fetch_all(&store.reader)
         .await
         .context("listing the engines driven")?;
         Ok(engines)
     }
 
-    pub async fn engines(&self) -> StoreResult<Vec<EngineStatus>> {
-        let mut tx = self.pool.begin().await?;
-        snapshot(&mut tx).await?;
+    async fn instances(
+        store: &SqlStore<Postgres>,
+    ) -> StoreResult<Vec<(Option<String>, InstanceStatus)>> {
         let instances: Vec<InstanceRow> = sqlx::query_as(
             "SELECT id, engine, address, started_at,
                     EXTRACT(EPOCH FROM clock_timestamp() - heartbeat_at)::float8
                         AS heartbeat_age_seconds
              FROM instances",
         )
-        .fetch_all(&mut *tx)
+        .fetch_all(&store.reader)
         .await
         .context("listing instances")?;
-        let targets: Vec<EngineTargetsRow> = sqlx::query_as(&format!(
-            "SELECT j.engine AS engine,
-                    count(*) FILTER (WHERE t.status = 'pending') AS queued,
-                    count(*) FILTER (WHERE t.status IN {IN_FLIGHT}) AS in_flight
-             FROM targets t JOIN jobs j ON j.id = t.job_id
-             WHERE j.engine IS NOT NULL AND (t.status = 'pending' OR t.status IN {IN_FLIGHT})
-             GROUP BY j.engine"
-        ))
-        .fetch_all(&mut *tx)
-        .await
-        .context("counting targets by engine")?;
-        tx.commit().await?;
-        let instances = instances
+        instances
             .into_iter()
             .map(InstanceRow::into_instance)
-            .collect::<StoreResult<_>>()?;
-        Ok(engines_of(instances, targets))
+            .collect()
     }
 
-    /// Records a job and its targets, honouring the idempotency key and the
-    /// queue limits; answers once it is committed.
-    pub async fn create_job(&self, new: NewJob) -> StoreResult<Created> {
-        Ok(self.write_job(new, None).await?.0)
-    }
-
-    /// `create_job`, with the submission's audit record in the same
-    /// transaction: `audit` makes it from what was done.
-    pub async fn create_audited_job(
-        &self,
-        new: NewJob,
-        audit: impl FnOnce(&Created) -> AuditEntry + Send + 'static,
-    ) -> StoreResult<(Created, AuditEntry)> {
-        match self.write_job(new, Some(Box::new(audit))).await? {
-            (created, Some(entry)) => Ok((created, entry)),
-            (_, None) => unreachable!("an audited job's write answers its record"),
-        }
-    }
-
-    async fn write_job(
-        &self,
+    /// One transaction per submission. Two submissions of one key at once
+    /// both miss the key's look-up; the unique index stops the second at
+    /// its insert (`KeyRace`), and it is made again and finds the first.
+    async fn create_job(
+        store: &SqlStore<Postgres>,
         new: NewJob,
         audit: Option<AuditOf>,
     ) -> StoreResult<(Created, Option<AuditEntry>)> {
         let mut tries = 0;
         loop {
             tries += 1;
-            let mut tx = self.pool.begin().await?;
-            let created = match insert_job(&mut tx, &new, self.instance.id).await {
-                Ok(created) => created,
-                Err(error) if error.is::<KeyRace>() && tries < KEY_RACE_TRIES => {
-                    tx.rollback().await?;
-                    continue;
-                }
-                Err(error) => return Err(error),
-            };
+            let mut tx = store.writer.begin().await?;
+            let created =
+                match SqlStore::<Postgres>::insert_job(&mut tx, &new, store.instance.id, false)
+                    .await
+                {
+                    Ok(created) => created,
+                    Err(error) if error.is::<KeyRace>() && tries < KEY_RACE_TRIES => {
+                        tx.rollback().await?;
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
             if !matches!(created, Created::New(_)) {
                 // A refusal may come after the job's rows were written: only
                 // its audit record stays.
                 tx.rollback().await?;
-                tx = self.pool.begin().await?;
+                tx = store.writer.begin().await?;
             }
             let entry = audit.map(|audit| audit(&created));
             if let Some(entry) = &entry {
-                audit::insert_audit(&mut tx, entry).await?;
+                SqlStore::<Postgres>::insert_audit(&mut tx, entry).await?;
             }
             tx.commit().await.context("committing a submission")?;
             return Ok((created, entry));
         }
     }
 
-    pub async fn get_job(&self, id: Uuid) -> StoreResult<Option<Job>> {
-        let mut tx = self.pool.begin().await?;
-        snapshot(&mut tx).await?;
-        let job = load_job(&mut tx, id).await?;
-        tx.commit().await?;
-        Ok(job)
+    async fn record_audit(store: &SqlStore<Postgres>, entry: AuditEntry) -> StoreResult<()> {
+        let mut conn = store.writer.acquire().await?;
+        SqlStore::<Postgres>::insert_audit(&mut conn, &entry).await
     }
 
-    /// A page of jobs, read in one snapshot.
-    pub async fn search_jobs(&self, key: PageKey) -> StoreResult<JobPage> {
-        let pattern = key.pattern();
-        let filter = PageFilter {
-            status: key.status,
-            before: key.before,
-            limit: key.limit,
-            submitted_by: key.submitted_by.as_deref(),
-            pattern: pattern.as_deref(),
+    /// Skips targets and jobs another transaction holds. Two instances that
+    /// pick two targets of one reference at the same moment meet at the
+    /// unique index: the loser tries again, and then sees the winner's claim.
+    async fn claim_target(
+        store: &SqlStore<Postgres>,
+        lease: Duration,
+    ) -> StoreResult<Option<ClaimedTarget>> {
+        let now = now();
+        for _ in 0..CLAIM_TRIES {
+            let token = Uuid::now_v7().to_string();
+            let mut tx = store.writer.begin().await?;
+            let claimed = sqlx::query_scalar::<_, i64>(&format!(
+                "UPDATE targets
+                 SET status = 'tagging', attempts = attempts + 1, runs = runs + 1, error = NULL,
+                     started_at = COALESCE(started_at, $1), claim_token = $2,
+                     lease_expires_at = {lease_end},
+                     previous_prior_image_id = CASE WHEN created_image_id IS NOT NULL
+                         THEN prior_image_id ELSE previous_prior_image_id END,
+                     previous_created_image_id = COALESCE(created_image_id, previous_created_image_id),
+                     prior_image_id = NULL, created_image_id = NULL, staging_reference = NULL,
+                     not_before = NULL
+                 WHERE id = (
+                     SELECT t.id FROM targets t JOIN jobs j ON j.id = t.job_id
+                          LEFT JOIN owners o ON o.name = t.submitted_by
+                     WHERE t.status = 'pending' AND NOT j.cancel_requested
+                       AND (j.engine IS NULL OR j.engine = $4)
+                       AND (j.accepted_by IS NULL OR j.accepted_by = $5 OR NOT EXISTS (
+                            SELECT 1 FROM instances i WHERE i.id = j.accepted_by
+                              AND i.heartbeat_at > clock_timestamp() - make_interval(secs => $6)))
+                       AND (t.not_before IS NULL OR t.not_before <= $1)
+                       AND (t.reference_key IS NULL OR NOT EXISTS (
+                            SELECT 1 FROM targets u
+                            WHERE u.reference_key = t.reference_key AND u.status IN {IN_FLIGHT}))
+                     ORDER BY COALESCE(o.pass, 0), t.job_id, t.position
+                     LIMIT 1
+                     FOR UPDATE OF t SKIP LOCKED FOR NO KEY UPDATE OF j SKIP LOCKED)
+                 RETURNING id",
+                lease_end = lease_end(3)
+            ))
+            .bind(&now)
+            .bind(&token)
+            .bind(lease.as_secs_f64())
+            .bind(&store.instance.engine)
+            .bind(store.instance.id.to_string())
+            .bind(LIVE_WITHIN.as_secs_f64())
+            .fetch_optional(&mut *tx)
+            .await;
+            let id = match claimed {
+                Ok(Some(id)) => id,
+                Ok(None) => {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+                Err(error) if Self::violates(&error, ONE_IN_FLIGHT) => {
+                    tx.rollback().await?;
+                    continue;
+                }
+                Err(error) => return Err(error).context("claiming a target"),
+            };
+            let target = SqlStore::<Postgres>::claimed(&mut tx, id).await?;
+            tx.commit().await.context("committing a claim")?;
+            return Ok(Some(target));
+        }
+        Ok(None)
+    }
+
+    async fn renew_lease(
+        store: &SqlStore<Postgres>,
+        claim: &Claim,
+        lease: Duration,
+    ) -> StoreResult<bool> {
+        let result = sqlx::query(&format!(
+            "UPDATE targets SET lease_expires_at = {}
+             WHERE id = $2 AND claim_token = $3 AND status IN {IN_FLIGHT}",
+            lease_end(1)
+        ))
+        .bind(lease.as_secs_f64())
+        .bind(claim.target_id)
+        .bind(&claim.token)
+        .execute(&store.writer)
+        .await
+        .context("renewing a lease")?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Takes over on an expired lease on the database's clock.
+    async fn take_over(
+        store: &SqlStore<Postgres>,
+        target_id: i64,
+        condition: TakeOver<'_>,
+        lease: Duration,
+    ) -> StoreResult<Option<Claim>> {
+        let token = Uuid::now_v7().to_string();
+        let (held_by, expired) = match condition {
+            TakeOver::Any => (None, false),
+            TakeOver::Expired { token } => (Some(token), true),
+            TakeOver::Held { token } => (Some(token), false),
         };
-        let mut tx = self.pool.begin().await?;
-        snapshot(&mut tx).await?;
-        let jobs: Vec<JobRow> = sqlx::query_as(PAGE)
-            .bind(filter.status.map(JobStatus::as_str))
-            .bind(filter.before.map(|id| id.to_string()))
-            .bind(i64::from(filter.limit) + 1)
-            .bind(filter.submitted_by)
-            .bind(filter.pattern)
-            .fetch_all(&mut *tx)
-            .await
-            .context("listing jobs")?;
-        let targets = rows_of_page(&mut tx, "targets", "position", &filter).await?;
-        let images = rows_of_page(&mut tx, "job_images", "position", &filter).await?;
-        let deliveries = rows_of_page(&mut tx, "deliveries", "created_at", &filter).await?;
-        tx.commit().await?;
-        page_of(jobs, images, targets, deliveries, key.limit)
+        let result = sqlx::query(&format!(
+            "UPDATE targets SET claim_token = $1, lease_expires_at = {}
+             WHERE id = $3 AND status IN {IN_FLIGHT}
+               AND ($4::text IS NULL OR claim_token = $4)
+               AND (NOT $5 OR lease_expires_at IS NULL OR lease_expires_at < clock_timestamp())",
+            lease_end(2)
+        ))
+        .bind(&token)
+        .bind(lease.as_secs_f64())
+        .bind(target_id)
+        .bind(held_by)
+        .bind(expired)
+        .execute(&store.writer)
+        .await
+        .context("taking over a target")?;
+        Ok((result.rows_affected() == 1).then_some(Claim { target_id, token }))
     }
 
-    /// Cancels what has not started and flags the job, so the targets under
-    /// way stop after their current step.
-    pub async fn cancel_job(&self, id: Uuid) -> StoreResult<Cancelled> {
-        let mut tx = self.pool.begin().await?;
-        // The job first (the lock order): a target going back to the queue
-        // meanwhile reads the flag after this commits.
-        let found: Option<String> =
-            sqlx::query_scalar("SELECT id FROM jobs WHERE id = $1 FOR NO KEY UPDATE")
-                .bind(id.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-                .context("locking a job to cancel")?;
-        if found.is_none() {
-            return Ok(Cancelled::NotFound);
-        }
-        let job = load_job(&mut tx, id).await?.context("job vanished")?;
-        if job.status.is_terminal() {
-            return Ok(Cancelled::AlreadyFinished(job));
-        }
-        sqlx::query("UPDATE jobs SET cancel_requested = true WHERE id = $1")
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE targets SET status = 'cancelled', finished_at = $1,
-                                error = 'cancelled before it started'
-             WHERE job_id = $2 AND status = 'pending'",
-        )
-        .bind(now())
-        .bind(id.to_string())
-        .execute(&mut *tx)
-        .await
-        .context("cancelling pending targets")?;
-        refresh_job(&mut tx, id).await?;
-        let job = load_job(&mut tx, id).await?.context("job vanished")?;
-        tx.commit().await?;
-        Ok(Cancelled::Requested(job))
-    }
-}
-
-/// Makes the transaction just begun read one snapshot throughout.
-async fn snapshot(conn: &mut PgConnection) -> StoreResult<()> {
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(conn)
-        .await
-        .context("starting a read transaction")?;
-    Ok(())
-}
-
-/// Writes one submission on `conn` (in the caller's transaction): the
-/// idempotency key, the queue limits, the submitter's share, the job.
-async fn insert_job(conn: &mut PgConnection, new: &NewJob, me: Uuid) -> StoreResult<Created> {
-    let submitter = new.submitter.name.as_deref().unwrap_or("");
-    if let Some(key) = &new.idempotency_key {
-        // Keys are the submitter's own: another token's job is never found.
-        // Two submissions of one key at once both miss here; the unique
-        // index stops the second at its insert (`KeyRace`), and it is made
-        // again and finds the first.
-        let seen = sqlx::query(
-            "SELECT id, spec_hash FROM jobs WHERE submitted_by = $1 AND idempotency_key = $2",
-        )
-        .bind(submitter)
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await
-        .context("looking up the idempotency key")?;
-        if let Some(row) = seen {
-            let hash: String = row.get("spec_hash");
-            if hash != new.spec_hash {
-                return Ok(Created::KeyReused);
-            }
-            let id = parse_uuid(row.get("id"))?;
-            let job = load_job(conn, id).await?.context("job vanished")?;
-            return Ok(Created::Existing(job));
-        }
+    /// Nothing: with several instances on one database, a target in flight
+    /// at start-up may well be another instance's. Recovery is by lease
+    /// expiry only.
+    async fn in_flight_targets(_store: &SqlStore<Postgres>) -> StoreResult<Vec<i64>> {
+        Ok(Vec::new())
     }
 
-    // The job and its images first: they take no lock that others wait
-    // for. Submissions on every instance meet at the pending count's row,
-    // which the limit check below locks to commit: the less done after it,
-    // the more submissions a second.
-    let id = new.id;
-    let now = now();
-    let inserted = sqlx::query(
-        "INSERT INTO jobs (id, status, repo, repo_mode, force, has_registry_auth,
-                           idempotency_key, spec_hash, created_at, submitted_by,
-                           use_service_credentials, required_labels, callback_url,
-                           publish_via, engine, accepted_by)
-         VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-    )
-    .bind(id.to_string())
-    .bind(&new.plan.repo)
-    .bind(new.plan.repo_mode.as_str())
-    .bind(new.plan.force)
-    .bind(new.has_registry_auth)
-    .bind(&new.idempotency_key)
-    .bind(&new.spec_hash)
-    .bind(&now)
-    .bind(submitter)
-    .bind(new.submitter.use_service_credentials)
-    .bind(serde_json::to_string(&new.submitter.required_labels)?)
-    .bind(new.plan.callback.as_ref().map(|callback| &callback.url))
-    .bind(new.plan.publish_via.map(PublishVia::as_str))
-    .bind(&new.engine)
-    .bind(new.has_registry_auth.then(|| me.to_string()))
-    .execute(&mut *conn)
-    .await;
-    match inserted {
-        Err(error) if violates(&error, "jobs_by_idempotency_key") => return Err(KeyRace.into()),
-        inserted => inserted.context("inserting the job")?,
-    };
-    let images = &new.plan.images;
-    sqlx::query(
-        "INSERT INTO job_images (job_id, position, name, source, source_image_id, source_digest)
-         SELECT $1, position, name, source, source_image_id, source_digest
-         FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
-              AS image (position, name, source, source_image_id, source_digest)",
-    )
-    .bind(id.to_string())
-    .bind((0..images.len() as i64).collect::<Vec<_>>())
-    .bind(images.iter().map(|i| i.name.clone()).collect::<Vec<_>>())
-    .bind(images.iter().map(|i| i.source.clone()).collect::<Vec<_>>())
-    .bind(
-        images
-            .iter()
-            .map(|i| i.source_image_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        images
-            .iter()
-            .map(|i| i.source_digest.clone())
-            .collect::<Vec<_>>(),
-    )
-    .execute(&mut *conn)
-    .await
-    .context("inserting the images")?;
-
-    let pending: i64 =
-        sqlx::query_scalar("SELECT count FROM pending_targets WHERE id = 1 FOR UPDATE")
-            .fetch_one(&mut *conn)
-            .await
-            .context("reading the number of pending targets")?;
-    if pending.saturating_add(new.plan.targets.len() as i64) > new.max_pending as i64 {
-        return Ok(Created::Overloaded { pending });
+    /// Of jobs on this instance's engine (or on none) only: only an
+    /// instance on that engine can undo what was done there.
+    async fn expired_leases(store: &SqlStore<Postgres>) -> StoreResult<Vec<(i64, String)>> {
+        let expired = sqlx::query_as(&format!(
+            "SELECT t.id, t.claim_token FROM targets t JOIN jobs j ON j.id = t.job_id
+             WHERE t.status IN {IN_FLIGHT} AND t.claim_token IS NOT NULL
+               AND (t.lease_expires_at IS NULL OR t.lease_expires_at < clock_timestamp())
+               AND (j.engine IS NULL OR j.engine = $1)
+             ORDER BY t.id"
+        ))
+        .bind(&store.instance.engine)
+        .fetch_all(&store.reader)
+        .await
+        .context("listing expired leases")?;
+        Ok(expired)
     }
-    if let Some(limit) = new.submitter.max_queued_targets {
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM targets WHERE submitted_by = $1 AND status = 'pending'",
-        )
-        .bind(submitter)
-        .fetch_one(&mut *conn)
-        .await
-        .context("counting the submitter's pending targets")?;
-        if pending.saturating_add(new.plan.targets.len() as i64) > limit as i64 {
-            return Ok(Created::SubmitterOverloaded { pending, limit });
-        }
-    }
-    // A submitter that was idle starts level with the least-served one
-    // still queued, not with the credit of its idle time. After the count's
-    // lock, as claims take them (the lock order).
-    sqlx::query(&format!(
-        "INSERT INTO owners (name, weight, pass) VALUES ($1, $2,
-         COALESCE((SELECT MIN(o.pass) FROM owners o WHERE EXISTS (
-             SELECT 1 FROM targets t
-             WHERE t.submitted_by = o.name
-               AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))), 0))
-         ON CONFLICT (name) DO UPDATE SET weight = excluded.weight,
-             pass = CASE WHEN EXISTS (
-                     SELECT 1 FROM targets t
-                     WHERE t.submitted_by = owners.name
-                       AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))
-                 THEN owners.pass ELSE GREATEST(owners.pass, excluded.pass) END"
-    ))
-    .bind(submitter)
-    .bind(i64::from(new.submitter.weight))
-    .execute(&mut *conn)
-    .await
-    .context("recording the submitter's share")?;
-    let targets = &new.plan.targets;
-    sqlx::query(
-        "INSERT INTO targets (job_id, position, image_position, image_name, source, strategy,
-                              tag, reference, reference_key, status, submitted_by)
-         SELECT $1, position, image_position, image_name, source, strategy, tag, reference,
-                reference_key, 'pending', $10
-         FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-                     $7::text[], $8::text[], $9::text[])
-              AS target (position, image_position, image_name, source, strategy, tag,
-                         reference, reference_key)
-         ORDER BY position",
-    )
-    .bind(id.to_string())
-    .bind((0..targets.len() as i64).collect::<Vec<_>>())
-    .bind(
-        targets
-            .iter()
-            .map(|t| t.image_index as i64)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        targets
-            .iter()
-            .map(|t| t.image_name.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(targets.iter().map(|t| t.source.clone()).collect::<Vec<_>>())
-    .bind(
-        targets
-            .iter()
-            .map(|t| t.strategy.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(targets.iter().map(|t| t.tag.clone()).collect::<Vec<_>>())
-    .bind(
-        targets
-            .iter()
-            .map(|t| t.reference.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        targets
-            .iter()
-            .map(|t| t.reference.as_deref().map(reference_key))
-            .collect::<Vec<_>>(),
-    )
-    .bind(submitter)
-    .execute(&mut *conn)
-    .await
-    .context("inserting the targets")?;
-    Ok(Created::New(queued_job(new, now)))
-}
 
-/// Locks the job of target `target_id` (the lock order: a job before its
-/// targets) and answers its id; `None` if there is no such target.
-async fn lock_job_of(conn: &mut PgConnection, target_id: i64) -> StoreResult<Option<Uuid>> {
-    let id: Option<String> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE id = (SELECT job_id FROM targets WHERE id = $1)
-         FOR NO KEY UPDATE",
-    )
-    .bind(target_id)
-    .fetch_optional(&mut *conn)
-    .await
-    .context("locking a target's job")?;
-    id.map(parse_uuid).transpose()
-}
-
-/// Brings a job's status in line with its targets' and answers it.
-async fn refresh_job(conn: &mut PgConnection, id: Uuid) -> StoreResult<JobStatus> {
-    let rows = sqlx::query("SELECT status FROM targets WHERE job_id = $1")
-        .bind(id.to_string())
-        .fetch_all(&mut *conn)
-        .await?;
-    let statuses = rows
-        .iter()
-        .map(|row| parse_enum(row.get("status"), TargetStatus::parse, "target status"))
-        .collect::<StoreResult<Vec<_>>>()?;
-    let cancel_requested: bool =
-        sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = $1")
-            .bind(id.to_string())
-            .fetch_one(&mut *conn)
-            .await?;
-    let (status, error) = job_state(&statuses, cancel_requested);
-    sqlx::query(
-        "UPDATE jobs SET status = $1, error = $2,
-             started_at = CASE WHEN $1 <> 'queued' THEN COALESCE(started_at, $3) ELSE started_at END,
-             finished_at = CASE WHEN $4 THEN COALESCE(finished_at, $3) ELSE NULL END
-         WHERE id = $5",
-    )
-    .bind(status.as_str())
-    .bind(error)
-    .bind(now())
-    .bind(status.is_terminal())
-    .bind(id.to_string())
-    .execute(&mut *conn)
-    .await
-    .context("updating the job status")?;
-    Ok(status)
-}
-
-async fn load_claimed(conn: &mut PgConnection, id: i64) -> StoreResult<ClaimedTarget> {
-    let row = sqlx::query(&format!("{CLAIMED} $1"))
-        .bind(id)
-        .fetch_one(&mut *conn)
-        .await
-        .context("loading a claimed target")?;
-    ClaimedRow::from_row(&row)?.into_claimed()
-}
-
-/// The jobs of one page of `list_jobs`, newest first. ILIKE: SQLite's LIKE
-/// ignores (ASCII) case.
-const PAGE: &str = "SELECT * FROM jobs
-     WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR id < $2)
-       AND ($4::text IS NULL OR submitted_by = $4)
-       AND ($5::text IS NULL OR repo ILIKE $5 ESCAPE '\\'
-            OR EXISTS (SELECT 1 FROM targets s
-                       WHERE s.job_id = jobs.id AND s.reference ILIKE $5 ESCAPE '\\'))
-     ORDER BY id DESC LIMIT $3";
-
-/// What selects a page of jobs.
-struct PageFilter<'a> {
-    status: Option<JobStatus>,
-    before: Option<Uuid>,
-    limit: u32,
-    submitted_by: Option<&'a str>,
-    /// A LIKE pattern the repository or a reference matches.
-    pattern: Option<&'a str>,
-}
-
-/// The rows of `table` that belong to the jobs of a page, by job.
-async fn rows_of_page<R>(
-    conn: &mut PgConnection,
-    table: &str,
-    order: &str,
-    filter: &PageFilter<'_>,
-) -> StoreResult<Vec<R>>
-where
-    R: for<'r> FromRow<'r, PgRow> + Send + Unpin,
-{
-    let rows = sqlx::query_as(&format!(
-        "SELECT * FROM {table} WHERE job_id IN (SELECT id FROM ({PAGE}) AS page)
-         ORDER BY job_id, {order}"
-    ))
-    .bind(filter.status.map(JobStatus::as_str))
-    .bind(filter.before.map(|id| id.to_string()))
-    .bind(i64::from(filter.limit))
-    .bind(filter.submitted_by)
-    .bind(filter.pattern)
-    .fetch_all(&mut *conn)
-    .await
-    .with_context(|| format!("listing the jobs' {table}"))?;
-    Ok(rows)
-}
-
-async fn load_job(conn: &mut PgConnection, id: Uuid) -> StoreResult<Option<Job>> {
-    let Some(job) = sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = $1")
-        .bind(id.to_string())
-        .fetch_optional(&mut *conn)
-        .await
-        .context("loading a job")?
-    else {
-        return Ok(None);
-    };
-    let targets = sqlx::query_as("SELECT * FROM targets WHERE job_id = $1 ORDER BY position")
-        .bind(id.to_string())
-        .fetch_all(&mut *conn)
-        .await
-        .context("loading a job's targets")?;
-    let images = sqlx::query_as("SELECT * FROM job_images WHERE job_id = $1 ORDER BY position")
-        .bind(id.to_string())
-        .fetch_all(&mut *conn)
-        .await
-        .context("loading a job's images")?;
-    let deliveries =
-        sqlx::query_as("SELECT * FROM deliveries WHERE job_id = $1 ORDER BY created_at")
-            .bind(id.to_string())
-            .fetch_all(&mut *conn)
-            .await
-            .context("loading a job's deliveries")?;
-    job_of(job, images, targets, deliveries).map(Some)
-}
-
-/// The SQL both stores share (`store/shared.rs`).
-impl PgStore {
-    pub async fn job_events(
-        &self,
-        job_id: Uuid,
-        after: i64,
+    /// Taken for this instance: in the same statement their next attempt
+    /// moves a little into the future, so no other instance sends them
+    /// meanwhile (rows another instance is taking are skipped, not waited
+    /// for). Due by the database's clock, the one the trigger that makes a
+    /// delivery writes its first time with.
+    async fn due_deliveries(
+        store: &SqlStore<Postgres>,
         limit: u32,
-    ) -> StoreResult<Vec<Event>> {
-        shared::job_events(&self.pool, job_id, after, limit).await
-    }
-
-    pub async fn last_event_of(&self, job_id: Uuid) -> StoreResult<Option<i64>> {
-        shared::last_event_of(&self.pool, job_id).await
-    }
-
-    pub async fn queue_counts(&self) -> StoreResult<QueueCounts> {
-        shared::queue_counts(&self.pool).await
-    }
-
-    pub async fn seed(&self, source_image_id: &str, registry: &str) -> StoreResult<Option<Seed>> {
-        shared::seed(&self.pool, source_image_id, registry).await
-    }
-
-    pub async fn record_seed(
-        &self,
-        source_image_id: &str,
-        registry: &str,
-        seed: &Seed,
-    ) -> StoreResult<()> {
-        shared::record_seed(&self.pool, source_image_id, registry, seed).await
+    ) -> StoreResult<Vec<DueDelivery>> {
+        let rows: Vec<DueDeliveryRow> = sqlx::query_as(
+            "WITH due AS (
+                 SELECT id, next_attempt_at AS due_at FROM deliveries
+                 WHERE state = 'pending' AND next_attempt_at <= publishd_now()
+                 ORDER BY next_attempt_at LIMIT $1
+                 FOR UPDATE SKIP LOCKED),
+             taken AS (
+                 UPDATE deliveries d
+                 SET next_attempt_at = to_char((clock_timestamp() + make_interval(secs => $2))
+                                                   AT TIME ZONE 'UTC',
+                                               'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
+                 FROM due WHERE d.id = due.id
+                 RETURNING d.id, d.job_id, d.url, d.created_at, d.body,
+                           jsonb_array_length(d.attempts::jsonb)::bigint AS tries, due.due_at)
+             SELECT * FROM taken ORDER BY due_at, id",
+        )
+        .bind(i64::from(limit))
+        .bind(TAKEN_FOR.as_secs_f64())
+        .fetch_all(&store.writer)
+        .await
+        .context("taking due deliveries")?;
+        rows.into_iter().map(DueDeliveryRow::into_due).collect()
     }
 }

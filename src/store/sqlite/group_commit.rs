@@ -17,12 +17,12 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use futures_util::future::BoxFuture;
-use sqlx::{Acquire, SqliteConnection, SqlitePool};
+use sqlx::{Acquire, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
 
-use super::audit::insert_audit;
-use super::insert_job;
-use crate::store::{AuditEntry, Created, NewJob, StoreResult};
+use crate::store::sql::SqlStore;
+use crate::store::{AuditEntry, AuditOf, Created, NewJob, StoreResult};
 
 /// Most requests in one transaction: bounds how long a batch holds the
 /// writer connection (which lease renewals and the rarer queue writes also
@@ -33,15 +33,15 @@ const MAX_BATCH: usize = 256;
 /// be queued.
 const QUEUE: usize = 4096;
 
-/// Makes a submission's audit record from what the store did with it.
-pub(super) type AuditOf = Box<dyn FnOnce(&Created) -> AuditEntry + Send>;
-
 /// One request to the writer task.
 pub(super) enum Write {
     // Boxed: a job is far larger than the other writes.
     Job {
         new: Box<NewJob>,
         audit: Option<AuditOf>,
+        /// This instance, which holds the job's own credentials if it
+        /// brought any.
+        accepted_by: Uuid,
     },
     Audit(AuditEntry),
     Queue(QueueWrite),
@@ -124,27 +124,46 @@ async fn commit(writer: &SqlitePool, writes: Vec<Write>) -> Vec<StoreResult<Writ
         for write in writes {
             let mut savepoint = tx.begin().await?;
             let written = match write {
-                Write::Job { new, audit } => {
+                Write::Job {
+                    new,
+                    audit,
+                    accepted_by,
+                } => {
                     let owner = (new.submitter.name.clone(), new.submitter.weight);
                     let owner_current = current_owners.contains(&owner);
-                    match insert_job(&mut savepoint, &new, owner_current).await {
-                        Ok(created) => {
-                            let entry = audit.map(|audit| audit(&created));
-                            let recorded = match &entry {
-                                Some(entry) => insert_audit(&mut savepoint, entry).await,
-                                None => Ok(()),
-                            };
-                            recorded.map(|()| {
-                                if matches!(created, Created::New(_)) {
-                                    current_owners.insert(owner);
-                                }
-                                Written::Job(Box::new((created, entry)))
-                            })
+                    let created = match SqlStore::<Sqlite>::insert_job(
+                        &mut savepoint,
+                        &new,
+                        accepted_by,
+                        owner_current,
+                    )
+                    .await
+                    {
+                        Ok(created) => created,
+                        Err(error) => {
+                            savepoint.rollback().await?;
+                            answers.push(Err(error));
+                            continue;
                         }
-                        Err(error) => Err(error),
+                    };
+                    if matches!(created, Created::New(_)) {
+                        current_owners.insert(owner);
+                    } else {
+                        // A refusal may come after the job's rows were
+                        // written: only its audit record stays.
+                        savepoint.rollback().await?;
+                        savepoint = tx.begin().await?;
                     }
+                    let entry = audit.map(|audit| audit(&created));
+                    let recorded = match &entry {
+                        Some(entry) => {
+                            SqlStore::<Sqlite>::insert_audit(&mut savepoint, entry).await
+                        }
+                        None => Ok(()),
+                    };
+                    recorded.map(|()| Written::Job(Box::new((created, entry))))
                 }
-                Write::Audit(entry) => insert_audit(&mut savepoint, &entry)
+                Write::Audit(entry) => SqlStore::<Sqlite>::insert_audit(&mut savepoint, &entry)
                     .await
                     .map(|()| Written::Audited),
                 Write::Queue(write) => write(&mut savepoint).await.map(Written::Queue),
@@ -200,9 +219,9 @@ mod tests {
     use futures_util::future::join_all;
     use uuid::Uuid;
 
-    use super::super::SqliteStore as Store;
     use super::*;
     use crate::domain::spec::{JobSpec, Limits, plan};
+    use crate::store::Store;
     use crate::store::Submitter;
 
     fn job(tag: &str, key: Option<&str>, spec_hash: &str, max_pending: usize) -> NewJob {
@@ -225,16 +244,15 @@ mod tests {
     }
 
     async fn open(dir: &Path) -> Store {
-        Store::open(&dir.join("publishd.db"), crate::store::Instance::unbound())
-            .await
-            .unwrap()
+        Store::open_sqlite(&dir.join("publishd.db")).await.unwrap()
     }
 
-    async fn count(store: &Store, sql: &str) -> i64 {
-        sqlx::query_scalar(sql)
-            .fetch_one(&store.reader)
+    async fn count(dir: &Path, sql: &str) -> i64 {
+        let path = dir.join("publishd.db");
+        let reader = sqlx::SqlitePool::connect(&format!("sqlite://{}?mode=ro", path.display()))
             .await
-            .unwrap()
+            .unwrap();
+        sqlx::query_scalar(sql).fetch_one(&reader).await.unwrap()
     }
 
     // On the test's single-threaded runtime, every submission of a
@@ -267,7 +285,7 @@ mod tests {
         assert_eq!((new, existing), (1, 19));
         assert!(ids.iter().all(|id| *id == ids[0]));
         assert!(matches!(answers[20].as_ref().unwrap(), Created::KeyReused));
-        assert_eq!(count(&store, "SELECT count(*) FROM jobs").await, 1);
+        assert_eq!(count(dir.path(), "SELECT count(*) FROM jobs").await, 1);
     }
 
     #[tokio::test]
@@ -294,8 +312,11 @@ mod tests {
         assert_eq!((accepted, overloaded), (5, 5));
         let failed = answers[10].as_ref().err().expect("the twin failed");
         assert!(format!("{failed:#}").contains("UNIQUE"), "{failed:#}");
-        assert_eq!(count(&store, "SELECT count(*) FROM jobs").await, 5);
-        assert_eq!(count(&store, "SELECT count FROM pending_targets").await, 5);
+        assert_eq!(count(dir.path(), "SELECT count(*) FROM jobs").await, 5);
+        assert_eq!(
+            count(dir.path(), "SELECT count FROM pending_targets").await,
+            5
+        );
     }
 
     #[tokio::test]
@@ -327,7 +348,10 @@ mod tests {
                 serde_json::to_value(&stored).unwrap()
             );
         }
-        assert_eq!(count(&store, "SELECT count(*) FROM audit").await, 50);
-        assert_eq!(count(&store, "SELECT count FROM pending_targets").await, 50);
+        assert_eq!(count(dir.path(), "SELECT count(*) FROM audit").await, 50);
+        assert_eq!(
+            count(dir.path(), "SELECT count FROM pending_targets").await,
+            50
+        );
     }
 }
