@@ -224,7 +224,7 @@ fn the_check_finds_a_stale_path_in_each_form() {
     let names = rust_file_names();
     let text = "the seeds (`store/seeds.rs`, `src/store/seeds.rs`), `seeds.rs`, \
                 [a script](scripts/no-such.sh) and `docs/no-such.md`; \
-                but not `store/shared.rs`, `src/store/shared.rs`, `shared.rs`, \
+                but not `store/model.rs`, `src/store/model.rs`, `model.rs`, \
                 `scripts/test.sh`'s phases, `docs/`, [a heading](docs/cli.md#exit-codes), \
                 `HOST[:PORT]/*.crt` or \
                 https://example.com/src/x.rs";
