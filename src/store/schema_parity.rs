@@ -118,11 +118,11 @@ async fn postgres_schema(db: &Db) -> (Columns, BTreeSet<String>) {
     })
     .collect();
     // Primary keys and UNIQUE constraints make indexes of their own in
-    // PostgreSQL (`*_pkey`, `*_key`); SQLite's are implicit.
+    // PostgreSQL, named as the constraint; SQLite's are implicit.
     let indexes = sqlx::query_scalar(
-        "SELECT indexname::text FROM pg_indexes
-         WHERE schemaname = 'public' AND indexname NOT LIKE '%\\_pkey'
-           AND indexname NOT LIKE '%\\_key' AND tablename NOT LIKE '_sqlx%'",
+        "SELECT indexname::text FROM pg_indexes i
+         WHERE schemaname = 'public' AND tablename NOT LIKE '_sqlx%'
+           AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)",
     )
     .fetch_all(&pool)
     .await
