@@ -14,7 +14,7 @@ use crate::domain::publish_via::PublishVia;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::spec::Limits;
 use crate::engine::TagMethod;
-use crate::store::Location;
+use crate::store::{Location, SessionLimits};
 use crate::worker::StepTimeouts;
 
 #[derive(Debug, Args)]
@@ -32,6 +32,24 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub database: Location,
+    /// On a shared database (PostgreSQL): the longest a statement may run,
+    /// in seconds (`statement_timeout`).
+    #[arg(long, env = "PUBLISHD_DATABASE_STATEMENT_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub database_statement_timeout: u64,
+    /// On a shared database: the longest a statement waits for a lock, in
+    /// seconds (`lock_timeout`).
+    #[arg(long, env = "PUBLISHD_DATABASE_LOCK_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub database_lock_timeout: u64,
+    /// On a shared database: the longest a transaction may wait idle for
+    /// its client, in seconds (`idle_in_transaction_session_timeout`): a
+    /// client cut off by the network holds nothing for longer.
+    #[arg(long, env = "PUBLISHD_DATABASE_IDLE_TRANSACTION_TIMEOUT", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub database_idle_transaction_timeout: u64,
+    /// On a shared database: seconds of silence before the server probes a
+    /// client's connection (TCP keepalive; a dead one is dropped after
+    /// about twice this).
+    #[arg(long, env = "PUBLISHD_DATABASE_KEEPALIVE", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..))]
+    pub database_keepalive: u64,
     /// Targets processed at once.
     #[arg(long, env = "PUBLISHD_WORKERS", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: u16,
@@ -183,6 +201,7 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 pub struct Settings {
     pub listen: SocketAddr,
     pub database: Location,
+    pub session_limits: SessionLimits,
     pub workers: usize,
     pub docker_host: Option<String>,
     pub engine_name: Option<String>,
@@ -236,6 +255,12 @@ impl Settings {
         Ok(Settings {
             listen: args.listen,
             database: args.database,
+            session_limits: SessionLimits {
+                statement_timeout: Duration::from_secs(args.database_statement_timeout),
+                lock_timeout: Duration::from_secs(args.database_lock_timeout),
+                idle_in_transaction: Duration::from_secs(args.database_idle_transaction_timeout),
+                keepalive: Duration::from_secs(args.database_keepalive),
+            },
             workers: usize::from(args.workers),
             docker_host: args.docker_host,
             engine_name: args.engine_name,

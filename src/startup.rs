@@ -82,9 +82,13 @@ impl Application {
             database = %settings.database,
             "opening the store"
         );
-        let store = Store::open(&settings.database, instance.clone())
-            .await
-            .with_context(|| format!("opening the database {}", settings.database))?;
+        let store = Store::open_with(
+            &settings.database,
+            instance.clone(),
+            settings.session_limits,
+        )
+        .await
+        .with_context(|| format!("opening the database {}", settings.database))?;
         let cancellations = Cancellations::default();
         let wake = Arc::new(Notify::new());
         let job_credentials = JobCredentials::default();

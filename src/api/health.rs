@@ -48,6 +48,10 @@ pub struct Readiness {
     /// The name of the engine this instance drives (`--engine-name`); null
     /// without one.
     engine_name: Option<String>,
+    /// Batches of writes that failed because the task writing them
+    /// panicked; it went on with the next (the store's batching writer is
+    /// supervised). Anything but 0 is a bug to report.
+    writer_restarts: u64,
 }
 
 /// What readiness says of the engine of a publishd without one.
@@ -106,6 +110,7 @@ async fn check(state: &AppState) -> Readiness {
         engine,
         database_kind: state.store.kind().to_owned(),
         engine_name: state.instance.engine.clone(),
+        writer_restarts: state.store.writer_restarts(),
     }
 }
 

@@ -8,7 +8,8 @@ use uuid::Uuid;
 /// One recorded change of a job or one of its targets.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Event {
-    /// Increases with every event of every job: what `Last-Event-ID` names.
+    /// 1, 2, … for each event of the job, in the order they happened: what
+    /// `Last-Event-ID` names.
     pub id: i64,
     pub job_id: Uuid,
     #[schema(format = DateTime)]

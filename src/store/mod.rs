@@ -10,6 +10,7 @@
 //! columns of either to the API's types.
 
 mod audit;
+mod batch;
 mod events;
 pub mod model;
 mod postgres;
@@ -297,13 +298,50 @@ const LIVE_WITHIN: Duration = Duration::from_secs(3 * HEARTBEAT.as_secs());
 /// Statuses of a target a lane is working on, for SQL.
 const IN_FLIGHT: &str = "('tagging', 'pushing', 'untagging')";
 
+/// How a shared database bounds what a session may hold, so that a client
+/// cut off by the network (no FIN, no RST) never holds a lock for long.
+/// PostgreSQL only: SQLite is one process's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Longest a statement may run (`statement_timeout`).
+    pub statement_timeout: Duration,
+    /// Longest a statement waits for a lock (`lock_timeout`).
+    pub lock_timeout: Duration,
+    /// Longest a transaction may sit idle waiting for its client
+    /// (`idle_in_transaction_session_timeout`).
+    pub idle_in_transaction: Duration,
+    /// Idle time before the server probes a silent client's connection
+    /// (`tcp_keepalives_idle`; probes every third of it, three times).
+    pub keepalive: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            statement_timeout: Duration::from_secs(30),
+            lock_timeout: Duration::from_secs(10),
+            idle_in_transaction: Duration::from_secs(30),
+            keepalive: Duration::from_secs(15),
+        }
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the database, applies its migrations and
     /// registers `instance` (its first heartbeat).
     pub async fn open(location: &Location, instance: Instance) -> StoreResult<Store> {
+        Store::open_with(location, instance, SessionLimits::default()).await
+    }
+
+    /// `open`, with a shared database's sessions bounded by `limits`.
+    pub async fn open_with(
+        location: &Location,
+        instance: Instance,
+        limits: SessionLimits,
+    ) -> StoreResult<Store> {
         let records: Arc<dyn Records> = match location {
             Location::Sqlite(path) => Arc::new(sqlite::open(path, instance).await?),
-            Location::Postgres(url) => Arc::new(postgres::open(url, instance).await?),
+            Location::Postgres(url) => Arc::new(postgres::open(url, instance, limits).await?),
         };
         records.heartbeat().await?;
         Ok(Store(records))
@@ -327,6 +365,10 @@ pub trait Records: Send + Sync {
 
     /// `sqlite` or `postgres`.
     fn kind(&self) -> &'static str;
+
+    /// Batches the store's writing task had to answer with an error because
+    /// writing them panicked (the task goes on with the next).
+    fn writer_restarts(&self) -> u64;
 
     /// Records that this instance is alive (every [`HEARTBEAT`]); nothing
     /// on SQLite, where one publishd owns the file.
@@ -580,7 +622,7 @@ pub trait Records: Send + Sync {
 }
 
 /// Makes a submission's audit record from what the store did with it.
-pub type AuditOf = Box<dyn FnOnce(&Created) -> AuditEntry + Send>;
+pub type AuditOf = Box<dyn Fn(&Created) -> AuditEntry + Send + Sync>;
 
 /// What a page of `search_jobs` was asked with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -673,20 +715,4 @@ fn queued_job(new: &NewJob, created_at: String) -> Job {
         deliveries: Vec::new(),
         engine: new.engine.clone(),
     }
-}
-
-/// A job's status as its targets' statuses make it, and why it did not
-/// succeed, in short.
-fn job_state(statuses: &[TargetStatus], cancel_requested: bool) -> (JobStatus, Option<String>) {
-    let status = crate::domain::status::job_status(statuses, cancel_requested);
-    let failed = statuses
-        .iter()
-        .filter(|&&s| s == TargetStatus::Failed)
-        .count();
-    let error = match status {
-        JobStatus::Failed => Some(format!("{failed} of {} targets failed", statuses.len())),
-        JobStatus::Cancelled => Some("cancelled".to_owned()),
-        _ => None,
-    };
-    (status, error)
 }

@@ -114,6 +114,66 @@ impl Db {
         .await
     }
 
+    /// Sets a job's cancel flag and its two targets' statuses behind the
+    /// store's back (one statement each, as the store writes them) and
+    /// answers the status the triggers gave the job.
+    pub(super) async fn raw_status(
+        &self,
+        job: Uuid,
+        statuses: [TargetStatus; 2],
+        cancel: bool,
+    ) -> String {
+        async fn run<D>(pool: sqlx::Pool<D>, statements: Vec<(&str, String)>, job: Uuid) -> String
+        where
+            D: sqlx::Database,
+            for<'c> &'c sqlx::Pool<D>: sqlx::Executor<'c, Database = D>,
+            for<'q> D::Arguments<'q>: sqlx::IntoArguments<'q, D>,
+            for<'q> String: sqlx::Encode<'q, D> + sqlx::Decode<'q, D> + sqlx::Type<D>,
+            usize: sqlx::ColumnIndex<D::Row>,
+        {
+            for (sql, value) in statements {
+                sqlx::query(sql)
+                    .bind(value)
+                    .bind(job.to_string())
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+                .bind(job.to_string())
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+        // The flag as the store writes it, bound as text: `TRUE`/`FALSE`
+        // in SQL takes no type from the two databases' booleans.
+        let flag = if cancel { "TRUE" } else { "FALSE" };
+        let statements = vec![
+            (
+                "UPDATE jobs SET cancel_requested = ($1 = 'TRUE') WHERE id = $2",
+                flag.to_owned(),
+            ),
+            (
+                "UPDATE targets SET status = $1 WHERE job_id = $2 AND position = 0",
+                statuses[0].as_str().to_owned(),
+            ),
+            (
+                "UPDATE targets SET status = $1 WHERE job_id = $2 AND position = 1",
+                statuses[1].as_str().to_owned(),
+            ),
+        ];
+        match self {
+            Db::Sqlite(dir) => {
+                let path = dir.path().join("publishd.db");
+                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .unwrap();
+                run(pool, statements, job).await
+            }
+            Db::Postgres(_) => run(self.raw_postgres().await, statements, job).await,
+        }
+    }
+
     /// A connection pool of the test's own, for what the store does not say.
     pub(super) async fn raw_postgres(&self) -> sqlx::PgPool {
         match self {
@@ -752,22 +812,37 @@ postgres_only! {
         let a = db.open_on("e").await;
         let b = db.open_on("e").await;
         let raw = db.raw_postgres().await;
+        // Few jobs of many targets: writers on both instances meet on each
+        // job's counter.
+        let tags: Vec<String> = (0..12).map(|i| format!("v{i}")).collect();
+        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        let mut jobs = Vec::new();
+        for j in 0..3 {
+            let repo = format!("127.0.0.1:5000/w{j}");
+            jobs.push(queued(&a, NewJob { engine: Some("e".to_owned()), ..job_of(&repo, &tags) }).await.id);
+        }
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
-            let (raw, done) = (raw.clone(), done.clone());
+            let (raw, done, jobs) = (raw.clone(), done.clone(), jobs.clone());
             tokio::spawn(async move {
-                let mut last = 0i64;
+                let mut last: HashMap<Uuid, i64> = HashMap::new();
                 let mut reads = 0;
                 loop {
                     let finished = done.load(std::sync::atomic::Ordering::SeqCst);
-                    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM events WHERE id > $1 ORDER BY id")
-                        .bind(last)
+                    for job in &jobs {
+                        let seen = last.entry(*job).or_default();
+                        let ids: Vec<i64> = sqlx::query_scalar(
+                            "SELECT id FROM events WHERE job_id = $1 AND id > $2 ORDER BY id",
+                        )
+                        .bind(job.to_string())
+                        .bind(*seen)
                         .fetch_all(&raw)
                         .await
                         .unwrap();
-                    for id in ids {
-                        assert_eq!(id, last + 1, "event {id} became visible after {last}: a gap or a late id");
-                        last = id;
+                        for id in ids {
+                            assert_eq!(id, *seen + 1, "event {id} of {job} became visible after {seen}: a gap or a late id");
+                            *seen = id;
+                        }
                     }
                     reads += 1;
                     if finished {
@@ -780,13 +855,9 @@ postgres_only! {
         for writer in 0..6 {
             let store = if writer % 2 == 0 { a.clone() } else { b.clone() };
             writers.spawn(async move {
-                for i in 0..8 {
-                    let repo = format!("127.0.0.1:5000/w{writer}-{i}");
-                    queued(&store, NewJob { engine: Some("e".to_owned()), ..job_of(&repo, &["v1", "v2"]) }).await;
-                    if let Some(target) = store.claim_target(LEASE).await.unwrap() {
-                        store.record_failed_attempt(&target.claim, "push", "x", true).await.unwrap();
-                        store.finish_target(&target.claim, &succeeded(), &[]).await.unwrap();
-                    }
+                while let Some(target) = store.claim_target(LEASE).await.unwrap() {
+                    store.record_failed_attempt(&target.claim, "push", "x", true).await.unwrap();
+                    store.finish_target(&target.claim, &succeeded(), &[]).await.unwrap();
                 }
             });
         }
@@ -795,20 +866,20 @@ postgres_only! {
         }
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         let (last, reads) = reader.await.unwrap();
-        let (count, max): (i64, Option<i64>) = sqlx::query_as("SELECT count(*), max(id) FROM events")
-            .fetch_one(&raw)
-            .await
-            .unwrap();
-        assert_eq!((count, max), (last, Some(last)), "after {reads} reads");
-        let unnumbered: i64 = sqlx::query_scalar("SELECT count(*) FROM events WHERE id IS NULL")
-            .fetch_one(&raw)
-            .await
-            .unwrap();
-        assert_eq!(unnumbered, 0);
-        for job in a.list_jobs(None, None, 100, None).await.unwrap().jobs {
-            let events = a.job_events(job.id, 0, 1000).await.unwrap();
-            assert!(events.windows(2).all(|pair| pair[0].id < pair[1].id));
+        for job in jobs {
+            let (count, max): (i64, Option<i64>) =
+                sqlx::query_as("SELECT count(*), max(id) FROM events WHERE job_id = $1")
+                    .bind(job.to_string())
+                    .fetch_one(&raw)
+                    .await
+                    .unwrap();
+            assert_eq!((count, max), (last[&job], Some(last[&job])), "after {reads} reads");
+            let events = a.job_events(job, 0, 1000).await.unwrap();
+            // Created, 12 targets, then per target: claimed, failed try,
+            // succeeded; the job running and succeeded.
+            assert_eq!(events.len(), 1 + 12 + 12 * 3 + 2);
             assert_eq!(events[0].kind, "job");
+            assert!(events.last().unwrap().ends_job());
         }
         raw.close().await;
     }

@@ -179,6 +179,7 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         database: test_database(dir),
+        session_limits: publishd::store::SessionLimits::default(),
         workers: 2,
         docker_host: Some(TestEnv::get().docker_host),
         engine_name: None,

@@ -17,22 +17,24 @@
 //! then `pending_targets`, then `owners`; `event_counter` last of all, at
 //! commit (see the migration).
 
+mod submit;
+
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::Postgres;
-use sqlx::postgres::{PgConnection, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
 use super::rows::{DueDeliveryRow, InstanceRow};
-use super::sql::{Dialect, KeyRace, ONE_IN_FLIGHT, SqlStore, WriteOp};
+use super::sql::{Dialect, SqlStore, WriteOp};
 use super::{
     AuditEntry, AuditOf, Claim, ClaimedTarget, Created, DueDelivery, IN_FLIGHT, Instance,
-    InstanceStatus, LIVE_WITHIN, Location, NewJob, StoreResult, TakeOver, now,
+    InstanceStatus, LIVE_WITHIN, Location, NewJob, SessionLimits, StoreResult, TakeOver, now,
 };
-use crate::domain::naming::reference_key;
 
 /// Connections per instance: lanes, the API and the background loops share them.
 const MAX_CONNECTIONS: u32 = 10;
@@ -45,39 +47,60 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// record is removed.
 const FORGET_AFTER: &str = "1 hour";
 
-/// How many times a submission is made again after losing a key race.
-const KEY_RACE_TRIES: usize = 3;
-
-/// Claims made again after a race for a reference was lost: the next try
-/// sees the winner's claim and takes another target.
-const CLAIM_TRIES: usize = 3;
-
 /// How far a delivery handed to this instance is put off for the others:
 /// longer than an attempt may take. The attempt's outcome then sets its
 /// next attempt.
 const TAKEN_FOR: Duration = Duration::from_secs(60);
 
+/// What only the PostgreSQL store keeps.
+pub(super) struct PgLocal {
+    /// This instance's submissions, in batches.
+    submissions: submit::Submissions,
+}
+
 /// Connects to the database at `url` and applies migrations. Several
 /// instances may start at once: sqlx's migrator holds an advisory lock
 /// while it migrates.
-pub(super) async fn open(url: &str, instance: Instance) -> StoreResult<SqlStore<Postgres>> {
+pub(super) async fn open(
+    url: &str,
+    instance: Instance,
+    limits: SessionLimits,
+) -> StoreResult<SqlStore<Postgres>> {
     let location = Location::Postgres(url.to_owned());
+    let millis = |limit: Duration| limit.as_millis().to_string();
+    let seconds = |limit: Duration| limit.as_secs().max(1).to_string();
+    let options = PgConnectOptions::from_str(url)
+        .with_context(|| format!("reading the database URL {location}"))?
+        .options([
+            ("statement_timeout", millis(limits.statement_timeout)),
+            ("lock_timeout", millis(limits.lock_timeout)),
+            (
+                "idle_in_transaction_session_timeout",
+                millis(limits.idle_in_transaction),
+            ),
+            ("tcp_keepalives_idle", seconds(limits.keepalive)),
+            ("tcp_keepalives_interval", seconds(limits.keepalive / 3)),
+            ("tcp_keepalives_count", "3".to_owned()),
+        ]);
     let pool = PgPoolOptions::new()
         .max_connections(MAX_CONNECTIONS)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect(url)
+        .connect_with(options)
         .await
         .with_context(|| format!("opening the database {location}"))?;
     sqlx::migrate!("./migrations/postgres")
         .run(&pool)
         .await
         .with_context(|| format!("applying migrations to {location}"))?;
+    let id = instance.id;
     Ok(SqlStore {
         reader: pool.clone(),
-        writer: pool,
+        writer: pool.clone(),
         instance: Arc::new(instance),
         kept: None,
-        local: (),
+        local: PgLocal {
+            submissions: submit::start(pool, id),
+        },
     })
 }
 
@@ -89,19 +112,14 @@ fn lease_end(n: u8) -> String {
 
 #[async_trait]
 impl Dialect for Postgres {
-    type Local = ();
+    type Local = PgLocal;
     const KIND: &'static str = "postgres";
     const SHARED: bool = true;
     const ILIKE: &'static str = "ILIKE";
-    const LOCK_JOB: &'static str = " FOR NO KEY UPDATE";
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
     const SNAPSHOT: Option<&'static str> =
         Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
     const LEASE_COLUMN: &'static str = "lease_expires_at";
-    /// Its row lock, held to commit, makes `--max-queued-targets` exact
-    /// across instances (and makes submissions with one idempotency key
-    /// meet one after the other).
-    const PENDING_COUNT: &'static str = "SELECT count FROM pending_targets WHERE id = 1 FOR UPDATE";
 
     fn json_push(array: &str, element: &str) -> String {
         format!("(CAST({array} AS jsonb) || jsonb_build_array({element}))::text")
@@ -145,6 +163,10 @@ impl Dialect for Postgres {
         write(&mut conn).await
     }
 
+    fn writer_restarts(store: &SqlStore<Self>) -> u64 {
+        store.local.submissions.panics()
+    }
+
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
         result.rows_affected()
     }
@@ -156,74 +178,6 @@ impl Dialect for Postgres {
             }
             _ => false,
         }
-    }
-
-    async fn insert_images(conn: &mut PgConnection, new: &NewJob) -> StoreResult<()> {
-        let images = &new.plan.images;
-        sqlx::query(
-            "INSERT INTO job_images (job_id, position, name, source, source_image_id,
-                                     source_digest)
-             SELECT $1, position, name, source, source_image_id, source_digest
-             FROM UNNEST($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[])
-                  AS image (position, name, source, source_image_id, source_digest)",
-        )
-        .bind(new.id.to_string())
-        .bind((0..images.len() as i64).collect::<Vec<_>>())
-        .bind(images.iter().map(|i| i.name.clone()).collect::<Vec<_>>())
-        .bind(images.iter().map(|i| i.source.clone()).collect::<Vec<_>>())
-        .bind(
-            images
-                .iter()
-                .map(|i| i.source_image_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            images
-                .iter()
-                .map(|i| i.source_digest.clone())
-                .collect::<Vec<_>>(),
-        )
-        .execute(conn)
-        .await
-        .context("inserting the images")?;
-        Ok(())
-    }
-
-    async fn insert_targets(conn: &mut PgConnection, new: &NewJob) -> StoreResult<()> {
-        let targets = &new.plan.targets;
-        let column = |value: fn(&crate::domain::spec::PlannedTarget) -> Option<String>| {
-            targets.iter().map(value).collect::<Vec<_>>()
-        };
-        sqlx::query(
-            "INSERT INTO targets (job_id, position, image_position, image_name, source, strategy,
-                                  tag, reference, reference_key, status, submitted_by)
-             SELECT $1, position, image_position, image_name, source, strategy, tag, reference,
-                    reference_key, 'pending', $10
-             FROM UNNEST($2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
-                         $7::text[], $8::text[], $9::text[])
-                  AS target (position, image_position, image_name, source, strategy, tag,
-                             reference, reference_key)
-             ORDER BY position",
-        )
-        .bind(new.id.to_string())
-        .bind((0..targets.len() as i64).collect::<Vec<_>>())
-        .bind(
-            targets
-                .iter()
-                .map(|t| t.image_index as i64)
-                .collect::<Vec<_>>(),
-        )
-        .bind(column(|t| t.image_name.clone()))
-        .bind(column(|t| Some(t.source.clone())))
-        .bind(column(|t| Some(t.strategy.as_str().to_owned())))
-        .bind(column(|t| t.tag.clone()))
-        .bind(column(|t| t.reference.clone()))
-        .bind(column(|t| t.reference.as_deref().map(reference_key)))
-        .bind(new.submitter.name.as_deref().unwrap_or(""))
-        .execute(conn)
-        .await
-        .context("inserting the targets")?;
-        Ok(())
     }
 
     /// Records that this instance is alive, on the database's clock, and
@@ -293,42 +247,18 @@ impl Dialect for Postgres {
             .collect()
     }
 
-    /// One transaction per submission. Two submissions of one key at once
-    /// both miss the key's look-up; the unique index stops the second at
-    /// its insert (`KeyRace`), and it is made again and finds the first.
+    /// Batched with what this instance receives at the same time (see
+    /// `submit.rs`).
     async fn create_job(
         store: &SqlStore<Postgres>,
         new: NewJob,
         audit: Option<AuditOf>,
     ) -> StoreResult<(Created, Option<AuditEntry>)> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let mut tx = store.writer.begin().await?;
-            let created =
-                match SqlStore::<Postgres>::insert_job(&mut tx, &new, store.instance.id, false)
-                    .await
-                {
-                    Ok(created) => created,
-                    Err(error) if error.is::<KeyRace>() && tries < KEY_RACE_TRIES => {
-                        tx.rollback().await?;
-                        continue;
-                    }
-                    Err(error) => return Err(error),
-                };
-            if !matches!(created, Created::New(_)) {
-                // A refusal may come after the job's rows were written: only
-                // its audit record stays.
-                tx.rollback().await?;
-                tx = store.writer.begin().await?;
-            }
-            let entry = audit.map(|audit| audit(&created));
-            if let Some(entry) = &entry {
-                SqlStore::<Postgres>::insert_audit(&mut tx, entry).await?;
-            }
-            tx.commit().await.context("committing a submission")?;
-            return Ok((created, entry));
-        }
+        store
+            .local
+            .submissions
+            .write(submit::Submission { new, audit })
+            .await
     }
 
     async fn record_audit(store: &SqlStore<Postgres>, entry: AuditEntry) -> StoreResult<()> {
@@ -336,70 +266,44 @@ impl Dialect for Postgres {
         SqlStore::<Postgres>::insert_audit(&mut conn, &entry).await
     }
 
-    /// Skips targets and jobs another transaction holds. Two instances that
-    /// pick two targets of one reference at the same moment meet at the
-    /// unique index: the loser tries again, and then sees the winner's claim.
+    /// One call of `publishd_claim` (see the migration): no transaction
+    /// spans a round trip. The claimed target is read after its commit; a
+    /// claim whose answer a cut connection lost is found by its token.
     async fn claim_target(
         store: &SqlStore<Postgres>,
         lease: Duration,
     ) -> StoreResult<Option<ClaimedTarget>> {
-        let now = now();
-        for _ in 0..CLAIM_TRIES {
-            let token = Uuid::now_v7().to_string();
-            let mut tx = store.writer.begin().await?;
-            let claimed = sqlx::query_scalar::<_, i64>(&format!(
-                "UPDATE targets
-                 SET status = 'tagging', attempts = attempts + 1, runs = runs + 1, error = NULL,
-                     started_at = COALESCE(started_at, $1), claim_token = $2,
-                     lease_expires_at = {lease_end},
-                     previous_prior_image_id = CASE WHEN created_image_id IS NOT NULL
-                         THEN prior_image_id ELSE previous_prior_image_id END,
-                     previous_created_image_id = COALESCE(created_image_id, previous_created_image_id),
-                     prior_image_id = NULL, created_image_id = NULL, staging_reference = NULL,
-                     not_before = NULL
-                 WHERE id = (
-                     SELECT t.id FROM targets t JOIN jobs j ON j.id = t.job_id
-                          LEFT JOIN owners o ON o.name = t.submitted_by
-                     WHERE t.status = 'pending' AND NOT j.cancel_requested
-                       AND (j.engine IS NULL OR j.engine = $4)
-                       AND (j.accepted_by IS NULL OR j.accepted_by = $5 OR NOT EXISTS (
-                            SELECT 1 FROM instances i WHERE i.id = j.accepted_by
-                              AND i.heartbeat_at > clock_timestamp() - make_interval(secs => $6)))
-                       AND (t.not_before IS NULL OR t.not_before <= $1)
-                       AND (t.reference_key IS NULL OR NOT EXISTS (
-                            SELECT 1 FROM targets u
-                            WHERE u.reference_key = t.reference_key AND u.status IN {IN_FLIGHT}))
-                     ORDER BY COALESCE(o.pass, 0), t.job_id, t.position
-                     LIMIT 1
-                     FOR UPDATE OF t SKIP LOCKED FOR NO KEY UPDATE OF j SKIP LOCKED)
-                 RETURNING id",
-                lease_end = lease_end(3)
-            ))
-            .bind(&now)
-            .bind(&token)
-            .bind(lease.as_secs_f64())
-            .bind(&store.instance.engine)
-            .bind(store.instance.id.to_string())
-            .bind(LIVE_WITHIN.as_secs_f64())
-            .fetch_optional(&mut *tx)
-            .await;
-            let id = match claimed {
-                Ok(Some(id)) => id,
-                Ok(None) => {
-                    tx.rollback().await?;
-                    return Ok(None);
-                }
-                Err(error) if Self::violates(&error, ONE_IN_FLIGHT) => {
-                    tx.rollback().await?;
-                    continue;
-                }
-                Err(error) => return Err(error).context("claiming a target"),
-            };
-            let target = SqlStore::<Postgres>::claimed(&mut tx, id).await?;
-            tx.commit().await.context("committing a claim")?;
-            return Ok(Some(target));
+        let token = Uuid::now_v7().to_string();
+        let claimed =
+            sqlx::query_scalar::<_, Option<i64>>("SELECT publishd_claim($1, $2, $3, $4, $5, $6)")
+                .bind(&token)
+                .bind(now())
+                .bind(lease.as_secs_f64())
+                .bind(&store.instance.engine)
+                .bind(store.instance.id.to_string())
+                .bind(LIVE_WITHIN.as_secs_f64())
+                .fetch_one(&store.writer)
+                .await;
+        let id = match claimed {
+            Ok(id) => id,
+            Err(error) if cut_off(&error) => {
+                sqlx::query_scalar("SELECT id FROM targets WHERE claim_token = $1")
+                    .bind(&token)
+                    .fetch_optional(&store.reader)
+                    .await
+                    .context("looking for a claim whose answer was lost")?
+            }
+            Err(error) => return Err(error).context("claiming a target"),
+        };
+        match id {
+            Some(id) => {
+                let mut conn = store.reader.acquire().await?;
+                SqlStore::<Postgres>::load_claimed(&mut conn, id)
+                    .await
+                    .map(Some)
+            }
+            None => Ok(None),
         }
-        Ok(None)
     }
 
     async fn renew_lease(
@@ -508,4 +412,10 @@ impl Dialect for Postgres {
         .context("taking due deliveries")?;
         rows.into_iter().map(DueDeliveryRow::into_due).collect()
     }
+}
+
+/// Whether `error` says the connection went away: what was sent may or may
+/// not have been committed.
+fn cut_off(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Io(_) | sqlx::Error::Protocol(_))
 }

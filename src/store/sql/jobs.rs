@@ -8,24 +8,13 @@ use sqlx::{Executor, IntoArguments};
 use uuid::Uuid;
 
 use super::{Dialect, SqlStore};
-use crate::domain::publish_via::PublishVia;
-use crate::domain::status::{JobStatus, TargetStatus};
-use crate::store::queue::fenced;
+use crate::domain::status::JobStatus;
 use crate::store::rows::{
-    CLAIMED, ClaimedRow, DeliveryRow, ImageRow, JobRow, TargetRow, job_of, page_of, parse_enum,
-    parse_uuid,
+    CLAIMED, ClaimedRow, DeliveryRow, ImageRow, JobRow, TargetRow, job_of, page_of,
 };
 use crate::store::{
-    AuditEntry, Bound, ClaimedTarget, Created, Deleted, IN_FLIGHT, Job, JobPage, NewJob, PageKey,
-    StoreResult, job_state, now, queued_job,
+    AuditEntry, Bound, ClaimedTarget, Deleted, IN_FLIGHT, Job, JobPage, PageKey, StoreResult, now,
 };
-
-/// Another instance inserted a job with the same idempotency key between
-/// this submission's look-up and its insert: the submission is made again,
-/// and then finds that job.
-#[derive(Debug, thiserror::Error)]
-#[error("another submission with the same idempotency key was committed first")]
-pub(in crate::store) struct KeyRace;
 
 /// Targets one retention batch may delete (with their events, about six
 /// rows each): a batch of jobs with hundreds of targets each must not hold
@@ -157,63 +146,6 @@ where
             .await
     }
 
-    /// Brings a job's status in line with its targets' and answers it.
-    pub(in crate::store) async fn refresh_job(
-        conn: &mut D::Connection,
-        id: Uuid,
-    ) -> StoreResult<JobStatus> {
-        let statuses: Vec<String> =
-            sqlx::query_scalar("SELECT status FROM targets WHERE job_id = $1")
-                .bind(id.to_string())
-                .fetch_all(&mut *conn)
-                .await
-                .context("reading a job's target statuses")?;
-        let statuses = statuses
-            .iter()
-            .map(|status| parse_enum(status, TargetStatus::parse, "target status"))
-            .collect::<StoreResult<Vec<_>>>()?;
-        let cancel_requested: bool =
-            sqlx::query_scalar("SELECT cancel_requested FROM jobs WHERE id = $1")
-                .bind(id.to_string())
-                .fetch_one(&mut *conn)
-                .await
-                .context("reading a job's cancel flag")?;
-        let (status, error) = job_state(&statuses, cancel_requested);
-        sqlx::query(
-            "UPDATE jobs SET status = $1, error = $2,
-                 started_at = CASE WHEN $1 <> 'queued' THEN COALESCE(started_at, $3)
-                                   ELSE started_at END,
-                 finished_at = CASE WHEN $4 THEN COALESCE(finished_at, $3) ELSE NULL END
-             WHERE id = $5",
-        )
-        .bind(status.as_str())
-        .bind(error)
-        .bind(now())
-        .bind(status.is_terminal())
-        .bind(id.to_string())
-        .execute(&mut *conn)
-        .await
-        .context("updating the job status")?;
-        Ok(status)
-    }
-
-    /// Locks the job of target `target_id` (the lock order: a job before
-    /// its targets) and answers its id; `None` if there is no such target.
-    pub(super) async fn lock_job_of(
-        conn: &mut D::Connection,
-        target_id: i64,
-    ) -> StoreResult<Option<Uuid>> {
-        let id: Option<String> = sqlx::query_scalar(&format!(
-            "SELECT id FROM jobs WHERE id = (SELECT job_id FROM targets WHERE id = $1){}",
-            D::LOCK_JOB
-        ))
-        .bind(target_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .context("locking a target's job")?;
-        id.map(parse_uuid).transpose()
-    }
-
     pub(in crate::store) async fn load_claimed(
         conn: &mut D::Connection,
         id: i64,
@@ -226,30 +158,10 @@ where
         row.into_claimed()
     }
 
-    /// What every claim does once its statement took target `id`: the
-    /// submitter's turn is taken (the next claim goes to whoever has had the
-    /// least, by weight), the job's status follows, and the target is
-    /// answered as a lane needs it.
-    pub(in crate::store) async fn claimed(
-        conn: &mut D::Connection,
-        id: i64,
-    ) -> StoreResult<ClaimedTarget> {
-        let target = Self::load_claimed(conn, id).await?;
-        sqlx::query(
-            "UPDATE owners SET pass = pass + CAST(1 AS DOUBLE PRECISION) / weight
-             WHERE name = (SELECT submitted_by FROM jobs WHERE id = $1)",
-        )
-        .bind(target.job_id.to_string())
-        .execute(&mut *conn)
-        .await
-        .context("advancing the submitter's turn")?;
-        Self::refresh_job(conn, target.job_id).await?;
-        Ok(target)
-    }
-
-    /// `bind_reference` in the caller's transaction; `busy_for_sure`: the
-    /// reference was found taken by a target this transaction cannot see.
-    /// Deferring is not a run of the target, nor a try.
+    /// `bind_reference` in one statement; `busy_for_sure`: the reference
+    /// was found taken by a target this statement cannot see (another
+    /// instance's, racing it to the unique index). Deferring is not a run of
+    /// the target, nor a try.
     pub(super) async fn bind(
         conn: &mut D::Connection,
         claim: &crate::store::Claim,
@@ -258,204 +170,47 @@ where
         key: &str,
         busy_for_sure: bool,
     ) -> StoreResult<Bound> {
-        let job_id =
-            Self::lock_job_of(conn, claim.target_id)
-                .await?
-                .ok_or(crate::store::ClaimLost {
-                    target_id: claim.target_id,
-                })?;
-        let (busy, cancelled): (bool, bool) = sqlx::query_as(&format!(
-            "SELECT EXISTS (SELECT 1 FROM targets
-                            WHERE reference_key = $1 AND id <> $2 AND status IN {IN_FLIGHT}),
-                    (SELECT cancel_requested FROM jobs WHERE id = $3)"
-        ))
-        .bind(key)
-        .bind(claim.target_id)
-        .bind(job_id.to_string())
-        .fetch_one(&mut *conn)
-        .await
-        .context("looking at a content reference")?;
-        let bound = match (busy || busy_for_sure, cancelled) {
-            (false, _) => Bound::Bound,
-            (true, false) => Bound::Busy,
-            (true, true) => Bound::Cancelled,
-        };
-        let result = sqlx::query(&format!(
-            "UPDATE targets SET tag = $1, reference = $2, reference_key = $3,
-                 status = CASE $4 WHEN 'bound' THEN 'tagging' WHEN 'busy' THEN 'pending'
-                                  ELSE 'cancelled' END,
-                 finished_at = CASE $4 WHEN 'cancelled' THEN $5 ELSE NULL END,
-                 error = CASE $4 WHEN 'cancelled' THEN 'cancelled before it started'
-                                 ELSE NULL END,
-                 claim_token = CASE $4 WHEN 'bound' THEN claim_token ELSE NULL END,
-                 runs = CASE $4 WHEN 'bound' THEN runs ELSE runs - 1 END,
-                 attempts = CASE $4 WHEN 'bound' THEN attempts ELSE attempts - 1 END
-             WHERE id = $6 AND claim_token = $7 AND status IN {IN_FLIGHT}"
+        let status: String = sqlx::query_scalar(&format!(
+            "WITH decided AS (
+                 SELECT CASE
+                     WHEN NOT ($7 OR EXISTS (SELECT 1 FROM targets
+                                             WHERE reference_key = $3 AND id <> $5
+                                               AND status IN {IN_FLIGHT})) THEN 'bound'
+                     WHEN (SELECT j.cancel_requested FROM targets t JOIN jobs j ON j.id = t.job_id
+                           WHERE t.id = $5) THEN 'cancelled'
+                     ELSE 'busy' END AS outcome)
+             UPDATE targets SET tag = $1, reference = $2, reference_key = $3,
+                 status = CASE (SELECT outcome FROM decided) WHEN 'bound' THEN 'tagging'
+                              WHEN 'busy' THEN 'pending' ELSE 'cancelled' END,
+                 finished_at = CASE (SELECT outcome FROM decided) WHEN 'cancelled' THEN $4 END,
+                 error = CASE (SELECT outcome FROM decided)
+                             WHEN 'cancelled' THEN 'cancelled before it started' END,
+                 claim_token = CASE (SELECT outcome FROM decided)
+                                   WHEN 'bound' THEN claim_token END,
+                 runs = runs - CASE (SELECT outcome FROM decided) WHEN 'bound' THEN 0 ELSE 1 END,
+                 attempts = attempts
+                     - CASE (SELECT outcome FROM decided) WHEN 'bound' THEN 0 ELSE 1 END
+             WHERE id = $5 AND claim_token = $6 AND status IN {IN_FLIGHT}
+             RETURNING status"
         ))
         .bind(tag)
         .bind(reference)
         .bind(key)
-        .bind(match bound {
-            Bound::Bound => "bound",
-            Bound::Busy => "busy",
-            Bound::Cancelled => "cancelled",
-        })
         .bind(now())
         .bind(claim.target_id)
         .bind(&claim.token)
-        .execute(&mut *conn)
-        .await
-        .context("binding a content reference")?;
-        fenced(D::rows_affected(&result), claim)?;
-        Self::refresh_job(conn, job_id).await?;
-        Ok(bound)
-    }
-
-    /// What an earlier submission with the same idempotency key (keys are
-    /// the submitter's own: another token's job is never found) says of
-    /// this one: its job, a refusal if the body differs, or `None`.
-    async fn keyed_submission(
-        conn: &mut D::Connection,
-        new: &NewJob,
-    ) -> StoreResult<Option<Created>> {
-        let Some(key) = &new.idempotency_key else {
-            return Ok(None);
-        };
-        let seen: Option<(String, String)> = sqlx::query_as(
-            "SELECT id, spec_hash FROM jobs WHERE submitted_by = $1 AND idempotency_key = $2",
-        )
-        .bind(new.submitter.name.as_deref().unwrap_or(""))
-        .bind(key.as_str())
+        .bind(busy_for_sure)
         .fetch_optional(&mut *conn)
         .await
-        .context("looking up the idempotency key")?;
-        let Some((id, hash)) = seen else {
-            return Ok(None);
-        };
-        if hash != new.spec_hash {
-            return Ok(Some(Created::KeyReused));
-        }
-        let job = Self::load_job(conn, parse_uuid(id)?)
-            .await?
-            .context("job vanished")?;
-        Ok(Some(Created::Existing(job)))
-    }
-
-    /// Writes one submission (in the caller's transaction): the
-    /// idempotency key, the queue limits, the submitter's share, the job.
-    /// The job and its images come first: they take no lock that other
-    /// instances wait for, while PostgreSQL's pending count is locked to
-    /// the commit (the less done after it, the more submissions a second).
-    /// A refusal may come after rows were written: the caller rolls them
-    /// back. `owner_current`: an earlier job of the same transaction already
-    /// brought the submitter's share up to date and left it queued targets.
-    pub(in crate::store) async fn insert_job(
-        conn: &mut D::Connection,
-        new: &NewJob,
-        accepted_by: Uuid,
-        owner_current: bool,
-    ) -> StoreResult<Created> {
-        if let Some(created) = Self::keyed_submission(conn, new).await? {
-            return Ok(created);
-        }
-        let submitter = new.submitter.name.as_deref().unwrap_or("");
-        let now = now();
-        let inserted = sqlx::query(
-            "INSERT INTO jobs (id, status, repo, repo_mode, force, has_registry_auth,
-                               idempotency_key, spec_hash, created_at, submitted_by,
-                               use_service_credentials, required_labels, callback_url,
-                               publish_via, engine, accepted_by)
-             VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
-        )
-        .bind(new.id.to_string())
-        .bind(new.plan.repo.as_str())
-        .bind(new.plan.repo_mode.as_str())
-        .bind(new.plan.force)
-        .bind(new.has_registry_auth)
-        .bind(new.idempotency_key.clone())
-        .bind(new.spec_hash.as_str())
-        .bind(now.as_str())
-        .bind(submitter)
-        .bind(new.submitter.use_service_credentials)
-        .bind(serde_json::to_string(&new.submitter.required_labels)?)
-        .bind(
-            new.plan
-                .callback
-                .as_ref()
-                .map(|callback| callback.url.clone()),
-        )
-        .bind(new.plan.publish_via.map(PublishVia::as_str))
-        .bind(new.engine.clone())
-        .bind(new.has_registry_auth.then(|| accepted_by.to_string()))
-        .execute(&mut *conn)
-        .await;
-        match inserted {
-            Err(error) if D::violates(&error, "jobs_by_idempotency_key") => {
-                return Err(KeyRace.into());
-            }
-            inserted => inserted.context("inserting the job")?,
-        };
-        D::insert_images(conn, new).await?;
-        // Read in the same transaction as the insert: concurrent submissions
-        // cannot overshoot the limit together. A count kept by triggers,
-        // since counting the rows costs as much as the queue is long.
-        let pending: i64 = sqlx::query_scalar(D::PENDING_COUNT)
-            .fetch_one(&mut *conn)
-            .await
-            .context("reading the number of pending targets")?;
-        if pending.saturating_add(new.plan.targets.len() as i64) > new.max_pending as i64 {
-            return Ok(Created::Overloaded { pending });
-        }
-        if let Some(overloaded) = Self::submitter_overloaded(conn, new).await? {
-            return Ok(overloaded);
-        }
-        // A submitter that was idle starts level with the least-served one
-        // still queued, not with the credit of its idle time.
-        if !owner_current {
-            let active = |owner: &str| {
-                format!(
-                    "EXISTS (SELECT 1 FROM targets t WHERE t.submitted_by = {owner}
-                             AND (t.status = 'pending' OR t.status IN {IN_FLIGHT}))"
-                )
-            };
-            sqlx::query(&format!(
-                "INSERT INTO owners (name, weight, pass) VALUES ($1, $2,
-                     COALESCE((SELECT MIN(o.pass) FROM owners o WHERE {}), 0))
-                 ON CONFLICT (name) DO UPDATE SET weight = excluded.weight,
-                     pass = CASE WHEN {} THEN owners.pass ELSE {} END",
-                active("o.name"),
-                active("owners.name"),
-                D::greatest("owners.pass", "excluded.pass"),
-            ))
-            .bind(submitter)
-            .bind(i64::from(new.submitter.weight))
-            .execute(&mut *conn)
-            .await
-            .context("recording the submitter's share")?;
-        }
-        D::insert_targets(conn, new).await?;
-        Ok(Created::New(queued_job(new, now)))
-    }
-
-    /// The submitter's own limit on pending targets, if `new` would pass it.
-    async fn submitter_overloaded(
-        conn: &mut D::Connection,
-        new: &NewJob,
-    ) -> StoreResult<Option<Created>> {
-        let Some(limit) = new.submitter.max_queued_targets else {
-            return Ok(None);
-        };
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM targets WHERE submitted_by = $1 AND status = 'pending'",
-        )
-        .bind(new.submitter.name.as_deref().unwrap_or(""))
-        .fetch_one(&mut *conn)
-        .await
-        .context("counting the submitter's pending targets")?;
-        Ok(
-            (pending.saturating_add(new.plan.targets.len() as i64) > limit as i64)
-                .then_some(Created::SubmitterOverloaded { pending, limit }),
-        )
+        .context("binding a content reference")?
+        .ok_or(crate::store::ClaimLost {
+            target_id: claim.target_id,
+        })?;
+        Ok(match status.as_str() {
+            "tagging" => Bound::Bound,
+            "pending" => Bound::Busy,
+            _ => Bound::Cancelled,
+        })
     }
 
     /// Writes one audit record (in the caller's transaction).

@@ -8,8 +8,6 @@
 
 mod jobs;
 
-pub(super) use jobs::KeyRace;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +19,7 @@ use uuid::Uuid;
 
 use super::queue::fenced;
 use super::read_cache::KeptReads;
-use super::rows::{AuditRow, EngineTargetsRow, EventRow};
+use super::rows::{AuditRow, EngineTargetsRow, EventRow, parse_enum};
 use super::{
     AuditEntry, AuditOf, AuditPage, Bound, Cancelled, Claim, ClaimLost, ClaimedTarget, Created,
     Deleted, DeliveryAttempt, DeliveryOutcome, DueDelivery, EngineStatus, Event, IN_FLIGHT,
@@ -63,10 +61,6 @@ pub(super) trait Dialect: Database + Sized {
     const SHARED: bool;
     /// A LIKE that ignores case (SQLite's LIKE does, for ASCII).
     const ILIKE: &'static str;
-    /// Appended to a SELECT of a job that is about to change: PostgreSQL
-    /// locks it (a job's row before its targets', the lock order); SQLite's
-    /// one writer needs nothing.
-    const LOCK_JOB: &'static str;
     /// Appended to a SELECT of rows one instance takes for itself.
     const SKIP_LOCKED: &'static str;
     /// Makes a read transaction just begun read one snapshot throughout
@@ -105,13 +99,9 @@ pub(super) trait Dialect: Database + Sized {
     /// Whether `error` is a unique violation of `index`: another instance
     /// raced this one to it.
     fn violates(error: &sqlx::Error, index: &str) -> bool;
-    /// SQL: the number of pending targets, as a submission reads it.
-    const PENDING_COUNT: &'static str;
-    /// Inserts a new job's images (in the caller's transaction).
-    async fn insert_images(conn: &mut Self::Connection, new: &NewJob) -> StoreResult<()>;
-    /// Inserts a new job's targets, pending (in the caller's transaction).
-    async fn insert_targets(conn: &mut Self::Connection, new: &NewJob) -> StoreResult<()>;
 
+    /// Batches the writing task answered with an error after a panic.
+    fn writer_restarts(store: &SqlStore<Self>) -> u64;
     async fn heartbeat(store: &SqlStore<Self>) -> StoreResult<()>;
     async fn leave(store: &SqlStore<Self>) -> StoreResult<()>;
     async fn live_engines(store: &SqlStore<Self>) -> StoreResult<Vec<String>>;
@@ -182,6 +172,10 @@ where
         D::KIND
     }
 
+    fn writer_restarts(&self) -> u64 {
+        D::writer_restarts(self)
+    }
+
     async fn heartbeat(&self) -> StoreResult<()> {
         D::heartbeat(self).await
     }
@@ -213,12 +207,13 @@ where
     async fn engines(&self) -> StoreResult<Vec<EngineStatus>> {
         let instances = D::instances(self).await?;
         let targets: Vec<EngineTargetsRow> = sqlx::query_as(&format!(
-            "SELECT j.engine AS engine,
-                    count(*) FILTER (WHERE t.status = 'pending') AS queued,
-                    count(*) FILTER (WHERE t.status IN {IN_FLIGHT}) AS in_flight
-             FROM targets t JOIN jobs j ON j.id = t.job_id
-             WHERE j.engine IS NOT NULL AND (t.status = 'pending' OR t.status IN {IN_FLIGHT})
-             GROUP BY j.engine"
+            "SELECT engine,
+                    CAST(COALESCE(sum(n) FILTER (WHERE status = 'pending'), 0) AS BIGINT)
+                        AS queued,
+                    CAST(COALESCE(sum(n) FILTER (WHERE status IN {IN_FLIGHT}), 0) AS BIGINT)
+                        AS in_flight
+             FROM counts WHERE kind = 'target' AND engine <> ''
+             GROUP BY engine HAVING sum(n) FILTER (WHERE status = 'pending' OR status IN {IN_FLIGHT}) > 0"
         ))
         .fetch_all(&self.reader)
         .await
@@ -311,46 +306,40 @@ where
         Ok(page)
     }
 
+    /// The flag first: from its commit on no claim takes a target of the
+    /// job, and a target going back to the queue is cancelled instead; then
+    /// what is still pending. Two statements, neither waiting for the other.
     async fn cancel_job(&self, id: Uuid) -> StoreResult<Cancelled> {
-        D::write(
+        D::write_single(
             self,
             Box::new(move |conn| {
                 Box::pin(async move {
-                    // The job first (the lock order): a target going back to
-                    // the queue meanwhile reads the flag after this commits.
-                    let found: Option<String> = sqlx::query_scalar(&format!(
-                        "SELECT id FROM jobs WHERE id = $1{}",
-                        D::LOCK_JOB
-                    ))
+                    let flagged: Option<String> = sqlx::query_scalar(
+                        "UPDATE jobs SET cancel_requested = TRUE
+                         WHERE id = $1 AND status NOT IN ('succeeded', 'failed', 'cancelled')
+                         RETURNING id",
+                    )
                     .bind(id.to_string())
                     .fetch_optional(&mut *conn)
                     .await
-                    .context("locking a job to cancel")?;
-                    if found.is_none() {
-                        return Ok(Cancelled::NotFound);
-                    }
-                    let job = Self::load_job(conn, id).await?.context("job vanished")?;
-                    if job.status.is_terminal() {
-                        return Ok(Cancelled::AlreadyFinished(job));
-                    }
-                    sqlx::query("UPDATE jobs SET cancel_requested = TRUE WHERE id = $1")
+                    .context("flagging a job cancelled")?;
+                    if flagged.is_some() {
+                        sqlx::query(
+                            "UPDATE targets SET status = 'cancelled', finished_at = $1,
+                                                error = 'cancelled before it started'
+                             WHERE job_id = $2 AND status = 'pending'",
+                        )
+                        .bind(now())
                         .bind(id.to_string())
                         .execute(&mut *conn)
                         .await
-                        .context("flagging a job cancelled")?;
-                    sqlx::query(
-                        "UPDATE targets SET status = 'cancelled', finished_at = $1,
-                                            error = 'cancelled before it started'
-                         WHERE job_id = $2 AND status = 'pending'",
-                    )
-                    .bind(now())
-                    .bind(id.to_string())
-                    .execute(&mut *conn)
-                    .await
-                    .context("cancelling pending targets")?;
-                    Self::refresh_job(conn, id).await?;
-                    let job = Self::load_job(conn, id).await?.context("job vanished")?;
-                    Ok(Cancelled::Requested(job))
+                        .context("cancelling pending targets")?;
+                    }
+                    Ok(match (Self::load_job(conn, id).await?, flagged) {
+                        (None, _) => Cancelled::NotFound,
+                        (Some(job), None) => Cancelled::AlreadyFinished(job),
+                        (Some(job), Some(_)) => Cancelled::Requested(job),
+                    })
                 })
             }),
         )
@@ -382,7 +371,7 @@ where
                 reference.to_owned(),
                 key.clone(),
             );
-            let bound = D::write(
+            let bound = D::write_single(
                 self,
                 Box::new(move |conn| {
                     Box::pin(async move {
@@ -550,21 +539,16 @@ where
             "UPDATE targets SET status = $1, digest = $2, error = $3, up_to_date = $4,
                                 published_via = $5, warnings = {},
                                 finished_at = $7, claim_token = NULL, {} = NULL
-             WHERE id = $8 AND claim_token = $9 AND status IN {IN_FLIGHT}",
+             WHERE id = $8 AND claim_token = $9 AND status IN {IN_FLIGHT}
+             RETURNING job_id",
             D::json_concat("targets.warnings", "$6"),
             D::LEASE_COLUMN,
         );
-        D::write(
+        D::write_single(
             self,
             Box::new(move |conn| {
                 Box::pin(async move {
-                    let job_id =
-                        Self::lock_job_of(conn, claim.target_id)
-                            .await?
-                            .ok_or(ClaimLost {
-                                target_id: claim.target_id,
-                            })?;
-                    let result = sqlx::query(&sql)
+                    let job_id: String = sqlx::query_scalar(&sql)
                         .bind(status)
                         .bind(digest)
                         .bind(error)
@@ -574,11 +558,20 @@ where
                         .bind(now())
                         .bind(claim.target_id)
                         .bind(&claim.token)
-                        .execute(&mut *conn)
+                        .fetch_optional(&mut *conn)
                         .await
-                        .context("finishing a target")?;
-                    fenced(D::rows_affected(&result), &claim)?;
-                    Self::refresh_job(conn, job_id).await
+                        .context("finishing a target")?
+                        .ok_or(ClaimLost {
+                            target_id: claim.target_id,
+                        })?;
+                    // As the triggers left it.
+                    let status: String =
+                        sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1")
+                            .bind(job_id)
+                            .fetch_one(&mut *conn)
+                            .await
+                            .context("reading a job's status")?;
+                    parse_enum(&status, JobStatus::parse, "job status")
                 })
             }),
         )
@@ -615,18 +608,10 @@ where
             D::json_push("warnings", "CAST($4 AS TEXT)"),
             D::LEASE_COLUMN,
         );
-        D::write(
+        D::write_single(
             self,
             Box::new(move |conn| {
                 Box::pin(async move {
-                    let lost = || ClaimLost {
-                        target_id: claim.target_id,
-                    };
-                    // The job locked first: its cancel flag is read as
-                    // committed last.
-                    let job_id = Self::lock_job_of(conn, claim.target_id)
-                        .await?
-                        .ok_or_else(lost)?;
                     let status: String = sqlx::query_scalar(&sql)
                         .bind(counts)
                         .bind(i64::from(max_runs))
@@ -637,8 +622,9 @@ where
                         .fetch_optional(&mut *conn)
                         .await
                         .context("releasing a target")?
-                        .ok_or_else(lost)?;
-                    Self::refresh_job(conn, job_id).await?;
+                        .ok_or(ClaimLost {
+                            target_id: claim.target_id,
+                        })?;
                     Ok(match status.as_str() {
                         "cancelled" => Released::Cancelled,
                         "failed" => Released::DeadLetter,
@@ -670,16 +656,10 @@ where
              WHERE id = $4 AND claim_token = $5 AND status IN {IN_FLIGHT}",
             D::LEASE_COLUMN,
         );
-        D::write(
+        D::write_single(
             self,
             Box::new(move |conn| {
                 Box::pin(async move {
-                    let job_id =
-                        Self::lock_job_of(conn, claim.target_id)
-                            .await?
-                            .ok_or(ClaimLost {
-                                target_id: claim.target_id,
-                            })?;
                     let result = sqlx::query(&sql)
                         .bind(now())
                         .bind(retry_at)
@@ -689,9 +669,7 @@ where
                         .execute(&mut *conn)
                         .await
                         .context("putting a target back to wait for credentials")?;
-                    fenced(D::rows_affected(&result), &claim)?;
-                    Self::refresh_job(conn, job_id).await?;
-                    Ok(())
+                    fenced(D::rows_affected(&result), &claim)
                 })
             }),
         )
@@ -700,7 +678,7 @@ where
 
     async fn credentials_arrived(&self, job_id: Uuid) -> StoreResult<()> {
         let me = self.instance.id.to_string();
-        D::write(
+        D::write_single(
             self,
             Box::new(move |conn| {
                 Box::pin(async move {
@@ -825,29 +803,29 @@ where
         })
     }
 
+    /// From the counts the triggers keep: a scrape reads a few rows, not
+    /// every job.
     async fn queue_counts(&self) -> StoreResult<QueueCounts> {
-        let mut counts = QueueCounts::default();
-        let jobs: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, count(*) AS n FROM jobs GROUP BY status")
-                .fetch_all(&self.reader)
-                .await
-                .context("counting jobs")?;
-        for (status, n) in jobs {
-            if let Some(status) = JobStatus::parse(&status) {
-                counts.jobs.insert(status, n);
-            }
-        }
-        let targets: Vec<(String, i64)> = sqlx::query_as(&format!(
-            "SELECT status, count(*) AS n FROM targets
-             WHERE status = 'pending' OR status IN {IN_FLIGHT} GROUP BY status"
-        ))
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT kind, status, CAST(sum(n) AS BIGINT) FROM counts GROUP BY kind, status",
+        )
         .fetch_all(&self.reader)
         .await
-        .context("counting targets")?;
-        for (status, n) in targets {
-            match TargetStatus::parse(&status) {
-                Some(TargetStatus::Pending) => counts.targets_queued += n,
-                Some(status) if status.is_in_flight() => counts.targets_in_flight += n,
+        .context("reading the counts")?;
+        let mut counts = QueueCounts::default();
+        for (kind, status, n) in rows {
+            match (
+                kind.as_str(),
+                JobStatus::parse(&status),
+                TargetStatus::parse(&status),
+            ) {
+                ("job", Some(status), _) => {
+                    counts.jobs.insert(status, n);
+                }
+                ("target", _, Some(TargetStatus::Pending)) => counts.targets_queued += n,
+                ("target", _, Some(status)) if status.is_in_flight() => {
+                    counts.targets_in_flight += n
+                }
                 _ => {}
             }
         }

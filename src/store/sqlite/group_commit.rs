@@ -18,20 +18,15 @@ use std::sync::Arc;
 use anyhow::Context;
 use futures_util::future::BoxFuture;
 use sqlx::{Acquire, Sqlite, SqliteConnection, SqlitePool};
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::store::batch::Batcher;
 use crate::store::sql::SqlStore;
 use crate::store::{AuditEntry, AuditOf, Created, NewJob, StoreResult};
 
 /// Most requests in one transaction: bounds how long a batch holds the
-/// writer connection (which lease renewals and the rarer queue writes also
-/// need), and so how long its first request waits for its last.
+/// writer connection, and so how long its first request waits for its last.
 const MAX_BATCH: usize = 256;
-
-/// Requests that may wait for the writer task; past this, writers wait to
-/// be queued.
-const QUEUE: usize = 4096;
 
 /// One request to the writer task.
 pub(super) enum Write {
@@ -48,7 +43,7 @@ pub(super) enum Write {
 }
 
 /// A write of the queue's, run on the batch's connection (in its own
-/// savepoint); its answer, boxed, goes back to `SqliteStore::write_batched`.
+/// savepoint); its answer, boxed, goes back to the caller.
 pub(super) type QueueWrite = Box<
     dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<Box<dyn Any + Send>>>
         + Send,
@@ -63,57 +58,16 @@ pub(super) enum Written {
     Queue(Box<dyn Any + Send>),
 }
 
-struct Request {
-    write: Write,
-    reply: oneshot::Sender<StoreResult<Written>>,
-}
+/// The task that writes everything, in batches.
+pub(super) type GroupCommit = Batcher<Write, Written>;
 
-/// The queue of the task that writes submissions, audit records and the
-/// lanes' hot queue writes.
-#[derive(Clone)]
-pub(super) struct GroupCommit {
-    queue: mpsc::Sender<Request>,
-}
-
-impl GroupCommit {
-    /// Starts the writer task; it ends when the last `GroupCommit` is dropped.
-    pub(super) fn start(writer: SqlitePool) -> GroupCommit {
-        let (queue, requests) = mpsc::channel(QUEUE);
-        tokio::spawn(run(writer, requests));
-        GroupCommit { queue }
-    }
-
-    /// Writes `write`; answers after the commit that holds it.
-    pub(super) async fn write(&self, write: Write) -> StoreResult<Written> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Request { write, reply })
-            .await
-            .map_err(|_| anyhow::anyhow!("the group-commit writer has stopped"))?;
-        answer
-            .await
-            .context("the group-commit writer has stopped")?
-    }
-}
-
-async fn run(writer: SqlitePool, mut requests: mpsc::Receiver<Request>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while requests.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (writes, replies): (Vec<_>, Vec<_>) = batch
-            .drain(..)
-            .map(|request| (request.write, request.reply))
-            .unzip();
-        let answers = commit(&writer, writes).await;
-        for (reply, answer) in replies.into_iter().zip(answers) {
-            // A submitter that went away (its client hung up) still has its
-            // job: it was committed, as a lone transaction would have been.
-            let _ = reply.send(answer);
-        }
-    }
+/// Starts the writer task on `writer`, the one writer connection.
+pub(super) fn start(writer: SqlitePool) -> GroupCommit {
+    Batcher::start(MAX_BATCH, move |writes| commit(writer.clone(), writes))
 }
 
 /// Writes the batch in one transaction; one answer per write, in order.
-async fn commit(writer: &SqlitePool, writes: Vec<Write>) -> Vec<StoreResult<Written>> {
+async fn commit(writer: SqlitePool, writes: Vec<Write>) -> Vec<StoreResult<Written>> {
     let count = writes.len();
     let mut answers = Vec::with_capacity(count);
     let committed: StoreResult<()> = async {
@@ -131,7 +85,7 @@ async fn commit(writer: &SqlitePool, writes: Vec<Write>) -> Vec<StoreResult<Writ
                 } => {
                     let owner = (new.submitter.name.clone(), new.submitter.weight);
                     let owner_current = current_owners.contains(&owner);
-                    let created = match SqlStore::<Sqlite>::insert_job(
+                    let created = match super::submit::insert_job(
                         &mut savepoint,
                         &new,
                         accepted_by,
@@ -314,7 +268,11 @@ mod tests {
         assert!(format!("{failed:#}").contains("UNIQUE"), "{failed:#}");
         assert_eq!(count(dir.path(), "SELECT count(*) FROM jobs").await, 5);
         assert_eq!(
-            count(dir.path(), "SELECT count FROM pending_targets").await,
+            count(
+                dir.path(),
+                "SELECT sum(n) FROM counts WHERE kind = 'target' AND status = 'pending'"
+            )
+            .await,
             5
         );
     }
@@ -350,7 +308,11 @@ mod tests {
         }
         assert_eq!(count(dir.path(), "SELECT count(*) FROM audit").await, 50);
         assert_eq!(
-            count(dir.path(), "SELECT count FROM pending_targets").await,
+            count(
+                dir.path(),
+                "SELECT sum(n) FROM counts WHERE kind = 'target' AND status = 'pending'"
+            )
+            .await,
             50
         );
     }

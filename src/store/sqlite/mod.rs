@@ -6,6 +6,7 @@
 //! clock: with one process per file, no lease outlives its clock.
 
 mod group_commit;
+mod submit;
 #[cfg(test)]
 mod tests;
 
@@ -17,10 +18,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
+use sqlx::Sqlite;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Sqlite, SqliteConnection};
 use uuid::Uuid;
 
 use group_commit::{GroupCommit, QueueWrite, Write, Written};
@@ -32,7 +33,6 @@ use super::{
     AuditEntry, AuditOf, Claim, ClaimedTarget, Created, DueDelivery, IN_FLIGHT, Instance,
     InstanceStatus, NewJob, StoreResult, TakeOver, now,
 };
-use crate::domain::naming::reference_key;
 
 /// What only the SQLite store keeps.
 pub(super) struct SqliteLocal {
@@ -90,7 +90,7 @@ pub(super) async fn open(path: &Path, instance: Instance) -> StoreResult<SqlStor
     Ok(SqlStore {
         kept: Some(KeptReads::new(writer.clone(), checkouts)),
         local: SqliteLocal {
-            batches: GroupCommit::start(writer.clone()),
+            batches: group_commit::start(writer.clone()),
             epoch: Instant::now(),
             _owner: owner,
             started_at: now(),
@@ -119,11 +119,9 @@ impl Dialect for Sqlite {
     const KIND: &'static str = "sqlite";
     const SHARED: bool = false;
     const ILIKE: &'static str = "LIKE";
-    const LOCK_JOB: &'static str = "";
     const SKIP_LOCKED: &'static str = "";
     const SNAPSHOT: Option<&'static str> = None;
     const LEASE_COLUMN: &'static str = "lease_expires_ms";
-    const PENDING_COUNT: &'static str = "SELECT count FROM pending_targets";
 
     fn json_push(array: &str, element: &str) -> String {
         format!("json_insert({array}, '$[#]', {element})")
@@ -183,58 +181,16 @@ impl Dialect for Sqlite {
     }
 
     /// One writer: nothing ever races this store to a unique index.
+    fn writer_restarts(store: &SqlStore<Self>) -> u64 {
+        store.local.batches.panics()
+    }
+
     fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
         result.rows_affected()
     }
 
     fn violates(_error: &sqlx::Error, _index: &str) -> bool {
         false
-    }
-
-    async fn insert_images(conn: &mut SqliteConnection, new: &NewJob) -> StoreResult<()> {
-        for (position, image) in new.plan.images.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO job_images (job_id, position, name, source, source_image_id,
-                                         source_digest)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(new.id.to_string())
-            .bind(position as i64)
-            .bind(&image.name)
-            .bind(&image.source)
-            .bind(&image.source_image_id)
-            .bind(&image.source_digest)
-            .execute(&mut *conn)
-            .await
-            .context("inserting an image")?;
-        }
-        Ok(())
-    }
-
-    async fn insert_targets(conn: &mut SqliteConnection, new: &NewJob) -> StoreResult<()> {
-        let submitter = new.submitter.name.as_deref().unwrap_or("");
-        for (position, target) in new.plan.targets.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO targets (job_id, position, image_position, image_name, source,
-                                      strategy, tag, reference, reference_key, status,
-                                      submitted_by)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'pending', $10)",
-            )
-            .bind(new.id.to_string())
-            .bind(position as i64)
-            .bind(target.image_index as i64)
-            .bind(&target.image_name)
-            .bind(&target.source)
-            .bind(target.strategy.as_str())
-            .bind(&target.tag)
-            .bind(&target.reference)
-            .bind(target.reference.as_deref().map(reference_key))
-            .bind(submitter)
-            .execute(&mut *conn)
-            .await
-            .context("inserting a target")?;
-        }
-        Ok(())
     }
 
     /// Nothing to record: one publishd per file, and it is this one (the
@@ -297,7 +253,7 @@ impl Dialect for Sqlite {
         // pending, a look on a reader leaves the writer connection free, and
         // the reads kept while it is idle current. A target committed after
         // this look wakes the lanes.
-        let pending: i64 = sqlx::query_scalar("SELECT count FROM pending_targets")
+        let pending: i64 = sqlx::query_scalar(submit::PENDING_COUNT)
             .fetch_one(&store.reader)
             .await
             .context("reading the number of pending targets")?;
@@ -311,6 +267,9 @@ impl Dialect for Sqlite {
             store,
             Box::new(move |conn| {
                 Box::pin(async move {
+                    // The least-served submitter (by `pass`) with a target
+                    // to claim, and its first: one probe of
+                    // `targets_to_claim` per submitter.
                     let claimed: Option<i64> = sqlx::query_scalar(&format!(
                         "UPDATE targets
                          SET status = 'tagging', attempts = attempts + 1, runs = runs + 1,
@@ -323,16 +282,19 @@ impl Dialect for Sqlite {
                              prior_image_id = NULL, created_image_id = NULL,
                              staging_reference = NULL, not_before = NULL
                          WHERE id = (
-                             SELECT t.id FROM targets t JOIN jobs j ON j.id = t.job_id
-                                  LEFT JOIN owners o ON o.name = t.submitted_by
-                             WHERE t.status = 'pending' AND NOT j.cancel_requested
-                               AND (t.not_before IS NULL OR t.not_before <= $1)
-                               AND (t.reference_key IS NULL OR NOT EXISTS (
-                                    SELECT 1 FROM targets u
-                                    WHERE u.reference_key = t.reference_key
-                                      AND u.status IN {IN_FLIGHT}))
-                             ORDER BY COALESCE(o.pass, 0), t.job_id, t.position
-                             LIMIT 1)
+                             SELECT candidate FROM (
+                                 SELECT o.pass, (
+                                     SELECT t.id FROM targets t JOIN jobs j ON j.id = t.job_id
+                                     WHERE t.submitted_by = o.name AND t.status = 'pending'
+                                       AND NOT j.cancel_requested
+                                       AND (t.not_before IS NULL OR t.not_before <= $1)
+                                       AND (t.reference_key IS NULL OR NOT EXISTS (
+                                            SELECT 1 FROM targets u
+                                            WHERE u.reference_key = t.reference_key
+                                              AND u.status IN {IN_FLIGHT}))
+                                     ORDER BY t.job_id, t.position LIMIT 1) AS candidate
+                                 FROM owners o)
+                             WHERE candidate IS NOT NULL ORDER BY pass, candidate LIMIT 1)
                          RETURNING id"
                     ))
                     .bind(&now)
@@ -344,7 +306,17 @@ impl Dialect for Sqlite {
                     let Some(id) = claimed else {
                         return Ok(None);
                     };
-                    SqlStore::<Sqlite>::claimed(conn, id).await.map(Some)
+                    // The submitter's turn is taken: the next claim goes to
+                    // whoever has had the least, by weight.
+                    sqlx::query(
+                        "UPDATE owners SET pass = pass + CAST(1 AS DOUBLE PRECISION) / weight
+                         WHERE name = (SELECT submitted_by FROM targets WHERE id = $1)",
+                    )
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await
+                    .context("advancing the submitter's turn")?;
+                    SqlStore::<Sqlite>::load_claimed(conn, id).await.map(Some)
                 })
             }),
         )
