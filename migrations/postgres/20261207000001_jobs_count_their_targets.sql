@@ -187,8 +187,14 @@ BEGIN
                               'digest', NEW.digest, 'up_to_date', NEW.up_to_date,
                               'error', NEW.error, 'attempts', NEW.attempts)::text;
     IF TG_ARGV[0] = 'inserted' THEN
-        UPDATE jobs SET last_event = last_event + 1,
-                        pending_targets = pending_targets + (NEW.status = 'pending')::int
+        UPDATE jobs SET
+            last_event = last_event + 1,
+            pending_targets = pending_targets + (NEW.status = 'pending')::int,
+            active_targets = active_targets
+                + (NEW.status IN ('tagging', 'pushing', 'untagging'))::int,
+            succeeded_targets = succeeded_targets + (NEW.status = 'succeeded')::int,
+            failed_targets = failed_targets + (NEW.status = 'failed')::int,
+            cancelled_targets = cancelled_targets + (NEW.status = 'cancelled')::int
         WHERE id = NEW.job_id RETURNING * INTO job;
         INSERT INTO events (job_id, id, at, kind, position, data)
         VALUES (NEW.job_id, job.last_event, publishd_now(), 'target', NEW.position, target_data);

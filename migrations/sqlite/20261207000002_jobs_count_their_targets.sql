@@ -150,8 +150,13 @@ CREATE TRIGGER targets_inserted AFTER INSERT ON targets BEGIN
     SELECT NEW.job_id, j.last_event + 1, strftime('%Y-%m-%dT%H:%M:%f', 'now') || '000Z',
            'target', NEW.position, v.data
     FROM jobs j, target_event_rows v WHERE j.id = NEW.job_id AND v.id = NEW.id;
-    UPDATE jobs SET last_event = last_event + 1,
-                    pending_targets = pending_targets + (NEW.status = 'pending')
+    UPDATE jobs SET
+        last_event = last_event + 1,
+        pending_targets = pending_targets + (NEW.status = 'pending'),
+        active_targets = active_targets + (NEW.status IN ('tagging', 'pushing', 'untagging')),
+        succeeded_targets = succeeded_targets + (NEW.status = 'succeeded'),
+        failed_targets = failed_targets + (NEW.status = 'failed'),
+        cancelled_targets = cancelled_targets + (NEW.status = 'cancelled')
     WHERE id = NEW.job_id;
     INSERT INTO counts (kind, status, engine, shard, n)
     VALUES ('target', NEW.status, COALESCE(NEW.engine, ''), 0, 1)

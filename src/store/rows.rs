@@ -84,7 +84,8 @@ impl JobRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
+/// Also read from PostgreSQL's `json_agg` of the table's rows.
+#[derive(sqlx::FromRow, serde::Deserialize)]
 pub(super) struct ImageRow {
     pub job_id: String,
     name: Option<String>,
@@ -104,7 +105,8 @@ impl ImageRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
+/// Also read from PostgreSQL's `json_agg` of the table's rows.
+#[derive(sqlx::FromRow, serde::Deserialize)]
 pub(super) struct TargetRow {
     pub job_id: String,
     image_name: Option<String>,
@@ -237,7 +239,8 @@ impl ClaimedRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
+/// Also read from PostgreSQL's `json_agg` of the table's rows.
+#[derive(sqlx::FromRow, serde::Deserialize)]
 pub(super) struct DeliveryRow {
     pub job_id: String,
     id: String,
@@ -331,6 +334,25 @@ impl AuditRow {
                 .context("bad audit detail in the database")?,
         })
     }
+}
+
+/// A job from its row and the JSON arrays of its targets', images' and
+/// deliveries' rows, as one statement reads them on PostgreSQL.
+pub(super) fn job_of_json(
+    job: JobRow,
+    images: &str,
+    targets: &str,
+    deliveries: &str,
+) -> StoreResult<Job> {
+    fn rows<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> StoreResult<Vec<T>> {
+        serde_json::from_str(json).with_context(|| format!("bad {what} rows from the database"))
+    }
+    job_of(
+        job,
+        rows(images, "image")?,
+        rows(targets, "target")?,
+        rows(deliveries, "delivery")?,
+    )
 }
 
 /// A job from its rows.

@@ -29,11 +29,11 @@ use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
-use super::rows::{DueDeliveryRow, InstanceRow};
+use super::rows::{DueDeliveryRow, InstanceRow, JobRow, job_of_json};
 use super::sql::{Dialect, SqlStore, WriteOp};
 use super::{
     AuditEntry, AuditOf, Claim, ClaimedTarget, Created, DueDelivery, IN_FLIGHT, Instance,
-    InstanceStatus, LIVE_WITHIN, Location, NewJob, SessionLimits, StoreResult, TakeOver, now,
+    InstanceStatus, Job, LIVE_WITHIN, Location, NewJob, SessionLimits, StoreResult, TakeOver, now,
 };
 
 /// Connections per instance: lanes, the API and the background loops share them.
@@ -178,6 +178,38 @@ impl Dialect for Postgres {
             }
             _ => false,
         }
+    }
+
+    /// In one statement, so one round trip and one snapshot: the job's row
+    /// with its targets, images and deliveries as JSON arrays.
+    async fn read_job(store: &SqlStore<Postgres>, id: Uuid) -> StoreResult<Option<Job>> {
+        let row: Option<(JobRow, String, String, String)> = sqlx::query(
+            "SELECT j.*,
+                    COALESCE((SELECT json_agg(i ORDER BY i.position) FROM job_images i
+                              WHERE i.job_id = j.id), '[]')::text AS images_json,
+                    COALESCE((SELECT json_agg(t ORDER BY t.position) FROM targets t
+                              WHERE t.job_id = j.id), '[]')::text AS targets_json,
+                    COALESCE((SELECT json_agg(d ORDER BY d.created_at) FROM deliveries d
+                              WHERE d.job_id = j.id), '[]')::text AS deliveries_json
+             FROM jobs j WHERE j.id = $1",
+        )
+        .bind(id.to_string())
+        .try_map(|row: sqlx::postgres::PgRow| {
+            use sqlx::{FromRow, Row};
+            Ok((
+                JobRow::from_row(&row)?,
+                row.try_get("images_json")?,
+                row.try_get("targets_json")?,
+                row.try_get("deliveries_json")?,
+            ))
+        })
+        .fetch_optional(&store.reader)
+        .await
+        .context("loading a job")?;
+        row.map(|(job, images, targets, deliveries)| {
+            job_of_json(job, &images, &targets, &deliveries)
+        })
+        .transpose()
     }
 
     /// Records that this instance is alive, on the database's clock, and

@@ -103,6 +103,8 @@ pub(super) trait Dialect: Database + Sized {
     /// Batches the writing task answered with an error after a panic.
     fn writer_restarts(store: &SqlStore<Self>) -> u64;
     async fn heartbeat(store: &SqlStore<Self>) -> StoreResult<()>;
+    /// A job whole, as of one moment.
+    async fn read_job(store: &SqlStore<Self>, id: Uuid) -> StoreResult<Option<Job>>;
     async fn leave(store: &SqlStore<Self>) -> StoreResult<()>;
     async fn live_engines(store: &SqlStore<Self>) -> StoreResult<Vec<String>>;
     /// The instances, each with the engine it drives.
@@ -268,10 +270,7 @@ where
         {
             return Ok(Some(job));
         }
-        let mut tx = self.reader.begin().await?;
-        Self::snapshot(&mut tx).await?;
-        let job = Self::load_job(&mut tx, id).await?;
-        tx.commit().await?;
+        let job = D::read_job(self, id).await?;
         if let (Some(kept), Some(checkouts), Some(job)) = (&self.kept, checkouts, &job) {
             kept.jobs.put(id, job, checkouts);
         }
