@@ -268,13 +268,16 @@ impl Dialect for Sqlite {
         if pending == 0 {
             return Ok(None);
         }
-        let now = now();
         let token = Uuid::now_v7().to_string();
         let lease_end = store.local.lease_end_ms(lease);
         Self::write(
             store,
             Box::new(move |conn| {
                 Box::pin(async move {
+                    // Taken when the claim is written, not when it was
+                    // queued: a claim written after a finish in the same
+                    // batch starts after it.
+                    let now = now();
                     // The least-served submitter (by `pass`) with a target
                     // to claim, and its first: one probe of
                     // `targets_to_claim` per submitter.
