@@ -18,12 +18,21 @@
 
   // Fetches a page and puts its content in place of this one's.
   let loading = null;
-  async function load(url, push) {
+  let latest = 0;
+  async function load(url, push, refresh = false) {
+    const mine = ++latest;
     const response = await fetch(url, { headers: authorized({ Accept: "text/html" }) });
     const page = new DOMParser().parseFromString(await response.text(), "text/html");
     const main = page.querySelector("main");
-    if (!main) return;
+    // A page asked for later (a link followed while a refresh was on its
+    // way) is the one to show.
+    if (!main || mine !== latest) return;
     document.title = page.title;
+    // A refresh keeps the filter form as it stands: what someone has chosen
+    // in it but not yet applied is theirs, not the server's.
+    const filters = document.querySelector("main form.filters");
+    const fresh = main.querySelector("form.filters");
+    if (refresh && filters && fresh) fresh.replaceWith(filters);
     document.querySelector("main").replaceWith(main);
     if (push) {
       history.pushState({}, "", url);
@@ -32,10 +41,10 @@
     enhance();
   }
   function reload() {
-    if (!loading) loading = load(location.href, false).finally(() => { loading = null; });
+    if (!loading) loading = load(location.href, false, true).finally(() => { loading = null; });
     return loading;
   }
-  window.addEventListener("popstate", () => reload());
+  window.addEventListener("popstate", () => load(location.href, false));
 
   // With a token, links and the filter form are followed with it.
   document.addEventListener("click", (event) => {
