@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use crate::access::TokenSources;
 use crate::domain::access::Patterns;
+use crate::domain::callback::CallbackPolicy;
 use crate::domain::publish_via::PublishVia;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::spec::Limits;
@@ -168,6 +169,15 @@ pub struct ServeArgs {
     /// every token, admins included, is bounded by it. Default: any.
     #[arg(long, env = "PUBLISHD_ALLOW_REGISTRY", value_delimiter = ',')]
     pub allow_registry: Vec<String>,
+    /// Where webhooks may go, repeatable or comma-separated: `HOST`,
+    /// `HOST:PORT` (`*` patterns in the host), an address or a network
+    /// (`10.1.0.0/16`). Without it, any public address; with it, only what
+    /// it names. Loopback, private, link-local and unique-local addresses
+    /// (and the like) are called only where it names them. Checked at
+    /// submission and again before each attempt, on the addresses the host
+    /// resolves to then, which are the ones connected to.
+    #[arg(long, env = "PUBLISHD_ALLOW_CALLBACK", value_delimiter = ',')]
+    pub allow_callback: Vec<String>,
     /// The secret webhooks are signed with (`X-Publishd-Signature`); jobs
     /// may name a `callback_url` only when it is set.
     #[arg(long, env = "PUBLISHD_WEBHOOK_SECRET", hide_env_values = true)]
@@ -223,6 +233,8 @@ pub struct Settings {
     pub retry: RetryPolicy,
     pub tokens: TokenSources,
     pub allow_registry: Patterns,
+    /// Where callbacks may go (`--allow-callback`).
+    pub allow_callback: CallbackPolicy,
     pub allow_unauthenticated: bool,
     /// Signs webhooks; without it jobs may not name a `callback_url`.
     pub webhook_secret: Option<Vec<u8>>,
@@ -298,6 +310,8 @@ impl Settings {
                 tokens: args.api_tokens,
             },
             allow_registry,
+            allow_callback: CallbackPolicy::new(&args.allow_callback)
+                .map_err(|error| anyhow::anyhow!("--allow-callback {error}"))?,
             allow_unauthenticated: args.allow_unauthenticated,
             webhook_secret: args
                 .webhook_secret

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::progress::ProgressHub;
 use crate::registry::{HttpRegistry, Registry};
 use crate::store::{AuditEntry, HEARTBEAT, Instance, Location, Store};
-use crate::webhooks::Webhooks;
+use crate::webhooks::{CallbackFence, Webhooks};
 use crate::worker::{Cancellations, WorkerContext, WorkerPool};
 
 pub struct Application {
@@ -28,6 +28,7 @@ pub struct Application {
     context: Arc<WorkerContext>,
     wake: Arc<Notify>,
     access: AccessControl,
+    callbacks: CallbackFence,
     settings: Settings,
     stopping: CancellationToken,
 }
@@ -100,6 +101,7 @@ impl Application {
             settings.docker_certs_dir.clone(),
             settings.allow_registry.clone(),
         ));
+        let callbacks = CallbackFence::new(settings.allow_callback.clone());
         let credentials = DockerConfig::new(
             settings.docker_config.clone(),
             settings.credential_helper_timeout,
@@ -120,6 +122,7 @@ impl Application {
             allow_registry: Arc::new(settings.allow_registry.clone()),
             progress: progress.clone(),
             webhooks_enabled: settings.webhook_secret.is_some(),
+            callbacks: callbacks.clone(),
             stopping: stopping.clone(),
             metrics: metrics.clone(),
         });
@@ -146,6 +149,7 @@ impl Application {
             context,
             wake,
             access,
+            callbacks,
             settings,
             stopping,
         })
@@ -174,7 +178,7 @@ impl Application {
                 secret,
                 self.settings.webhook_max_age,
                 self.settings.webhook_first_retry,
-                Arc::new(self.settings.allow_registry.clone()),
+                self.callbacks.clone(),
                 self.context.metrics.clone(),
             );
             tokio::spawn(webhooks.run(stopping.clone()))

@@ -164,6 +164,7 @@ async fn jobs_finished_long_ago_go_with_all_their_rows_and_the_rest_stay() {
         settings.workers = 1;
         settings.shutdown_grace = Duration::ZERO;
         settings.webhook_secret = Some(b"secret".to_vec());
+        settings.allow_callback = support::loopback_callbacks();
     };
     let first = TestApp::spawn_in(dir.path(), configure).await;
 
@@ -503,6 +504,7 @@ async fn a_backlog_of_old_jobs_goes_in_batches_and_leaves_no_orphans() {
     let repo = format!("{}/{}", env.registry, unique("retention-backlog"));
     let with_secret = |settings: &mut publishd::config::Settings| {
         settings.webhook_secret = Some(b"secret".to_vec());
+        settings.allow_callback = support::loopback_callbacks();
     };
     let first = TestApp::spawn_in(dir.path(), with_secret).await;
     let mut spec = app_job(&repo, &source, &["v1", "v2"]);

@@ -19,10 +19,11 @@ use super::sources::resolve_sources;
 use crate::credentials::RegistryAuth;
 use crate::domain::access::{Principal, check_submission};
 use crate::domain::naming::registry_host;
-use crate::domain::spec::Plan;
+use crate::domain::spec::{Callback, Plan};
 use crate::domain::spec::{JobSpec, RegistryAuthSpec, plan};
 use crate::domain::status::JobStatus;
 use crate::store::{AuditEntry, Cancelled, Created, Job, JobPage, NewJob, Submitter};
+use crate::webhooks::Fenced;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
@@ -156,6 +157,9 @@ async fn prepare(
     }
     let brings_credentials = body.value.registry_auth.is_some();
     let grant = check_submission(caller, &plan, brings_credentials, &state.allow_registry)?;
+    if let Some(callback) = &plan.callback {
+        check_callback(state, callback).await?;
+    }
     let auth = body
         .value
         .registry_auth
@@ -200,6 +204,20 @@ async fn prepare(
         engine,
     };
     Ok((new, auth))
+}
+
+/// A callback's host must resolve, and only to addresses the operator
+/// allows (the same check runs again before each attempt).
+async fn check_callback(state: &AppState, callback: &Callback) -> Result<(), ApiError> {
+    match state.callbacks.addresses(callback).await {
+        Ok(_) => Ok(()),
+        Err(Fenced::Refused(refusal)) => Err(ApiError::Forbidden {
+            field: Some("callback_url".to_owned()),
+            rule: "allow-callback".to_owned(),
+            message: refusal.0,
+        }),
+        Err(Fenced::Unresolved(why)) => Err(ApiError::invalid("callback_url", why)),
+    }
 }
 
 /// The engine of the job a resubmission with `key` made, if there is one.

@@ -44,6 +44,7 @@ use crate::metrics::Metrics;
 use crate::progress::ProgressHub;
 use crate::registry::Registry;
 use crate::store::{Instance, Store};
+use crate::webhooks::CallbackFence;
 use crate::worker::Cancellations;
 use error::{ApiError, InternalErrorDetail};
 pub use source_ids::SourceIds;
@@ -78,6 +79,8 @@ pub struct AppState {
     pub progress: ProgressHub,
     /// A webhook secret is set, so jobs may name a `callback_url`.
     pub webhooks_enabled: bool,
+    /// Where callbacks may go: checked at submission.
+    pub callbacks: CallbackFence,
     /// Cancelled when the service stops: event streams end (their clients
     /// resume with `Last-Event-ID`) instead of holding the drain.
     pub stopping: CancellationToken,

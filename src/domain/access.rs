@@ -213,18 +213,6 @@ pub fn check_submission(
             format!("publishd does not publish to {host} (not in --allow-registry)"),
         ));
     }
-    if let Some(callback) = &plan.callback
-        && !allow_registry.matches(&callback.host)
-    {
-        return Err(Forbidden::new(
-            Some("callback_url".to_owned()),
-            "allow-registry",
-            format!(
-                "publishd does not call {} (callbacks follow --allow-registry)",
-                callback.host
-            ),
-        ));
-    }
     let scope = &principal.scope;
     let repo = normalised_repo(&plan.repo);
     if !scope.repos.matches(&repo) {
@@ -405,13 +393,6 @@ mod tests {
             &allowed,
         );
         assert_eq!(outside.rule, "allow-registry");
-        let mut calling_out = job("127.0.0.1:5000/team-a/shop", "team-a/app:b1");
-        calling_out["callback_url"] = serde_json::json!("https://hooks.example.com/x");
-        let outside = refuse(calling_out, &allowed);
-        assert_eq!(
-            (outside.field.as_deref(), outside.rule.as_str()),
-            (Some("callback_url"), "allow-registry")
-        );
         let mut reader = team_a();
         reader.role = Role::Reader;
         let plan = plan_of(job("registry.example.com/team-a/shop", "team-a/app:b1"));

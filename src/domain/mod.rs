@@ -2,6 +2,7 @@
 //! async. Every 422 the API answers is born here.
 
 pub mod access;
+pub mod callback;
 pub mod labels;
 pub mod naming;
 pub mod publish_via;

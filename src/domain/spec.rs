@@ -182,37 +182,46 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Callback {
     pub url: String,
-    /// `host[:port]`, as registry hosts are written: what host rules match.
+    /// The URL's host: a name, or an address (IPv6 without brackets) in its
+    /// one canonical spelling.
     pub host: String,
+    /// The port, the scheme's own when the URL names none.
+    pub port: u16,
 }
 
 /// Longest callback URL accepted.
 const MAX_CALLBACK_LEN: usize = 2048;
 
-fn check_callback(url: &str) -> Result<Callback, ValidationError> {
-    let invalid = |message: String| ValidationError::new("callback_url", message);
-    if url.len() > MAX_CALLBACK_LEN {
-        return Err(invalid(format!("longer than {MAX_CALLBACK_LEN} bytes")));
+impl Callback {
+    /// `url`, checked and parsed.
+    pub fn parse(url: &str) -> Result<Callback, ValidationError> {
+        let invalid = |message: String| ValidationError::new("callback_url", message);
+        if url.len() > MAX_CALLBACK_LEN {
+            return Err(invalid(format!("longer than {MAX_CALLBACK_LEN} bytes")));
+        }
+        let parsed =
+            url::Url::parse(url).map_err(|error| invalid(format!("not a URL: {error}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(invalid("must be an http:// or https:// URL".to_owned()));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(invalid("must not carry credentials".to_owned()));
+        }
+        let host = match parsed.host() {
+            Some(url::Host::Domain(name)) if !name.is_empty() => name.to_owned(),
+            Some(url::Host::Ipv4(address)) => address.to_string(),
+            Some(url::Host::Ipv6(address)) => address.to_string(),
+            _ => return Err(invalid("has no host".to_owned())),
+        };
+        let port = parsed
+            .port_or_known_default()
+            .ok_or_else(|| invalid("has no port".to_owned()))?;
+        Ok(Callback {
+            url: url.to_owned(),
+            host,
+            port,
+        })
     }
-    let parsed = url::Url::parse(url).map_err(|error| invalid(format!("not a URL: {error}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(invalid("must be an http:// or https:// URL".to_owned()));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err(invalid("must not carry credentials".to_owned()));
-    }
-    let host = parsed
-        .host_str()
-        .filter(|host| !host.is_empty())
-        .ok_or_else(|| invalid("has no host".to_owned()))?;
-    let host = match parsed.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
-    };
-    Ok(Callback {
-        url: url.to_owned(),
-        host,
-    })
 }
 
 /// One image of the job: every target of it publishes the one image its
@@ -377,7 +386,7 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
     let callback = spec
         .callback_url
         .as_deref()
-        .map(check_callback)
+        .map(Callback::parse)
         .transpose()?;
     Ok(Plan {
         repo,
@@ -620,7 +629,18 @@ mod tests {
             .unwrap()
             .callback
             .unwrap();
-        assert_eq!(callback.host, "ci.example.com:8443");
+        assert_eq!(
+            (callback.host.as_str(), callback.port),
+            ("ci.example.com", 8443)
+        );
+        // Addresses in their one spelling, whatever the URL wrote.
+        let callback = with("http://[::ffff:7f00:1]/h").unwrap().callback.unwrap();
+        assert_eq!(
+            (callback.host.as_str(), callback.port),
+            ("::ffff:127.0.0.1", 80)
+        );
+        let callback = with("http://2130706433/h").unwrap().callback.unwrap();
+        assert_eq!(callback.host, "127.0.0.1");
         for bad in [
             "ftp://x/y",
             "not a url",

@@ -16,6 +16,19 @@ pub fn cut(text: &str, limit: usize) -> Cow<'_, str> {
     Cow::Owned(format!("{}…", &text[..end]))
 }
 
+/// An error and each of its causes, `: `-separated: a client library's own
+/// message is often terse ("error sending request"), its causes say what
+/// happened.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut chain = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push(cause.to_string());
+        source = cause.source();
+    }
+    chain.join(": ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

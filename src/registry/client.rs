@@ -29,7 +29,7 @@ use crate::credentials::RegistryAuth;
 use crate::domain::access::Patterns;
 use crate::domain::publish_via::Descriptor;
 use crate::domain::retry::FailureKind;
-use crate::domain::text::cut;
+use crate::domain::text::{cut, error_chain};
 use crate::engine::{Engine, RegistrySettings};
 
 /// The manifest formats an engine pushes, and the lists that may stand
@@ -1205,18 +1205,6 @@ fn transport_error_kind(error: &reqwest::Error) -> FailureKind {
     } else {
         FailureKind::Transient
     }
-}
-
-/// reqwest's own message is terse ("error sending request"); the causes say
-/// what happened.
-fn error_chain(error: &reqwest::Error) -> String {
-    let mut chain = vec![error.to_string()];
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        chain.push(cause.to_string());
-        source = cause.source();
-    }
-    chain.join(": ")
 }
 
 #[cfg(test)]

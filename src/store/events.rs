@@ -57,10 +57,44 @@ pub struct DeliveryAttempt {
     pub attempt: i64,
     #[schema(format = DateTime)]
     pub at: String,
-    /// The receiver's HTTP status, if it answered.
-    pub status: Option<u16>,
-    /// Why the attempt failed, if it did.
-    pub error: Option<String>,
+    pub result: AttemptResult,
+}
+
+/// What came of a try, as a class only: the receiver's status code, body
+/// and errors are not told to the submitter (a callback must not be a way
+/// to probe hosts publishd can reach). The service's log has the detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum AttemptResult {
+    /// Accepted: the delivery is done.
+    #[serde(rename = "2xx")]
+    Accepted,
+    /// Redirected (redirects are not followed).
+    #[serde(rename = "3xx")]
+    Redirected,
+    #[serde(rename = "4xx")]
+    ClientError,
+    #[serde(rename = "5xx")]
+    ServerError,
+    /// No answer in time.
+    #[serde(rename = "timeout")]
+    Timeout,
+    /// No answer at all: not sent (an address `--allow-callback` does not
+    /// allow, a host that does not resolve), or the connection was refused
+    /// or broken.
+    #[serde(rename = "refused")]
+    Refused,
+}
+
+impl AttemptResult {
+    /// The class of an HTTP status a receiver answered.
+    pub fn of_status(status: u16) -> AttemptResult {
+        match status / 100 {
+            2 => AttemptResult::Accepted,
+            3 => AttemptResult::Redirected,
+            4 => AttemptResult::ClientError,
+            _ => AttemptResult::ServerError,
+        }
+    }
 }
 
 /// A delivery that is due.

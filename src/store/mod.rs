@@ -32,7 +32,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use audit::{AuditEntry, AuditEvent, AuditPage};
-pub use events::{Delivery, DeliveryAttempt, DeliveryOutcome, DueDelivery, Event};
+pub use events::{AttemptResult, Delivery, DeliveryAttempt, DeliveryOutcome, DueDelivery, Event};
 pub use model::{
     AttemptError, ClaimedTarget, Deleted, EngineStatus, InstanceStatus, Job, JobImage, JobPage,
     QueueCounts, Target, TargetOutcome,

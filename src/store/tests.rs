@@ -459,6 +459,66 @@ both_stores! {
         assert_eq!(other.runs, 0);
     }
 
+    async fn delivery_attempts_recorded_before_classes_keep_only_their_class(db: Db) {
+        // The database as it was before the classes, with a delivery whose
+        // attempts kept the receiver's status and error text.
+        let location = db.location();
+        let kind = match &location {
+            Location::Sqlite(_) => "sqlite",
+            Location::Postgres(_) => "postgres",
+        };
+        let old = tempfile::tempdir().unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(format!("{}/migrations/{kind}", env!("CARGO_MANIFEST_DIR")))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        files.sort();
+        for file in files.iter().take_while(|file| !file.to_string_lossy().contains("delivery_attempt_classes")) {
+            std::fs::copy(file, old.path().join(file.file_name().unwrap())).unwrap();
+        }
+        let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+        let attempts = r#"[{"attempt":1,"at":"2026-01-01T00:00:00.000000Z","status":500,"error":"the receiver answered HTTP 500 secret-detail"},
+                           {"attempt":2,"at":"2026-01-01T00:00:01.000000Z","status":null,"error":"error sending request: connection refused"},
+                           {"attempt":3,"at":"2026-01-01T00:00:02.000000Z","status":null,"error":"error sending request: operation timed out"},
+                           {"attempt":4,"at":"2026-01-01T00:00:03.000000Z","status":404,"error":"the receiver answered HTTP 404"},
+                           {"attempt":5,"at":"2026-01-01T00:00:04.000000Z","status":204,"error":null}]"#;
+        let insert = "INSERT INTO deliveries (id, job_id, url, created_at, state, attempts)
+                      VALUES ('d1', 'j1', 'http://hooks.example/x', '2026-01-01T00:00:00.000000Z', 'delivered', $1)";
+        let read = "SELECT attempts FROM deliveries WHERE id = 'd1'";
+        let stored: String = match &location {
+            Location::Sqlite(path) => {
+                let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).create_if_missing(true);
+                let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+                migrator.run(&pool).await.unwrap();
+                sqlx::query(insert).bind(attempts).execute(&pool).await.unwrap();
+                pool.close().await;
+                let store = db.open().await;
+                drop(store);
+                let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path).read_only(true);
+                let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+                sqlx::query_scalar(read).fetch_one(&pool).await.unwrap()
+            }
+            Location::Postgres(_) => {
+                let pool = db.raw_postgres().await;
+                migrator.run(&pool).await.unwrap();
+                sqlx::query(insert).bind(attempts).execute(&pool).await.unwrap();
+                let _store = db.open().await;
+                sqlx::query_scalar(read).fetch_one(&pool).await.unwrap()
+            }
+        };
+        assert!(!stored.contains("secret-detail") && !stored.contains("status"), "{stored}");
+        let attempts: Vec<DeliveryAttempt> = serde_json::from_str(&stored).unwrap();
+        let results: Vec<_> = attempts.iter().map(|attempt| (attempt.attempt, attempt.result)).collect();
+        assert_eq!(results, [
+            (1, AttemptResult::ServerError),
+            (2, AttemptResult::Refused),
+            (3, AttemptResult::Timeout),
+            (4, AttemptResult::ClientError),
+            (5, AttemptResult::Accepted),
+        ]);
+        assert_eq!(attempts[0].at, "2026-01-01T00:00:00.000000Z");
+    }
+
     async fn a_jobs_history_and_webhook_are_recorded(db: Db) {
         let store = db.open().await;
         let job = queued(&store, new_job(serde_json::json!({
@@ -512,14 +572,14 @@ both_stores! {
         let attempt = DeliveryAttempt {
             attempt: 1,
             at: format_time(time::OffsetDateTime::now_utc()),
-            status: Some(200),
-            error: None,
+            result: AttemptResult::Accepted,
         };
         store.record_delivery_attempt(&due[0].id, &attempt, &DeliveryOutcome::Delivered).await.unwrap();
         assert!(store.due_deliveries(10).await.unwrap().is_empty());
         let delivered = store.get_job(job.id).await.unwrap().unwrap();
         assert_eq!(delivered.deliveries[0].state, "delivered");
         assert_eq!(delivered.deliveries[0].attempts.len(), 1);
+        assert_eq!(delivered.deliveries[0].attempts[0].result, AttemptResult::Accepted);
 
         // Past retention, the job goes with everything of its own.
         let future = format_time(time::OffsetDateTime::now_utc() + Duration::from_secs(60));

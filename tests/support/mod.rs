@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use publishd::access::TokenSources;
 use publishd::config::Settings;
 use publishd::domain::access::Patterns;
+use publishd::domain::callback::CallbackPolicy;
 use publishd::domain::publish_via::PublishVia;
 use publishd::domain::retry::RetryPolicy;
 use publishd::domain::spec::Limits;
@@ -153,6 +154,31 @@ pub async fn open_store(dir: &std::path::Path) -> publishd::store::Store {
         .expect("opening the store")
 }
 
+/// The number `sql` (a `SELECT count(*) …`) counts in the database of the
+/// instances on `dir`, read beside them.
+pub async fn count_rows(dir: &std::path::Path, sql: &str) -> i64 {
+    use sqlx::Connection;
+    match test_database(dir) {
+        Location::Sqlite(path) => {
+            let options = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(path)
+                .read_only(true);
+            let mut connection = sqlx::ConnectOptions::connect(&options).await.unwrap();
+            sqlx::query_scalar(sql)
+                .fetch_one(&mut connection)
+                .await
+                .unwrap()
+        }
+        Location::Postgres(url) => {
+            let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
+            sqlx::query_scalar(sql)
+                .fetch_one(&mut connection)
+                .await
+                .unwrap()
+        }
+    }
+}
+
 /// A new, empty database on the test PostgreSQL; answers its URL.
 pub fn new_postgres_database() -> String {
     let admin = std::env::var("PUBLISHD_TEST_POSTGRES_URL")
@@ -172,6 +198,12 @@ pub fn new_postgres_database() -> String {
         .rsplit_once('/')
         .expect("the admin URL names a database");
     format!("{base}/{name}")
+}
+
+/// Callbacks to this test's own receivers, on loopback: only where
+/// `--allow-callback` names them.
+pub fn loopback_callbacks() -> CallbackPolicy {
+    CallbackPolicy::new(&["127.0.0.1".to_owned()]).expect("an address")
 }
 
 /// Settings for a test instance: port 0, its own database and docker config.
@@ -214,6 +246,7 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         },
         tokens: TokenSources::default(),
         allow_registry: Patterns::any(),
+        allow_callback: CallbackPolicy::default(),
         allow_unauthenticated: false,
         webhook_secret: None,
         webhook_max_age: Duration::from_secs(24 * 3600),

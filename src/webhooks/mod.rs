@@ -2,8 +2,14 @@
 //! there, signed with HMAC-SHA256 of the exact body under the service's
 //! secret, and tried again with growing waits until the receiver accepts
 //! (any 2xx) or `--webhook-max-age` has passed since the job ended. Every
-//! attempt is recorded on the job; deliveries outlive restarts, since they
-//! live in the database (made there by a trigger when the job ends).
+//! attempt is recorded on the job (its class only); deliveries outlive
+//! restarts, since they live in the database (made there by a trigger when
+//! the job ends). Callbacks go only where `--allow-callback` allows
+//! (`fence`).
+
+mod fence;
+
+pub use fence::{CallbackFence, Fenced};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,10 +21,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::domain::access::Patterns;
-use crate::domain::text::cut;
+use crate::domain::callback::CallbackRefusal;
+use crate::domain::spec::Callback;
+use crate::domain::text::error_chain;
 use crate::metrics::{DeliveryResult, Metrics};
-use crate::store::{DeliveryAttempt, DeliveryOutcome, DueDelivery, Store, format_time};
+use crate::store::{
+    AttemptResult, DeliveryAttempt, DeliveryOutcome, DueDelivery, Store, format_time,
+};
 
 /// How often due deliveries are looked for: the delay of a job's first
 /// delivery at most (one indexed query, so cheap enough to poll). Shorter
@@ -32,8 +41,6 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// doubled each time, up to the cap.
 pub const DEFAULT_FIRST_RETRY: Duration = Duration::from_secs(5);
 const MAX_RETRY: Duration = Duration::from_secs(3600);
-/// Most bytes of a receiver's error kept on the job.
-const ERROR_LIMIT: usize = 512;
 
 /// The webhook sender's settings.
 #[derive(Clone)]
@@ -44,9 +51,8 @@ pub struct Webhooks {
     pub max_age: Duration,
     /// The wait after the first failed attempt, doubled after each further one.
     pub first_retry: Duration,
-    /// Hosts publishd may contact (`--allow-registry` bounds callbacks too).
-    pub allowed: Arc<Patterns>,
-    pub client: reqwest::Client,
+    /// Where callbacks may go (`--allow-callback`).
+    pub fence: CallbackFence,
     pub metrics: Metrics,
 }
 
@@ -72,24 +78,15 @@ impl Webhooks {
         secret: Vec<u8>,
         max_age: Duration,
         first_retry: Duration,
-        allowed: Arc<Patterns>,
+        fence: CallbackFence,
         metrics: Metrics,
     ) -> Self {
-        // Receivers are reached as given: no proxy from the environment, and
-        // no redirects, so a delivery goes only where the job said.
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(ATTEMPT_TIMEOUT)
-            .build()
-            .expect("a plain HTTP client builds");
         Webhooks {
             store,
             secret: Arc::new(secret),
             max_age,
             first_retry,
-            allowed,
-            client,
+            fence,
             metrics,
         }
     }
@@ -173,8 +170,7 @@ impl Webhooks {
                     let attempt = DeliveryAttempt {
                         attempt: due.attempts + 1,
                         at: format_time(time::OffsetDateTime::now_utc()),
-                        status: None,
-                        error: Some("the job no longer exists".to_owned()),
+                        result: AttemptResult::Refused,
                     };
                     self.metrics.webhook_attempt(DeliveryResult::GaveUp);
                     return self
@@ -191,49 +187,14 @@ impl Webhooks {
             }
         };
         let attempt_number = due.attempts + 1;
-        let host = url::Url::parse(&due.url)
-            .ok()
-            .and_then(|url| {
-                let host = url.host_str()?.to_owned();
-                Some(
-                    url.port()
-                        .map_or(host.clone(), |port| format!("{host}:{port}")),
-                )
-            })
-            .unwrap_or_default();
-        let allowed = self.allowed.matches(&host);
-        let result = if allowed {
-            self.client
-                .post(&due.url)
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(
-                    "X-Publishd-Signature",
-                    signature(&self.secret, body.as_bytes()),
-                )
-                .header("X-Publishd-Delivery", &due.id)
-                .header("X-Publishd-Event", "job.finished")
-                .timeout(ATTEMPT_TIMEOUT)
-                .body(body)
-                .send()
-                .await
-                .map_err(|error| error.to_string())
-        } else {
-            Err(format!(
-                "publishd does not contact {host} (not in --allow-registry)"
-            ))
+        let sent = self.send(due, body).await;
+        let result = match sent {
+            Sent::Answered(status) => AttemptResult::of_status(status),
+            Sent::TimedOut => AttemptResult::Timeout,
+            Sent::Failed | Sent::NotAllowed => AttemptResult::Refused,
         };
         let now = time::OffsetDateTime::now_utc();
-        let (status, error) = match result {
-            Ok(response) if response.status().is_success() => {
-                (Some(response.status().as_u16()), None)
-            }
-            Ok(response) => (
-                Some(response.status().as_u16()),
-                Some(format!("the receiver answered HTTP {}", response.status())),
-            ),
-            Err(error) => (None, Some(cut(&error, ERROR_LIMIT).into_owned())),
-        };
-        let outcome = if error.is_none() {
+        let outcome = if result == AttemptResult::Accepted {
             info!(delivery = %due.id, job_id = %due.job_id, "webhook delivered");
             DeliveryOutcome::Delivered
         } else {
@@ -248,9 +209,9 @@ impl Webhooks {
             )
             .unwrap_or(now);
             // The last try is at the end of the max age, not a backoff
-            // before it; a host the allow-list refuses stays refused.
+            // before it; an address the allow-list refuses stays refused.
             let deadline = created + self.max_age;
-            if !allowed || now >= deadline {
+            if sent == Sent::NotAllowed || now >= deadline {
                 warn!(delivery = %due.id, job_id = %due.job_id, "webhook given up");
                 DeliveryOutcome::GaveUp
             } else {
@@ -265,13 +226,77 @@ impl Webhooks {
         let attempt = DeliveryAttempt {
             attempt: attempt_number,
             at: format_time(now),
-            status,
-            error,
+            result,
         };
         self.store
             .record_delivery_attempt(&due.id, &attempt, &outcome)
             .await
     }
+
+    /// One attempt, logged with its detail (which the job does not keep).
+    async fn send(&self, due: &DueDelivery, body: String) -> Sent {
+        let about = |why: &dyn std::fmt::Display| {
+            info!(delivery = %due.id, job_id = %due.job_id, %why, "a webhook attempt failed");
+        };
+        let client = match Callback::parse(&due.url) {
+            Ok(callback) => self.fence.client(&callback).await,
+            Err(error) => Err(Fenced::Refused(CallbackRefusal(error.message))),
+        };
+        let client = match client {
+            Ok(client) => client,
+            Err(Fenced::Refused(why)) => {
+                warn!(delivery = %due.id, job_id = %due.job_id, %why, "a webhook not sent");
+                return Sent::NotAllowed;
+            }
+            Err(Fenced::Unresolved(why)) => {
+                about(&why);
+                return Sent::Failed;
+            }
+        };
+        let sent = client
+            .post(&due.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(
+                "X-Publishd-Signature",
+                signature(&self.secret, body.as_bytes()),
+            )
+            .header("X-Publishd-Delivery", &due.id)
+            .header("X-Publishd-Event", "job.finished")
+            .timeout(ATTEMPT_TIMEOUT)
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(response) => {
+                let status = response.status();
+                if !status.is_success() {
+                    about(&format!("the receiver answered HTTP {status}"));
+                }
+                Sent::Answered(status.as_u16())
+            }
+            Err(error) => {
+                about(&error_chain(&error));
+                if error.is_timeout() {
+                    Sent::TimedOut
+                } else {
+                    Sent::Failed
+                }
+            }
+        }
+    }
+}
+
+/// What an attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// The receiver answered with this status.
+    Answered(u16),
+    TimedOut,
+    /// Not answered: the host did not resolve, the connection was refused
+    /// or broke. Tried again.
+    Failed,
+    /// An address the operator does not allow: never tried again.
+    NotAllowed,
 }
 
 #[cfg(test)]
