@@ -23,14 +23,15 @@ echo "== the publish group again, with the build tag method"
 PUBLISHD_TEST_TAG_METHOD=build cargo test --test publish --locked --offline -- "$@" 2>&1 |
   tee -a "$env_dir/cargo-test.log"
 
-echo "== the API, publish, restart, crash, reliability and webhook groups again, on PostgreSQL"
+echo "== the API, publish, restart, crash, reliability, webhook and registry-trust groups again, on PostgreSQL"
 # Each test instance gets a database of its own on the test server. A
 # killed instance's targets come back when their lease runs out (there is
 # no start-up recovery on a shared database): a short lease for the
 # restarted binaries keeps the crash tests quick.
 PUBLISHD_TEST_STORE=postgres PUBLISHD_LEASE=5 cargo test --locked --offline --no-fail-fast \
   --test api --test publish --test restart --test crash --test events --test untag \
-  --test registry_sources --test access --test sources --test healing --test webhooks -- "$@" 2>&1 |
+  --test registry_sources --test access --test sources --test healing --test webhooks \
+  --test registry_trust -- "$@" 2>&1 |
   tee -a "$env_dir/cargo-test.log"
 
 echo "== schemathesis against openapi/openapi.json"

@@ -15,6 +15,7 @@ use crate::domain::publish_via::PublishVia;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::spec::Limits;
 use crate::engine::TagMethod;
+use crate::registry::TokenRealms;
 use crate::store::{Location, SessionLimits};
 use crate::worker::StepTimeouts;
 
@@ -169,6 +170,14 @@ pub struct ServeArgs {
     /// every token, admins included, is bounded by it. Default: any.
     #[arg(long, env = "PUBLISHD_ALLOW_REGISTRY", value_delimiter = ',')]
     pub allow_registry: Vec<String>,
+    /// A registry whose token server is on another host, as
+    /// `REGISTRY=REALM_HOST` (patterns both; repeatable or comma-separated),
+    /// e.g. `registry.gitlab.com=gitlab.com`: the token server gets the
+    /// credentials publishd holds for that registry. Without a pair, a
+    /// registry's token server must be on its own host (any port); Docker
+    /// Hub's (`auth.docker.io`) is known.
+    #[arg(long, env = "PUBLISHD_ALLOW_TOKEN_REALM", value_delimiter = ',')]
+    pub allow_token_realm: Vec<String>,
     /// Where webhooks may go, repeatable or comma-separated: `HOST`,
     /// `HOST:PORT` (`*` patterns in the host), an address or a network
     /// (`10.1.0.0/16`). Without it, any public address; with it, only what
@@ -233,6 +242,8 @@ pub struct Settings {
     pub retry: RetryPolicy,
     pub tokens: TokenSources,
     pub allow_registry: Patterns,
+    /// Which token servers each registry may send publishd to.
+    pub allow_token_realm: TokenRealms,
     /// Where callbacks may go (`--allow-callback`).
     pub allow_callback: CallbackPolicy,
     pub allow_unauthenticated: bool,
@@ -310,6 +321,8 @@ impl Settings {
                 tokens: args.api_tokens,
             },
             allow_registry,
+            allow_token_realm: TokenRealms::new(&args.allow_token_realm)
+                .map_err(|error| anyhow::anyhow!("--allow-token-realm {error}"))?,
             allow_callback: CallbackPolicy::new(&args.allow_callback)
                 .map_err(|error| anyhow::anyhow!("--allow-callback {error}"))?,
             allow_unauthenticated: args.allow_unauthenticated,

@@ -100,6 +100,7 @@ impl Application {
             engine.clone(),
             settings.docker_certs_dir.clone(),
             settings.allow_registry.clone(),
+            settings.allow_token_realm.clone(),
         ));
         let callbacks = CallbackFence::new(settings.allow_callback.clone());
         let credentials = DockerConfig::new(

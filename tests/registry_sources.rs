@@ -6,76 +6,10 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::registry::Registry;
+use support::registry::{Built, DOCKER_MANIFEST, OCI_MANIFEST, Registry, push_source};
 use support::{TestApp, TestEnv, unique};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-
-/// An image as a remote builder pushes it: two fresh layers and a config.
-struct Built {
-    repository: String,
-    digest: String,
-    config_digest: String,
-    layers: Vec<String>,
-}
-
-/// Pushes a new two-layer image as `repository:tag` in `media_type`'s
-/// format (OCI, as BuildKit does, or Docker schema 2, as kaniko does).
-async fn push_source(registry: &Registry, repository: &str, tag: &str, media_type: &str) -> Built {
-    let (layer_type, config_type) = if media_type == OCI_MANIFEST {
-        (
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-            "application/vnd.oci.image.config.v1+json",
-        )
-    } else {
-        (
-            "application/vnd.docker.image.rootfs.diff.tar.gzip",
-            "application/vnd.docker.container.image.v1+json",
-        )
-    };
-    let mut layers = Vec::new();
-    let mut descriptors = Vec::new();
-    for index in 0..2 {
-        let bytes: Vec<u8> = (0..4096u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8 ^ index)
-            .chain(unique("layer").into_bytes())
-            .collect();
-        let digest = registry.put_blob(repository, &bytes).await;
-        descriptors.push(json!({"mediaType": layer_type, "size": bytes.len(), "digest": digest}));
-        layers.push(digest);
-    }
-    let config = json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {"Env": ["MODE=ci"], "Cmd": ["/app"], "Labels": {"built-by": "ci"}},
-        "rootfs": {"type": "layers", "diff_ids": layers},
-        "history": [{"created_by": "COPY app /app"}, {"created_by": "COPY lib /lib"}],
-    });
-    let config_bytes = serde_json::to_vec(&config).unwrap();
-    let config_digest = registry.put_blob(repository, &config_bytes).await;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": media_type,
-        "config": {"mediaType": config_type, "size": config_bytes.len(), "digest": config_digest},
-        "layers": descriptors,
-    });
-    let digest = registry
-        .put_manifest(
-            repository,
-            tag,
-            media_type,
-            &serde_json::to_vec(&manifest).unwrap(),
-        )
-        .await;
-    Built {
-        repository: repository.to_owned(),
-        digest,
-        config_digest,
-        layers,
-    }
-}
 
 /// A publishd without an engine.
 async fn spawn_engineless() -> TestApp {

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use crate::domain::access::Patterns;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
     /// HTTP basic credentials, sent with every request.
@@ -35,6 +37,69 @@ impl Challenge {
             basic |= scheme.eq_ignore_ascii_case("basic");
         }
         basic.then_some(Challenge::Basic)
+    }
+}
+
+/// Which token servers a registry may send publishd to, with the
+/// credentials publishd holds for that registry: one on the registry's own
+/// host (any port: a token server beside its registry is common), or one
+/// the operator pairs with it (`--allow-token-realm REGISTRY=REALM`, both
+/// patterns). Docker Hub's own pair is known.
+#[derive(Debug, Clone)]
+pub struct TokenRealms {
+    pairs: Vec<(Patterns, Patterns)>,
+}
+
+/// Registries whose token server is on a host of its own, paired always.
+const KNOWN_REALMS: &[&str] = &["docker.io=auth.docker.io", "index.docker.io=auth.docker.io"];
+
+impl TokenRealms {
+    /// The known pairs and `written` ones, `REGISTRY=REALM_HOST` each.
+    pub fn new(written: &[String]) -> Result<TokenRealms, String> {
+        let pairs = KNOWN_REALMS
+            .iter()
+            .copied()
+            .chain(written.iter().map(String::as_str))
+            .map(|pair| {
+                let (registry, realm) = pair
+                    .split_once('=')
+                    .filter(|(registry, realm)| !registry.is_empty() && !realm.is_empty())
+                    .ok_or_else(|| format!("{pair:?} is not REGISTRY=REALM_HOST"))?;
+                let patterns = |written: &str| {
+                    Patterns::new(&[written.trim().to_ascii_lowercase()])
+                        .map_err(|error| format!("{pair:?}: {error}"))
+                };
+                Ok((patterns(registry)?, patterns(realm)?))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(TokenRealms { pairs })
+    }
+
+    /// May `registry` (as references name it: `host[:port]`), reached at
+    /// `api_host`, send publishd to the token server at `realm`?
+    pub fn allow(&self, registry: &str, api_host: &str, realm: &url::Url) -> bool {
+        let Some(realm_host) = realm.host_str() else {
+            return false;
+        };
+        let host_of = |name: &str| {
+            url::Url::parse(&format!("http://{name}"))
+                .ok()
+                .and_then(|url| url.host_str().map(str::to_owned))
+        };
+        if [registry, api_host]
+            .iter()
+            .any(|name| host_of(name).as_deref() == Some(realm_host))
+        {
+            return true;
+        }
+        let realm_with_port = match realm.port() {
+            Some(port) => format!("{realm_host}:{port}"),
+            None => realm_host.to_owned(),
+        };
+        self.pairs.iter().any(|(registries, realms)| {
+            registries.matches(registry)
+                && (realms.matches(&realm_with_port) || realms.matches(realm_host))
+        })
     }
 }
 
@@ -130,6 +195,62 @@ mod tests {
         ));
         assert_eq!(Challenge::parse("Negotiate"), None);
         assert_eq!(Challenge::parse(""), None);
+    }
+
+    #[test]
+    fn a_realm_is_taken_on_the_registrys_host_or_where_paired() {
+        let realms = TokenRealms::new(&["registry.gitlab.com=gitlab.com".to_owned()]).unwrap();
+        let allow = |registry: &str, api: &str, realm: &str| {
+            realms.allow(registry, api, &url::Url::parse(realm).unwrap())
+        };
+        // The registry's own host, on any port.
+        assert!(allow(
+            "127.0.0.1:5000",
+            "127.0.0.1:5000",
+            "http://127.0.0.1:5001/token"
+        ));
+        assert!(allow(
+            "reg.example.com",
+            "reg.example.com",
+            "https://reg.example.com/v2/token"
+        ));
+        assert!(allow("[::1]:5000", "[::1]:5000", "http://[::1]:9/token"));
+        // Another host: only where paired.
+        assert!(!allow(
+            "127.0.0.1:5000",
+            "127.0.0.1:5000",
+            "http://127.0.0.2:5001/token"
+        ));
+        assert!(!allow(
+            "reg.example.com",
+            "reg.example.com",
+            "https://auth.example.com/t"
+        ));
+        assert!(!allow(
+            "reg.example.com",
+            "reg.example.com",
+            "https://reg.example.com.evil/t"
+        ));
+        assert!(allow(
+            "registry.gitlab.com",
+            "registry.gitlab.com",
+            "https://gitlab.com/jwt/auth"
+        ));
+        assert!(!allow(
+            "registry.example.com",
+            "registry.example.com",
+            "https://gitlab.com/jwt/auth"
+        ));
+        // Docker Hub's token server is known.
+        assert!(allow(
+            "docker.io",
+            "registry-1.docker.io",
+            "https://auth.docker.io/token"
+        ));
+        assert!(!allow("quay.io", "quay.io", "https://auth.docker.io/token"));
+        for bad in ["gitlab.com", "=x", "x=", "[=x"] {
+            assert!(TokenRealms::new(&[bad.to_owned()]).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use reqwest::{Client, RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::challenge::Challenge;
+use super::challenge::{Challenge, TokenRealms};
 use super::manifest;
 use super::source_cache::SourceCache;
 use super::{
@@ -69,9 +69,14 @@ pub struct HttpRegistry {
     engine: Option<Arc<dyn Engine>>,
     /// `certs.d`: per-registry CAs and client certificates, as the engine reads them.
     certs_dir: PathBuf,
-    /// Hosts publishd may talk to at all (`--allow-registry`): registries and
-    /// the token servers they name.
+    /// Hosts publishd may talk to at all (`--allow-registry`): registries,
+    /// the token servers they name, where they redirect and send uploads.
     allowed: Arc<Patterns>,
+    /// Which token servers each registry may send publishd to.
+    realms: Arc<TokenRealms>,
+    /// For an upload a registry sends to another origin: no credentials,
+    /// no client certificate.
+    foreign: Client,
     endpoints: Arc<Mutex<HashMap<String, (Instant, Endpoint)>>>,
     tokens: Arc<Mutex<HashMap<TokenKey, (Instant, String)>>>,
     sources: Arc<SourceCache>,
@@ -155,11 +160,17 @@ impl HttpRegistry {
         engine: Option<Arc<dyn Engine>>,
         certs_dir: PathBuf,
         allowed: Patterns,
+        realms: TokenRealms,
     ) -> HttpRegistry {
+        let allowed = Arc::new(allowed);
         HttpRegistry {
             engine,
             certs_dir,
-            allowed: Arc::new(allowed),
+            foreign: client_builder(&allowed)
+                .build()
+                .expect("a plain HTTP client builds"),
+            allowed,
+            realms: Arc::new(realms),
             endpoints: Arc::default(),
             tokens: Arc::default(),
             sources: Arc::default(),
@@ -197,10 +208,10 @@ impl HttpRegistry {
         let endpoint = if secure {
             Endpoint {
                 base: format!("https://{host}"),
-                client: secure_client(&self.certs_dir.join(registry))?,
+                client: secure_client(&self.certs_dir.join(registry), &self.allowed)?,
             }
         } else {
-            insecure_endpoint(&host).await?
+            insecure_endpoint(&host, &self.allowed).await?
         };
         lock(&self.endpoints).insert(registry.to_owned(), (Instant::now(), endpoint.clone()));
         Ok(endpoint)
@@ -256,7 +267,7 @@ impl HttpRegistry {
                 return Ok(response);
             };
             let (value, lifetime) = self
-                .authorization(&endpoint, &challenge, auth, &scope)
+                .authorization(registry, &endpoint, &challenge, auth, &scope)
                 .await?;
             lock(&self.tokens).insert(key.clone(), (Instant::now() + lifetime, value.clone()));
             authorization = Some(value);
@@ -276,10 +287,11 @@ impl HttpRegistry {
         }
     }
 
-    /// The `Authorization` value that answers `challenge`, and how long it
-    /// may be reused.
+    /// The `Authorization` value that answers `challenge` of `registry`,
+    /// and how long it may be reused.
     async fn authorization(
         &self,
+        registry: &str,
         endpoint: &Endpoint,
         challenge: &Challenge,
         auth: &RegistryAuth,
@@ -304,18 +316,26 @@ impl HttpRegistry {
         if let Some(token) = auth.bearer_token() {
             return Ok((format!("Bearer {token}"), STATIC_CREDENTIAL_LIFETIME));
         }
-        // A registry names its token server: it is contacted only if the
-        // operator allows its host too.
-        let realm_host = reqwest::Url::parse(realm)
-            .ok()
-            .and_then(|url| {
-                let host = url.host_str()?.to_owned();
-                Some(match url.port() {
-                    Some(port) => format!("{host}:{port}"),
-                    None => host,
-                })
-            })
-            .unwrap_or_default();
+        // A registry names its token server, which gets the credentials
+        // publishd holds for the registry: only one on the registry's own
+        // host or paired with it, and on a host the operator allows at all.
+        let realm_url = reqwest::Url::parse(realm).map_err(|error| {
+            RegistryError::new(
+                FailureKind::Permanent,
+                format!("the registry's token realm {realm:?} is not a URL: {error}"),
+            )
+        })?;
+        let realm_host = host_of(&realm_url);
+        if !self.realms.allow(registry, &api_host(registry), &realm_url) {
+            return Err(RegistryError::new(
+                FailureKind::Permanent,
+                format!(
+                    "{registry} sends publishd to a token server on another host, {realm_host}: \
+                     publishd sends its credentials for {registry} there only if \
+                     --allow-token-realm pairs them ({registry}={realm_host})"
+                ),
+            ));
+        }
         if !self.allowed.matches(&realm_host) {
             return Err(not_allowed(&realm_host));
         }
@@ -505,11 +525,19 @@ impl HttpRegistry {
             // fail: unfinished uploads are purged).
             StatusCode::ACCEPTED => {
                 if let Some(location) = upload_location(&response) {
-                    let cancelled = self
-                        .send_scoped(reference, auth, &push_scope, |client, base| {
-                            client.delete(absolute(base, &location))
-                        })
-                        .await;
+                    let cancelled = match self.upload_url(reference.registry(), &location).await {
+                        Ok(upload) => {
+                            self.send_upload(
+                                reference,
+                                auth,
+                                &push_scope,
+                                &upload,
+                                |client, url| client.delete(url),
+                            )
+                            .await
+                        }
+                        Err(error) => Err(error),
+                    };
                     if let Err(error) = cancelled {
                         tracing::debug!(%error, "cancelling an unwanted upload");
                     }
@@ -548,21 +576,25 @@ impl HttpRegistry {
             )
             .await);
         }
-        let (location, scope) = self.start_upload(reference, auth, "a layer").await?;
+        let (upload, scope) = self.start_upload(reference, auth, "a layer").await?;
         // One request, not retried here: a streamed body cannot be sent
         // twice. The step's retry starts the copy again. The token the
-        // upload's start obtained is the one for this scope.
+        // upload's start obtained is the one for this scope; an upload on
+        // another origin gets none.
         let endpoint = self.endpoint(reference.registry()).await?;
         let key: TokenKey = (reference.registry().to_owned(), auth.fingerprint(), scope);
-        let mut request = endpoint
-            .client
-            .put(absolute(&endpoint.base, &location))
+        let (client, url, authorization) = match &upload {
+            UploadUrl::Own(url) => (&endpoint.client, url, self.cached_token(&key)),
+            UploadUrl::Foreign(url) => (&self.foreign, url, None),
+        };
+        let mut request = client
+            .put(url.as_str())
             .query(&[("digest", layer.digest.as_str())])
             .header(CONTENT_TYPE, OCTET_STREAM)
             .header(CONTENT_LENGTH, layer.size)
             .timeout(BLOB_TIMEOUT)
             .body(reqwest::Body::wrap_stream(response.bytes_stream()));
-        if let Some(authorization) = self.cached_token(&key) {
+        if let Some(authorization) = authorization {
             request = request.header(AUTHORIZATION, authorization);
         }
         let response = request.send().await.map_err(transport_error)?;
@@ -599,7 +631,7 @@ impl HttpRegistry {
         reference: &Reference,
         auth: &RegistryAuth,
         what: &str,
-    ) -> Result<(String, String), RegistryError> {
+    ) -> Result<(UploadUrl, String), RegistryError> {
         let repository = reference.repository();
         let scope = format!("repository:{repository}:pull,push");
         let uploads = format!("/v2/{repository}/blobs/uploads/");
@@ -617,7 +649,58 @@ impl HttpRegistry {
                 "the registry started an upload without a Location",
             )
         })?;
-        Ok((location, scope))
+        Ok((
+            self.upload_url(reference.registry(), &location).await?,
+            scope,
+        ))
+    }
+
+    /// Where `registry` said an upload goes on (a path, or a whole URL):
+    /// refused on a host `--allow-registry` does not allow.
+    async fn upload_url(&self, registry: &str, location: &str) -> Result<UploadUrl, RegistryError> {
+        let endpoint = self.endpoint(registry).await?;
+        let invalid = |error: url::ParseError| {
+            RegistryError::new(
+                FailureKind::Permanent,
+                format!("the registry's upload location {location:?} is not a URL: {error}"),
+            )
+        };
+        let base = reqwest::Url::parse(&endpoint.base).map_err(invalid)?;
+        let url = base.join(location).map_err(invalid)?;
+        if same_origin(&url, &base) {
+            return Ok(UploadUrl::Own(url.to_string()));
+        }
+        let host = host_of(&url);
+        if !self.allowed.matches(&host) {
+            return Err(RegistryError::new(
+                FailureKind::Permanent,
+                format!(
+                    "{registry} sends an upload to {host}, which publishd does not contact \
+                     (not in --allow-registry)"
+                ),
+            ));
+        }
+        Ok(UploadUrl::Foreign(url.to_string()))
+    }
+
+    /// Sends a request to an upload URL: at the registry's own origin with
+    /// its credentials (a challenge answered as `send_scoped` does), at
+    /// another with none.
+    async fn send_upload(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        scope: &str,
+        upload: &UploadUrl,
+        build: impl Fn(&Client, &str) -> RequestBuilder,
+    ) -> Result<Response, RegistryError> {
+        match upload {
+            UploadUrl::Own(url) => {
+                self.send_scoped(reference, auth, scope, |client, _| build(client, url))
+                    .await
+            }
+            UploadUrl::Foreign(url) => send_retrying(|| build(&self.foreign, url)).await,
+        }
     }
 
     /// Uploads `bytes` as the blob `digest` into `reference`'s repository
@@ -629,11 +712,11 @@ impl HttpRegistry {
         digest: &str,
         bytes: Bytes,
     ) -> Result<(), RegistryError> {
-        let (location, scope) = self.start_upload(reference, auth, "the config").await?;
+        let (upload, scope) = self.start_upload(reference, auth, "the config").await?;
         let response = self
-            .send_scoped(reference, auth, &scope, |client, base| {
+            .send_upload(reference, auth, &scope, &upload, |client, url| {
                 client
-                    .put(absolute(base, &location))
+                    .put(url)
                     .query(&[("digest", digest)])
                     .header(CONTENT_TYPE, OCTET_STREAM)
                     .body(bytes.clone())
@@ -909,12 +992,25 @@ fn upload_location(response: &Response) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// An upload location as a URL: registries answer a path or a whole URL.
-fn absolute(base: &str, location: &str) -> String {
-    if location.starts_with('/') {
-        format!("{base}{location}")
-    } else {
-        location.to_owned()
+/// Where an upload goes on: at the registry's own origin (scheme, host and
+/// port), sent with its credentials, or at another, sent with none.
+enum UploadUrl {
+    Own(String),
+    Foreign(String),
+}
+
+fn same_origin(one: &reqwest::Url, other: &reqwest::Url) -> bool {
+    one.scheme() == other.scheme()
+        && one.host_str() == other.host_str()
+        && one.port_or_known_default() == other.port_or_known_default()
+}
+
+/// `host[:port]` of a URL, as registries and `--allow-registry` write hosts.
+fn host_of(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
     }
 }
 
@@ -971,18 +1067,39 @@ async fn addresses(host: &str) -> Vec<IpAddr> {
     }
 }
 
-fn client_builder() -> reqwest::ClientBuilder {
+/// Most redirects followed for one request.
+const MAX_REDIRECTS: usize = 10;
+
+/// Every registry client: redirects (a registry may send blob reads to its
+/// storage) are followed only to hosts `--allow-registry` allows, and
+/// reqwest drops `Authorization` on the way to another host.
+fn client_builder(allowed: &Arc<Patterns>) -> reqwest::ClientBuilder {
+    let allowed = allowed.clone();
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        let host = host_of(attempt.url());
+        if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else if allowed.matches(&host) {
+            attempt.follow()
+        } else {
+            attempt.error(format!(
+                "publishd does not follow a redirect to {host} (not in --allow-registry)"
+            ))
+        }
+    });
     Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
+        .redirect(redirects)
+        .referer(false)
         .user_agent(concat!("publishd/", env!("CARGO_PKG_VERSION")))
 }
 
 /// A client for a secure registry: the system's CAs, plus each `*.crt` in
 /// its `certs.d` directory, plus a `*.cert`/`*.key` pair there as the
 /// client certificate (dockerd reads the directory the same way).
-fn secure_client(dir: &Path) -> Result<Client, RegistryError> {
-    let mut builder = client_builder();
+fn secure_client(dir: &Path, allowed: &Arc<Patterns>) -> Result<Client, RegistryError> {
+    let mut builder = client_builder(allowed);
     let config_error = |message: String| RegistryError::new(FailureKind::Permanent, message);
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries.filter_map(Result::ok).map(|e| e.path()).collect(),
@@ -1031,10 +1148,10 @@ fn secure_client(dir: &Path) -> Result<Client, RegistryError> {
 
 /// An insecure registry: HTTPS without certificate checks if it speaks TLS,
 /// else plain HTTP.
-async fn insecure_endpoint(host: &str) -> Result<Endpoint, RegistryError> {
+async fn insecure_endpoint(host: &str, allowed: &Arc<Patterns>) -> Result<Endpoint, RegistryError> {
     let build_error =
         |error: reqwest::Error| RegistryError::new(FailureKind::Permanent, error.to_string());
-    let tls = client_builder()
+    let tls = client_builder(allowed)
         .danger_accept_invalid_certs(true)
         .build()
         .map_err(build_error)?;
@@ -1046,7 +1163,7 @@ async fn insecure_endpoint(host: &str) -> Result<Endpoint, RegistryError> {
     }
     Ok(Endpoint {
         base: format!("http://{host}"),
-        client: client_builder().build().map_err(build_error)?,
+        client: client_builder(allowed).build().map_err(build_error)?,
     })
 }
 
@@ -1196,7 +1313,10 @@ fn transport_error_kind(error: &reqwest::Error) -> FailureKind {
         source = cause.source();
     }
     let lower = error_chain(error).to_lowercase();
-    if error.is_timeout() {
+    if error.is_redirect() {
+        // A redirect refused, or too many: the same the next time.
+        FailureKind::Permanent
+    } else if error.is_timeout() {
         FailureKind::Transient
     } else if refused || lower.contains("connection refused") || lower.contains("dns error") {
         FailureKind::Outage

@@ -14,6 +14,7 @@ mod source_cache;
 
 use async_trait::async_trait;
 
+pub use challenge::TokenRealms;
 pub use client::HttpRegistry;
 
 use crate::credentials::RegistryAuth;

@@ -1,7 +1,8 @@
 //! A fault-injecting HTTP proxy in front of a real registry: answers a share
 //! of requests with 503, 500 or 429, resets connections mid-upload, and adds
-//! latency; everything else goes through untouched (the Host header too, so
-//! the registry's upload URLs point back at the proxy).
+//! latency, or sends publishd (known by its User-Agent) to another host;
+//! everything else goes through untouched (the Host header too, so the
+//! registry's upload URLs point back at the proxy).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +40,14 @@ pub enum Faults {
     /// mount refuses them: the `mount` and `from` parameters are dropped,
     /// so the registry answers 202 with an upload instead of 201.
     RefuseMounts,
+    /// publishd's manifest reads that carry credentials are redirected
+    /// (307) to the same path on `to`.
+    RedirectManifestReads { to: SocketAddr },
+    /// The uploads publishd starts are told to go on at `to`: the
+    /// registry's `Location`, made absolute on that other host.
+    UploadsElsewhere { to: SocketAddr },
+    /// publishd's challenges name a token server (`realm`) on `to`.
+    RealmElsewhere { to: SocketAddr },
 }
 
 enum Fault {
@@ -47,6 +56,18 @@ enum Fault {
     Delay(Duration),
     WrongDigest,
     RefuseMount,
+    Redirect(String),
+    MoveUpload(SocketAddr),
+    MoveRealm(SocketAddr),
+}
+
+/// The request came from publishd itself, not from an engine's push.
+fn from_publishd(request: &Request<Incoming>) -> bool {
+    request
+        .headers()
+        .get(hyper::header::USER_AGENT)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|agent| agent.starts_with("publishd/"))
 }
 
 /// What `Faults::WrongDigest` reports.
@@ -72,7 +93,10 @@ impl FaultProxy {
                 Faults::ManifestPut(_)
                 | Faults::WrongDigest
                 | Faults::SlowReadBack(_)
-                | Faults::RefuseMounts => fastrand::Rng::with_seed(0),
+                | Faults::RefuseMounts
+                | Faults::RedirectManifestReads { .. }
+                | Faults::UploadsElsewhere { .. }
+                | Faults::RealmElsewhere { .. } => fastrand::Rng::with_seed(0),
             }),
             injected: injected.clone(),
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
@@ -137,6 +161,15 @@ impl State {
                     .query()
                     .is_some_and(|query| query.contains("mount=")))
             .then_some(Fault::RefuseMount),
+            Faults::RedirectManifestReads { to } => (from_publishd(request)
+                && request.uri().path().contains("/manifests/")
+                && request.headers().contains_key(hyper::header::AUTHORIZATION))
+            .then(|| Fault::Redirect(format!("http://{to}{}", request.uri()))),
+            Faults::UploadsElsewhere { to } => (from_publishd(request)
+                && request.method() == hyper::Method::POST
+                && request.uri().path().ends_with("/blobs/uploads/"))
+            .then_some(Fault::MoveUpload(to)),
+            Faults::RealmElsewhere { to } => from_publishd(request).then_some(Fault::MoveRealm(to)),
             Faults::Random { rate, latency, .. } => {
                 let mut rng = self.rng.lock().unwrap();
                 if rng.f64() >= rate {
@@ -188,6 +221,52 @@ impl State {
                 let (mut parts, body) = request.into_parts();
                 parts.uri = parts.uri.path().parse().unwrap();
                 return self.forward(Request::from_parts(parts, body)).await;
+            }
+            Some(Fault::Redirect(location)) => {
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                return Ok(Response::builder()
+                    .status(StatusCode::TEMPORARY_REDIRECT)
+                    .header("location", location)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap());
+            }
+            Some(Fault::MoveUpload(to)) => {
+                let mut response = self.forward(request).await?;
+                let moved = response
+                    .headers()
+                    .get("location")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|location| location.parse::<hyper::Uri>().ok())
+                    .and_then(|location| {
+                        let path = location.path_and_query()?.as_str().to_owned();
+                        Some(format!("http://{to}{path}"))
+                    });
+                if let Some(moved) = moved {
+                    self.injected.fetch_add(1, Ordering::Relaxed);
+                    response
+                        .headers_mut()
+                        .insert("location", moved.parse().unwrap());
+                }
+                return Ok(response);
+            }
+            Some(Fault::MoveRealm(to)) => {
+                let mut response = self.forward(request).await?;
+                let moved = response
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|challenge| {
+                        let start = challenge.find("realm=\"http://")? + "realm=\"http://".len();
+                        let end = start + challenge[start..].find('/')?;
+                        Some(format!("{}{to}{}", &challenge[..start], &challenge[end..]))
+                    });
+                if let Some(moved) = moved {
+                    self.injected.fetch_add(1, Ordering::Relaxed);
+                    response
+                        .headers_mut()
+                        .insert("www-authenticate", moved.parse().unwrap());
+                }
+                return Ok(response);
             }
             Some(Fault::WrongDigest) => {
                 self.injected.fetch_add(1, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test file uses a different part of this module
 
 pub mod binary;
+pub mod bystander;
 pub mod engine;
 pub mod fault_proxy;
 pub mod hostile_registry;
@@ -25,6 +26,7 @@ use publishd::domain::publish_via::PublishVia;
 use publishd::domain::retry::RetryPolicy;
 use publishd::domain::spec::Limits;
 use publishd::engine::{Engine, TagMethod};
+use publishd::registry::TokenRealms;
 use publishd::startup::Application;
 use publishd::store::Location;
 use publishd::worker::StepTimeouts;
@@ -246,6 +248,7 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         },
         tokens: TokenSources::default(),
         allow_registry: Patterns::any(),
+        allow_token_realm: TokenRealms::new(&[]).expect("the known realms"),
         allow_callback: CallbackPolicy::default(),
         allow_unauthenticated: false,
         webhook_secret: None,
