@@ -5,12 +5,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::watch;
 
 use crate::domain::access::{Patterns, Principal, Role, Scope};
 
@@ -23,6 +24,44 @@ pub struct TokenSources {
     pub token_file: Option<PathBuf>,
     /// Unscoped tokens given directly, separated by commas or newlines.
     pub tokens: Option<String>,
+}
+
+/// A token as it is kept: its SHA-256 digest.
+pub fn token_digest(presented: &str) -> [u8; 32] {
+    Sha256::digest(presented.as_bytes()).into()
+}
+
+/// How the queue is shared among tokens that name no cap of their own
+/// (`max_queued_targets`): each gets a share of the whole by its weight, so
+/// that no one token can fill the queue for every other.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueShare {
+    /// `--max-queued-targets`: the whole queue.
+    pub queued_targets: usize,
+    /// The least share: one job's most targets (`--max-targets-per-job`),
+    /// or a token could never submit its largest job.
+    pub at_least: usize,
+}
+
+impl QueueShare {
+    /// Gives each principal that may submit and names no cap its share,
+    /// by weight among all that may submit.
+    fn apply(&self, principals: &mut [&mut Principal]) {
+        let submits = |principal: &Principal| principal.role != Role::Reader;
+        let total: u128 = principals
+            .iter()
+            .filter(|principal| submits(principal))
+            .map(|principal| u128::from(principal.weight))
+            .sum();
+        for principal in principals.iter_mut() {
+            if submits(principal) && principal.max_queued_targets.is_none() {
+                let share = self.queued_targets as u128 * u128::from(principal.weight) / total;
+                let share = usize::try_from(share).unwrap_or(usize::MAX);
+                principal.max_queued_targets =
+                    Some(share.max(self.at_least).min(self.queued_targets));
+            }
+        }
+    }
 }
 
 /// The tokens in force.
@@ -40,13 +79,27 @@ impl TokenTable {
         self.entries.len()
     }
 
-    /// The principal whose token this is. Every digest is compared, so the
-    /// time taken does not tell which one matched.
+    /// The principal whose token this is.
     pub fn principal(&self, presented: &str) -> Option<Principal> {
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        self.principal_of_digest(&token_digest(presented))
+    }
+
+    /// Who a caller whose bearer token has `digest` (`None`: no token) is:
+    /// anyone, when the service has no tokens; nobody, for a missing or
+    /// unknown token.
+    pub fn identify(&self, digest: Option<&[u8; 32]>) -> Option<Principal> {
+        if self.is_empty() {
+            return Some(Principal::anonymous());
+        }
+        self.principal_of_digest(digest?)
+    }
+
+    /// Every digest is compared, so the time taken does not tell which one
+    /// matched.
+    fn principal_of_digest(&self, digest: &[u8; 32]) -> Option<Principal> {
         let mut found = None;
         for (candidate, principal) in &self.entries {
-            if bool::from(candidate.ct_eq(&digest)) {
+            if bool::from(candidate.ct_eq(digest)) {
                 found = Some(principal.clone());
             }
         }
@@ -91,8 +144,9 @@ fn one() -> u32 {
 }
 
 impl TokenSources {
-    /// Reads every source into a table.
-    pub fn load(&self) -> anyhow::Result<TokenTable> {
+    /// Reads every source into a table, each token's queue cap its own or
+    /// its `share`.
+    pub fn load(&self, share: QueueShare) -> anyhow::Result<TokenTable> {
         let mut entries = Vec::new();
         if let Some(path) = &self.auth_config {
             let text = std::fs::read_to_string(path)
@@ -110,6 +164,9 @@ impl TokenSources {
             unscoped.push_str(&text);
         }
         entries.extend(unscoped_tokens(&unscoped));
+        let mut principals: Vec<&mut Principal> =
+            entries.iter_mut().map(|(_, principal)| principal).collect();
+        share.apply(&mut principals);
         Ok(TokenTable { entries })
     }
 }
@@ -175,7 +232,7 @@ fn unscoped_tokens(text: &str) -> Vec<([u8; 32], Principal)> {
         .map(str::trim)
         .filter(|token| !token.is_empty() && !token.starts_with('#'))
         .map(|token| {
-            let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            let digest = token_digest(token);
             let principal = Principal {
                 name: Some(format!("api-token:{}", &hex::encode(digest)[..8])),
                 ..Principal::anonymous()
@@ -190,46 +247,40 @@ fn parse_digest(text: &str) -> Option<[u8; 32]> {
     bytes.try_into().ok()
 }
 
-/// The tokens in force, replaced whole on a reload.
+/// The tokens in force, replaced whole on a reload; whoever holds on to
+/// what a token allowed (an event stream) watches for reloads.
 #[derive(Clone)]
 pub struct AccessControl {
     sources: TokenSources,
-    table: Arc<RwLock<Arc<TokenTable>>>,
+    share: QueueShare,
+    table: Arc<watch::Sender<Arc<TokenTable>>>,
 }
 
 impl AccessControl {
-    pub fn new(sources: TokenSources) -> anyhow::Result<AccessControl> {
-        let table = sources.load()?;
+    pub fn new(sources: TokenSources, share: QueueShare) -> anyhow::Result<AccessControl> {
+        let table = sources.load(share)?;
         Ok(AccessControl {
             sources,
-            table: Arc::new(RwLock::new(Arc::new(table))),
+            share,
+            table: Arc::new(watch::Sender::new(Arc::new(table))),
         })
     }
 
-    /// A fixed table, for callers that build one themselves.
-    pub fn with_table(table: TokenTable) -> AccessControl {
-        AccessControl {
-            sources: TokenSources::default(),
-            table: Arc::new(RwLock::new(Arc::new(table))),
-        }
+    pub fn current(&self) -> Arc<TokenTable> {
+        self.table.borrow().clone()
     }
 
-    pub fn current(&self) -> Arc<TokenTable> {
-        self.table
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+    /// The tokens in force, told again after each reload.
+    pub fn watch(&self) -> watch::Receiver<Arc<TokenTable>> {
+        self.table.subscribe()
     }
 
     /// Reads the sources again; answers how many tokens are now in force.
     /// On an error the tokens stay as they were.
     pub fn reload(&self) -> anyhow::Result<usize> {
-        let table = self.sources.load()?;
+        let table = self.sources.load(self.share)?;
         let count = table.len();
-        *self
-            .table
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(table);
+        self.table.send_replace(Arc::new(table));
         Ok(count)
     }
 }
@@ -295,6 +346,61 @@ mod tests {
         assert!(table.principal("").is_none());
     }
 
+    const SHARE: QueueShare = QueueShare {
+        queued_targets: 1000,
+        at_least: 100,
+    };
+
+    #[test]
+    fn tokens_without_a_cap_share_the_queue_by_weight() {
+        let entry = |name: &str, role: &str, extra: &str| {
+            format!(
+                "[[token]]\nname = \"{name}\"\nsha256 = \"{}\"\nrole = \"{role}\"\n\
+                 repos = [\"**\"]\n{extra}\n",
+                sha(name)
+            )
+        };
+        let text = [
+            entry("light", "publisher", ""),
+            entry("heavy", "publisher", "weight = 3"),
+            entry("own", "publisher", "max_queued_targets = 5000"),
+            entry("tiny", "publisher", "weight = 1"),
+            entry("auditor", "reader", ""),
+        ]
+        .concat();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.toml");
+        std::fs::write(&path, text).unwrap();
+        let table = TokenSources {
+            auth_config: Some(path),
+            tokens: Some("admin-token".to_owned()),
+            ..TokenSources::default()
+        }
+        .load(SHARE)
+        .unwrap();
+        let cap = |token: &str| table.principal(token).unwrap().max_queued_targets;
+        // Weights 1 + 3 + 1 + 1 and the admin's 1 (the reader submits
+        // nothing): a seventh each, the heavy one three; its own cap kept.
+        assert_eq!(cap("light"), Some(142));
+        assert_eq!(cap("heavy"), Some(428));
+        assert_eq!(cap("own"), Some(5000));
+        assert_eq!(cap("admin-token"), Some(142));
+        assert_eq!(cap("auditor"), None);
+        // Never less than one job's most targets.
+        let crowded = QueueShare {
+            queued_targets: 300,
+            at_least: 100,
+        };
+        let mut principals = [Principal::anonymous(), Principal::anonymous()];
+        let mut refs: Vec<&mut Principal> = principals.iter_mut().collect();
+        crowded.apply(&mut refs);
+        assert_eq!(principals[0].max_queued_targets, Some(150));
+        let mut many: Vec<Principal> = (0..10).map(|_| Principal::anonymous()).collect();
+        let mut refs: Vec<&mut Principal> = many.iter_mut().collect();
+        crowded.apply(&mut refs);
+        assert_eq!(many[0].max_queued_targets, Some(100));
+    }
+
     #[test]
     fn bad_files_are_refused_whole() {
         let publisher_without_repos = format!(
@@ -342,10 +448,13 @@ mod tests {
             )
         };
         std::fs::write(&path, entry("one", "t1")).unwrap();
-        let access = AccessControl::new(TokenSources {
-            auth_config: Some(path.clone()),
-            ..TokenSources::default()
-        })
+        let access = AccessControl::new(
+            TokenSources {
+                auth_config: Some(path.clone()),
+                ..TokenSources::default()
+            },
+            SHARE,
+        )
         .unwrap();
         assert!(access.current().principal("t1").is_some());
         std::fs::write(&path, entry("two", "t2")).unwrap();

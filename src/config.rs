@@ -106,7 +106,10 @@ pub struct ServeArgs {
     /// Most targets (images x tags) one job may have.
     #[arg(long, env = "PUBLISHD_MAX_TARGETS_PER_JOB", default_value_t = 256)]
     pub max_targets_per_job: usize,
-    /// Past this many queued targets, new jobs get 503 with Retry-After.
+    /// Past this many queued targets, new jobs get 503 with Retry-After. A
+    /// token that names no `max_queued_targets` of its own may queue its
+    /// share of them, by weight among the tokens that may submit (never
+    /// less than --max-targets-per-job), so no one token fills the queue.
     #[arg(long, env = "PUBLISHD_MAX_QUEUED_TARGETS", default_value_t = 10_000)]
     pub max_queued_targets: usize,
     /// Tries of a step that fails transiently (5xx, 429, resets, timeouts).

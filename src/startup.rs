@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::AccessControl;
+use crate::access::{AccessControl, QueueShare};
 use crate::api::{self, AppState, SourceIds};
 use crate::config::Settings;
 use crate::credentials::{DockerConfig, JobCredentials};
@@ -56,7 +56,11 @@ impl Application {
         settings: Settings,
         engine: Option<Arc<dyn Engine>>,
     ) -> anyhow::Result<Application> {
-        let access = AccessControl::new(settings.tokens.clone())?;
+        let share = QueueShare {
+            queued_targets: settings.max_queued_targets,
+            at_least: settings.limits.max_targets,
+        };
+        let access = AccessControl::new(settings.tokens.clone(), share)?;
         if access.current().is_empty()
             && !settings.listen.ip().is_loopback()
             && !settings.allow_unauthenticated

@@ -110,6 +110,67 @@ async fn a_full_queue_answers_503_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_token_without_a_cap_of_its_own_cannot_fill_the_queue() {
+    let engine = TestEngine::connect();
+    let hanging = HangingRegistry::start().await;
+    let name = unique("share");
+    engine.import_image(&name, "b1", &[]).await;
+    // Two tokens of weight 1 and no cap of their own: half of the six
+    // queued targets each (never less than a job's most, two).
+    let app = TestApp::spawn_with(|settings| {
+        settings.workers = 1;
+        settings.max_queued_targets = 6;
+        settings.limits.max_targets = 2;
+        settings.tokens.tokens = Some("hog-token\nother-token".to_owned());
+    })
+    .await;
+    let submit = |token: &'static str, tags: &'static [&'static str]| {
+        let repo = format!("{}/{}", hanging.address, unique("share"));
+        let job = forced_job(&repo, &format!("{name}:b1"), tags);
+        app.client
+            .post(app.url("/api/v1/jobs"))
+            .bearer_auth(token)
+            .json(&job)
+            .send()
+    };
+    let busy = submit("hog-token", &["busy"]).await.unwrap();
+    assert_eq!(busy.status(), 202);
+    let busy: Value = busy.json().await.unwrap();
+    let busy = busy["id"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    loop {
+        let job: Value = app
+            .client
+            .get(app.url(&format!("/api/v1/jobs/{busy}")))
+            .bearer_auth("hog-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if job["targets"][0]["status"] == "pushing" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{job:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The hog queues its share, three, and no more.
+    assert_eq!(submit("hog-token", &["a", "b"]).await.unwrap().status(), 202);
+    assert_eq!(submit("hog-token", &["c"]).await.unwrap().status(), 202);
+    let refused = submit("hog-token", &["d"]).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded", "{body:#}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.ends_with("its limit is 3: retry later"), "{body:#}");
+    // The other token's share is still there, whole.
+    assert_eq!(submit("other-token", &["e", "f"]).await.unwrap().status(), 202);
+    assert_eq!(submit("other-token", &["g"]).await.unwrap().status(), 202);
+}
+
+#[tokio::test]
 async fn per_job_credentials_publish_and_are_lost_by_a_restart() {
     let env = TestEnv::get();
     let engine = TestEngine::connect();

@@ -10,7 +10,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use crate::access::AccessControl;
+use crate::access::{AccessControl, token_digest};
 use crate::domain::access::Principal;
 
 /// Answers 401 for an `/api/` request without a valid bearer token when
@@ -35,15 +35,16 @@ pub async fn identify(
 /// Who the request's bearer token names: anyone when the service has no
 /// tokens, nobody for a missing or unknown token.
 pub fn principal_of(access: &AccessControl, headers: &HeaderMap) -> Option<Principal> {
-    let table = access.current();
-    if table.is_empty() {
-        return Some(Principal::anonymous());
-    }
+    access.current().identify(bearer_digest(headers).as_ref())
+}
+
+/// The digest of the request's bearer token, if it has one.
+pub fn bearer_digest(headers: &HeaderMap) -> Option<[u8; 32]> {
     headers
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
-        .and_then(|token| table.principal(token.trim()))
+        .map(|token| token_digest(token.trim()))
 }
 
 /// The caller of an `/api/` route, as `identify` found them.
