@@ -150,6 +150,15 @@ pub struct ServeArgs {
     /// Most HTTP connections served at once; more wait to be accepted.
     #[arg(long, env = "PUBLISHD_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// Event streams (`/api/v1/jobs/{id}/events`) one token may have open
+    /// at once; more are answered 429 with Retry-After.
+    #[arg(long, env = "PUBLISHD_MAX_STREAMS_PER_TOKEN", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_token: u32,
+    /// How long one event stream stays open, e.g. `10m`: then it ends with
+    /// a `reopen` event and its client resumes with `Last-Event-ID` (the
+    /// CLI and the dashboard do, losing nothing).
+    #[arg(long, env = "PUBLISHD_STREAM_MAX_AGE", default_value = "10m", value_parser = parse_duration)]
+    pub stream_max_age: Duration,
     /// Longest a client may take to send a request's headers, in seconds.
     #[arg(long, env = "PUBLISHD_HEADER_READ_TIMEOUT", default_value_t = 10)]
     pub header_read_timeout: u64,
@@ -241,6 +250,8 @@ pub struct Settings {
     /// How long a claim holds without renewal (see `WorkerContext::lease`).
     pub lease: Duration,
     pub max_connections: usize,
+    pub max_streams_per_token: usize,
+    pub stream_max_age: Duration,
     pub header_read_timeout: Duration,
     pub retry: RetryPolicy,
     pub tokens: TokenSources,
@@ -309,6 +320,10 @@ impl Settings {
             credential_wait: Duration::from_secs(args.credential_wait),
             lease: Duration::from_secs(args.lease),
             max_connections: args.max_connections as usize,
+            max_streams_per_token: args.max_streams_per_token as usize,
+            stream_max_age: Some(args.stream_max_age)
+                .filter(|age| !age.is_zero())
+                .context("--stream-max-age must be longer than 0")?,
             header_read_timeout: Duration::from_secs(args.header_read_timeout),
             retry: RetryPolicy {
                 attempts: args.retry_attempts,

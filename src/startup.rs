@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{AccessControl, QueueShare};
-use crate::api::{self, AppState, SourceIds};
+use crate::api::{self, AppState, EventStreams, SourceIds};
 use crate::config::Settings;
 use crate::credentials::{DockerConfig, JobCredentials};
 use crate::engine::{DockerEngine, Engine, NoEngine};
@@ -126,6 +126,7 @@ impl Application {
             access: access.clone(),
             allow_registry: Arc::new(settings.allow_registry.clone()),
             progress: progress.clone(),
+            streams: EventStreams::new(settings.max_streams_per_token, settings.stream_max_age),
             webhooks_enabled: settings.webhook_secret.is_some(),
             callbacks: callbacks.clone(),
             stopping: stopping.clone(),

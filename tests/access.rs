@@ -156,7 +156,10 @@ async fn a_token_without_a_cap_of_its_own_cannot_fill_the_queue() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The hog queues its share, three, and no more.
-    assert_eq!(submit("hog-token", &["a", "b"]).await.unwrap().status(), 202);
+    assert_eq!(
+        submit("hog-token", &["a", "b"]).await.unwrap().status(),
+        202
+    );
     assert_eq!(submit("hog-token", &["c"]).await.unwrap().status(), 202);
     let refused = submit("hog-token", &["d"]).await.unwrap();
     assert_eq!(refused.status(), 503);
@@ -166,7 +169,10 @@ async fn a_token_without_a_cap_of_its_own_cannot_fill_the_queue() {
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.ends_with("its limit is 3: retry later"), "{body:#}");
     // The other token's share is still there, whole.
-    assert_eq!(submit("other-token", &["e", "f"]).await.unwrap().status(), 202);
+    assert_eq!(
+        submit("other-token", &["e", "f"]).await.unwrap().status(),
+        202
+    );
     assert_eq!(submit("other-token", &["g"]).await.unwrap().status(), 202);
 }
 

@@ -355,3 +355,218 @@ async fn events_of_an_unknown_job_are_not_found() {
     let response = app.get("/api/v1/jobs/not-a-uuid/events").await;
     assert_eq!(response.status(), 404);
 }
+
+/// The stream of job `id` as `token` opens it: the response, whatever its
+/// status.
+async fn open_as(base: &str, token: &str, id: &str, last: Option<&str>) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .get(format!("{base}/api/v1/jobs/{id}/events"))
+        .bearer_auth(token)
+        .header("accept", "text/event-stream");
+    if let Some(last) = last {
+        request = request.header("last-event-id", last);
+    }
+    request.send().await.expect("the events request")
+}
+
+fn events_of(response: reqwest::Response) -> Events {
+    assert_eq!(response.status(), 200);
+    Box::pin(response.bytes_stream().eventsource())
+}
+
+/// A job that holds its one lane and never ends by itself: a forced push to
+/// a registry that never answers. Answers the job's id.
+async fn held_job(base: &str, token: &str, hanging: &support::HangingRegistry) -> String {
+    let name = unique("held");
+    TestEngine::connect().import_image(&name, "b1", &[]).await;
+    let mut spec = app_job(
+        &format!("{}/{}", hanging.address, unique("held")),
+        &format!("{name}:b1"),
+        &["v1"],
+    );
+    spec["force"] = serde_json::json!(true);
+    let response = reqwest::Client::new()
+        .post(format!("{base}/api/v1/jobs"))
+        .bearer_auth(token)
+        .json(&spec)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.unwrap();
+    job["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_stream_ends_at_its_max_age_and_resumes_losing_and_repeating_nothing() {
+    let env = TestEnv::get();
+    let engine = TestEngine::connect();
+    let max_age = Duration::from_millis(250);
+    let app = TestApp::spawn_with(|settings| {
+        settings.workers = 1;
+        settings.stream_max_age = max_age;
+    })
+    .await;
+    let name = unique("reopen");
+    engine.import_image(&name, "b1", &[]).await;
+    let repo = format!("{}/{}", env.registry, unique("reopen"));
+    let tags: Vec<String> = (0..12).map(|tag| format!("v{tag}")).collect();
+    let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+    let id = app
+        .submit(&app_job(&repo, &format!("{name}:b1"), &tags))
+        .await;
+
+    // A client that resumes whenever the service ends its stream.
+    let mut seen: Vec<SseEvent> = Vec::new();
+    let mut reopens = 0;
+    let mut last: Option<String> = None;
+    'job: loop {
+        let opened = std::time::Instant::now();
+        let mut stream = open(&app, &id, last.as_deref()).await;
+        while let Some(event) = next(&mut stream).await {
+            if event.event == "reopen" {
+                assert!(event.id.is_empty() || Some(&event.id) == last.as_ref());
+                assert!(
+                    opened.elapsed() < max_age + Duration::from_secs(2),
+                    "a stream outlived its max age: {:?}",
+                    opened.elapsed()
+                );
+                reopens += 1;
+                assert!(
+                    next(&mut stream).await.is_none(),
+                    "the stream ends after reopen"
+                );
+                continue 'job;
+            }
+            last = Some(event.id.clone());
+            let ends = event.event == "job" && data(&event)["data"]["status"] == "succeeded";
+            seen.push(event);
+            if ends {
+                break 'job;
+            }
+        }
+        panic!("the stream ended without a reopen or the job's end: {seen:#?}");
+    }
+    assert!(reopens >= 2, "{reopens} reopens");
+    let ids: Vec<i64> = seen
+        .iter()
+        .filter(|e| is_stored(e))
+        .map(|e| e.id.parse().unwrap())
+        .collect();
+    let history_ids: Vec<i64> = history(&app, &id)
+        .await
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(
+        ids, history_ids,
+        "lost or repeated across {reopens} reopens"
+    );
+}
+
+#[tokio::test]
+async fn a_token_may_hold_so_many_streams_and_no_more() {
+    let hanging = support::HangingRegistry::start().await;
+    let app = TestApp::spawn_with(|settings| {
+        settings.workers = 1;
+        settings.max_streams_per_token = 2;
+        settings.tokens.tokens = Some("busy-token\nother-token".to_owned());
+    })
+    .await;
+    let base = app.url("");
+    let base = base.trim_end_matches('/');
+    let id = held_job(base, "busy-token", &hanging).await;
+    let first = events_of(open_as(base, "busy-token", &id, None).await);
+    let second = events_of(open_as(base, "busy-token", &id, None).await);
+
+    let refused = open_as(base, "busy-token", &id, None).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_streams", "{body:#}");
+
+    // Another token's streams are its own.
+    let other = events_of(open_as(base, "other-token", &id, None).await);
+
+    // A stream that closes gives its place back.
+    drop(first);
+    let started = std::time::Instant::now();
+    let third = loop {
+        let response = open_as(base, "busy-token", &id, None).await;
+        if response.status() == 200 {
+            break events_of(response);
+        }
+        assert_eq!(response.status(), 429);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "a closed stream kept its place"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    drop((second, third, other));
+    let cancel = reqwest::Client::new()
+        .post(format!("{base}/api/v1/jobs/{id}/cancel"))
+        .bearer_auth("busy-token")
+        .send()
+        .await
+        .unwrap();
+    assert!(cancel.status().is_success());
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_is_revoked() {
+    let hanging = support::HangingRegistry::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("auth.toml");
+    let entry = |name: &str| {
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(name.as_bytes()));
+        format!("[[token]]\nname = \"{name}\"\nsha256 = \"{digest}\"\nrole = \"admin\"\n")
+    };
+    std::fs::write(&config, entry("staying") + &entry("leaving")).unwrap();
+    let config_path = config.display().to_string();
+    let server = support::binary::Server::start(
+        dir.path(),
+        0,
+        &[
+            ("PUBLISHD_AUTH_CONFIG", config_path.as_str()),
+            ("PUBLISHD_WORKERS", "1"),
+        ],
+    )
+    .await;
+    let id = held_job(&server.base, "staying", &hanging).await;
+    let mut leaving = events_of(open_as(&server.base, "leaving", &id, None).await);
+    let mut staying = events_of(open_as(&server.base, "staying", &id, None).await);
+    // Both have read the history so far.
+    for stream in [&mut leaving, &mut staying] {
+        let first = next(stream).await.expect("the job's first event");
+        assert_eq!(first.event, "job");
+    }
+
+    std::fs::write(&config, entry("staying")).unwrap();
+    server.signal("HUP").await;
+    let rest = tokio::time::timeout(Duration::from_secs(10), read_to_end(&mut leaving))
+        .await
+        .expect("the revoked token's stream ended");
+    assert!(
+        rest.iter()
+            .all(|event| event.event != "job" || data(event)["data"]["status"] == "running"),
+        "it ended for the revoke, not with the job: {rest:#?}"
+    );
+    assert_eq!(
+        open_as(&server.base, "leaving", &id, None).await.status(),
+        401
+    );
+    // The other token's stream goes on, and tells the job's end.
+    let cancel = server
+        .client
+        .post(format!("{}/api/v1/jobs/{id}/cancel", server.base))
+        .bearer_auth("staying")
+        .send()
+        .await
+        .unwrap();
+    assert!(cancel.status().is_success());
+    let told = read_to_end(&mut staying).await;
+    let last = told.iter().rev().find(|e| is_stored(e)).expect("events");
+    assert_eq!(data(last)["data"]["status"], "cancelled", "{told:#?}");
+    server.terminate().await;
+}

@@ -578,6 +578,64 @@ async fn without_wait_it_prints_the_job_id_and_watch_follows_the_job() {
 }
 
 #[tokio::test]
+async fn streams_that_reach_their_max_age_are_resumed_silently_and_lose_nothing() {
+    let max_age = Duration::from_millis(250);
+    let app = TestApp::spawn_with(|settings| {
+        settings.workers = 1;
+        settings.stream_max_age = max_age;
+    })
+    .await;
+    let flags = fresh_image_flags("cli-reopen", 12).await;
+    let started = Instant::now();
+    let output = run_publish(&app, &strs(&flags)).await;
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(check_reports(&stdout).await, 12, "{stdout}");
+    // The job outlasted several streams.
+    assert!(started.elapsed() > max_age * 3, "{:?}", started.elapsed());
+    // Each stream's end was a reopen, not a break to wait out.
+    assert!(
+        !stderr.contains("retrying") && !stderr.contains("ended before the job did"),
+        "{stderr}"
+    );
+    // Every change of every target was told once: none lost across
+    // reopens, none told twice.
+    let id = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("job ")?.strip_suffix(" accepted; waiting"))
+        .unwrap_or_else(|| panic!("no job id in {stderr}"));
+    let history: Value = app
+        .client
+        .get(app.url(&format!("/api/v1/jobs/{id}/events")))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let changes: Vec<&Value> = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["kind"] == "target")
+        .collect();
+    assert!(changes.len() >= 12 * 3, "{history:#}");
+    for change in changes {
+        let (status, reference) = (
+            change["data"]["status"].as_str().unwrap(),
+            change["data"]["reference"].as_str().unwrap(),
+        );
+        let told = format!("{status:<10}{reference}");
+        let times = stderr
+            .lines()
+            .filter(|line| *line == told || line.starts_with(&format!("{told}@")))
+            .count();
+        assert_eq!(times, 1, "{told}:\n{stderr}");
+    }
+}
+
+#[tokio::test]
 async fn output_json_prints_the_apis_own_objects() {
     let app = TestApp::spawn().await;
     let (image, repo) = fresh_source("cli-json").await;

@@ -288,7 +288,12 @@ async fn a_queued_job_is_cancelled_from_its_page() {
     let env = TestEnv::get();
     let engine = TestEngine::connect();
     let hanging = support::HangingRegistry::start().await;
-    let app = TestApp::spawn_with(|settings| settings.workers = 1).await;
+    // Event streams that end every 300 ms: the page must resume them.
+    let app = TestApp::spawn_with(|settings| {
+        settings.workers = 1;
+        settings.stream_max_age = Duration::from_millis(300);
+    })
+    .await;
     let browser = Browser::start().await;
     let name = unique("ui-cancel");
     engine.import_image(&name, "b1", &[]).await;
@@ -330,7 +335,8 @@ async fn a_queued_job_is_cancelled_from_its_page() {
     assert_eq!(job["status"], "cancelled");
     assert_eq!(job["targets"][0]["status"], "cancelled");
 
-    // The running one shows its push under way, and cancels too.
+    // The running one shows its push under way; cancelled elsewhere, long
+    // after its page's first stream ended, the page says so.
     browser
         .client
         .goto(&app.url(&format!("/ui/jobs/{stuck}")))
@@ -342,7 +348,14 @@ async fn a_queued_job_is_cancelled_from_its_page() {
         "the target's step"
     );
     assert_eq!(browser.serious_violations().await, Vec::<String>::new());
-    app.cancel(&stuck).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(app.cancel(&stuck).await.status().is_success());
+    browser
+        .wait_until(
+            "document.querySelector('#job-status[data-status=cancelled]')",
+            "the page to follow the job to its cancel",
+        )
+        .await;
     browser.stop().await;
 }
 

@@ -104,8 +104,11 @@
     if (text) text.textContent = percent + "% (" + mib(update.bytes_done) + " of " + mib(update.bytes_total) + " MiB)";
   }
 
-  // A job's events, read as a stream (EventSource cannot send a token).
+  // A job's events, read as a stream (EventSource cannot send a token),
+  // resumed from the last event's id when it breaks, or when the service
+  // ends it after a while (a "reopen" event).
   let following = null;
+  const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   async function follow(job, after) {
     if (following === job) return;
     following = job;
@@ -116,9 +119,15 @@
         const headers = authorized({ Accept: "text/event-stream" });
         if (last) headers["Last-Event-ID"] = last;
         const response = await fetch("/api/v1/jobs/" + job + "/events", { headers });
+        // Too many streams open with this token: wait for one to close.
+        if (response.status === 429) {
+          await pause(5000);
+          continue;
+        }
         if (!response.ok) return;
         const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
         let buffer = "";
+        let reopen = false;
         for (;;) {
           const { value, done } = await reader.read();
           if (done) break;
@@ -133,7 +142,8 @@
               else if (line.startsWith("id:")) last = line.slice(3).trim();
               else if (line.startsWith("data:")) event.data += line.slice(5).trim();
             }
-            if (!event.data || following !== job) continue;
+            if (event.type === "reopen") reopen = true;
+            if (!event.data || following !== job || reopen) continue;
             const data = JSON.parse(event.data);
             if (event.type === "progress") {
               progress.set(data.target, data);
@@ -143,11 +153,12 @@
             }
           }
         }
+        if (reopen) continue;
         // The stream ends after the job's last event.
         await reload();
         return;
       } catch (error) {
-        await new Promise((resolve) => setTimeout(resolve, 1000));
+        await pause(1000);
       }
     }
   }

@@ -42,6 +42,8 @@ pub enum ApiError {
         pending: i64,
         limit: usize,
     },
+    #[error("{who} has {limit} event streams open, as many as a token may: retry later")]
+    TooManyStreams { who: String, limit: usize },
     /// Outside the caller's role or scope.
     #[error("{message}")]
     Forbidden {
@@ -153,7 +155,7 @@ pub struct ErrorDetail {
     /// Stable, machine-readable: `malformed_json`, `invalid_spec`, `not_found`,
     /// `conflict`, `idempotency_conflict`, `payload_too_large`,
     /// `method_not_allowed`, `unauthorized`, `forbidden`, `overloaded`,
-    /// `unavailable`, `internal`.
+    /// `too_many_streams`, `unavailable`, `internal`.
     pub code: String,
     pub message: String,
     /// The field at fault, as a path such as `images[0].source`.
@@ -161,7 +163,7 @@ pub struct ErrorDetail {
     pub field: Option<String>,
     /// For `forbidden`: the rule of the caller's scope that refuses it
     /// (`role`, `repos`, `sources`, `source_labels`, `force`,
-    /// `service_credentials`, `allow-registry`).
+    /// `service_credentials`, `allow-registry`, `allow-callback`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
 }
@@ -196,6 +198,7 @@ impl ApiError {
             ApiError::Overloaded { .. } | ApiError::SubmitterOverloaded { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "overloaded")
             }
+            ApiError::TooManyStreams { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_streams"),
             ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -247,6 +250,7 @@ impl IntoResponse for ApiError {
             }
             ApiError::Overloaded { .. }
             | ApiError::SubmitterOverloaded { .. }
+            | ApiError::TooManyStreams { .. }
             | ApiError::Unavailable { .. } => {
                 response.headers_mut().insert(
                     header::RETRY_AFTER,

@@ -47,6 +47,7 @@ use crate::store::{Instance, Store};
 use crate::webhooks::CallbackFence;
 use crate::worker::Cancellations;
 use error::{ApiError, InternalErrorDetail};
+pub use events::EventStreams;
 pub use source_ids::SourceIds;
 
 /// What the handlers share.
@@ -77,6 +78,8 @@ pub struct AppState {
     pub allow_registry: Arc<Patterns>,
     /// Live push progress, for event streams.
     pub progress: ProgressHub,
+    /// The event streams' bounds and their jobs' pollers.
+    pub streams: EventStreams,
     /// A webhook secret is set, so jobs may name a `callback_url`.
     pub webhooks_enabled: bool,
     /// Where callbacks may go: checked at submission.

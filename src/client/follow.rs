@@ -3,8 +3,10 @@
 //!
 //! Every event carries an id; a broken stream is opened again with the last
 //! one as `Last-Event-ID`, which resumes exactly after it, so no step is
-//! lost or told twice. The stream ends after the job's terminal event; the
-//! job is then read once for its final state.
+//! lost or told twice. A stream the service ends on purpose (its time is
+//! up: a `reopen` event) is opened again at once, without a word. The
+//! stream ends after the job's terminal event; the job is then read once
+//! for its final state.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -81,6 +83,7 @@ impl Follower<'_> {
                 .events(&self.id, self.last_event_id.as_deref())
                 .await?;
             let mut stream = LiveStream::new(response.bytes_stream(), SILENCE);
+            // Why the stream broke; `None`: the service asked for a reopen.
             let why = loop {
                 let left = self.service.left();
                 if left.is_zero() {
@@ -94,13 +97,18 @@ impl Follower<'_> {
                     // The deadline, checked above.
                     Next::Deadline => continue,
                     Next::Silent => {
-                        break format!("no event or keep-alive for {}s", SILENCE.as_secs());
+                        break Some(format!("no event or keep-alive for {}s", SILENCE.as_secs()));
                     }
-                    Next::Ended => break "the event stream ended before the job did".to_owned(),
+                    Next::Ended => {
+                        break Some("the event stream ended before the job did".to_owned());
+                    }
                     Next::Failed(EventStreamError::Transport(error)) => {
-                        break format!("event stream broken ({})", root_cause(&error));
+                        break Some(format!("event stream broken ({})", root_cause(&error)));
                     }
-                    Next::Failed(error) => break format!("event stream unreadable ({error})"),
+                    Next::Failed(error) => {
+                        break Some(format!("event stream unreadable ({error})"));
+                    }
+                    Next::Event(event) if event.event == "reopen" => break None,
                     Next::Event(event) => event,
                 };
                 if !event.id.is_empty() {
@@ -121,7 +129,9 @@ impl Follower<'_> {
                         .await;
                 }
             };
-            self.service.pause(&doing, &why, None).await?;
+            if let Some(why) = why {
+                self.service.pause(&doing, &why, None).await?;
+            }
         }
     }
 

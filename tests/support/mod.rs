@@ -234,6 +234,8 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         credential_wait: Duration::from_secs(600),
         lease: publishd::config::DEFAULT_LEASE,
         max_connections: 1024,
+        max_streams_per_token: 32,
+        stream_max_age: Duration::from_secs(600),
         header_read_timeout: Duration::from_secs(10),
         // Quick retries keep fault tests short; the policy's shape is the real one.
         retry: RetryPolicy {
