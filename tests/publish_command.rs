@@ -602,7 +602,10 @@ async fn streams_that_reach_their_max_age_are_resumed_silently_and_lose_nothing(
     // reopens, none told twice.
     let id = stderr
         .lines()
-        .find_map(|line| line.strip_prefix("job ")?.strip_suffix(" accepted; waiting"))
+        .find_map(|line| {
+            line.strip_prefix("job ")?
+                .strip_suffix(" accepted; waiting")
+        })
         .unwrap_or_else(|| panic!("no job id in {stderr}"));
     let history: Value = app
         .client

@@ -624,3 +624,87 @@ async fn a_receiver_that_never_answers_holds_back_neither_other_receivers_nor_a_
         start.elapsed()
     );
 }
+
+#[tokio::test]
+async fn one_submitters_silent_receivers_do_not_hold_back_anothers_webhook() {
+    let hanging = HangingRegistry::start().await;
+    // Accepts connections and never answers: each attempt takes 10 s.
+    let silent = HangingRegistry::start().await;
+    let receiver = Receiver::start(&[]).await;
+    let app = TestApp::spawn_with(|settings| {
+        with_webhooks(settings);
+        settings.workers = 1;
+        settings.tokens.tokens = Some("hog-token\nother-token".to_owned());
+    })
+    .await;
+    let source = source_image("webhook-fair").await;
+    // Jobs that end at once: cancelled as soon as they are taken (the one
+    // lane pushes into a registry that never answers).
+    let job_to = |callback: String| {
+        let mut spec = app_job(
+            &format!("{}/{}", hanging.address, unique("fair")),
+            &source,
+            &["v1"],
+        );
+        spec["force"] = json!(true);
+        spec["callback_url"] = json!(callback);
+        spec
+    };
+    let submit_and_cancel = |token: &'static str, spec: Value| {
+        let app = &app;
+        async move {
+            let response = app
+                .client
+                .post(app.url("/api/v1/jobs"))
+                .bearer_auth(token)
+                .json(&spec)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 202);
+            let job: Value = response.json().await.unwrap();
+            let id = job["id"].as_str().unwrap().to_owned();
+            let cancel = app
+                .client
+                .post(app.url(&format!("/api/v1/jobs/{id}/cancel")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(cancel.status(), 200);
+            id
+        }
+    };
+    // One submitter's 40 jobs end with a webhook to a receiver that never
+    // answers: 40 deliveries due, every one of them for 10 s a try.
+    for _ in 0..40 {
+        submit_and_cancel("hog-token", job_to(url_at(silent.address))).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Another submitter's job ends after them: its webhook goes at once.
+    let ended = Instant::now();
+    let id = submit_and_cancel("other-token", job_to(receiver.url())).await;
+    receiver.wait_for(1, Duration::from_secs(60)).await;
+    assert!(
+        ended.elapsed() < Duration::from_secs(3),
+        "delivered {:?} after its job ended, behind another submitter's",
+        ended.elapsed()
+    );
+    let job: Value = app
+        .client
+        .get(app.url(&format!("/api/v1/jobs/{id}")))
+        .bearer_auth("other-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job["status"], "cancelled", "{job:#}");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&receiver.received()[0].body).unwrap()["id"],
+        id.as_str()
+    );
+    app.stop().await;
+}

@@ -102,10 +102,20 @@ impl AttemptResult {
 pub struct DueDelivery {
     pub id: String,
     pub job_id: Uuid,
+    /// Who submitted the job (`""`: nobody, a service without tokens).
+    pub submitter: String,
     pub url: String,
     pub created_at: String,
     pub body: Option<String>,
     pub attempts: i64,
+}
+
+/// A delivery this instance is sending: it is not handed out again, and it
+/// counts against its submitter's share of the slots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnderWay {
+    pub id: String,
+    pub submitter: String,
 }
 
 /// What an attempt leaves of a delivery.

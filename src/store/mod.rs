@@ -32,7 +32,9 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use audit::{AuditEntry, AuditEvent, AuditPage};
-pub use events::{AttemptResult, Delivery, DeliveryAttempt, DeliveryOutcome, DueDelivery, Event};
+pub use events::{
+    AttemptResult, Delivery, DeliveryAttempt, DeliveryOutcome, DueDelivery, Event, UnderWay,
+};
 pub use model::{
     AttemptError, ClaimedTarget, Deleted, EngineStatus, InstanceStatus, Job, JobImage, JobPage,
     QueueCounts, Target, TargetOutcome,
@@ -572,10 +574,20 @@ pub trait Records: Send + Sync {
     /// The id of the job's last event, if it has any.
     async fn last_event_of(&self, job_id: Uuid) -> StoreResult<Option<i64>>;
 
-    /// Deliveries whose next attempt is due, oldest first. On a shared
-    /// database they are taken for this instance: no other is handed them
-    /// until the attempt is recorded (or a minute has passed).
-    async fn due_deliveries(&self, limit: u32) -> StoreResult<Vec<DueDelivery>>;
+    /// Up to `limit` deliveries whose next attempt is due, none of those
+    /// `under_way`, in turns: each submitter's oldest first, then each
+    /// one's second, and so on, and at most `per_submitter` of a submitter
+    /// with those under way counted. So one submitter's backlog (thousands
+    /// of deliveries to a receiver that never answers) cannot hold another's
+    /// behind it. On a shared database they are taken for this instance:
+    /// no other is handed them until the attempt is recorded (or a minute
+    /// has passed).
+    async fn due_deliveries(
+        &self,
+        limit: u32,
+        per_submitter: u32,
+        under_way: &[UnderWay],
+    ) -> StoreResult<Vec<DueDelivery>>;
 
     /// Keeps the body of a delivery's first attempt, so every retry sends
     /// (and signs) the very same bytes; answers the body kept (another

@@ -268,6 +268,7 @@ impl DeliveryRow {
 pub(super) struct DueDeliveryRow {
     id: String,
     job_id: String,
+    submitter: String,
     url: String,
     created_at: String,
     body: Option<String>,
@@ -279,6 +280,7 @@ impl DueDeliveryRow {
         Ok(DueDelivery {
             id: self.id,
             job_id: parse_uuid(self.job_id)?,
+            submitter: self.submitter,
             url: self.url,
             created_at: self.created_at,
             body: self.body,

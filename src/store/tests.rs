@@ -563,7 +563,7 @@ both_stores! {
         assert!(done.finished_at.is_some() && done.started_at.is_some());
         assert_eq!(done.deliveries.len(), 1);
 
-        let due = store.due_deliveries(10).await.unwrap();
+        let due = store.due_deliveries(10, 10, &[]).await.unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].job_id, job.id);
         assert_eq!(due[0].attempts, 0);
@@ -575,7 +575,7 @@ both_stores! {
             result: AttemptResult::Accepted,
         };
         store.record_delivery_attempt(&due[0].id, &attempt, &DeliveryOutcome::Delivered).await.unwrap();
-        assert!(store.due_deliveries(10).await.unwrap().is_empty());
+        assert!(store.due_deliveries(10, 10, &[]).await.unwrap().is_empty());
         let delivered = store.get_job(job.id).await.unwrap().unwrap();
         assert_eq!(delivered.deliveries[0].state, "delivered");
         assert_eq!(delivered.deliveries[0].attempts.len(), 1);
@@ -739,6 +739,43 @@ both_stores! {
         let future = format_time(time::OffsetDateTime::now_utc() + Duration::from_secs(60));
         let deleted = store.delete_finished_before(&future, &future, 10).await.unwrap();
         assert_eq!((deleted.jobs, deleted.audit, deleted.seeds), (0, 3, 1));
+    }
+
+    async fn due_deliveries_take_turns_by_submitter_within_a_share(db: Db) {
+        let store = db.open().await;
+        // Five jobs of one submitter end, then one of another: five and
+        // one deliveries due, the other's last.
+        let mut jobs = HashMap::new();
+        for (index, submitter) in ["hog", "hog", "hog", "hog", "hog", "other"].into_iter().enumerate() {
+            let mut new = new_job(serde_json::json!({
+                "repo": format!("127.0.0.1:5000/f{index}"), "images": [{"source": "src:1"}],
+                "tags": [{"strategy": "custom", "value": "v1"}],
+                "callback_url": "http://hooks.example/done"
+            }));
+            new.submitter.name = Some(submitter.to_owned());
+            let job = queued(&store, new).await;
+            let target = store.claim_target(LEASE).await.unwrap().unwrap();
+            store.finish_target(&target.claim, &succeeded(), &[]).await.unwrap();
+            jobs.insert(job.id, format!("{submitter}{}", jobs.len()));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let names = |due: &[DueDelivery]| -> Vec<String> {
+            due.iter().map(|delivery| jobs[&delivery.job_id].clone()).collect()
+        };
+        let under_way = |due: &[DueDelivery]| -> Vec<UnderWay> {
+            due.iter().map(|delivery| UnderWay { id: delivery.id.clone(), submitter: delivery.submitter.clone() }).collect()
+        };
+        // Each submitter's first, before anyone's second.
+        let first = store.due_deliveries(2, 3, &[]).await.unwrap();
+        assert_eq!(names(&first), ["hog0", "other5"]);
+        assert_eq!(first[1].submitter, "other");
+        // With those under way, the hog has two more of its three.
+        let sending = under_way(&first);
+        let second = store.due_deliveries(10, 3, &sending).await.unwrap();
+        assert_eq!(names(&second), ["hog1", "hog2"]);
+        let mut sending = sending;
+        sending.extend(under_way(&second));
+        assert!(store.due_deliveries(10, 3, &sending).await.unwrap().is_empty());
     }
 }
 
@@ -959,7 +996,7 @@ postgres_only! {
         let take = |store: Store| async move {
             let mut taken = Vec::new();
             loop {
-                let due = store.due_deliveries(4).await.unwrap();
+                let due = store.due_deliveries(4, 30, &[]).await.unwrap();
                 if due.is_empty() {
                     return taken;
                 }

@@ -26,7 +26,7 @@ use crate::domain::spec::Callback;
 use crate::domain::text::error_chain;
 use crate::metrics::{DeliveryResult, Metrics};
 use crate::store::{
-    AttemptResult, DeliveryAttempt, DeliveryOutcome, DueDelivery, Store, format_time,
+    AttemptResult, DeliveryAttempt, DeliveryOutcome, DueDelivery, Store, UnderWay, format_time,
 };
 
 /// How often due deliveries are looked for: the delay of a job's first
@@ -35,6 +35,10 @@ use crate::store::{
 const POLL: Duration = Duration::from_secs(1);
 /// Deliveries under way at once.
 const IN_FLIGHT: usize = 16;
+/// Most of them for one submitter: the others' next due delivery always
+/// finds a slot within a poll, however many of one submitter's are due
+/// (thousands, to a receiver that never answers, hold 12 slots, not 16).
+const PER_SUBMITTER: usize = 12;
 /// How long a receiver may take to answer.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The wait after the first failed attempt (`Settings::webhook_first_retry`);
@@ -93,44 +97,37 @@ impl Webhooks {
 
     /// Sends due deliveries until `stop`, up to `IN_FLIGHT` at once, each in
     /// a task of its own: a receiver that never answers holds only its own
-    /// deliveries (for up to `ATTEMPT_TIMEOUT` each), never another's.
+    /// deliveries (for up to `ATTEMPT_TIMEOUT` each), never another's. The
+    /// slots are shared by submitters in turns, `PER_SUBMITTER` at most
+    /// each (`Store::due_deliveries`).
     pub async fn run(self, stop: CancellationToken) {
         let poll = POLL.min(self.first_retry).max(Duration::from_millis(10));
         let mut tasks = JoinSet::new();
         // The deliveries under way, by their task: a delivery stays due
         // until its attempt is recorded, and must not be sent twice at once.
-        let mut sending: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut sending: HashMap<tokio::task::Id, UnderWay> = HashMap::new();
         loop {
             while let Some(done) = tasks.try_join_next_with_id() {
                 sending.remove(&finished_task(done));
             }
             if sending.len() < IN_FLIGHT {
-                // A shared store hands each due delivery to one instance
-                // (for a while): take only what there is room for. Alone,
-                // those under way are still due and come back too.
-                let wanted = if self.store.is_shared() {
-                    IN_FLIGHT - sending.len()
-                } else {
-                    IN_FLIGHT + sending.len()
-                };
-                let limit = u32::try_from(wanted).unwrap_or(u32::MAX);
-                match self.store.due_deliveries(limit).await {
+                let under_way: Vec<UnderWay> = sending.values().cloned().collect();
+                let room = u32::try_from(IN_FLIGHT - sending.len()).unwrap_or(u32::MAX);
+                let share = u32::try_from(PER_SUBMITTER).unwrap_or(u32::MAX);
+                match self.store.due_deliveries(room, share, &under_way).await {
                     Ok(due) => {
                         for delivery in due {
-                            if sending.len() >= IN_FLIGHT {
-                                break;
-                            }
-                            if sending.values().any(|id| *id == delivery.id) {
-                                continue;
-                            }
-                            let id = delivery.id.clone();
+                            let under_way = UnderWay {
+                                id: delivery.id.clone(),
+                                submitter: delivery.submitter.clone(),
+                            };
                             let webhooks = self.clone();
                             let task = tasks.spawn(async move {
                                 if let Err(error) = webhooks.deliver(&delivery).await {
                                     warn!(error = format!("{error:#}"), delivery = %delivery.id, "a webhook delivery could not be recorded");
                                 }
                             });
-                            sending.insert(task.id(), id);
+                            sending.insert(task.id(), under_way);
                         }
                     }
                     Err(error) => warn!(

@@ -33,7 +33,8 @@ use super::rows::{DueDeliveryRow, InstanceRow, JobRow, job_of_json};
 use super::sql::{Dialect, SqlStore, WriteOp};
 use super::{
     AuditEntry, AuditOf, Claim, ClaimedTarget, Created, DueDelivery, IN_FLIGHT, Instance,
-    InstanceStatus, Job, LIVE_WITHIN, Location, NewJob, SessionLimits, StoreResult, TakeOver, now,
+    InstanceStatus, Job, LIVE_WITHIN, Location, NewJob, SessionLimits, StoreResult, TakeOver,
+    UnderWay, now,
 };
 
 /// Connections per instance: lanes, the API and the background loops share them.
@@ -415,30 +416,51 @@ impl Dialect for Postgres {
     /// Taken for this instance: in the same statement their next attempt
     /// moves a little into the future, so no other instance sends them
     /// meanwhile (rows another instance is taking are skipped, not waited
-    /// for). Due by the database's clock, the one the trigger that makes a
-    /// delivery writes its first time with.
+    /// for; those under way here are not due any more). Due by the
+    /// database's clock, the one the trigger that makes a delivery writes
+    /// its first time with. The turns are counted without locks; the rows
+    /// are locked, and checked still due, after.
     async fn due_deliveries(
         store: &SqlStore<Postgres>,
         limit: u32,
+        per_submitter: u32,
+        under_way: &[UnderWay],
     ) -> StoreResult<Vec<DueDelivery>> {
         let rows: Vec<DueDeliveryRow> = sqlx::query_as(
-            "WITH due AS (
-                 SELECT id, next_attempt_at AS due_at FROM deliveries
-                 WHERE state = 'pending' AND next_attempt_at <= publishd_now()
-                 ORDER BY next_attempt_at LIMIT $1
-                 FOR UPDATE SKIP LOCKED),
+            "WITH busy AS (
+                 SELECT value ->> 'id' AS id, value ->> 'submitter' AS submitter
+                 FROM jsonb_array_elements($3::jsonb)),
+             ranked AS (
+                 SELECT d.id, d.next_attempt_at AS due_at,
+                        COALESCE(j.submitted_by, '') AS submitter,
+                        row_number() OVER (PARTITION BY COALESCE(j.submitted_by, '')
+                                           ORDER BY d.next_attempt_at, d.id) AS turn
+                 FROM deliveries d LEFT JOIN jobs j ON j.id = d.job_id
+                 WHERE d.state = 'pending' AND d.next_attempt_at <= publishd_now()
+                   AND d.id NOT IN (SELECT id FROM busy)),
+             due AS (
+                 SELECT d.id, ranked.due_at, ranked.submitter, ranked.turn
+                 FROM deliveries d JOIN ranked ON ranked.id = d.id
+                 WHERE d.state = 'pending' AND d.next_attempt_at <= publishd_now()
+                   AND ranked.turn + (SELECT count(*) FROM busy
+                                      WHERE busy.submitter = ranked.submitter) <= $4
+                 ORDER BY ranked.turn, ranked.due_at, d.id LIMIT $1
+                 FOR UPDATE OF d SKIP LOCKED),
              taken AS (
                  UPDATE deliveries d
                  SET next_attempt_at = to_char((clock_timestamp() + make_interval(secs => $2))
                                                    AT TIME ZONE 'UTC',
                                                'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')
                  FROM due WHERE d.id = due.id
-                 RETURNING d.id, d.job_id, d.url, d.created_at, d.body,
-                           jsonb_array_length(d.attempts::jsonb)::bigint AS tries, due.due_at)
-             SELECT * FROM taken ORDER BY due_at, id",
+                 RETURNING d.id, d.job_id, due.submitter, d.url, d.created_at, d.body,
+                           jsonb_array_length(d.attempts::jsonb)::bigint AS tries,
+                           due.due_at, due.turn)
+             SELECT * FROM taken ORDER BY turn, due_at, id",
         )
         .bind(i64::from(limit))
         .bind(TAKEN_FOR.as_secs_f64())
+        .bind(serde_json::to_string(under_way)?)
+        .bind(i64::from(per_submitter))
         .fetch_all(&store.writer)
         .await
         .context("taking due deliveries")?;

@@ -24,7 +24,7 @@ use super::{
     AuditEntry, AuditOf, AuditPage, Bound, Cancelled, Claim, ClaimLost, ClaimedTarget, Created,
     Deleted, DeliveryAttempt, DeliveryOutcome, DueDelivery, EngineStatus, Event, IN_FLIGHT,
     Instance, InstanceStatus, Job, JobPage, NewJob, PageKey, QueueCounts, Records, Release,
-    Released, StoreResult, TakeOver, TargetOutcome, bounded, engines_of, now,
+    Released, StoreResult, TakeOver, TargetOutcome, UnderWay, bounded, engines_of, now,
 };
 use crate::domain::publish_via::{PublishedVia, Seed};
 use crate::domain::source::ResolvedSource;
@@ -134,7 +134,12 @@ pub(super) trait Dialect: Database + Sized {
     ) -> StoreResult<Option<Claim>>;
     async fn in_flight_targets(store: &SqlStore<Self>) -> StoreResult<Vec<i64>>;
     async fn expired_leases(store: &SqlStore<Self>) -> StoreResult<Vec<(i64, String)>>;
-    async fn due_deliveries(store: &SqlStore<Self>, limit: u32) -> StoreResult<Vec<DueDelivery>>;
+    async fn due_deliveries(
+        store: &SqlStore<Self>,
+        limit: u32,
+        per_submitter: u32,
+        under_way: &[UnderWay],
+    ) -> StoreResult<Vec<DueDelivery>>;
 }
 
 /// The partial unique index that keeps two targets of one reference out of
@@ -854,8 +859,13 @@ where
         Ok(last)
     }
 
-    async fn due_deliveries(&self, limit: u32) -> StoreResult<Vec<DueDelivery>> {
-        D::due_deliveries(self, limit).await
+    async fn due_deliveries(
+        &self,
+        limit: u32,
+        per_submitter: u32,
+        under_way: &[UnderWay],
+    ) -> StoreResult<Vec<DueDelivery>> {
+        D::due_deliveries(self, limit, per_submitter, under_way).await
     }
 
     async fn set_delivery_body(&self, id: &str, body: &str) -> StoreResult<String> {

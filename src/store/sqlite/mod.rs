@@ -31,7 +31,7 @@ use super::rows::DueDeliveryRow;
 use super::sql::{Dialect, SqlStore, WriteOp};
 use super::{
     AuditEntry, AuditOf, Claim, ClaimedTarget, Created, DueDelivery, IN_FLIGHT, Instance,
-    InstanceStatus, Job, NewJob, StoreResult, TakeOver, now,
+    InstanceStatus, Job, NewJob, StoreResult, TakeOver, UnderWay, now,
 };
 
 /// What only the SQLite store keeps.
@@ -425,14 +425,37 @@ impl Dialect for Sqlite {
         Ok(expired)
     }
 
-    async fn due_deliveries(store: &SqlStore<Sqlite>, limit: u32) -> StoreResult<Vec<DueDelivery>> {
+    /// Those under way are still due here (nothing else sends them): they
+    /// are left out by id.
+    async fn due_deliveries(
+        store: &SqlStore<Sqlite>,
+        limit: u32,
+        per_submitter: u32,
+        under_way: &[UnderWay],
+    ) -> StoreResult<Vec<DueDelivery>> {
         let rows: Vec<DueDeliveryRow> = sqlx::query_as(
-            "SELECT id, job_id, url, created_at, body, json_array_length(attempts) AS tries
-             FROM deliveries WHERE state = 'pending' AND next_attempt_at <= $1
-             ORDER BY next_attempt_at LIMIT $2",
+            "WITH busy AS (
+                 SELECT json_extract(value, '$.id') AS id,
+                        json_extract(value, '$.submitter') AS submitter
+                 FROM json_each($3)),
+             due AS (
+                 SELECT d.id, d.job_id, d.url, d.created_at, d.body,
+                        json_array_length(d.attempts) AS tries, d.next_attempt_at,
+                        COALESCE(j.submitted_by, '') AS submitter,
+                        row_number() OVER (PARTITION BY COALESCE(j.submitted_by, '')
+                                           ORDER BY d.next_attempt_at, d.id) AS turn
+                 FROM deliveries d LEFT JOIN jobs j ON j.id = d.job_id
+                 WHERE d.state = 'pending' AND d.next_attempt_at <= $1
+                   AND d.id NOT IN (SELECT id FROM busy))
+             SELECT id, job_id, submitter, url, created_at, body, tries FROM due
+             WHERE turn + (SELECT count(*) FROM busy WHERE busy.submitter = due.submitter) <= $4
+             ORDER BY turn, next_attempt_at, id
+             LIMIT $2",
         )
         .bind(now())
         .bind(i64::from(limit))
+        .bind(serde_json::to_string(under_way)?)
+        .bind(i64::from(per_submitter))
         .fetch_all(&store.reader)
         .await
         .context("listing due deliveries")?;
