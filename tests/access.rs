@@ -124,44 +124,20 @@ async fn a_token_without_a_cap_of_its_own_cannot_fill_the_queue() {
         settings.tokens.tokens = Some("hog-token\nother-token".to_owned());
     })
     .await;
-    let submit = |token: &'static str, tags: &'static [&'static str]| {
+    let (hog, other) = (app.with_token("hog-token"), app.with_token("other-token"));
+    let job = |tags: &[&str]| {
         let repo = format!("{}/{}", hanging.address, unique("share"));
-        let job = forced_job(&repo, &format!("{name}:b1"), tags);
-        app.client
-            .post(app.url("/api/v1/jobs"))
-            .bearer_auth(token)
-            .json(&job)
-            .send()
+        forced_job(&repo, &format!("{name}:b1"), tags)
     };
-    let busy = submit("hog-token", &["busy"]).await.unwrap();
-    assert_eq!(busy.status(), 202);
-    let busy: Value = busy.json().await.unwrap();
-    let busy = busy["id"].as_str().unwrap().to_owned();
-    let started = std::time::Instant::now();
-    loop {
-        let job: Value = app
-            .client
-            .get(app.url(&format!("/api/v1/jobs/{busy}")))
-            .bearer_auth("hog-token")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if job["targets"][0]["status"] == "pushing" {
-            break;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "{job:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let busy = hog.submit(&job(&["busy"])).await;
+    hog.wait_for(&busy, Duration::from_secs(30), |job| {
+        job["targets"][0]["status"] == "pushing"
+    })
+    .await;
     // The hog queues its share, three, and no more.
-    assert_eq!(
-        submit("hog-token", &["a", "b"]).await.unwrap().status(),
-        202
-    );
-    assert_eq!(submit("hog-token", &["c"]).await.unwrap().status(), 202);
-    let refused = submit("hog-token", &["d"]).await.unwrap();
+    assert_eq!(hog.post_job(&job(&["a", "b"])).await.status(), 202);
+    assert_eq!(hog.post_job(&job(&["c"])).await.status(), 202);
+    let refused = hog.post_job(&job(&["d"])).await;
     assert_eq!(refused.status(), 503);
     assert!(refused.headers().contains_key("retry-after"));
     let body: Value = refused.json().await.unwrap();
@@ -169,11 +145,8 @@ async fn a_token_without_a_cap_of_its_own_cannot_fill_the_queue() {
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.ends_with("its limit is 3: retry later"), "{body:#}");
     // The other token's share is still there, whole.
-    assert_eq!(
-        submit("other-token", &["e", "f"]).await.unwrap().status(),
-        202
-    );
-    assert_eq!(submit("other-token", &["g"]).await.unwrap().status(), 202);
+    assert_eq!(other.post_job(&job(&["e", "f"])).await.status(), 202);
+    assert_eq!(other.post_job(&job(&["g"])).await.status(), 202);
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use serde_json::Value;
 use support::engine::TestEngine;
 use support::fault_proxy::{FaultProxy, Faults};
 use support::registry::Registry;
-use support::{TestApp, TestEnv, app_job, unique};
+use support::{Caller, TestApp, TestEnv, app_job, unique};
 
 /// Longest a test waits for the next event: a job's steps take seconds.
 const NEXT_EVENT: Duration = Duration::from_secs(60);
@@ -63,20 +63,6 @@ fn is_stored(event: &SseEvent) -> bool {
 
 fn data(event: &SseEvent) -> Value {
     serde_json::from_str(&event.data).expect("JSON event data")
-}
-
-/// The job's stored history, as `Accept: application/json` answers it.
-async fn history(app: &TestApp, id: &str) -> Vec<Value> {
-    let response = app
-        .client
-        .get(app.url(&format!("/api/v1/jobs/{id}/events")))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    body["events"].as_array().expect("events").clone()
 }
 
 #[tokio::test]
@@ -165,7 +151,8 @@ async fn a_followed_job_streams_every_change_and_push_progress_then_ends() {
 
     // The stream held exactly the stored history.
     let ids: Vec<String> = stored.iter().map(|e| e.id.clone()).collect();
-    let history_ids: Vec<String> = history(&app, &id)
+    let history_ids: Vec<String> = app
+        .history(&id)
         .await
         .iter()
         .map(|e| e["id"].to_string())
@@ -212,7 +199,7 @@ async fn a_client_that_reconnects_with_last_event_id_misses_and_repeats_nothing(
     };
     let mut seen = stored_ids(&before);
     seen.extend(stored_ids(&after));
-    let history = history(&app, &id).await;
+    let history = app.history(&id).await;
     let history_ids: Vec<i64> = history.iter().map(|e| e["id"].as_i64().unwrap()).collect();
     assert_eq!(seen, history_ids, "lost or repeated across the reconnect");
     assert!(history.last().unwrap()["kind"] == "job");
@@ -276,7 +263,7 @@ async fn the_history_records_each_failed_try_and_the_cancel() {
         .await;
     app.wait_finished(&id).await;
 
-    let history = history(&app, &id).await;
+    let history = app.history(&id).await;
     let kinds: Vec<&str> = history
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
@@ -376,7 +363,7 @@ fn events_of(response: reqwest::Response) -> Events {
 
 /// A job that holds its one lane and never ends by itself: a forced push to
 /// a registry that never answers. Answers the job's id.
-async fn held_job(base: &str, token: &str, hanging: &support::HangingRegistry) -> String {
+async fn held_job(caller: &Caller, hanging: &support::HangingRegistry) -> String {
     let name = unique("held");
     TestEngine::connect().import_image(&name, "b1", &[]).await;
     let mut spec = app_job(
@@ -385,16 +372,7 @@ async fn held_job(base: &str, token: &str, hanging: &support::HangingRegistry) -
         &["v1"],
     );
     spec["force"] = serde_json::json!(true);
-    let response = reqwest::Client::new()
-        .post(format!("{base}/api/v1/jobs"))
-        .bearer_auth(token)
-        .json(&spec)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
-    let job: Value = response.json().await.unwrap();
-    job["id"].as_str().unwrap().to_owned()
+    caller.submit(&spec).await
 }
 
 #[tokio::test]
@@ -453,7 +431,8 @@ async fn a_stream_ends_at_its_max_age_and_resumes_losing_and_repeating_nothing()
         .filter(|e| is_stored(e))
         .map(|e| e.id.parse().unwrap())
         .collect();
-    let history_ids: Vec<i64> = history(&app, &id)
+    let history_ids: Vec<i64> = app
+        .history(&id)
         .await
         .iter()
         .map(|e| e["id"].as_i64().unwrap())
@@ -474,8 +453,8 @@ async fn a_token_may_hold_so_many_streams_and_no_more() {
     })
     .await;
     let base = app.url("");
-    let base = base.trim_end_matches('/');
-    let id = held_job(base, "busy-token", &hanging).await;
+    let base = base.as_str();
+    let id = held_job(&app.with_token("busy-token"), &hanging).await;
     let first = events_of(open_as(base, "busy-token", &id, None).await);
     let second = events_of(open_as(base, "busy-token", &id, None).await);
 
@@ -504,12 +483,7 @@ async fn a_token_may_hold_so_many_streams_and_no_more() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     drop((second, third, other));
-    let cancel = reqwest::Client::new()
-        .post(format!("{base}/api/v1/jobs/{id}/cancel"))
-        .bearer_auth("busy-token")
-        .send()
-        .await
-        .unwrap();
+    let cancel = app.with_token("busy-token").cancel(&id).await;
     assert!(cancel.status().is_success());
 }
 
@@ -533,7 +507,8 @@ async fn a_stream_ends_when_its_token_is_revoked() {
         ],
     )
     .await;
-    let id = held_job(&server.base, "staying", &hanging).await;
+    let staying_caller = Caller::new(&server.base, "staying");
+    let id = held_job(&staying_caller, &hanging).await;
     let mut leaving = events_of(open_as(&server.base, "leaving", &id, None).await);
     let mut staying = events_of(open_as(&server.base, "staying", &id, None).await);
     // Both have read the history so far.
@@ -557,14 +532,7 @@ async fn a_stream_ends_when_its_token_is_revoked() {
         401
     );
     // The other token's stream goes on, and tells the job's end.
-    let cancel = server
-        .client
-        .post(format!("{}/api/v1/jobs/{id}/cancel", server.base))
-        .bearer_auth("staying")
-        .send()
-        .await
-        .unwrap();
-    assert!(cancel.status().is_success());
+    assert!(staying_caller.cancel(&id).await.status().is_success());
     let told = read_to_end(&mut staying).await;
     let last = told.iter().rev().find(|e| is_stored(e)).expect("events");
     assert_eq!(data(last)["data"]["status"], "cancelled", "{told:#?}");

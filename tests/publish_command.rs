@@ -607,23 +607,12 @@ async fn streams_that_reach_their_max_age_are_resumed_silently_and_lose_nothing(
                 .strip_suffix(" accepted; waiting")
         })
         .unwrap_or_else(|| panic!("no job id in {stderr}"));
-    let history: Value = app
-        .client
-        .get(app.url(&format!("/api/v1/jobs/{id}/events")))
-        .header("accept", "application/json")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let changes: Vec<&Value> = history["events"]
-        .as_array()
-        .unwrap()
+    let history = app.history(id).await;
+    let changes: Vec<&Value> = history
         .iter()
         .filter(|event| event["kind"] == "target")
         .collect();
-    assert!(changes.len() >= 12 * 3, "{history:#}");
+    assert!(changes.len() >= 12 * 3, "{history:#?}");
     for change in changes {
         let (status, reference) = (
             change["data"]["status"].as_str().unwrap(),

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use support::engine::TestEngine;
 use support::registry::Registry;
-use support::{HangingRegistry, TestApp, TestEnv, app_job, unique};
+use support::{Caller, HangingRegistry, TestApp, TestEnv, app_job, unique};
 use tokio::task::JoinHandle;
 
 const SECRET: &[u8] = b"webhook test secret \xe2\x9c\x93";
@@ -625,6 +625,13 @@ async fn a_receiver_that_never_answers_holds_back_neither_other_receivers_nor_a_
     );
 }
 
+/// Submits a job and cancels it at once; answers its id.
+async fn submit_and_cancel(caller: &Caller, spec: &Value) -> String {
+    let id = caller.submit(spec).await;
+    assert_eq!(caller.cancel(&id).await.status(), 200);
+    id
+}
+
 #[tokio::test]
 async fn one_submitters_silent_receivers_do_not_hold_back_anothers_webhook() {
     let hanging = HangingRegistry::start().await;
@@ -650,57 +657,24 @@ async fn one_submitters_silent_receivers_do_not_hold_back_anothers_webhook() {
         spec["callback_url"] = json!(callback);
         spec
     };
-    let submit_and_cancel = |token: &'static str, spec: Value| {
-        let app = &app;
-        async move {
-            let response = app
-                .client
-                .post(app.url("/api/v1/jobs"))
-                .bearer_auth(token)
-                .json(&spec)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 202);
-            let job: Value = response.json().await.unwrap();
-            let id = job["id"].as_str().unwrap().to_owned();
-            let cancel = app
-                .client
-                .post(app.url(&format!("/api/v1/jobs/{id}/cancel")))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(cancel.status(), 200);
-            id
-        }
-    };
+    let (hog, other) = (app.with_token("hog-token"), app.with_token("other-token"));
     // One submitter's 40 jobs end with a webhook to a receiver that never
     // answers: 40 deliveries due, every one of them for 10 s a try.
     for _ in 0..40 {
-        submit_and_cancel("hog-token", job_to(url_at(silent.address))).await;
+        submit_and_cancel(&hog, &job_to(url_at(silent.address))).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Another submitter's job ends after them: its webhook goes at once.
     let ended = Instant::now();
-    let id = submit_and_cancel("other-token", job_to(receiver.url())).await;
+    let id = submit_and_cancel(&other, &job_to(receiver.url())).await;
     receiver.wait_for(1, Duration::from_secs(60)).await;
     assert!(
         ended.elapsed() < Duration::from_secs(3),
         "delivered {:?} after its job ended, behind another submitter's",
         ended.elapsed()
     );
-    let job: Value = app
-        .client
-        .get(app.url(&format!("/api/v1/jobs/{id}")))
-        .bearer_auth("other-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = other.job(&id).await;
     assert_eq!(job["status"], "cancelled", "{job:#}");
     assert_eq!(
         serde_json::from_slice::<Value>(&receiver.received()[0].body).unwrap()["id"],

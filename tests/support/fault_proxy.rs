@@ -231,42 +231,23 @@ impl State {
                     .unwrap());
             }
             Some(Fault::MoveUpload(to)) => {
-                let mut response = self.forward(request).await?;
-                let moved = response
-                    .headers()
-                    .get("location")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|location| location.parse::<hyper::Uri>().ok())
-                    .and_then(|location| {
-                        let path = location.path_and_query()?.as_str().to_owned();
-                        Some(format!("http://{to}{path}"))
-                    });
-                if let Some(moved) = moved {
-                    self.injected.fetch_add(1, Ordering::Relaxed);
-                    response
-                        .headers_mut()
-                        .insert("location", moved.parse().unwrap());
-                }
-                return Ok(response);
+                // The path and query of the registry's Location, on `to`.
+                return self
+                    .forward_rewriting(request, "location", |location| {
+                        let location = location.parse::<hyper::Uri>().ok()?;
+                        Some(format!("http://{to}{}", location.path_and_query()?))
+                    })
+                    .await;
             }
             Some(Fault::MoveRealm(to)) => {
-                let mut response = self.forward(request).await?;
-                let moved = response
-                    .headers()
-                    .get("www-authenticate")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|challenge| {
+                // `realm="http://HOST:PORT/...` with `to` as HOST:PORT.
+                return self
+                    .forward_rewriting(request, "www-authenticate", |challenge| {
                         let start = challenge.find("realm=\"http://")? + "realm=\"http://".len();
                         let end = start + challenge[start..].find('/')?;
                         Some(format!("{}{to}{}", &challenge[..start], &challenge[end..]))
-                    });
-                if let Some(moved) = moved {
-                    self.injected.fetch_add(1, Ordering::Relaxed);
-                    response
-                        .headers_mut()
-                        .insert("www-authenticate", moved.parse().unwrap());
-                }
-                return Ok(response);
+                    })
+                    .await;
             }
             Some(Fault::WrongDigest) => {
                 self.injected.fetch_add(1, Ordering::Relaxed);
@@ -279,6 +260,29 @@ impl State {
             None => {}
         }
         self.forward(request).await
+    }
+
+    /// Forwards `request`, and rewrites the answer's `header` where
+    /// `rewrite` makes something of it (counted as a fault injected).
+    async fn forward_rewriting(
+        &self,
+        request: Request<Incoming>,
+        header: &'static str,
+        rewrite: impl Fn(&str) -> Option<String>,
+    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
+        let mut response = self.forward(request).await?;
+        let rewritten = response
+            .headers()
+            .get(header)
+            .and_then(|value| value.to_str().ok())
+            .and_then(rewrite);
+        if let Some(rewritten) = rewritten {
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            response
+                .headers_mut()
+                .insert(header, rewritten.parse().unwrap());
+        }
+        Ok(response)
     }
 
     async fn forward(

@@ -350,13 +350,106 @@ impl TestApp {
         std::fs::write(dir.join("config.json"), serde_json::to_vec(config).unwrap()).unwrap();
     }
 
+    /// Requests as the caller with `token`.
+    pub fn with_token(&self, token: &str) -> Caller {
+        Caller {
+            token: Some(token.to_owned()),
+            ..self.anonymous()
+        }
+    }
+
+    fn anonymous(&self) -> Caller {
+        Caller {
+            base: self.url(""),
+            client: self.client.clone(),
+            token: None,
+        }
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.expect("GET")
+        self.anonymous().get(path).await
     }
 
     pub async fn post_job(&self, body: &Value) -> reqwest::Response {
-        self.client
-            .post(self.url("/api/v1/jobs"))
+        self.anonymous().post_job(body).await
+    }
+
+    /// Submits a job that must be accepted; answers its id.
+    pub async fn submit(&self, body: &Value) -> String {
+        self.anonymous().submit(body).await
+    }
+
+    /// Submits a job and waits for it to end.
+    pub async fn run_job(&self, body: &Value) -> Value {
+        let id = self.submit(body).await;
+        self.wait_finished(&id).await
+    }
+
+    /// Asks for the job to be cancelled; answers the service's response.
+    pub async fn cancel(&self, id: &str) -> reqwest::Response {
+        self.anonymous().cancel(id).await
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        self.anonymous().job(id).await
+    }
+
+    /// The job's stored history, as `Accept: application/json` answers it.
+    pub async fn history(&self, id: &str) -> Vec<Value> {
+        self.anonymous().history(id).await
+    }
+
+    /// Waits until the job is succeeded, failed or cancelled.
+    pub async fn wait_finished(&self, id: &str) -> Value {
+        self.anonymous().wait_finished(id).await
+    }
+
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        limit: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.anonymous().wait_for(id, limit, done).await
+    }
+}
+
+/// Requests to a service (at `base`, `http://HOST:PORT`) as one caller: with
+/// a bearer token, or without.
+#[derive(Clone)]
+pub struct Caller {
+    base: String,
+    client: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Caller {
+    /// A caller of the service at `base` with `token`.
+    pub fn new(base: &str, token: &str) -> Caller {
+        Caller {
+            base: base.to_owned(),
+            client: reqwest::Client::new(),
+            token: Some(token.to_owned()),
+        }
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("GET")
+    }
+
+    pub async fn post_job(&self, body: &Value) -> reqwest::Response {
+        self.request(reqwest::Method::POST, "/api/v1/jobs")
             .json(body)
             .send()
             .await
@@ -373,16 +466,9 @@ impl TestApp {
         job["id"].as_str().unwrap().to_owned()
     }
 
-    /// Submits a job and waits for it to end.
-    pub async fn run_job(&self, body: &Value) -> Value {
-        let id = self.submit(body).await;
-        self.wait_finished(&id).await
-    }
-
     /// Asks for the job to be cancelled; answers the service's response.
     pub async fn cancel(&self, id: &str) -> reqwest::Response {
-        self.client
-            .post(self.url(&format!("/api/v1/jobs/{id}/cancel")))
+        self.request(reqwest::Method::POST, &format!("/api/v1/jobs/{id}/cancel"))
             .send()
             .await
             .unwrap()
@@ -392,6 +478,19 @@ impl TestApp {
         let response = self.get(&format!("/api/v1/jobs/{id}")).await;
         assert_eq!(response.status(), 200);
         response.json().await.unwrap()
+    }
+
+    /// The job's stored history, as `Accept: application/json` answers it.
+    pub async fn history(&self, id: &str) -> Vec<Value> {
+        let response = self
+            .request(reqwest::Method::GET, &format!("/api/v1/jobs/{id}/events"))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        body["events"].as_array().expect("events").clone()
     }
 
     /// Waits until the job is succeeded, failed or cancelled.
