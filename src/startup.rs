@@ -137,6 +137,7 @@ impl Application {
             registry,
             engine: engine.unwrap_or_else(|| Arc::new(NoEngine)),
             credentials,
+            allow_registry: Arc::new(settings.allow_registry.clone()),
             job_credentials,
             cancellations,
             timeouts: settings.timeouts,

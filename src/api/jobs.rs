@@ -18,7 +18,6 @@ use super::extract::{JsonBody, page_cursor, page_limit};
 use super::sources::resolve_sources;
 use crate::credentials::RegistryAuth;
 use crate::domain::access::{Principal, check_submission};
-use crate::domain::naming::registry_host;
 use crate::domain::spec::{Callback, Plan};
 use crate::domain::spec::{JobSpec, RegistryAuthSpec, plan};
 use crate::domain::status::JobStatus;
@@ -164,7 +163,7 @@ async fn prepare(
         .value
         .registry_auth
         .as_ref()
-        .map(|auth| registry_auth(&plan.repo, auth));
+        .map(|auth| registry_auth(&plan.repository.registry, auth));
     let engine = match job_engine(state, &body.value, &plan).await {
         Ok(engine) => engine,
         // A resubmission is answered its job, whatever the engines now.
@@ -391,13 +390,11 @@ fn spec_hash(json: &Value) -> String {
     hex::encode(Sha256::digest(json.to_string().as_bytes()))
 }
 
-fn registry_auth(repo: &str, spec: &RegistryAuthSpec) -> RegistryAuth {
-    let registry = registry_host(repo).unwrap_or_default();
+/// The job's own credentials, for the registry its targets are in.
+fn registry_auth(registry: &str, spec: &RegistryAuthSpec) -> RegistryAuth {
     match (&spec.username, &spec.password, &spec.identity_token) {
-        (Some(username), Some(password), _) => {
-            RegistryAuth::password(&registry, username, password)
-        }
-        (_, _, Some(token)) => RegistryAuth::identity_token(&registry, token),
+        (Some(username), Some(password), _) => RegistryAuth::password(registry, username, password),
+        (_, _, Some(token)) => RegistryAuth::identity_token(registry, token),
         _ => RegistryAuth::anonymous(),
     }
 }

@@ -14,7 +14,6 @@ use super::AppState;
 use super::error::ApiError;
 use crate::credentials::RegistryAuth;
 use crate::domain::access::{Grant, missing_labels};
-use crate::domain::naming::registry_host;
 use crate::domain::retry::FailureKind;
 use crate::domain::source::{
     RegistrySource, ResolvedSource, SourceCredentials, source_credentials,
@@ -93,7 +92,7 @@ async fn resolve_in_registry(
     field: &str,
 ) -> Result<Option<ResolvedSource>, ApiError> {
     // The same credentials the worker reads it with.
-    let in_repo_registry = registry_host(&plan.repo).as_deref() == Some(source.registry.as_str());
+    let in_repo_registry = plan.repository.registry == source.registry;
     let auth = match (
         source_credentials(
             in_repo_registry,

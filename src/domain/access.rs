@@ -8,7 +8,7 @@ use std::sync::{Arc, LazyLock};
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::{Deserialize, Serialize};
 
-use super::naming::{reference_key, registry_host};
+use super::naming::reference_key;
 use super::source::RegistrySource;
 use super::spec::Plan;
 
@@ -81,7 +81,8 @@ impl Patterns {
 /// What a scoped token may publish.
 #[derive(Debug, Clone)]
 pub struct Scope {
-    /// Over the normalised images repo (`docker.io/acme/app` for `acme/app`).
+    /// Over the images repo as its targets read it (`docker.io/acme/shop`
+    /// for `acme/shop`; see `naming::Repository::of_images_repo`).
     pub repos: Patterns,
     /// Over each source reference, as written or normalised.
     pub sources: Patterns,
@@ -205,8 +206,10 @@ pub fn check_submission(
             format!("{who} is a reader: it may read jobs, not submit them"),
         ));
     }
-    let host = registry_host(&plan.repo).unwrap_or_default();
-    if !allow_registry.matches(&host) {
+    // The registry and repository every target of the plan is read in.
+    let repository = &plan.repository;
+    let host = &repository.registry;
+    if !allow_registry.matches(host) {
         return Err(Forbidden::new(
             Some("repo".to_owned()),
             "allow-registry",
@@ -214,13 +217,12 @@ pub fn check_submission(
         ));
     }
     let scope = &principal.scope;
-    let repo = normalised_repo(&plan.repo);
-    if !scope.repos.matches(&repo) {
+    if !scope.repos.matches(&repository.to_string()) {
         return Err(Forbidden::new(
             Some("repo".to_owned()),
             "repos",
             format!(
-                "{who} may not publish to {repo} (its repos: {})",
+                "{who} may not publish to {repository} (its repos: {})",
                 scope.repos.written().join(", ")
             ),
         ));
@@ -243,7 +245,7 @@ pub fn check_submission(
         // A source in another registry is read with publishd's own
         // credentials for it (the job's are for its repo's registry): only
         // for a token that may use them there.
-        if source.registry != host && !scope.service_credentials.matches(&source.registry) {
+        if source.registry != *host && !scope.service_credentials.matches(&source.registry) {
             return Err(Forbidden::new(
                 field,
                 "service_credentials",
@@ -276,7 +278,7 @@ pub fn check_submission(
             format!("{who} may not force a push over an up-to-date tag"),
         ));
     }
-    let service_credentials = scope.service_credentials.matches(&host);
+    let service_credentials = scope.service_credentials.matches(host);
     if !brings_credentials && !service_credentials && scope.require_registry_auth {
         return Err(Forbidden::new(
             Some("registry_auth".to_owned()),
@@ -304,12 +306,6 @@ pub fn missing_labels(
         .filter(|(key, value)| labels.get(*key) != Some(*value))
         .map(|(key, value)| format!("{key}={value}"))
         .collect()
-}
-
-/// `registry/repository` of an images repo, as scopes are written.
-fn normalised_repo(repo: &str) -> String {
-    let key = reference_key(&format!("{repo}:latest"));
-    key.strip_suffix(":latest").unwrap_or(&key).to_owned()
 }
 
 #[cfg(test)]
@@ -429,6 +425,22 @@ mod tests {
         assert!(check_submission(&principal, &plan, false, &Patterns::any()).is_ok());
         let plan = plan_of(job("index.docker.io/team-a/shop", "x:1"));
         assert!(check_submission(&principal, &plan, false, &Patterns::any()).is_ok());
+        // `acme` alone would be `docker.io/library/acme`; its target
+        // `acme/app:v1` is in `docker.io/acme`, which is what is matched.
+        principal.scope.repos = Patterns::new(&["docker.io/library/**".to_owned()]).unwrap();
+        let refused = check_submission(
+            &principal,
+            &plan_of(job("acme", "x:1")),
+            false,
+            &Patterns::any(),
+        )
+        .unwrap_err();
+        assert_eq!(refused.rule, "repos");
+        assert!(
+            refused.message.contains("docker.io/acme "),
+            "{}",
+            refused.message
+        );
     }
 
     #[test]

@@ -106,20 +106,77 @@ fn has_uppercase_path(repository: &str) -> bool {
     path.chars().any(|c| c.is_ascii_uppercase())
 }
 
-/// The registry host a reference (or a repository) points at (Docker Hub's canonical host for
-/// references without one).
-pub fn registry_host(reference: &str) -> Option<String> {
-    Reference::try_from(reference)
-        .ok()
-        .map(|r| r.registry().to_owned())
+/// A repository as the engine and the registry read it: the registry's host
+/// and the path in it, normalised as the registry's API names it (`alpine`
+/// is `docker.io` and `library/alpine`). Every check of where a job
+/// publishes runs on this, and the worker publishes to it unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Repository {
+    pub registry: String,
+    pub path: String,
 }
 
-/// The registry host of a reference and the repository path in it
-/// (normalised, as the registry's API names it: `alpine` is `library/alpine`).
-pub fn registry_repository(reference: &str) -> Option<(String, String)> {
-    Reference::try_from(reference)
-        .ok()
-        .map(|r| (r.registry().to_owned(), r.repository().to_owned()))
+impl Repository {
+    /// The repository of a reference (`NAME[:TAG][@DIGEST]`) or of a
+    /// repository name, read as docker reads it: the first path component
+    /// is the registry when it has a `.` or a `:` or is `localhost`, and
+    /// otherwise the registry is Docker Hub.
+    pub fn of(reference: &str) -> Option<Repository> {
+        Reference::try_from(reference).ok().map(|r| Repository {
+            registry: r.registry().to_owned(),
+            path: r.repository().to_owned(),
+        })
+    }
+
+    /// Where the targets of the image `image_name` land: the repository of
+    /// its [`target_reference`]s (which tag does not matter).
+    pub fn of_targets(repo: &str, mode: RepoMode, image_name: Option<&str>) -> Option<Repository> {
+        Repository::of(&target_reference(repo, mode, image_name, "latest"))
+    }
+
+    /// The images repo as the targets of `image_name` read it, which is
+    /// what a scope's `repos` are matched against: `REPO:TAG` and
+    /// `REPO:NAME-TAG` read the repo alone, `REPO/NAME:TAG` reads it as the
+    /// first part of a longer name. The two readings differ in their
+    /// registry for a one-word repo such as `reg.example` (alone on Docker
+    /// Hub, `docker.io/library/reg.example`; in `reg.example/app:v1` the
+    /// registry itself): such a repo is refused, naming both readings.
+    pub fn of_images_repo(
+        repo: &str,
+        mode: RepoMode,
+        image_name: Option<&str>,
+    ) -> Result<Repository, String> {
+        let unreadable = || format!("{repo:?} is not a valid repository");
+        let alone = Repository::of(repo).ok_or_else(unreadable)?;
+        let targets = Repository::of_targets(repo, mode, image_name).ok_or_else(unreadable)?;
+        if targets.registry != alone.registry {
+            let example = target_reference(repo, mode, image_name, "TAG");
+            return Err(format!(
+                "{repo:?} reads two ways: alone it is the repository {alone} (on {}), but in \
+                 its targets, such as {example}, {:?} is the registry's host: write the \
+                 registry and a repository out ({}/NAME, or {alone})",
+                alone.registry, targets.registry, targets.registry
+            ));
+        }
+        Ok(match (mode, image_name) {
+            (RepoMode::Multirepo, Some(name)) => Repository {
+                path: targets
+                    .path
+                    .strip_suffix(&format!("/{name}"))
+                    .unwrap_or(&targets.path)
+                    .to_owned(),
+                registry: targets.registry,
+            },
+            _ => targets,
+        })
+    }
+}
+
+/// `registry/path`, as scopes and `--allow-registry` are written.
+impl std::fmt::Display for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.registry, self.path)
+    }
 }
 
 /// Splits `REPOSITORY:TAG` into its two parts.
@@ -213,24 +270,16 @@ mod tests {
     }
 
     #[test]
-    fn registry_host_and_tag_split() {
-        assert_eq!(
-            registry_host("127.0.0.1:5000/a/b:v1").as_deref(),
-            Some("127.0.0.1:5000")
-        );
-        assert_eq!(registry_host("acme/app:v1").as_deref(), Some("docker.io"));
-        assert_eq!(
-            registry_host("127.0.0.1:5000/a").as_deref(),
-            Some("127.0.0.1:5000")
-        );
-        assert_eq!(
-            registry_repository("127.0.0.1:5000/a/b:v1"),
-            Some(("127.0.0.1:5000".to_owned(), "a/b".to_owned()))
-        );
-        assert_eq!(
-            registry_repository("app:v1"),
-            Some(("docker.io".to_owned(), "library/app".to_owned()))
-        );
+    fn repositories_are_read_as_docker_reads_them() {
+        let of = |reference: &str| Repository::of(reference).unwrap().to_string();
+        assert_eq!(of("127.0.0.1:5000/a/b:v1"), "127.0.0.1:5000/a/b");
+        assert_eq!(of("127.0.0.1:5000/a"), "127.0.0.1:5000/a");
+        assert_eq!(of("acme/app:v1"), "docker.io/acme/app");
+        assert_eq!(of("app:v1"), "docker.io/library/app");
+        // The first component is a host with a `.`, a `:`, or as `localhost`.
+        assert_eq!(of("reg.example/app:v1"), "reg.example/app");
+        assert_eq!(of("localhost/app:v1"), "localhost/app");
+        assert_eq!(of("reg.example"), "docker.io/library/reg.example");
         assert_eq!(
             split_tag("127.0.0.1:5000/a/b:v1"),
             ("127.0.0.1:5000/a/b", "v1")
@@ -238,6 +287,55 @@ mod tests {
         assert_eq!(
             split_tag("127.0.0.1:5000/a/b"),
             ("127.0.0.1:5000/a/b", "latest")
+        );
+    }
+
+    #[test]
+    fn the_images_repo_is_read_as_its_targets_read_it() {
+        use RepoMode::{Monorepo, Multirepo};
+        let images_repo = |repo: &str, mode: RepoMode, name: Option<&str>| {
+            Repository::of_images_repo(repo, mode, name).map(|r| r.to_string())
+        };
+        assert_eq!(
+            images_repo(REPO, Multirepo, Some("app")).unwrap(),
+            "127.0.0.1:5000/acme/shop"
+        );
+        assert_eq!(
+            images_repo(REPO, Monorepo, Some("app")).unwrap(),
+            "127.0.0.1:5000/acme/shop"
+        );
+        // `acme/app:v1` is Docker Hub's `acme/app`, not `library/acme/app`.
+        assert_eq!(
+            images_repo("acme", Multirepo, Some("app")).unwrap(),
+            "docker.io/acme"
+        );
+        assert_eq!(
+            images_repo("acme", Monorepo, Some("app")).unwrap(),
+            "docker.io/library/acme"
+        );
+        // A one-word host: one reading alone and in `REPO:TAG`, another in
+        // `REPO/NAME:TAG`.
+        for host in ["reg.example", "localhost", "reg.example.com"] {
+            let refused = images_repo(host, Multirepo, Some("app")).unwrap_err();
+            assert!(
+                refused.contains(&format!("docker.io/library/{host}"))
+                    && refused.contains(&format!("{host}/app:TAG")),
+                "{refused}"
+            );
+            assert_eq!(
+                images_repo(host, Monorepo, Some("app")).unwrap(),
+                format!("docker.io/library/{host}")
+            );
+            assert_eq!(
+                images_repo(host, Multirepo, None).unwrap(),
+                format!("docker.io/library/{host}")
+            );
+        }
+        assert_eq!(
+            Repository::of_targets("reg.example", Multirepo, Some("app"))
+                .unwrap()
+                .registry,
+            "reg.example"
         );
     }
 }

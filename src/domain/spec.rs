@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::naming::{
-    RepoMode, check_repository, check_tagged_reference, content_tag, normalize_repo,
+    RepoMode, Repository, check_repository, check_tagged_reference, content_tag, normalize_repo,
     target_reference,
 };
 use super::publish_via::PublishVia;
@@ -169,6 +169,9 @@ impl ValidationError {
 pub struct Plan {
     pub repo: String,
     pub repo_mode: RepoMode,
+    /// The images repo as its targets read it (`Repository::of_images_repo`):
+    /// its registry is every target's.
+    pub repository: Repository,
     pub force: bool,
     /// The job's own choice; `None` takes the service's.
     pub publish_via: Option<PublishVia>,
@@ -369,6 +372,10 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
             });
         }
     }
+    // Every image reads the repo one way (all named, or the one nameless):
+    // the first image's reading is the job's.
+    let repository = Repository::of_images_repo(&repo, spec.repo_mode, images[0].name.as_deref())
+        .map_err(|message| ValidationError::new("repo", message))?;
     if let Some(auth) = &spec.registry_auth {
         check_registry_auth(auth)?;
     }
@@ -391,6 +398,7 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
     Ok(Plan {
         repo,
         repo_mode: spec.repo_mode,
+        repository,
         force: spec.force,
         publish_via: spec.publish_via,
         images,
@@ -553,6 +561,8 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(plan.repo, "127.0.0.1:5000/acme/shop");
+        assert_eq!(plan.repository.registry, "127.0.0.1:5000");
+        assert_eq!(plan.repository.path, "acme/shop");
         let references: Vec<_> = plan
             .targets
             .iter()
@@ -681,6 +691,10 @@ mod tests {
             ),
             (
                 serde_json::json!({"repo": "reg/a:v1", "images": ok_images, "tags": ok_tags}),
+                "repo",
+            ),
+            (
+                serde_json::json!({"repo": "reg.example", "images": ok_images, "tags": ok_tags}),
                 "repo",
             ),
             (

@@ -19,6 +19,7 @@ pub use cancellations::Cancellations;
 pub use procedure::StepTimeouts;
 
 use crate::credentials::{DockerConfig, JobCredentials};
+use crate::domain::access::Patterns;
 use crate::domain::publish_via::PublishVia;
 use crate::domain::retry::RetryPolicy;
 use crate::domain::text::cut;
@@ -37,6 +38,9 @@ pub struct WorkerContext {
     pub engine: Arc<dyn Engine>,
     pub registry: Arc<dyn Registry>,
     pub credentials: DockerConfig,
+    /// Registry hosts the operator allows (`--allow-registry`), checked
+    /// again on each reference before anything is pushed or written.
+    pub allow_registry: Arc<Patterns>,
     pub job_credentials: JobCredentials,
     pub cancellations: Cancellations,
     pub timeouts: StepTimeouts,

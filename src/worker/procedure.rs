@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::credentials::RegistryAuth;
 use crate::domain::access::missing_labels;
 use crate::domain::labels::{LabelInput, werf_labels};
-use crate::domain::naming::{content_tag, registry_host, registry_repository, target_reference};
+use crate::domain::naming::{Repository, content_tag, target_reference};
 use crate::domain::publish_via::{PublishedVia, Seed, may_skip_engine};
 use crate::domain::retry::{FailureKind, classify_engine_error, classify_registry_message};
 use crate::domain::source::{RegistrySource, ResolvedSource};
@@ -141,9 +141,22 @@ pub async fn run(
     target: &ClaimedTarget,
     signals: Signals<'_>,
 ) -> anyhow::Result<Finish> {
+    // Where every reference of the target is, read once as at submission.
+    let Some(repository) =
+        Repository::of_targets(&target.repo, target.repo_mode, target.image_name.as_deref())
+    else {
+        return conclude(
+            Err(Stop::Failed(format!(
+                "{:?} is not a valid repository",
+                target.repo
+            ))),
+            Vec::new(),
+        );
+    };
     let run = Run {
         ctx,
         target,
+        repository,
         signals,
     };
     if let Some(source) = RegistrySource::parse(&target.source) {
@@ -217,10 +230,10 @@ pub async fn run(
     // before and the config the engine path would make is known exactly:
     // the registry then gets the same config and manifest bytes the engine
     // would push, and the engine is not touched (no tag, so no untag).
-    let place = registry_repository(&reference);
+    let registry = &run.repository.registry;
     // Read once: it decides the way here and whether the push below records one.
-    let seed = match (&place, method) {
-        (Some((registry, _)), TagMethod::Load) => ctx.store.seed(&source.id, registry).await?,
+    let seed = match method {
+        TagMethod::Load => ctx.store.seed(&source.id, registry).await?,
         _ => None,
     };
     let mut mount_refused = false;
@@ -228,8 +241,7 @@ pub async fn run(
         target.publish_via,
         ctx.publish_via,
         method == TagMethod::Load,
-    ) && let Some((registry, _)) = &place
-        && let Some(seed) = &seed
+    ) && let Some(seed) = &seed
         // One layer per diff id, or the manifest would not be this image's.
         && seed.layers.len() == source.layer_count
     {
@@ -348,11 +360,10 @@ pub async fn run(
     // the registry now, and its further targets there can be written
     // registry-side. Recorded once per source and registry (again after a
     // refused mount: the layers are where this push left them).
-    if let (Ok(digest), Some((registry, repository)), TagMethod::Load) =
-        (&published, &place, method)
+    if let (Ok(digest), TagMethod::Load) = (&published, method)
         && (mount_refused || seed.is_none())
     {
-        run.record_seed(&reference, digest, &source.id, registry, repository, &auth)
+        run.record_seed(&reference, digest, &source.id, &auth)
             .await?;
     }
 
@@ -409,6 +420,9 @@ impl Signals<'_> {
 struct Run<'a> {
     ctx: &'a WorkerContext,
     target: &'a ClaimedTarget,
+    /// The repository the target's references are in (its registry is the
+    /// one credentials, seeds and source reads are chosen by).
+    repository: Repository,
     signals: Signals<'a>,
 }
 
@@ -528,15 +542,20 @@ impl Run<'_> {
         }
     }
 
-    /// What comes before anything is written: the reference's credentials,
-    /// and werf's up-to-date rule unless the target is forced. `Err` is how
-    /// the run ends instead (already published, no credentials, a cancel).
+    /// What comes before anything is written: the reference in the job's
+    /// registry and that registry allowed, the credentials, and werf's
+    /// up-to-date rule unless the target is forced. `Err` is how the run
+    /// ends instead (not allowed, already published, no credentials, a
+    /// cancel).
     async fn before_writing(
         &self,
         reference: &str,
         source: &SourceImage,
     ) -> anyhow::Result<Result<RegistryAuth, Finish>> {
-        let auth = match self.auth(reference).await {
+        if let Err(message) = self.check_registry(reference) {
+            return conclude(Err(Stop::Failed(message)), Vec::new()).map(Err);
+        }
+        let auth = match self.auth().await {
             Ok(auth) => auth,
             Err(message) => return conclude(Err(Stop::Failed(message)), Vec::new()).map(Err),
         };
@@ -560,9 +579,31 @@ impl Run<'_> {
         Ok(Ok(auth))
     }
 
+    /// The submission checked the job's registry against `--allow-registry`;
+    /// checked again on the reference itself as the engine and the registry
+    /// will read it, since the list may have changed since and a reference
+    /// read in another registry than the job's must never be pushed.
+    fn check_registry(&self, reference: &str) -> Result<(), String> {
+        let registry = Repository::of(reference)
+            .map(|repository| repository.registry)
+            .ok_or_else(|| format!("{reference} is not a valid reference"))?;
+        if registry != self.repository.registry {
+            return Err(format!(
+                "{reference} is in the registry {registry}, not the job's {}",
+                self.repository.registry
+            ));
+        }
+        if !self.ctx.allow_registry.matches(&registry) {
+            return Err(format!(
+                "forbidden: publishd does not publish to {registry} (not in --allow-registry)"
+            ));
+        }
+        Ok(())
+    }
+
     /// The job's own credentials if it brought some, else the docker config's
-    /// for the reference's registry.
-    async fn auth(&self, reference: &str) -> Result<RegistryAuth, String> {
+    /// for the job's registry.
+    async fn auth(&self) -> Result<RegistryAuth, String> {
         if self.target.has_registry_auth {
             return self
                 .ctx
@@ -579,11 +620,9 @@ impl Run<'_> {
             // credentials for this registry.
             return Ok(RegistryAuth::anonymous());
         }
-        let registry =
-            registry_host(reference).ok_or_else(|| format!("push: no registry in {reference}"))?;
         self.ctx
             .credentials
-            .auth_for(&registry)
+            .auth_for(&self.repository.registry)
             .await
             .map_err(|error| format!("push: {error:#}"))
     }
@@ -656,7 +695,7 @@ impl Run<'_> {
                 pushed.map_err(|error| {
                     let mut failure = Failure::from(error);
                     if failure.kind == FailureKind::Permanent && auth.is_anonymous() {
-                        let host = registry_host(reference).unwrap_or_default();
+                        let host = &self.repository.registry;
                         let why = if self.target.use_service_credentials {
                             format!("no credentials for {host} in the docker config")
                         } else {
@@ -751,8 +790,6 @@ impl Run<'_> {
         reference: &str,
         digest: &str,
         source_id: &str,
-        registry: &str,
-        repository: &str,
         auth: &RegistryAuth,
     ) -> anyhow::Result<()> {
         let read = tokio::time::timeout(
@@ -764,11 +801,11 @@ impl Run<'_> {
             Ok(Ok(Some(layers))) => {
                 let seed = Seed {
                     layers,
-                    repository: repository.to_owned(),
+                    repository: self.repository.path.clone(),
                 };
                 self.ctx
                     .store
-                    .record_seed(source_id, registry, &seed)
+                    .record_seed(source_id, &self.repository.registry, &seed)
                     .await?;
             }
             Ok(Ok(None)) => {

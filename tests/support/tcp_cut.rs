@@ -16,7 +16,14 @@ pub struct TcpCut {
 
 impl TcpCut {
     pub async fn start(upstream: SocketAddr) -> TcpCut {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0".parse().unwrap(), upstream).await
+    }
+
+    /// A relay on `address` (a port of its own choosing: port 0).
+    pub async fn start_on(address: SocketAddr, upstream: SocketAddr) -> TcpCut {
+        let listener = TcpListener::bind(address)
+            .await
+            .unwrap_or_else(|error| panic!("listening on {address}: {error}"));
         let address = listener.local_addr().unwrap();
         let (cut, _) = watch::channel(false);
         let cut = Arc::new(cut);

@@ -11,7 +11,6 @@ use super::{Failure, Finish, OnCancel, Run, Stop, conclude};
 use crate::credentials::RegistryAuth;
 use crate::domain::access::missing_labels;
 use crate::domain::labels::{LabelInput, werf_labels};
-use crate::domain::naming::registry_host;
 use crate::domain::publish_via::PublishedVia;
 use crate::domain::source::{
     RegistrySource, ResolvedSource, SourceCredentials, source_credentials,
@@ -81,15 +80,13 @@ impl Run<'_> {
     /// Credentials that read the source (`domain::source::source_credentials`).
     async fn source_auth(&self, source: &RegistrySource) -> Result<RegistryAuth, String> {
         let target = self.target;
-        let in_repo_registry =
-            registry_host(&target.repo).as_deref() == Some(source.registry.as_str());
         match source_credentials(
-            in_repo_registry,
+            self.repository.registry == source.registry,
             target.has_registry_auth,
             target.use_service_credentials,
         ) {
             // The job's, or why they are gone.
-            SourceCredentials::Job => self.auth(&target.repo).await,
+            SourceCredentials::Job => self.auth().await,
             SourceCredentials::Service => self
                 .ctx
                 .credentials
