@@ -124,6 +124,8 @@ struct TokenEntry {
     #[serde(default)]
     repos: Option<Vec<String>>,
     #[serde(default)]
+    read_repos: Option<Vec<String>>,
+    #[serde(default)]
     sources: Option<Vec<String>>,
     #[serde(default)]
     source_labels: BTreeMap<String, String>,
@@ -202,6 +204,8 @@ fn principal(token: TokenEntry) -> anyhow::Result<Principal> {
                 .context("a publisher needs `repos`, the repositories it may publish to")?;
             Scope {
                 repos: patterns(&repos, "repos")?,
+                // What it may publish, it may read back.
+                read_repos: patterns(token.read_repos.as_deref().unwrap_or(&repos), "read_repos")?,
                 sources: patterns(
                     token.sources.as_deref().unwrap_or(&["**".to_owned()]),
                     "sources",
@@ -341,6 +345,11 @@ mod tests {
                 .matches("registry.example.com/team-a/shop")
         );
         assert_eq!(team_a.scope.source_labels["team"], "a");
+        assert_eq!(
+            team_a.scope.read_repos.written(),
+            ["registry.example.com/team-a/**"],
+            "read_repos default to repos"
+        );
         assert_eq!(table.principal("secret-r").unwrap().role, Role::Reader);
         assert!(table.principal("secret-b").is_none());
         assert!(table.principal("").is_none());

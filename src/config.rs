@@ -163,8 +163,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PUBLISHD_HEADER_READ_TIMEOUT", default_value_t = 10)]
     pub header_read_timeout: u64,
     /// Scoped API tokens: a TOML file of `[[token]]` entries (name, sha256,
-    /// role, repos, sources, source_labels, service_credentials, force,
-    /// weight, max_queued_targets). Read again on SIGHUP.
+    /// role, repos, read_repos, sources, source_labels, service_credentials,
+    /// force, weight, max_queued_targets). Read again on SIGHUP.
     #[arg(long, env = "PUBLISHD_AUTH_CONFIG")]
     pub auth_config: Option<PathBuf>,
     /// File of unscoped (admin) API bearer tokens, one per line. Read again

@@ -198,6 +198,7 @@ async fn prepare(
             max_queued_targets: caller.max_queued_targets,
             use_service_credentials: grant.service_credentials,
             required_labels: grant.required_labels,
+            read_repos: grant.read_repos,
         },
         plan,
         engine,

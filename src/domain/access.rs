@@ -84,6 +84,9 @@ pub struct Scope {
     /// Over the images repo as its targets read it (`docker.io/acme/shop`
     /// for `acme/shop`; see `naming::Repository::of_images_repo`).
     pub repos: Patterns,
+    /// Over the repositories the token may read (`registry/path`): each
+    /// `docker://` source, and each repository a layer is mounted from.
+    pub read_repos: Patterns,
     /// Over each source reference, as written or normalised.
     pub sources: Patterns,
     /// Labels every source image must carry, with these values.
@@ -102,6 +105,7 @@ impl Scope {
     pub fn unlimited() -> Scope {
         Scope {
             repos: Patterns::any(),
+            read_repos: Patterns::any(),
             sources: Patterns::any(),
             source_labels: BTreeMap::new(),
             service_credentials: Patterns::any(),
@@ -187,6 +191,9 @@ pub struct Grant {
     /// Labels each source must carry, checked on the engine before anything
     /// is tagged.
     pub required_labels: BTreeMap<String, String>,
+    /// The scope's `read_repos` as written: kept with the job, so that the
+    /// worker checks the repositories it mounts layers from against them.
+    pub read_repos: Vec<String>,
 }
 
 /// Decides whether `principal` may submit `plan` (with its own credentials
@@ -242,6 +249,17 @@ pub fn check_submission(
                 ),
             ));
         }
+        let read = source.repository();
+        if !scope.read_repos.matches(&read.to_string()) {
+            return Err(Forbidden::new(
+                field,
+                "read_repos",
+                format!(
+                    "{who} may not read {read} (its read_repos: {})",
+                    scope.read_repos.written().join(", ")
+                ),
+            ));
+        }
         // A source in another registry is read with publishd's own
         // credentials for it (the job's are for its repo's registry): only
         // for a token that may use them there.
@@ -292,6 +310,7 @@ pub fn check_submission(
     Ok(Grant {
         service_credentials,
         required_labels: scope.source_labels.clone(),
+        read_repos: scope.read_repos.written().to_vec(),
     })
 }
 
@@ -324,6 +343,7 @@ mod tests {
             role: Role::Publisher,
             scope: Scope {
                 repos: Patterns::new(&["registry.example.com/team-a/**".to_owned()]).unwrap(),
+                read_repos: Patterns::new(&["registry.example.com/team-a/**".to_owned()]).unwrap(),
                 sources: Patterns::new(&["team-a/**".to_owned()]).unwrap(),
                 source_labels: BTreeMap::from([("team".to_owned(), "a".to_owned())]),
                 service_credentials: Patterns::new(&["registry.example.com".to_owned()]).unwrap(),
@@ -389,6 +409,24 @@ mod tests {
             &allowed,
         );
         assert_eq!(outside.rule, "allow-registry");
+        // Another team's image in the registry, by its repository.
+        let mut reading = team_a();
+        reading.scope.sources = Patterns::any();
+        let private = "docker://registry.example.com/team-b/private:latest";
+        let refused = check_submission(
+            &reading,
+            &plan_of(job("registry.example.com/team-a/shop", private)),
+            false,
+            &any,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (refused.field.as_deref(), refused.rule.as_str()),
+            (Some("images[0].source"), "read_repos")
+        );
+        let own = "docker://registry.example.com/team-a/ci/app:b1";
+        let plan = plan_of(job("registry.example.com/team-a/shop", own));
+        assert!(check_submission(&reading, &plan, false, &any).is_ok());
         let mut reader = team_a();
         reader.role = Role::Reader;
         let plan = plan_of(job("registry.example.com/team-a/shop", "team-a/app:b1"));

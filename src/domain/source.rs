@@ -5,6 +5,8 @@
 
 use oci_spec::distribution::Reference;
 
+use super::naming::Repository;
+
 /// What marks a source as a registry source (skopeo's transport name).
 pub const REGISTRY_SOURCE_PREFIX: &str = "docker://";
 
@@ -65,6 +67,14 @@ impl RegistrySource {
             (Some(digest), _) => format!("{repository}@{digest}"),
             (None, Pin::Digest(digest)) => format!("{repository}@{digest}"),
             (None, Pin::Tag(tag)) => format!("{repository}:{tag}"),
+        }
+    }
+
+    /// The repository the source is read from (and its layers mounted from).
+    pub fn repository(&self) -> Repository {
+        Repository {
+            registry: self.registry.clone(),
+            path: self.repository.clone(),
         }
     }
 

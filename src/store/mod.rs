@@ -244,6 +244,8 @@ pub struct Submitter {
     pub max_queued_targets: Option<usize>,
     pub use_service_credentials: bool,
     pub required_labels: BTreeMap<String, String>,
+    /// The repositories the submitter may read, as patterns.
+    pub read_repos: Vec<String>,
 }
 
 impl Submitter {
@@ -255,6 +257,7 @@ impl Submitter {
             max_queued_targets: None,
             use_service_credentials: true,
             required_labels: BTreeMap::new(),
+            read_repos: vec!["**".to_owned()],
         }
     }
 }

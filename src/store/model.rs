@@ -151,6 +151,9 @@ pub struct ClaimedTarget {
     pub use_service_credentials: bool,
     /// Labels each source must carry (the submitter's scope).
     pub required_labels: std::collections::BTreeMap<String, String>,
+    /// The repositories (`registry/path` patterns) the submitter may read:
+    /// where layers may be mounted from (the submitter's scope).
+    pub read_repos: Vec<String>,
     /// The job's own choice of way; `None` takes the service's.
     pub publish_via: Option<PublishVia>,
 }

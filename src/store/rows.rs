@@ -185,6 +185,7 @@ pub(super) struct ClaimedRow {
     credentials_wait_until: Option<String>,
     use_service_credentials: bool,
     required_labels: String,
+    read_repos: String,
     publish_via: Option<String>,
 }
 
@@ -196,7 +197,7 @@ pub(super) const CLAIMED: &str =
         t.prior_image_id, t.created_image_id, t.staging_reference, t.image_position,
         i.source_image_id, i.source_digest, t.claim_token, t.previous_prior_image_id,
         t.previous_created_image_id, t.credentials_wait_until,
-        j.use_service_credentials, j.required_labels, j.publish_via
+        j.use_service_credentials, j.required_labels, j.read_repos, j.publish_via
  FROM targets t JOIN jobs j ON j.id = t.job_id
       JOIN job_images i ON i.job_id = t.job_id AND i.position = t.image_position
  WHERE t.id = ";
@@ -234,6 +235,8 @@ impl ClaimedRow {
             use_service_credentials: self.use_service_credentials,
             required_labels: serde_json::from_str(&self.required_labels)
                 .context("bad required labels in the database")?,
+            read_repos: serde_json::from_str(&self.read_repos)
+                .context("bad read_repos in the database")?,
             publish_via: optional_enum(self.publish_via, PublishVia::parse, "publish via")?,
         })
     }

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::credentials::RegistryAuth;
-use crate::domain::access::missing_labels;
+use crate::domain::access::{Patterns, missing_labels};
 use crate::domain::labels::{LabelInput, werf_labels};
 use crate::domain::naming::{Repository, content_tag, target_reference};
 use crate::domain::publish_via::{PublishedVia, Seed, may_skip_engine};
@@ -232,10 +232,18 @@ pub async fn run(
     // would push, and the engine is not touched (no tag, so no untag).
     let registry = &run.repository.registry;
     // Read once: it decides the way here and whether the push below records one.
+    // A seed the submitter may not read is not mounted from: the engine
+    // pushes, and its push records a seed of this repository.
     let seed = match method {
         TagMethod::Load => ctx.store.seed(&source.id, registry).await?,
         _ => None,
-    };
+    }
+    .filter(|seed| {
+        run.may_read(&Repository {
+            registry: registry.clone(),
+            path: seed.repository.clone(),
+        })
+    });
     let mut mount_refused = false;
     if may_skip_engine(
         target.publish_via,
@@ -599,6 +607,14 @@ impl Run<'_> {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the submitter's scope lets the job read `repository` (a
+    /// source, or where layers are mounted from): its `read_repos`, kept
+    /// with the job.
+    fn may_read(&self, repository: &Repository) -> bool {
+        Patterns::new(&self.target.read_repos)
+            .is_ok_and(|read_repos| read_repos.matches(&repository.to_string()))
     }
 
     /// The job's own credentials if it brought some, else the docker config's

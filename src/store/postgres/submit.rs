@@ -53,6 +53,7 @@ struct JobRecord<'a> {
     max_pending: usize,
     use_service_credentials: bool,
     required_labels: String,
+    read_repos: String,
     callback_url: Option<&'a str>,
     publish_via: Option<&'a str>,
     engine: Option<&'a str>,
@@ -136,6 +137,8 @@ fn record<'a>(submission: &'a Submission, created_at: &'a str, accepted_by: Uuid
         use_service_credentials: new.submitter.use_service_credentials,
         required_labels: serde_json::to_string(&new.submitter.required_labels)
             .unwrap_or_else(|_| "{}".to_owned()),
+        read_repos: serde_json::to_string(&new.submitter.read_repos)
+            .unwrap_or_else(|_| "[]".to_owned()),
         callback_url: plan.callback.as_ref().map(|callback| callback.url.as_str()),
         publish_via: plan.publish_via.map(PublishVia::as_str),
         engine: new.engine.as_deref(),

@@ -65,9 +65,10 @@ pub(super) async fn insert_job(
     let inserted = sqlx::query(
         "INSERT INTO jobs (id, status, repo, repo_mode, force, has_registry_auth,
                            idempotency_key, spec_hash, created_at, submitted_by,
-                           use_service_credentials, required_labels, callback_url,
-                           publish_via, engine, accepted_by)
-         VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                           use_service_credentials, required_labels, read_repos,
+                           callback_url, publish_via, engine, accepted_by)
+         VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                 $16)",
     )
     .bind(new.id.to_string())
     .bind(new.plan.repo.as_str())
@@ -80,6 +81,7 @@ pub(super) async fn insert_job(
     .bind(submitter)
     .bind(new.submitter.use_service_credentials)
     .bind(serde_json::to_string(&new.submitter.required_labels)?)
+    .bind(serde_json::to_string(&new.submitter.read_repos)?)
     .bind(
         new.plan
             .callback

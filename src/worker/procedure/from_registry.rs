@@ -24,6 +24,15 @@ impl Run<'_> {
         source: &RegistrySource,
     ) -> anyhow::Result<Finish> {
         let target = self.target;
+        // Checked at submission; again here, where it is read and its layers
+        // are mounted from.
+        if !self.may_read(&source.repository()) {
+            let message = format!(
+                "forbidden: the submitter's read_repos do not cover {}",
+                source.repository()
+            );
+            return conclude(Err(Stop::Failed(message)), Vec::new());
+        }
         let source_auth = match self.source_auth(source).await {
             Ok(auth) => auth,
             Err(message) => return conclude(Err(Stop::Failed(message)), Vec::new()),
