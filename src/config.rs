@@ -177,6 +177,17 @@ pub struct ServeArgs {
     /// Listen on a non-loopback address without API tokens.
     #[arg(long, env = "PUBLISHD_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
+    /// The URL clients reach publishd at, when not its listening address
+    /// (behind a proxy, say): its origin is publishd's own to browsers, and
+    /// without tokens its host is a name publishd answers to (besides IP
+    /// addresses, and localhost on a loopback address).
+    #[arg(long, env = "PUBLISHD_PUBLIC_URL", value_parser = parse_public_url)]
+    pub public_url: Option<url::Url>,
+    /// An origin (`https://ci.example.com`) whose web pages may call the API
+    /// from a browser; repeatable, or separated by commas. Requests other
+    /// sites' pages make are refused (403), links followed excepted.
+    #[arg(long = "allow-origin", env = "PUBLISHD_ALLOW_ORIGIN", value_delimiter = ',', value_parser = parse_origin)]
+    pub allow_origin: Vec<String>,
     /// Registry hosts publishd may publish to and read from at all, as
     /// patterns (`*.example.com`, `127.0.0.1:*`), separated by commas;
     /// every token, admins included, is bounded by it. Default: any.
@@ -261,6 +272,9 @@ pub struct Settings {
     /// Where callbacks may go (`--allow-callback`).
     pub allow_callback: CallbackPolicy,
     pub allow_unauthenticated: bool,
+    pub public_url: Option<url::Url>,
+    /// Origins, as `scheme://host[:port]`, whose pages may call the API.
+    pub allow_origins: Vec<String>,
     /// Signs webhooks; without it jobs may not name a `callback_url`.
     pub webhook_secret: Option<Vec<u8>>,
     pub webhook_max_age: Duration,
@@ -344,6 +358,8 @@ impl Settings {
             allow_callback: CallbackPolicy::new(&args.allow_callback)
                 .map_err(|error| anyhow::anyhow!("--allow-callback {error}"))?,
             allow_unauthenticated: args.allow_unauthenticated,
+            public_url: args.public_url,
+            allow_origins: args.allow_origin,
             webhook_secret: args
                 .webhook_secret
                 .filter(|secret| !secret.is_empty())
@@ -362,6 +378,28 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(value)
         .map_err(|error| format!("{value:?} is not a duration: {error}"))
+}
+
+fn parse_public_url(value: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(value).map_err(|error| format!("{value:?} is not a URL: {error}"))?;
+    match (url.scheme(), url.host_str()) {
+        ("http" | "https", Some(_)) => Ok(url),
+        _ => Err(format!(
+            "{value:?} is not an http:// or https:// URL with a host"
+        )),
+    }
+}
+
+/// An origin as browsers send it in `Origin`: `scheme://host[:port]`, the
+/// default port left out.
+fn parse_origin(value: &str) -> Result<String, String> {
+    let url = parse_public_url(value)?;
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "{value:?} is not an origin (scheme://host[:port], no path)"
+        ));
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 fn parse_log_format(value: &str) -> Result<LogFormat, String> {

@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{AccessControl, QueueShare};
-use crate::api::{self, AppState, EventStreams, SourceIds};
+use crate::api::{self, AppState, EventStreams, Fence, SourceIds};
 use crate::config::Settings;
 use crate::credentials::{DockerConfig, JobCredentials};
 use crate::engine::{DockerEngine, Engine, NoEngine};
@@ -124,6 +124,12 @@ impl Application {
             max_queued_targets: settings.max_queued_targets,
             job_credentials: job_credentials.clone(),
             access: access.clone(),
+            fence: Fence {
+                allowed_origins: settings.allow_origins.clone().into(),
+                public_url: settings.public_url.clone(),
+                listen: settings.listen,
+                access: access.clone(),
+            },
             allow_registry: Arc::new(settings.allow_registry.clone()),
             progress: progress.clone(),
             streams: EventStreams::new(settings.max_streams_per_token, settings.stream_max_age),
@@ -160,6 +166,12 @@ impl Application {
             settings,
             stopping,
         })
+    }
+
+    /// The HTTP routes, to be served by the caller (tests call them in
+    /// process). No worker runs until `run_until`.
+    pub fn router(&self) -> axum::Router {
+        self.router.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -36,7 +36,7 @@ async fn until_closed(mut stream: TcpStream) -> (Instant, String) {
 /// `GET path` on a connection that stays open; answers the whole response.
 async fn get_on(stream: &mut TcpStream, path: &str) -> String {
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: publishd\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .await
         .unwrap();
     read_response(stream).await
@@ -207,7 +207,7 @@ async fn connections_past_the_cap_wait_to_be_served() {
     }
     let mut ninth = TcpStream::connect(app.address).await.unwrap();
     ninth
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: publishd\r\n\r\n")
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     assert!(

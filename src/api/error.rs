@@ -32,6 +32,12 @@ pub enum ApiError {
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// A body that is not `application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A `Host` this publishd does not answer to (DNS rebinding).
+    #[error("{0}")]
+    MisdirectedRequest(String),
     #[error("a valid bearer token is required (Authorization: Bearer TOKEN)")]
     Unauthorized,
     #[error("{pending} targets are queued, the limit is {limit}: retry later")]
@@ -154,16 +160,18 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// Stable, machine-readable: `malformed_json`, `invalid_spec`, `not_found`,
     /// `conflict`, `idempotency_conflict`, `payload_too_large`,
-    /// `method_not_allowed`, `unauthorized`, `forbidden`, `overloaded`,
-    /// `too_many_streams`, `unavailable`, `internal`.
+    /// `method_not_allowed`, `unsupported_media_type`, `misdirected_request`,
+    /// `unauthorized`, `forbidden`, `overloaded`, `too_many_streams`,
+    /// `unavailable`, `internal`.
     pub code: String,
     pub message: String,
     /// The field at fault, as a path such as `images[0].source`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
     /// For `forbidden`: the rule of the caller's scope that refuses it
-    /// (`role`, `repos`, `sources`, `source_labels`, `force`,
-    /// `service_credentials`, `allow-registry`, `allow-callback`).
+    /// (`role`, `repos`, `read_repos`, `sources`, `source_labels`, `force`,
+    /// `service_credentials`, `allow-registry`, `allow-callback`), or
+    /// `cross-site` for a browser's request from another site.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
 }
@@ -194,6 +202,12 @@ impl ApiError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
             ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::MisdirectedRequest(_) => {
+                (StatusCode::MISDIRECTED_REQUEST, "misdirected_request")
+            }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Overloaded { .. } | ApiError::SubmitterOverloaded { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "overloaded")

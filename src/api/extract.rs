@@ -1,6 +1,6 @@
-//! Request body extraction with this API's error answers: 400 for JSON that
-//! does not parse, 422 naming the field for JSON of the wrong shape, 413 for a
-//! body over the limit.
+//! Request body extraction with this API's error answers: 415 for a body
+//! not declared JSON, 400 for JSON that does not parse, 422 naming the
+//! field for JSON of the wrong shape, 413 for a body over the limit.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::browsers::is_json;
 use super::error::ApiError;
 
 /// The largest request body accepted.
@@ -27,6 +28,11 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::UnsupportedMediaType(
+                "the body must be Content-Type: application/json".to_owned(),
+            ));
+        }
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| {

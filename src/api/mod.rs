@@ -4,6 +4,7 @@
 
 mod audit;
 mod auth;
+mod browsers;
 mod docs;
 mod engines;
 pub mod error;
@@ -46,6 +47,7 @@ use crate::registry::Registry;
 use crate::store::{Instance, Store};
 use crate::webhooks::CallbackFence;
 use crate::worker::Cancellations;
+pub use browsers::Fence;
 use error::{ApiError, InternalErrorDetail};
 pub use events::EventStreams;
 pub use source_ids::SourceIds;
@@ -74,6 +76,8 @@ pub struct AppState {
     pub job_credentials: JobCredentials,
     /// The tokens in force, and who each is.
     pub access: AccessControl,
+    /// What browsers may send (`--allow-origin`, `--public-url`).
+    pub fence: Fence,
     /// Registry hosts the operator allows at all (`--allow-registry`).
     pub allow_registry: Arc<Patterns>,
     /// Live push progress, for event streams.
@@ -121,7 +125,7 @@ impl utoipa::Modify for BearerScheme {
 }
 
 fn parts() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(jobs::create_job, jobs::list_jobs))
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::cancel_job))
@@ -131,7 +135,10 @@ fn parts() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(metrics::metrics))
-        .split_for_parts()
+        .split_for_parts();
+    // Once every route is in: the fence answers on every one.
+    utoipa::Modify::modify(&browsers::FenceResponses, &mut document);
+    (router, document)
 }
 
 /// The OpenAPI document, as served.
@@ -158,6 +165,12 @@ pub fn router(state: AppState) -> axum::Router {
         .layer(middleware::from_fn_with_state(
             state.access.clone(),
             auth::identify,
+        ))
+        // Before the token is looked at: without tokens every caller is an
+        // admin, so what a page made a browser send is refused first.
+        .layer(middleware::from_fn_with_state(
+            state.fence.clone(),
+            browsers::fence,
         ))
         .layer(middleware::from_fn(log_internal_errors))
         .layer(TimeoutLayer::with_status_code(

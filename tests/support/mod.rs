@@ -253,6 +253,8 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         allow_token_realm: TokenRealms::new(&[]).expect("the known realms"),
         allow_callback: CallbackPolicy::default(),
         allow_unauthenticated: false,
+        public_url: None,
+        allow_origins: Vec::new(),
         webhook_secret: None,
         webhook_max_age: Duration::from_secs(24 * 3600),
         // Quick webhook retries, like the step retries above.
