@@ -31,7 +31,7 @@ echo "== the API, publish, restart, crash, reliability, webhook and registry-tru
 PUBLISHD_TEST_STORE=postgres PUBLISHD_LEASE=5 cargo test --locked --offline --no-fail-fast \
   --test api --test publish --test restart --test crash --test events --test untag \
   --test registry_sources --test access --test sources --test healing --test webhooks \
-  --test registry_trust --test scopes --test browsers -- "$@" 2>&1 |
+  --test registry_trust --test scopes --test browsers --test exposure -- "$@" 2>&1 |
   tee -a "$env_dir/cargo-test.log"
 
 echo "== schemathesis against openapi/openapi.json"

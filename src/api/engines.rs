@@ -21,7 +21,7 @@ pub struct Engines {
 }
 
 /// List the engines, their instances (with heartbeat age) and their queued
-/// and in-flight targets. Any token.
+/// and in-flight targets. Admin tokens only.
 #[utoipa::path(
     get,
     path = "/api/v1/engines",
@@ -29,6 +29,7 @@ pub struct Engines {
     responses(
         (status = 200, description = "The engines", body = Engines),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "Not an admin token", body = ErrorBody),
         (status = 503, description = "The database is busy; see Retry-After", body = ErrorBody,
          headers(("Retry-After" = String, description = "Seconds to wait"))),
     ),
@@ -36,8 +37,18 @@ pub struct Engines {
 )]
 pub async fn list_engines(
     State(state): State<AppState>,
-    Caller(_caller): Caller,
+    Caller(caller): Caller,
 ) -> Result<Json<Engines>, ApiError> {
+    if !caller.sees_engines() {
+        return Err(ApiError::Forbidden {
+            field: None,
+            rule: "role".to_owned(),
+            message: format!(
+                "{} is not an admin: the engines and instances are shown to admins",
+                caller.name.as_deref().unwrap_or("this token")
+            ),
+        });
+    }
     Ok(Json(Engines {
         engines: state.store.engines().await?,
         this_instance_engine: state.instance.engine.clone(),

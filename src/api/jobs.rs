@@ -438,7 +438,20 @@ pub async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
     let id = job_id(&id)?;
-    visible_job(&state, &caller, id).await.map(Json)
+    let job = visible_job(&state, &caller, id).await?;
+    Ok(Json(as_seen_by(&caller, job)))
+}
+
+/// The job as `caller` may see it: its `callback_url` only for its
+/// submitter and admins (`Principal::sees_callback_of`).
+fn as_seen_by(caller: &Principal, mut job: Job) -> Job {
+    if !caller.sees_callback_of(job.submitted_by.as_deref()) {
+        job.callback_url = None;
+        for delivery in &mut job.deliveries {
+            delivery.url = None;
+        }
+    }
+    job
 }
 
 /// The job, if the caller may see it; another token's job is not found, so
@@ -505,12 +518,16 @@ pub async fn list_jobs(
     let limit = page_limit(params.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
     let cursor = page_cursor(params.cursor.as_deref())?;
     let submitted_by = caller.lists_jobs_of();
-    Ok(Json(
-        state
-            .store
-            .list_jobs(status, submitted_by, limit, cursor)
-            .await?,
-    ))
+    let mut page = state
+        .store
+        .list_jobs(status, submitted_by, limit, cursor)
+        .await?;
+    page.jobs = page
+        .jobs
+        .into_iter()
+        .map(|job| as_seen_by(&caller, job))
+        .collect();
+    Ok(Json(page))
 }
 
 /// Cancel a job.
@@ -549,7 +566,7 @@ pub async fn cancel_job(
     };
     let job_id = Uuid::parse_str(&id).ok();
     audit(&state, &caller, "job.cancel", outcome, job_id, detail).await?;
-    cancelled.map(Json)
+    cancelled.map(|job| Json(as_seen_by(&caller, job)))
 }
 
 async fn cancel(state: &AppState, caller: &Principal, id: &str) -> Result<Job, ApiError> {

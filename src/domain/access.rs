@@ -162,6 +162,20 @@ impl Principal {
     pub fn can_cancel(&self, owner: Option<&str>) -> bool {
         self.role != Role::Reader && self.can_see(owner)
     }
+
+    /// May this caller see the `callback_url` of a job submitted by
+    /// `owner`? Its submitter and admins: the URL may carry a secret of the
+    /// submitter's (a receiver's token in its query), and it says where
+    /// the submitter's systems are.
+    pub fn sees_callback_of(&self, owner: Option<&str>) -> bool {
+        self.role == Role::Admin || (self.name.is_some() && self.name.as_deref() == owner)
+    }
+
+    /// May this caller see the fleet: the engines, the instances' addresses,
+    /// their queues and the engines' errors? Admins only.
+    pub fn sees_engines(&self) -> bool {
+        self.role == Role::Admin
+    }
 }
 
 /// A request outside the caller's scope: which field, and which rule.
@@ -490,6 +504,12 @@ mod tests {
         reader.role = Role::Reader;
         assert!(reader.can_see(Some("team-b")) && !reader.can_cancel(Some("team-b")));
         assert!(Principal::anonymous().can_cancel(None));
+        assert!(!publisher.sees_engines() && !reader.sees_engines());
+        assert!(publisher.sees_callback_of(Some("team-a")));
+        assert!(!publisher.sees_callback_of(Some("team-b")) && !publisher.sees_callback_of(None));
+        assert!(!reader.sees_callback_of(Some("team-b")));
+        assert!(Principal::anonymous().sees_callback_of(Some("team-b")));
+        assert!(Principal::anonymous().sees_engines());
     }
 
     #[test]

@@ -42,7 +42,9 @@ impl Event {
 pub struct Delivery {
     /// Sent as `X-Publishd-Delivery`.
     pub id: String,
-    pub url: String,
+    /// The job's `callback_url`; null for a caller that may not see it
+    /// (only its submitter and admins do).
+    pub url: Option<String>,
     /// `pending`, `delivered`, or `failed` (given up after `--webhook-max-age`).
     pub state: String,
     /// Every attempt, oldest first.

@@ -29,7 +29,8 @@ pub struct Job {
     /// The name of the token that submitted the job; null when the service
     /// has no tokens.
     pub submitted_by: Option<String>,
-    /// Called with the job's JSON when the job ends.
+    /// Called with the job's JSON when the job ends. Answered to its
+    /// submitter and admins only; null for other callers.
     pub callback_url: Option<String>,
     /// The job's `publish_via`; null: the service's `--publish-via`.
     pub publish_via: Option<PublishVia>,

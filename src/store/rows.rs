@@ -257,7 +257,7 @@ impl DeliveryRow {
     pub fn into_delivery(self) -> StoreResult<Delivery> {
         Ok(Delivery {
             id: self.id,
-            url: self.url,
+            url: Some(self.url),
             state: self.state,
             attempts: serde_json::from_str(&self.attempts)
                 .context("bad delivery attempts in the database")?,

@@ -115,8 +115,17 @@ fn can_cancel(caller: &Principal, job: &crate::store::Job) -> bool {
 }
 
 async fn engines(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if principal_of(&state.access, &headers).is_none() {
+    let Some(caller) = principal_of(&state.access, &headers) else {
         return sign_in("Engines");
+    };
+    if !caller.sees_engines() {
+        return html(
+            StatusCode::FORBIDDEN,
+            pages::forbidden(
+                "Engines",
+                "The engines, their instances and their errors are shown to admin tokens only.",
+            ),
+        );
     }
     let engine: Arc<dyn Engine> = state.engine.clone().unwrap_or_else(|| Arc::new(NoEngine));
     let (ping, description) = tokio::join!(engine.ping(), engine.describe());

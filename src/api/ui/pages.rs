@@ -323,6 +323,20 @@ pub fn sign_in(title: &str) -> Markup {
     )
 }
 
+/// A page the caller's token may not see.
+pub fn forbidden(title: &str, why: &str) -> Markup {
+    layout(
+        title,
+        "",
+        &MainAttributes::default(),
+        html! {
+            h1 { (title) }
+            p { (why) }
+            p { a href="/ui/" { "All jobs" } }
+        },
+    )
+}
+
 pub fn not_found(id: &str) -> Markup {
     layout(
         "Not found",
