@@ -1,6 +1,7 @@
 //! Least exposure: what each caller is shown. The fleet (engines,
 //! instances, their errors) is the admins'; a job's `callback_url` is
-//! answered to its submitter and admins only. The real router, in process.
+//! answered to its submitter and admins only; the sign-in form never puts
+//! a token in a URL. The real router, in process.
 
 mod support;
 
@@ -152,4 +153,25 @@ async fn a_callback_url_is_answered_to_its_submitter_and_admins_only() {
     let reader_view = get_json(&app, &path, READER).await;
     assert_eq!(reader_view["deliveries"][0]["url"], Value::Null);
     assert!(!reader_view.to_string().contains("receivers-secret"));
+}
+
+#[tokio::test]
+async fn the_sign_in_form_posts_the_token_never_in_a_url() {
+    let (app, _dir) = service(|_| {}).await;
+    let (status, page) = get(&app, "/ui/", None).await;
+    assert_eq!(status, 401);
+    assert!(
+        page.contains(r#"<form id="sign-in" method="post" action="/ui/sign-in">"#),
+        "{page}"
+    );
+    // Without the script, the post answers the sign-in page; the token
+    // goes nowhere.
+    let posted = request("POST", "/ui/sign-in", None)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", "http://127.0.0.1:8080")
+        .body(Body::from(format!("token={TEAM_A}")))
+        .unwrap();
+    let (status, page) = send(&app, posted).await;
+    assert_eq!(status, 401);
+    assert!(page.contains("Sign in") && !page.contains(TEAM_A), "{page}");
 }

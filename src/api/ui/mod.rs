@@ -5,7 +5,9 @@
 //! Reading works without JavaScript where the service has no tokens. With
 //! tokens, a browser cannot put a bearer header on a link it follows, so a
 //! page asked for without one answers a sign-in page; the script keeps the
-//! token in session storage and fetches each page with it. The same script
+//! token in session storage and fetches each page with it (the sign-in
+//! form is a POST, so that without the script no token lands in a URL:
+//! the post only answers the sign-in page again). The same script
 //! refreshes the jobs page, follows a job's event stream (live steps and
 //! push progress), and cancels a job through the API.
 
@@ -16,7 +18,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::header::{self, HeaderValue};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use maud::Markup;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -41,6 +43,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/", get(jobs))
         .route("/ui/jobs/{id}", get(job))
         .route("/ui/engines", get(engines))
+        // Only without JavaScript: the script signs in without posting.
+        .route("/ui/sign-in", post(|| async { sign_in("Sign in") }))
         .route("/ui/assets/app.js", get(script))
         .route("/ui/assets/app.css", get(style))
 }

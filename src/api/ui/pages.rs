@@ -312,7 +312,9 @@ pub fn sign_in(title: &str) -> Markup {
         html! {
             h1 { "Sign in" }
             p { "This publishd needs an API token. It is kept in this browser tab only (session storage) and sent with each request." }
-            form id="sign-in" {
+            // Posted, never in a URL: the script keeps the token; without
+            // it, the post answers this page again.
+            form id="sign-in" method="post" action="/ui/sign-in" {
                 label for="token" { "API token" }
                 input id="token" name="token" type="password" autocomplete="off" required;
                 button type="submit" { "Sign in" }
