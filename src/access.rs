@@ -107,6 +107,28 @@ impl TokenTable {
     }
 }
 
+/// A bearer token of its own for one route (`--metrics-token`), kept as
+/// its digest and compared in constant time.
+#[derive(Clone)]
+pub struct RouteToken([u8; 32]);
+
+impl RouteToken {
+    pub fn new(token: &str) -> RouteToken {
+        RouteToken(token_digest(token))
+    }
+
+    /// Whether a presented token whose digest is `presented` is this one.
+    pub fn matches(&self, presented: &[u8; 32]) -> bool {
+        bool::from(presented.ct_eq(&self.0))
+    }
+}
+
+impl std::fmt::Debug for RouteToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteToken(***)")
+    }
+}
+
 /// The auth config file's shape.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -430,6 +452,14 @@ mod tests {
             sha("t")
         );
         assert!(parse_auth_config(&unknown_key).is_err());
+    }
+
+    #[test]
+    fn a_route_token_matches_itself_only() {
+        let token = RouteToken::new("scrape-secret");
+        assert!(token.matches(&token_digest("scrape-secret")));
+        assert!(!token.matches(&token_digest("scrape-secre")) && !token.matches(&token_digest("")));
+        assert_eq!(format!("{token:?}"), "RouteToken(***)");
     }
 
     #[test]

@@ -177,6 +177,10 @@ pub struct ServeArgs {
     /// Listen on a non-loopback address without API tokens.
     #[arg(long, env = "PUBLISHD_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
+    /// A bearer token `/metrics` requires (Prometheus' `authorization`
+    /// setting); without it `/metrics` is open like the probes.
+    #[arg(long, env = "PUBLISHD_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// The URL clients reach publishd at, when not its listening address
     /// (behind a proxy, say): its origin is publishd's own to browsers, and
     /// without tokens its host is a name publishd answers to (besides IP
@@ -272,6 +276,8 @@ pub struct Settings {
     /// Where callbacks may go (`--allow-callback`).
     pub allow_callback: CallbackPolicy,
     pub allow_unauthenticated: bool,
+    /// What `/metrics` requires, when set.
+    pub metrics_token: Option<String>,
     pub public_url: Option<url::Url>,
     /// Origins, as `scheme://host[:port]`, whose pages may call the API.
     pub allow_origins: Vec<String>,
@@ -358,6 +364,7 @@ impl Settings {
             allow_callback: CallbackPolicy::new(&args.allow_callback)
                 .map_err(|error| anyhow::anyhow!("--allow-callback {error}"))?,
             allow_unauthenticated: args.allow_unauthenticated,
+            metrics_token: args.metrics_token.filter(|token| !token.is_empty()),
             public_url: args.public_url,
             allow_origins: args.allow_origin,
             webhook_secret: args

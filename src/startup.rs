@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{AccessControl, QueueShare};
+use crate::access::{AccessControl, QueueShare, RouteToken};
 use crate::api::{self, AppState, EventStreams, Fence, SourceIds};
 use crate::config::Settings;
 use crate::credentials::{DockerConfig, JobCredentials};
@@ -137,6 +137,7 @@ impl Application {
             callbacks: callbacks.clone(),
             stopping: stopping.clone(),
             metrics: metrics.clone(),
+            metrics_token: settings.metrics_token.as_deref().map(RouteToken::new),
         });
         let context = Arc::new(WorkerContext {
             store,

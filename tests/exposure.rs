@@ -1,7 +1,8 @@
 //! Least exposure: what each caller is shown. The fleet (engines,
-//! instances, their errors) is the admins'; a job's `callback_url` is
-//! answered to its submitter and admins only; the sign-in form never puts
-//! a token in a URL. The real router, in process.
+//! instances, their errors) is the admins'; `/metrics` can require a token
+//! of its own; a job's `callback_url` is answered to its submitter and
+//! admins only; the sign-in form never puts a token in a URL. The real
+//! router, in process.
 
 mod support;
 
@@ -174,4 +175,30 @@ async fn the_sign_in_form_posts_the_token_never_in_a_url() {
     let (status, page) = send(&app, posted).await;
     assert_eq!(status, 401);
     assert!(page.contains("Sign in") && !page.contains(TEAM_A), "{page}");
+}
+
+#[tokio::test]
+async fn metrics_require_their_token_when_one_is_set() {
+    let (open, _dir) = service(|_| {}).await;
+    let (status, text) = get(&open, "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("publishd_build_info"));
+
+    let (guarded, _dir) =
+        service(|settings| settings.metrics_token = Some("scrape-secret".to_owned())).await;
+    // Neither nothing, nor a wrong token, nor an API token (even an
+    // admin's) opens it.
+    for token in [None, Some("scrape-secre"), Some(ADMIN)] {
+        let (status, body) = get(&guarded, "/metrics", token).await;
+        assert_eq!(status, 401, "{token:?}");
+        assert!(!body.contains("publishd_"), "{body}");
+        let refused: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(refused["error"]["code"], "unauthorized");
+    }
+    let (status, text) = get(&guarded, "/metrics", Some("scrape-secret")).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("publishd_build_info"));
+    // And the metrics token opens nothing else.
+    let (status, _) = get(&guarded, "/api/v1/jobs", Some("scrape-secret")).await;
+    assert_eq!(status, 401);
 }

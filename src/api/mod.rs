@@ -36,7 +36,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::access::AccessControl;
+use crate::access::{AccessControl, RouteToken};
 use crate::credentials::{DockerConfig, JobCredentials};
 use crate::domain::access::Patterns;
 use crate::domain::spec::Limits;
@@ -92,6 +92,8 @@ pub struct AppState {
     /// resume with `Last-Event-ID`) instead of holding the drain.
     pub stopping: CancellationToken,
     pub metrics: Metrics,
+    /// What `/metrics` requires when set (`--metrics-token`).
+    pub metrics_token: Option<RouteToken>,
 }
 
 /// Bounds every request; a slow client cannot hold a connection open forever.

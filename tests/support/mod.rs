@@ -253,6 +253,7 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         allow_token_realm: TokenRealms::new(&[]).expect("the known realms"),
         allow_callback: CallbackPolicy::default(),
         allow_unauthenticated: false,
+        metrics_token: None,
         public_url: None,
         allow_origins: Vec::new(),
         webhook_secret: None,
