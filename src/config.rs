@@ -57,8 +57,14 @@ pub struct ServeArgs {
     pub workers: u16,
     /// Docker engine: unix:///path or tcp://host:port (default: the local
     /// socket), or `none` to publish registry sources (`docker://`) only.
+    /// tcp:// is plain HTTP, refused unless --allow-plain-engine.
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
+    /// Drive a `tcp://` engine although it is reached without TLS, where
+    /// every push sends it registry credentials in clear (warned in the log
+    /// and in `/readyz`). Without it such an engine is refused at start.
+    #[arg(long, env = "PUBLISHD_ALLOW_PLAIN_ENGINE")]
+    pub allow_plain_engine: bool,
     /// The name jobs give for this instance's engine (`"engine"`): only
     /// instances that drive an engine claim its jobs' targets. Default: the
     /// engine's own name (`docker info`'s Name, its host's name). Instances
@@ -250,6 +256,7 @@ pub struct Settings {
     pub session_limits: SessionLimits,
     pub workers: usize,
     pub docker_host: Option<String>,
+    pub allow_plain_engine: bool,
     pub engine_name: Option<String>,
     pub docker_config: PathBuf,
     pub docker_certs_dir: PathBuf,
@@ -320,6 +327,7 @@ impl Settings {
             },
             workers: usize::from(args.workers),
             docker_host: args.docker_host,
+            allow_plain_engine: args.allow_plain_engine,
             engine_name: args.engine_name,
             docker_config,
             docker_certs_dir: args.docker_certs_dir,

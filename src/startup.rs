@@ -35,11 +35,16 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let engine: Option<Arc<dyn Engine>> = match settings.docker_host.as_deref() {
-            Some("none") => None,
-            host => Some(Arc::new(DockerEngine::new(host)?)),
+        let (engine, warnings): (Option<Arc<dyn Engine>>, _) = match settings.docker_host.as_deref()
+        {
+            Some("none") => (None, Vec::new()),
+            host => {
+                let engine = DockerEngine::new(host)?;
+                let warnings = plain_engine(&engine, settings.allow_plain_engine)?;
+                (Some(Arc::new(engine)), warnings)
+            }
         };
-        Self::assemble(settings, engine).await
+        Self::assemble(settings, engine, warnings).await
     }
 
     /// Builds on a given engine: the seam tests use to inject engine faults.
@@ -47,14 +52,16 @@ impl Application {
         settings: Settings,
         engine: Arc<dyn Engine>,
     ) -> anyhow::Result<Application> {
-        Self::assemble(settings, Some(engine)).await
+        Self::assemble(settings, Some(engine), Vec::new()).await
     }
 
     /// Builds the application; without an engine (`--docker-host none`) it
-    /// publishes registry sources only.
+    /// publishes registry sources only. `warnings` are what `/readyz` says
+    /// of choices made against advice.
     async fn assemble(
         settings: Settings,
         engine: Option<Arc<dyn Engine>>,
+        warnings: Vec<String>,
     ) -> anyhow::Result<Application> {
         let share = QueueShare {
             queued_targets: settings.max_queued_targets,
@@ -138,6 +145,7 @@ impl Application {
             stopping: stopping.clone(),
             metrics: metrics.clone(),
             metrics_token: settings.metrics_token.as_deref().map(RouteToken::new),
+            warnings: warnings.into(),
         });
         let context = Arc::new(WorkerContext {
             store,
@@ -313,6 +321,30 @@ async fn engine_name(
             Ok(Some(host))
         }
     }
+}
+
+/// An engine over plain TCP gets the registry credentials of every push
+/// (`X-Registry-Auth`) in clear: refused unless the operator allows it
+/// (`--allow-plain-engine`), and then a warning, in the log and in
+/// `/readyz`.
+fn plain_engine(engine: &DockerEngine, allowed: bool) -> anyhow::Result<Vec<String>> {
+    let Some(address) = engine.plain_tcp() else {
+        return Ok(Vec::new());
+    };
+    if !allowed {
+        anyhow::bail!(
+            "refusing to drive the engine at tcp://{address} without TLS: every push sends it \
+             registry credentials (X-Registry-Auth) that anyone on the way can read. Use its \
+             unix socket (over SSH: ssh -L /tmp/docker.sock:/var/run/docker.sock HOST), or \
+             pass --allow-plain-engine on a network only publishd and the engine share"
+        );
+    }
+    let warning = format!(
+        "the engine at tcp://{address} is reached without TLS (--allow-plain-engine): registry \
+         credentials travel to it in clear"
+    );
+    tracing::warn!("{warning}");
+    Ok(vec![warning])
 }
 
 /// Says every [`HEARTBEAT`] that this instance is alive, until it stops.

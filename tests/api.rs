@@ -312,7 +312,8 @@ async fn probes_answer() {
     assert_eq!(
         ready,
         json!({"status": "ready", "database": "ok", "engine": "ok",
-               "database_kind": kind, "engine_name": engine_name, "writer_restarts": 0})
+               "database_kind": kind, "engine_name": engine_name, "writer_restarts": 0,
+               "warnings": []})
     );
     let engines: Value = app.get("/api/v1/engines").await.json().await.unwrap();
     assert_eq!(engines["this_instance_engine"], json!(engine_name));

@@ -1,7 +1,8 @@
 //! Least exposure: what each caller is shown. The fleet (engines,
 //! instances, their errors) is the admins'; `/metrics` can require a token
 //! of its own; a job's `callback_url` is answered to its submitter and
-//! admins only; the sign-in form never puts a token in a URL. The real
+//! admins only; the sign-in form never puts a token in a URL; an engine
+//! reached without TLS is refused unless allowed, and then said. The real
 //! router, in process.
 
 mod support;
@@ -104,6 +105,32 @@ async fn the_engines_are_shown_to_admins_only() {
 }
 
 #[tokio::test]
+async fn metrics_require_their_token_when_one_is_set() {
+    let (open, _dir) = service(|_| {}).await;
+    let (status, text) = get(&open, "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("publishd_build_info"));
+
+    let (guarded, _dir) =
+        service(|settings| settings.metrics_token = Some("scrape-secret".to_owned())).await;
+    // Neither nothing, nor a wrong token, nor an API token (even an
+    // admin's) opens it.
+    for token in [None, Some("scrape-secre"), Some(ADMIN)] {
+        let (status, body) = get(&guarded, "/metrics", token).await;
+        assert_eq!(status, 401, "{token:?}");
+        assert!(!body.contains("publishd_"), "{body}");
+        let refused: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(refused["error"]["code"], "unauthorized");
+    }
+    let (status, text) = get(&guarded, "/metrics", Some("scrape-secret")).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("publishd_build_info"));
+    // And the metrics token opens nothing else.
+    let (status, _) = get(&guarded, "/api/v1/jobs", Some("scrape-secret")).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
 async fn a_callback_url_is_answered_to_its_submitter_and_admins_only() {
     let (app, _dir) = service(|settings| {
         settings.webhook_secret = Some(b"webhook-secret".to_vec());
@@ -178,27 +205,34 @@ async fn the_sign_in_form_posts_the_token_never_in_a_url() {
 }
 
 #[tokio::test]
-async fn metrics_require_their_token_when_one_is_set() {
-    let (open, _dir) = service(|_| {}).await;
-    let (status, text) = get(&open, "/metrics", None).await;
-    assert_eq!(status, 200);
-    assert!(text.contains("publishd_build_info"));
+async fn an_engine_without_tls_is_refused_unless_allowed_and_then_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = support::test_settings(dir.path());
+    // Nothing listens there: the answer is about the transport alone.
+    settings.docker_host = Some("tcp://127.0.0.1:1".to_owned());
+    settings.engine_name = Some("plain".to_owned());
+    let refused = Application::build(settings.clone())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{refused:#}").contains("--allow-plain-engine"),
+        "{refused:#}"
+    );
 
-    let (guarded, _dir) =
-        service(|settings| settings.metrics_token = Some("scrape-secret".to_owned())).await;
-    // Neither nothing, nor a wrong token, nor an API token (even an
-    // admin's) opens it.
-    for token in [None, Some("scrape-secre"), Some(ADMIN)] {
-        let (status, body) = get(&guarded, "/metrics", token).await;
-        assert_eq!(status, 401, "{token:?}");
-        assert!(!body.contains("publishd_"), "{body}");
-        let refused: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(refused["error"]["code"], "unauthorized");
-    }
-    let (status, text) = get(&guarded, "/metrics", Some("scrape-secret")).await;
-    assert_eq!(status, 200);
-    assert!(text.contains("publishd_build_info"));
-    // And the metrics token opens nothing else.
-    let (status, _) = get(&guarded, "/api/v1/jobs", Some("scrape-secret")).await;
-    assert_eq!(status, 401);
+    settings.allow_plain_engine = true;
+    let app = Application::build(settings).await.expect("allowed");
+    let (_, body) = get(&app, "/readyz", None).await;
+    let readiness: Value = serde_json::from_str(&body).unwrap();
+    let warning = readiness["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("tcp://127.0.0.1:1") && warning.contains("without TLS"),
+        "{readiness:#}"
+    );
+    let (without_engine, _dir) = service(|_| {}).await;
+    let (_, body) = get(&without_engine, "/readyz", None).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["warnings"],
+        json!([])
+    );
 }

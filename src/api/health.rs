@@ -52,6 +52,9 @@ pub struct Readiness {
     /// panicked; it went on with the next (the store's batching writer is
     /// supervised). Anything but 0 is a bug to report.
     writer_restarts: u64,
+    /// What the operator chose against advice: an engine reached without
+    /// TLS (`--allow-plain-engine`). Empty when nothing.
+    warnings: Vec<String>,
 }
 
 /// What readiness says of the engine of a publishd without one.
@@ -111,6 +114,7 @@ async fn check(state: &AppState) -> Readiness {
         database_kind: state.store.kind().to_owned(),
         engine_name: state.instance.engine.clone(),
         writer_restarts: state.store.writer_restarts(),
+        warnings: state.warnings.to_vec(),
     }
 }
 

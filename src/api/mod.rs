@@ -94,6 +94,9 @@ pub struct AppState {
     pub metrics: Metrics,
     /// What `/metrics` requires when set (`--metrics-token`).
     pub metrics_token: Option<RouteToken>,
+    /// Choices the operator made against advice (an engine over plain
+    /// TCP), said by `/readyz`.
+    pub warnings: Arc<[String]>,
 }
 
 /// Bounds every request; a slow client cannot hold a connection open forever.

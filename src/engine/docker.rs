@@ -64,6 +64,12 @@ impl DockerEngine {
         })
     }
 
+    /// The engine's address when publishd reaches it over plain TCP (no
+    /// TLS), where registry credentials travel in clear.
+    pub fn plain_tcp(&self) -> Option<&str> {
+        self.transport.plain_tcp()
+    }
+
     /// The client, connected and its API version settled on first use.
     async fn docker(&self) -> Result<&Docker, EngineError> {
         self.docker

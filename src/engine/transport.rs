@@ -62,6 +62,16 @@ impl EngineTransport {
         }
     }
 
+    /// The engine's address when it is reached over TCP, which is plain
+    /// HTTP: what is sent to it (`X-Registry-Auth` included) can be read on
+    /// the way.
+    pub(super) fn plain_tcp(&self) -> Option<&str> {
+        match self {
+            EngineTransport::Tcp { authority, .. } => Some(authority),
+            EngineTransport::Unix { .. } => None,
+        }
+    }
+
     /// Sends `request`, whatever address it names, to the engine.
     pub(super) async fn send(
         &self,

@@ -216,6 +216,7 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         session_limits: publishd::store::SessionLimits::default(),
         workers: 2,
         docker_host: Some(TestEnv::get().docker_host),
+        allow_plain_engine: false,
         engine_name: None,
         docker_config: dir.join("docker-config"),
         docker_certs_dir: TestEnv::get().certs_dir,
