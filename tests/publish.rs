@@ -44,6 +44,7 @@ async fn assert_published(
         Some(target["image"].as_str().unwrap_or(""))
     );
     assert_eq!(pushed.label("werf-image-tag"), target["tag"].as_str());
+    assert_eq!(pushed.label("werf-image-version"), Some("1"));
     assert_eq!(
         pushed.label("werf-content-signature"),
         Some(source.id.as_str())
@@ -249,10 +250,10 @@ async fn a_built_image_keeps_its_whole_config() {
     assert_published(&job["targets"][0], &source, &registry, &engine).await;
     let pushed = registry.pushed(&format!("{repo}/app:v1")).await.unwrap();
     assert_eq!(pushed.label("team"), Some("shop"));
-    // Only the six werf labels were added.
+    // Only the seven werf labels were added.
     assert_eq!(
         pushed.config["config"]["Labels"].as_object().unwrap().len(),
-        2 + 6
+        2 + 7
     );
 }
 

@@ -1,5 +1,9 @@
 //! werf's meta-information labels, carried by every published image.
 
+/// werf v1.1's `image.WerfImageVersion`: the version of werf's label
+/// layout, set on every image its publish makes.
+pub const WERF_IMAGE_VERSION: &str = "1";
+
 use std::collections::BTreeMap;
 
 use super::spec::TagStrategy;
@@ -38,6 +42,10 @@ pub fn werf_labels(input: &LabelInput<'_>) -> BTreeMap<String, String> {
             "werf-content-signature".to_owned(),
             input.source_image_id.to_owned(),
         ),
+        (
+            "werf-image-version".to_owned(),
+            WERF_IMAGE_VERSION.to_owned(),
+        ),
     ])
 }
 
@@ -60,6 +68,7 @@ mod tests {
         assert_eq!(labels["werf-image-name"], "");
         assert_eq!(labels["werf-image-tag"], "abc");
         assert_eq!(labels["werf-content-signature"], "sha256:abc");
-        assert_eq!(labels.len(), 6);
+        assert_eq!(labels["werf-image-version"], "1");
+        assert_eq!(labels.len(), 7);
     }
 }
