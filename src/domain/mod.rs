@@ -3,8 +3,10 @@
 
 pub mod access;
 pub mod callback;
+pub mod index;
 pub mod labels;
 pub mod naming;
+pub mod platform;
 pub mod publish_via;
 pub mod retry;
 pub mod slug;
