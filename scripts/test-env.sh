@@ -3,7 +3,8 @@
 #   - two Docker engines (Debian's docker.io): `docker`, the one the tests
 #     publish through, and `empty`, with no images, for schemathesis;
 #   - five registries (Debian's docker-registry 2.8):
-#       open       127.0.0.1, plain HTTP, no auth
+#       open       127.0.0.1, plain HTTP, no auth; manifests may name
+#                  layers by URL (foreign layers)
 #       auth       127.0.0.1, plain HTTP, htpasswd basic auth
 #       token      127.0.0.1, plain HTTP, token auth against our token
 #                  server (testkit/src/bin/token-server.rs) on 127.0.0.1
@@ -355,7 +356,10 @@ up() {
   insecure_addr=$(resolve "$insecure_name")
 
   open_port=$(free_port)
-  start_registry open "127.0.0.1:$open_port" "http://127.0.0.1:$open_port/v2/"
+  # Manifests may name layers by URL (a Windows image's foreign layers), so
+  # that the tests can hold a source publishd must refuse.
+  start_registry open "127.0.0.1:$open_port" "http://127.0.0.1:$open_port/v2/" \
+    "validation: {manifests: {urls: {allow: ['^https?://']}}}"
 
   mkdir -p "$dir/auth"
   htpasswd -Bbn "$user" "$password" >"$dir/auth/htpasswd"

@@ -45,6 +45,9 @@ async fn assert_published(
     );
     assert_eq!(pushed.label("werf-image-tag"), target["tag"].as_str());
     assert_eq!(pushed.label("werf-image-version"), Some("1"));
+    // werf's DockerImageID: the engine's id of the published image, its
+    // config digest on this (classic) image store.
+    assert_eq!(target["image_id"], pushed.manifest["config"]["digest"]);
     assert_eq!(
         pushed.label("werf-content-signature"),
         Some(source.id.as_str())

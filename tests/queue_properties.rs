@@ -1069,6 +1069,7 @@ impl Harness {
         let outcome = match outcome {
             Outcome::Succeeded => TargetOutcome::Succeeded {
                 digest: format!("sha256:{n:064x}"),
+                image_id: None,
                 up_to_date: n.is_multiple_of(3),
                 published_via: None,
             },

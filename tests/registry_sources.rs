@@ -9,8 +9,6 @@ use serde_json::{Value, json};
 use support::registry::{Built, DOCKER_MANIFEST, OCI_MANIFEST, Registry, push_source};
 use support::{TestApp, TestEnv, unique};
 
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-
 /// A publishd without an engine.
 async fn spawn_engineless() -> TestApp {
     TestApp::spawn_with(|settings| settings.docker_host = Some("none".to_owned())).await
@@ -114,6 +112,10 @@ async fn a_docker_source_is_published_in_the_registry_without_an_engine() {
     let again = app.run_job(&pinned).await;
     assert_eq!(again["status"], "succeeded", "{again:#}");
     assert_eq!(again["targets"][0]["up_to_date"], true, "{again:#}");
+    assert_eq!(
+        again["targets"][0]["image_id"],
+        pushed.manifest["config"]["digest"]
+    );
 
     // Without an engine, a local source is refused up front.
     let local = app
@@ -166,44 +168,13 @@ async fn a_source_in_another_registry_is_copied_into_the_target_registry() {
 }
 
 #[tokio::test]
-async fn an_image_index_is_refused_with_the_reason() {
+async fn a_missing_source_is_refused_and_one_platforms_manifest_is_published_alone() {
     let env = TestEnv::get();
     let reader = Registry::open(&env.registry);
     let repository = unique("ci/multi");
     let image = push_source(&reader, &repository, "amd64", OCI_MANIFEST).await;
-    let index = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_INDEX,
-        "manifests": [{"mediaType": OCI_MANIFEST, "size": 1, "digest": image.digest,
-                       "platform": {"architecture": "amd64", "os": "linux"}}],
-    });
-    reader
-        .put_manifest(
-            &repository,
-            "multi",
-            OCI_INDEX,
-            &serde_json::to_vec(&index).unwrap(),
-        )
-        .await;
     let app = spawn_engineless().await;
     let repo = format!("{}/{}", env.registry, unique("pub"));
-    let answer = app
-        .post_job(&json!({
-            "repo": repo,
-            "images": [{"name": "app", "source": format!("docker://{}/{repository}:multi", env.registry)}],
-            "tags": [{"strategy": "custom", "value": "v1"}],
-        }))
-        .await;
-    assert_eq!(answer.status(), 422);
-    let error: Value = answer.json::<Value>().await.unwrap()["error"].clone();
-    assert_eq!(error["field"], "images[0].source", "{error}");
-    assert!(
-        error["message"].as_str().unwrap().contains("image index"),
-        "{error}"
-    );
-
-    // A source that is not there is refused too; one platform's manifest,
-    // named by digest, is published.
     let missing = app
         .post_job(&json!({
             "repo": repo,
@@ -212,12 +183,32 @@ async fn an_image_index_is_refused_with_the_reason() {
         }))
         .await;
     assert_eq!(missing.status(), 422);
+    let error: Value = missing.json::<Value>().await.unwrap()["error"].clone();
+    assert_eq!(error["field"], "images[0].source", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not in the registry"),
+        "{error}"
+    );
+    // One platform's manifest, named by digest (as an index names it), is
+    // a single image of its own.
     let job = app
         .run_job(&json!({
             "repo": repo,
             "images": [{"name": "app", "source": format!("docker://{}/{repository}@{}", env.registry, image.digest)}],
             "tags": [{"strategy": "custom", "value": "v1"}],
+            "platforms": ["linux/amd64"],
         }))
         .await;
     assert_published_from(&reader, &job, &image).await;
+    assert_eq!(
+        job["targets"][0]["image_id"],
+        reader
+            .pushed(&format!("{repo}/app:v1"))
+            .await
+            .unwrap()
+            .manifest["config"]["digest"]
+    );
 }

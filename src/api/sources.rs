@@ -3,8 +3,10 @@
 //! even if the name moves before a lane gets to it. Sources that cannot be
 //! read in time are resolved when their first target runs. What can be
 //! refused is refused here, before anything is tagged: labels the
-//! submitter's scope requires, a registry source that is an index or does
-//! not exist, a local source on a publishd without an engine.
+//! submitter's scope requires, a registry source publishd cannot publish
+//! (an unknown media type, a foreign layer, a platform the job names that
+//! it lacks) or that does not exist, a local source on a publishd without
+//! an engine.
 
 use std::time::Duration;
 
@@ -14,12 +16,14 @@ use super::AppState;
 use super::error::ApiError;
 use crate::credentials::RegistryAuth;
 use crate::domain::access::{Grant, missing_labels};
+use crate::domain::index::{check_single, select};
 use crate::domain::retry::FailureKind;
 use crate::domain::source::{
     RegistrySource, ResolvedSource, SourceCredentials, source_credentials,
 };
 use crate::domain::spec::{Plan, PlannedImage};
 use crate::engine::{NO_ENGINE, SourceImage};
+use crate::registry::Source;
 
 /// How long a submission waits for the engine or a registry to say what
 /// its sources are.
@@ -116,17 +120,33 @@ async fn resolve_in_registry(
         state.registry.source_image(&reference, &auth),
     );
     match read.await {
-        Ok(Ok(Some(manifest))) => {
-            let config = serde_json::from_slice(&manifest.config).unwrap_or_default();
-            let found = SourceImage {
-                id: manifest.config_digest.clone(),
-                config,
-                layer_count: manifest.layers.len(),
-            };
-            check_labels(grant, image, &found, field)?;
+        Ok(Ok(Some(found))) => {
+            // The platforms the job names must be there (for an index, the
+            // images kept are those of the platforms named).
+            let kept = match &found {
+                Source::Image(single) => {
+                    check_single(single.platform.as_ref(), &plan.platforms).map(|()| vec![single])
+                }
+                Source::Index(index) => select(&index.views(), &plan.platforms).map(|kept| {
+                    index
+                        .images()
+                        .filter(|(position, _)| kept.contains(position))
+                        .map(|(_, image)| image)
+                        .collect()
+                }),
+            }
+            .map_err(|message| ApiError::invalid(field, format!("{reference}: {message}")))?;
+            for manifest in kept {
+                let found = SourceImage {
+                    id: manifest.config_digest.clone(),
+                    config: serde_json::from_slice(&manifest.config).unwrap_or_default(),
+                    layer_count: manifest.layers.len(),
+                };
+                check_labels(grant, image, &found, field)?;
+            }
             Ok(Some(ResolvedSource {
-                image_id: manifest.config_digest,
-                manifest_digest: Some(manifest.digest),
+                image_id: found.content_id().to_owned(),
+                manifest_digest: Some(found.digest().to_owned()),
             }))
         }
         Ok(Ok(None)) => Err(ApiError::invalid(

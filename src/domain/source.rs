@@ -143,7 +143,8 @@ fn has_explicit_tag(reference: &str) -> bool {
     last.contains(':')
 }
 
-fn check_sha256(digest: &str) -> Result<(), String> {
+/// `digest` must be a sha256 digest (what a registry path may carry).
+pub fn check_sha256(digest: &str) -> Result<(), String> {
     match digest.strip_prefix("sha256:") {
         Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
         _ => Err(format!("{digest:?} is not a sha256 digest")),

@@ -10,6 +10,7 @@ use super::naming::{
     RepoMode, Repository, check_repository, check_tagged_reference, content_tag, normalize_repo,
     target_reference,
 };
+use super::platform::Platform;
 use super::publish_via::PublishVia;
 use super::slug::{docker_tag, is_valid_docker_tag};
 use super::source::{REGISTRY_SOURCE_PREFIX, RegistrySource, ResolvedSource};
@@ -53,6 +54,13 @@ pub struct JobSpec {
     #[serde(default)]
     #[schema(example = "ci-runner-7")]
     pub engine: Option<String>,
+    /// The platforms to publish of each source that is an image index, as
+    /// `os/arch` or `os/arch/variant`: the published index lists their
+    /// images (and the attestations of those) only. Every one must be in
+    /// every source. Absent: every platform.
+    #[serde(default)]
+    #[schema(example = json!(["linux/amd64", "linux/arm64"]))]
+    pub platforms: Option<Vec<String>>,
 }
 
 /// Per-job registry credentials: a username and password, or an identity token.
@@ -179,6 +187,8 @@ pub struct Plan {
     pub targets: Vec<PlannedTarget>,
     /// Where to POST the job when it ends.
     pub callback: Option<Callback>,
+    /// The platforms to publish; empty: every one.
+    pub platforms: Vec<Platform>,
 }
 
 /// A webhook URL, checked: `http` or `https`, with a host.
@@ -395,6 +405,7 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
         .as_deref()
         .map(Callback::parse)
         .transpose()?;
+    let platforms = check_platforms(spec.platforms.as_deref().unwrap_or_default())?;
     Ok(Plan {
         repo,
         repo_mode: spec.repo_mode,
@@ -404,7 +415,34 @@ pub fn plan(spec: &JobSpec, limits: Limits) -> Result<Plan, ValidationError> {
         images,
         targets,
         callback,
+        platforms,
     })
+}
+
+/// Most platforms a job may name.
+const MAX_PLATFORMS: usize = 32;
+
+fn check_platforms(platforms: &[String]) -> Result<Vec<Platform>, ValidationError> {
+    if platforms.len() > MAX_PLATFORMS {
+        return Err(ValidationError::new(
+            "platforms",
+            format!("at most {MAX_PLATFORMS} platforms"),
+        ));
+    }
+    let mut parsed: Vec<Platform> = Vec::with_capacity(platforms.len());
+    for (index, text) in platforms.iter().enumerate() {
+        let field = format!("platforms[{index}]");
+        let platform =
+            Platform::parse(text).map_err(|message| ValidationError::new(&field, message))?;
+        if let Some(first) = parsed.iter().position(|seen| *seen == platform) {
+            return Err(ValidationError::new(
+                field,
+                format!("{text:?} is already platforms[{first}]"),
+            ));
+        }
+        parsed.push(platform);
+    }
+    Ok(parsed)
 }
 
 struct ResolvedTag {

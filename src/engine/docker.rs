@@ -213,7 +213,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// bollard encodes `X-Registry-Auth` in standard base64; the engine decodes
 /// it as URL-safe and silently drops what it cannot decode, so a password
 /// whose encoding holds `+` or `/` would push as anonymous. Re-encode it.
-fn url_safe_registry_auth(mut request: BollardRequest) -> BollardRequest {
+pub fn url_safe_registry_auth(mut request: BollardRequest) -> BollardRequest {
     let reencoded = request
         .headers()
         .get("X-Registry-Auth")

@@ -11,7 +11,7 @@ mod transport;
 
 use async_trait::async_trait;
 
-pub use docker::DockerEngine;
+pub use docker::{DockerEngine, url_safe_registry_auth};
 pub use image_config::{LabelBuild, LabelledImage, SourceImage};
 pub use none::{NO_ENGINE, NoEngine};
 pub use settings::{EngineDescription, EngineProduct, ImageStore, RegistrySettings, TagMethod};

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use futures_util::future::try_join_all;
 use oci_spec::distribution::Reference;
 use reqwest::header::{
     ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE,
@@ -19,16 +20,20 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::challenge::{Challenge, TokenRealms};
-use super::manifest;
+use super::manifest::{self, INDEX_TYPES, IndexDescriptor};
 use super::source_cache::SourceCache;
 use super::{
-    LayersFrom, ManifestForm, Registry, RegistryError, RegistryImage, RemoteImage, SourceManifest,
+    CarriedManifest, EntryContent, IndexEntry, KeptEntry, LayersFrom, ManifestForm, Registry,
+    RegistryError, RegistryImage, RegistryIndex, RemoteImage, Source, SourceIndex, SourceManifest,
     Written,
 };
 use crate::credentials::RegistryAuth;
 use crate::domain::access::Patterns;
+use crate::domain::index::{REFERENCE_DIGEST, REFERENCE_TYPE, describe, is_carried};
+use crate::domain::platform::Platform;
 use crate::domain::publish_via::Descriptor;
 use crate::domain::retry::FailureKind;
+use crate::domain::source::check_sha256;
 use crate::domain::text::{cut, error_chain};
 use crate::engine::{Engine, RegistrySettings};
 
@@ -141,15 +146,8 @@ struct ReadManifest {
     body: ManifestBody,
 }
 
-/// The image manifests a registry source may be, and the indexes it may not.
-const IMAGE_MANIFEST_TYPES: [&str; 2] = [
-    manifest::MANIFEST_V2,
-    "application/vnd.oci.image.manifest.v1+json",
-];
-const INDEX_TYPES: [&str; 2] = [
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.index.v1+json",
-];
+/// Most manifests an index may list: each is read, and written per target.
+const INDEX_ENTRIES_LIMIT: usize = 64;
 
 /// How long one layer's copy between registries may take (the step's own
 /// timeout bounds it too).
@@ -767,31 +765,33 @@ impl Registry for HttpRegistry {
             return Ok(None);
         };
         let digest = manifest.digest;
-        // An index was not published by an engine push of one image: it
-        // carries no werf signature of its own.
-        let config = match (manifest.body.config, manifest.body.manifests) {
-            (Some(config), None) => config,
-            _ => {
-                return Ok(Some(RemoteImage {
+        match (manifest.body.config, manifest.body.manifests) {
+            (_, Some(entries)) => {
+                let (content_signature, platforms) =
+                    self.index_signature(&reference, auth, entries).await?;
+                Ok(Some(RemoteImage {
+                    image_id: digest.clone(),
                     digest,
-                    content_signature: None,
-                }));
+                    content_signature,
+                    platforms: Some(platforms),
+                }))
             }
-        };
-        let body = self.config_blob(&reference, auth, &config.digest).await?;
-        let config: serde_json::Value = serde_json::from_slice(&body).map_err(|error| {
-            RegistryError::new(
-                FailureKind::Transient,
-                format!("image config is not JSON: {error}"),
-            )
-        })?;
-        let content_signature = config["config"]["Labels"]["werf-content-signature"]
-            .as_str()
-            .map(str::to_owned);
-        Ok(Some(RemoteImage {
-            digest,
-            content_signature,
-        }))
+            (Some(config), None) => {
+                let labels = self.config_labels(&reference, auth, &config.digest).await?;
+                Ok(Some(RemoteImage {
+                    digest,
+                    content_signature: labels.signature,
+                    image_id: config.digest,
+                    platforms: None,
+                }))
+            }
+            (None, None) => Ok(Some(RemoteImage {
+                image_id: digest.clone(),
+                digest,
+                content_signature: None,
+                platforms: None,
+            })),
+        }
     }
 
     async fn pushed_layers(
@@ -825,7 +825,7 @@ impl Registry for HttpRegistry {
         &self,
         reference: &str,
         auth: &RegistryAuth,
-    ) -> Result<Option<SourceManifest>, RegistryError> {
+    ) -> Result<Option<Source>, RegistryError> {
         let reference = parse(reference)?;
         let cache_key = reference.digest().map(|digest| {
             (
@@ -838,67 +838,27 @@ impl Registry for HttpRegistry {
         if let Some(found) = cache_key.as_ref().and_then(|key| self.sources.get(key)) {
             return Ok(Some(found));
         }
-        let Some(manifest) = self.read_manifest(&reference, auth).await? else {
+        let Some(read) = self.read_manifest(&reference, auth).await? else {
             return Ok(None);
         };
-        let ReadManifest {
-            bytes,
-            digest,
-            media_type,
-            body: parsed,
-        } = manifest;
         let whole = reference.whole();
         if let Some(pinned) = reference.digest()
-            && pinned != digest
+            && pinned != read.digest
         {
             return Err(RegistryError::new(
                 FailureKind::Permanent,
-                format!("the registry served bytes of digest {digest} for {whole}"),
-            ));
-        }
-        // An index is refused rather than published platform by platform:
-        // werf's content signature and `content` tag name one image id, and
-        // an index has one per platform.
-        if parsed.manifests.is_some() || INDEX_TYPES.contains(&media_type.as_str()) {
-            return Err(RegistryError::new(
-                FailureKind::Permanent,
                 format!(
-                    "{whole} is an image index (a multi-platform image): publishd publishes \
-                     single-platform images, since werf's content signature names one image; \
-                     name one platform's manifest by its digest (docker://REPOSITORY@sha256:...)"
+                    "the registry served bytes of digest {} for {whole}",
+                    read.digest
                 ),
             ));
         }
-        let (Some(config), Some(layers)) = (parsed.config, parsed.layers) else {
-            return Err(RegistryError::new(
-                FailureKind::Permanent,
-                format!("{whole} is not an image manifest ({media_type:?})"),
-            ));
-        };
-        if !IMAGE_MANIFEST_TYPES.contains(&media_type.as_str()) {
-            return Err(RegistryError::new(
-                FailureKind::Permanent,
-                format!(
-                    "{whole} is a {media_type:?} manifest; publishd publishes Docker schema 2 \
-                     and OCI image manifests"
-                ),
-            ));
-        }
-        let config_bytes = self.config_blob(&reference, auth, &config.digest).await?;
-        if sha256_digest(&config_bytes) != config.digest {
-            return Err(RegistryError::new(
-                FailureKind::Transient,
-                format!("the config of {whole} read back with another digest"),
-            ));
-        }
-        let source = SourceManifest {
-            digest,
-            media_type,
-            manifest: bytes.to_vec(),
-            config: config_bytes.to_vec(),
-            config_digest: config.digest,
-            layers,
-        };
+        let source =
+            if read.body.manifests.is_some() || INDEX_TYPES.contains(&read.media_type.as_str()) {
+                Source::Index(self.source_index(&reference, auth, read).await?)
+            } else {
+                Source::Image(self.source_manifest(&reference, auth, read, &whole).await?)
+            };
         if let Some(key) = cache_key {
             self.sources.insert(key, &source);
         }
@@ -912,25 +872,19 @@ impl Registry for HttpRegistry {
         auth: &RegistryAuth,
     ) -> Result<Written, RegistryError> {
         let reference = parse(reference)?;
-        for layer in image.layers {
-            if let Some(why) = self
-                .ensure_layer(&reference, auth, layer, &image.layers_from)
-                .await?
-            {
-                return Ok(Written::MountRefused {
-                    layer: layer.digest.clone(),
-                    why,
-                });
-            }
+        if let Some(refused) = self
+            .write_blobs(
+                &reference,
+                auth,
+                image.layers,
+                image.config,
+                &image.layers_from,
+            )
+            .await?
+        {
+            return Ok(refused);
         }
         let config_digest = sha256_digest(image.config);
-        self.upload_blob(
-            &reference,
-            auth,
-            &config_digest,
-            Bytes::copy_from_slice(image.config),
-        )
-        .await?;
         let (body, media_type) = match image.manifest {
             ManifestForm::Engine => {
                 let config = Descriptor {
@@ -944,43 +898,536 @@ impl Registry for HttpRegistry {
                 )
             }
             ManifestForm::Like(source) => (
-                manifest::with_config(&source.manifest, &config_digest, image.config.len())
-                    .map_err(|error| {
-                        RegistryError::new(
-                            FailureKind::Permanent,
-                            format!("rewriting the source's manifest: {error}"),
-                        )
-                    })?,
+                relabelled(source, &config_digest, image.config.len())?,
                 source.media_type.as_str(),
             ),
         };
-        let body = Bytes::from(body);
+        let tag = reference.tag().unwrap_or("latest");
+        let digest = self
+            .put_manifest(
+                &reference,
+                auth,
+                tag,
+                media_type,
+                Bytes::from(body),
+                image.layers,
+            )
+            .await?;
+        Ok(Written::Published { digest })
+    }
+
+    async fn write_index(
+        &self,
+        reference: &str,
+        index: &RegistryIndex<'_>,
+        auth: &RegistryAuth,
+    ) -> Result<Written, RegistryError> {
+        let reference = &parse(reference)?;
+        let source = index.source;
+        // The manifests first, by digest: the index names them, and a
+        // registry refuses an index whose manifests it does not hold.
+        let written = try_join_all(index.kept.iter().map(|kept| async move {
+            let position = match *kept {
+                KeptEntry::Image { position, .. } | KeptEntry::Carried { position } => position,
+            };
+            let entry = source.entries.get(position).ok_or_else(|| {
+                RegistryError::new(
+                    FailureKind::Permanent,
+                    format!("the source index has no entry {position}"),
+                )
+            })?;
+            match (kept, &entry.content) {
+                (KeptEntry::Image { config, .. }, EntryContent::Image(image)) => {
+                    let new = self
+                        .write_platform_image(reference, auth, image, config, &index.layers_from)
+                        .await?;
+                    Ok(Some((position, new)))
+                }
+                (KeptEntry::Carried { .. }, EntryContent::Carried(carried)) => {
+                    self.write_carried(reference, auth, &entry.digest, carried, &index.layers_from)
+                        .await?;
+                    Ok(None)
+                }
+                _ => Err(RegistryError::new(
+                    FailureKind::Permanent,
+                    format!("entry {position} of the source index is not what was kept of it"),
+                )),
+            }
+        }))
+        .await?;
+        let replaced: HashMap<usize, (String, usize)> = written.into_iter().flatten().collect();
+        let kept: Vec<usize> = index
+            .kept
+            .iter()
+            .map(|kept| match *kept {
+                KeptEntry::Image { position, .. } | KeptEntry::Carried { position } => position,
+            })
+            .collect();
+        let body = manifest::rewrite_index(&source.index, &kept, &replaced).map_err(|error| {
+            RegistryError::new(
+                FailureKind::Permanent,
+                format!("rewriting the source's index: {error}"),
+            )
+        })?;
+        let tag = reference.tag().unwrap_or("latest");
+        let digest = self
+            .put_manifest(
+                reference,
+                auth,
+                tag,
+                &source.media_type,
+                Bytes::from(body),
+                &[],
+            )
+            .await?;
+        Ok(Written::Published { digest })
+    }
+}
+
+/// What werf's up-to-date rule reads of an image config.
+struct ConfigLabels {
+    signature: Option<String>,
+    platform: Option<Platform>,
+}
+
+impl HttpRegistry {
+    /// The `werf-content-signature` label and the platform of the config
+    /// `digest` in `reference`'s repository.
+    async fn config_labels(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        digest: &str,
+    ) -> Result<ConfigLabels, RegistryError> {
+        let body = self.config_blob(reference, auth, digest).await?;
+        let config: serde_json::Value = serde_json::from_slice(&body).map_err(|error| {
+            RegistryError::new(
+                FailureKind::Transient,
+                format!("image config is not JSON: {error}"),
+            )
+        })?;
+        Ok(ConfigLabels {
+            signature: config["config"]["Labels"]["werf-content-signature"]
+                .as_str()
+                .map(str::to_owned),
+            platform: Platform::from_json(&config),
+        })
+    }
+
+    /// An index's content signature (the one its platform images all
+    /// carry, if they agree) and the platforms of its images, in order.
+    async fn index_signature(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        entries: Vec<serde_json::Value>,
+    ) -> Result<(Option<String>, Vec<Platform>), RegistryError> {
+        let descriptors: Vec<IndexDescriptor> =
+            serde_json::from_value(entries.into()).map_err(|error| {
+                RegistryError::new(
+                    FailureKind::Permanent,
+                    format!("the index {} is not valid: {error}", reference.whole()),
+                )
+            })?;
+        let images = descriptors
+            .into_iter()
+            .take(INDEX_ENTRIES_LIMIT)
+            .filter(|descriptor| {
+                let declared = descriptor.platform.as_ref().and_then(Platform::from_json);
+                let reference_type = descriptor.annotations.get(REFERENCE_TYPE);
+                !is_carried(declared.as_ref(), reference_type.map(String::as_str))
+            });
+        let read = try_join_all(images.map(|descriptor| async move {
+            let at_digest = parse(&format!(
+                "{}/{}@{}",
+                reference.registry(),
+                reference.repository(),
+                descriptor.digest
+            ))?;
+            let config = match self.read_manifest(&at_digest, auth).await? {
+                Some(ReadManifest {
+                    body:
+                        ManifestBody {
+                            config: Some(config),
+                            ..
+                        },
+                    ..
+                }) => config,
+                _ => {
+                    return Ok(ConfigLabels {
+                        signature: None,
+                        platform: None,
+                    });
+                }
+            };
+            let mut labels = self.config_labels(&at_digest, auth, &config.digest).await?;
+            if let Some(declared) = descriptor.platform.as_ref().and_then(Platform::from_json) {
+                labels.platform = Some(declared);
+            }
+            Ok::<_, RegistryError>(labels)
+        }))
+        .await?;
+        let first = read.first().and_then(|labels| labels.signature.clone());
+        let agreed = read.iter().all(|labels| labels.signature == first);
+        Ok((
+            first.filter(|_| agreed),
+            read.into_iter()
+                .filter_map(|labels| labels.platform)
+                .collect(),
+        ))
+    }
+
+    /// A registry source's image: its manifest, which must be an image
+    /// manifest publishd can publish (`what` names it in refusals), and
+    /// its config.
+    async fn source_manifest(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        read: ReadManifest,
+        what: &str,
+    ) -> Result<SourceManifest, RegistryError> {
+        let ReadManifest {
+            bytes,
+            digest,
+            media_type,
+            body,
+        } = read;
+        let refused = |why: String| RegistryError::new(FailureKind::Permanent, why);
+        if !manifest::IMAGE_MANIFEST_TYPES.contains(&media_type.as_str()) {
+            return Err(refused(format!(
+                "{what} is a {media_type:?} manifest; publishd publishes Docker schema 2 and OCI \
+                 image manifests, and indexes of them"
+            )));
+        }
+        let (Some(config), Some(layers)) = (body.config, body.layers) else {
+            return Err(refused(format!(
+                "{what} is not an image manifest ({media_type:?} without a config and layers)"
+            )));
+        };
+        if let Some(why) = manifest::unsupported_part(&config, &layers) {
+            return Err(refused(format!("{what} cannot be published: {why}")));
+        }
+        let config_bytes = self.config_blob(reference, auth, &config.digest).await?;
+        if sha256_digest(&config_bytes) != config.digest {
+            return Err(RegistryError::new(
+                FailureKind::Transient,
+                format!("the config of {what} read back with another digest"),
+            ));
+        }
+        let platform = serde_json::from_slice::<serde_json::Value>(&config_bytes)
+            .ok()
+            .and_then(|config| Platform::from_json(&config));
+        Ok(SourceManifest {
+            digest,
+            media_type,
+            manifest: bytes.to_vec(),
+            config: config_bytes.to_vec(),
+            config_digest: config.digest,
+            layers,
+            platform,
+        })
+    }
+
+    /// A registry source that is an index: every manifest it lists, each
+    /// a platform's image (with its config) or a manifest carried as it is.
+    async fn source_index(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        read: ReadManifest,
+    ) -> Result<SourceIndex, RegistryError> {
+        let whole = reference.whole();
+        let refused = |why: String| RegistryError::new(FailureKind::Permanent, why);
+        if !INDEX_TYPES.contains(&read.media_type.as_str()) {
+            return Err(refused(format!(
+                "{whole} is an index of the unknown media type {:?}; publishd publishes {}",
+                read.media_type,
+                INDEX_TYPES.join(" and ")
+            )));
+        }
+        let descriptors: Vec<IndexDescriptor> =
+            serde_json::from_value(read.body.manifests.clone().unwrap_or_default().into())
+                .map_err(|error| refused(format!("the index {whole} is not valid: {error}")))?;
+        if descriptors.len() > INDEX_ENTRIES_LIMIT {
+            return Err(refused(format!(
+                "{whole} lists {} manifests; publishd publishes indexes of at most \
+                 {INDEX_ENTRIES_LIMIT}",
+                descriptors.len()
+            )));
+        }
+        let entries = try_join_all(
+            descriptors
+                .into_iter()
+                .enumerate()
+                .map(|(position, descriptor)| {
+                    self.index_entry(reference, auth, position, descriptor)
+                }),
+        )
+        .await?;
+        let index = SourceIndex {
+            digest: read.digest,
+            media_type: read.media_type,
+            index: read.bytes.to_vec(),
+            entries,
+        };
+        if index.images().next().is_none() {
+            return Err(refused(format!(
+                "{whole} is {}: it holds no platform's image to publish",
+                describe(&index.views())
+            )));
+        }
+        Ok(index)
+    }
+
+    /// The manifest an index lists at `position`, read by its digest.
+    async fn index_entry(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        position: usize,
+        descriptor: IndexDescriptor,
+    ) -> Result<IndexEntry, RegistryError> {
+        let declared = descriptor.platform.as_ref().and_then(Platform::from_json);
+        let what = match &declared {
+            Some(platform) => format!("entry {position} ({platform}) of {}", reference.whole()),
+            None => format!("entry {position} of {}", reference.whole()),
+        };
+        let refused = |why: String| RegistryError::new(FailureKind::Permanent, why);
+        if INDEX_TYPES.contains(&descriptor.media_type.as_str()) {
+            return Err(refused(format!(
+                "{what} is itself an index: publishd does not publish nested indexes"
+            )));
+        }
+        check_sha256(&descriptor.digest).map_err(|why| refused(format!("{what}: {why}")))?;
+        let at_digest = parse(&format!(
+            "{}/{}@{}",
+            reference.registry(),
+            reference.repository(),
+            descriptor.digest
+        ))?;
+        let read = self.read_manifest(&at_digest, auth).await?.ok_or_else(|| {
+            refused(format!(
+                "{what} ({}) is not in the registry",
+                descriptor.digest
+            ))
+        })?;
+        if read.digest != descriptor.digest {
+            return Err(refused(format!(
+                "the registry served bytes of digest {} for {what} ({})",
+                read.digest, descriptor.digest
+            )));
+        }
+        let carried = is_carried(
+            declared.as_ref(),
+            descriptor
+                .annotations
+                .get(REFERENCE_TYPE)
+                .map(String::as_str),
+        );
+        let describes = descriptor.annotations.get(REFERENCE_DIGEST).cloned();
+        let content = if carried {
+            let blobs: Vec<Descriptor> = read
+                .body
+                .config
+                .into_iter()
+                .chain(read.body.layers.unwrap_or_default())
+                .collect();
+            if !manifest::IMAGE_MANIFEST_TYPES.contains(&read.media_type.as_str()) {
+                return Err(refused(format!(
+                    "{what} is a {:?} manifest, which publishd does not know how to carry",
+                    read.media_type
+                )));
+            }
+            EntryContent::Carried(CarriedManifest {
+                media_type: read.media_type,
+                manifest: read.bytes.to_vec(),
+                blobs,
+            })
+        } else {
+            EntryContent::Image(self.source_manifest(&at_digest, auth, read, &what).await?)
+        };
+        let platform = match &content {
+            EntryContent::Image(image) => declared.or_else(|| image.platform.clone()),
+            EntryContent::Carried(_) => declared,
+        };
+        Ok(IndexEntry {
+            digest: descriptor.digest,
+            platform,
+            describes,
+            content,
+        })
+    }
+
+    /// Makes `layers` present in `reference`'s repository and uploads
+    /// `config`; `Some` when a layer could not be mounted (and not copied).
+    async fn write_blobs(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        layers: &[Descriptor],
+        config: &[u8],
+        from: &LayersFrom<'_>,
+    ) -> Result<Option<Written>, RegistryError> {
+        for layer in layers {
+            if let Some(why) = self.ensure_layer(reference, auth, layer, from).await? {
+                return Ok(Some(Written::MountRefused {
+                    layer: layer.digest.clone(),
+                    why,
+                }));
+            }
+        }
+        self.upload_blob(
+            reference,
+            auth,
+            &sha256_digest(config),
+            Bytes::copy_from_slice(config),
+        )
+        .await?;
+        Ok(None)
+    }
+
+    /// One platform image of an index, written by digest with its
+    /// labelled `config`: the new manifest's digest and size.
+    async fn write_platform_image(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        image: &SourceManifest,
+        config: &[u8],
+        from: &LayersFrom<'_>,
+    ) -> Result<(String, usize), RegistryError> {
+        if let Some(Written::MountRefused { layer, why }) = self
+            .write_blobs(reference, auth, &image.layers, config, from)
+            .await?
+        {
+            return Err(RegistryError::new(
+                FailureKind::Permanent,
+                format!("layer {layer} could not be made present: {why}"),
+            ));
+        }
+        let body = relabelled(image, &sha256_digest(config), config.len())?;
+        let size = body.len();
+        let digest = sha256_digest(&body);
+        self.put_manifest(
+            reference,
+            auth,
+            &digest,
+            &image.media_type,
+            Bytes::from(body),
+            &image.layers,
+        )
+        .await?;
+        Ok((digest, size))
+    }
+
+    /// A carried manifest (an attestation), written as it is, by its
+    /// `digest`, after the blobs it names.
+    async fn write_carried(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        digest: &str,
+        carried: &CarriedManifest,
+        from: &LayersFrom<'_>,
+    ) -> Result<(), RegistryError> {
+        for blob in &carried.blobs {
+            if let Some(why) = self.ensure_layer(reference, auth, blob, from).await? {
+                return Err(RegistryError::new(
+                    FailureKind::Permanent,
+                    format!("blob {} could not be made present: {why}", blob.digest),
+                ));
+            }
+        }
+        self.put_manifest(
+            reference,
+            auth,
+            digest,
+            &carried.media_type,
+            Bytes::from(carried.manifest.clone()),
+            &[],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Puts `body` (of `media_type`) as `tag_or_digest` in `reference`'s
+    /// repository; answers its digest. A refusal of a manifest with zstd
+    /// `layers` says so: some registries do not take them.
+    async fn put_manifest(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        tag_or_digest: &str,
+        media_type: &str,
+        body: Bytes,
+        layers: &[Descriptor],
+    ) -> Result<String, RegistryError> {
         let digest = sha256_digest(&body);
         let scope = format!("repository:{}:pull,push", reference.repository());
-        let path = manifest_path(&reference);
+        let path = format!("/v2/{}/manifests/{tag_or_digest}", reference.repository());
         let response = self
-            .send_scoped(&reference, auth, &scope, |client, base| {
+            .send_scoped(reference, auth, &scope, |client, base| {
                 client
                     .put(format!("{base}{path}"))
                     .header(CONTENT_TYPE, media_type)
                     .body(body.clone())
             })
             .await?;
-        if response.status() != StatusCode::CREATED {
-            return Err(status_error(
+        let status = response.status();
+        if status != StatusCode::CREATED {
+            let mut error = status_error(
                 response,
-                &format!("putting the manifest of {}", reference.whole()),
+                &format!(
+                    "putting the manifest of {}/{}:{tag_or_digest}",
+                    reference.registry(),
+                    reference.repository()
+                ),
             )
-            .await);
+            .await;
+            let zstd = manifest::zstd_layers(layers);
+            if let Some(layer) = zstd.first()
+                && matches!(
+                    status,
+                    StatusCode::BAD_REQUEST | StatusCode::UNSUPPORTED_MEDIA_TYPE
+                )
+            {
+                error.message = cut(
+                    &format!(
+                        "{}; its layer {} is zstd-compressed ({}), which this registry may not \
+                         accept: publish a gzip-compressed build of the image (BuildKit: \
+                         --output type=image,compression=gzip)",
+                        error.message, layer.digest, layer.media_type
+                    ),
+                    MESSAGE_LIMIT,
+                )
+                .into_owned();
+            }
+            return Err(error);
         }
         match content_digest(&response) {
             Some(accepted) if accepted != digest => Err(RegistryError::new(
                 FailureKind::Permanent,
                 format!("the registry took the manifest as {accepted}; its bytes are {digest}"),
             )),
-            _ => Ok(Written::Published { digest }),
+            _ => Ok(digest),
         }
     }
+}
+
+/// A source's manifest with the labelled config (of `config_digest`, `size`
+/// bytes) in place of its own.
+fn relabelled(
+    source: &SourceManifest,
+    config_digest: &str,
+    size: usize,
+) -> Result<Vec<u8>, RegistryError> {
+    manifest::with_config(&source.manifest, config_digest, size).map_err(|error| {
+        RegistryError::new(
+            FailureKind::Permanent,
+            format!("rewriting the source's manifest: {error}"),
+        )
+    })
 }
 
 /// Where a registry said an upload goes on.

@@ -1,5 +1,6 @@
-//! Registry sources read lately, by manifest digest: every target of a job
-//! reads the same source, and what a digest names never changes. Entries
+//! Registry sources read lately, by manifest (or index) digest: every
+//! target of a job reads the same source, and what a digest names never
+//! changes. An index is kept whole, with its manifests and configs. Entries
 //! are per registry, repository and credentials (a cached answer is never
 //! given to credentials that did not read it), live a minute, and are
 //! bounded in bytes.
@@ -8,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::SourceManifest;
+use super::Source;
 
 /// How long an answer is reused: long enough for a job's targets, short
 /// enough that revoked access is noticed soon.
@@ -21,11 +22,11 @@ pub type SourceKey = (String, String, [u8; 32], String);
 
 #[derive(Default)]
 pub struct SourceCache {
-    entries: Mutex<HashMap<SourceKey, (Instant, SourceManifest)>>,
+    entries: Mutex<HashMap<SourceKey, (Instant, Source)>>,
 }
 
 impl SourceCache {
-    pub fn get(&self, key: &SourceKey) -> Option<SourceManifest> {
+    pub fn get(&self, key: &SourceKey) -> Option<Source> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries
             .get(key)
@@ -33,14 +34,14 @@ impl SourceCache {
             .map(|(_, source)| source.clone())
     }
 
-    pub fn insert(&self, key: SourceKey, source: &SourceManifest) {
-        let size = weight(source);
+    pub fn insert(&self, key: SourceKey, source: &Source) {
+        let size = source.weight();
         if size > SOURCE_BYTES {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.retain(|_, (at, _)| at.elapsed() < SOURCE_TTL);
-        let mut total: usize = entries.values().map(|(_, source)| weight(source)).sum();
+        let mut total: usize = entries.values().map(|(_, source)| source.weight()).sum();
         while total + size > SOURCE_BYTES {
             let Some(oldest) = entries
                 .iter()
@@ -50,30 +51,28 @@ impl SourceCache {
                 break;
             };
             if let Some((_, gone)) = entries.remove(&oldest) {
-                total -= weight(&gone);
+                total -= gone.weight();
             }
         }
         entries.insert(key, (Instant::now(), source.clone()));
     }
 }
 
-fn weight(source: &SourceManifest) -> usize {
-    source.manifest.len() + source.config.len()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::SourceManifest;
 
-    fn source(bytes: usize) -> SourceManifest {
-        SourceManifest {
+    fn source(bytes: usize) -> Source {
+        Source::Image(SourceManifest {
             digest: "sha256:m".to_owned(),
             media_type: String::new(),
             manifest: vec![0; bytes],
             config: Vec::new(),
             config_digest: "sha256:c".to_owned(),
             layers: Vec::new(),
-        }
+            platform: None,
+        })
     }
 
     fn key(digest: &str, credentials: u8) -> SourceKey {

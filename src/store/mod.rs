@@ -714,6 +714,7 @@ fn queued_job(new: &NewJob, created_at: String) -> Job {
                 reference: target.reference.clone(),
                 status: TargetStatus::Pending,
                 digest: None,
+                image_id: None,
                 attempts: 0,
                 error: None,
                 attempt_errors: Vec::new(),
@@ -729,5 +730,7 @@ fn queued_job(new: &NewJob, created_at: String) -> Job {
             .collect(),
         deliveries: Vec::new(),
         engine: new.engine.clone(),
+        platforms: (!plan.platforms.is_empty())
+            .then(|| plan.platforms.iter().map(ToString::to_string).collect()),
     }
 }

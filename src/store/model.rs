@@ -6,6 +6,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::naming::RepoMode;
+use crate::domain::platform::Platform;
 use crate::domain::publish_via::{PublishVia, PublishedVia};
 use crate::domain::spec::TagStrategy;
 use crate::domain::status::{JobStatus, TargetStatus};
@@ -42,6 +43,9 @@ pub struct Job {
     /// The engine the job's local sources are on: only instances that drive
     /// it publish them. Null when every source is a `docker://` one.
     pub engine: Option<String>,
+    /// The platforms published of each source that is an image index;
+    /// null: every platform.
+    pub platforms: Option<Vec<String>>,
 }
 
 /// One image of a job.
@@ -53,11 +57,12 @@ pub struct JobImage {
     /// The image id `source` named when the job was accepted (or, if the
     /// engine could not say then, when its first target ran): every target
     /// of this image publishes this id. For a `docker://` source, its
-    /// config digest. Null until known.
+    /// config digest, or for an image index the index's digest (what its
+    /// `werf-content-signature` and `content` tag name). Null until known.
     pub source_image_id: Option<String>,
-    /// For a `docker://` source, the manifest digest it named when it was
-    /// first read: every target publishes that manifest's image. Null for
-    /// a local source, and until known.
+    /// For a `docker://` source, the manifest (or index) digest it named
+    /// when it was first read: every target publishes that. Null for a
+    /// local source, and until known.
     pub source_digest: Option<String>,
 }
 
@@ -72,8 +77,14 @@ pub struct Target {
     /// The full target reference; null until a `content` tag is known.
     pub reference: Option<String>,
     pub status: TargetStatus,
-    /// The manifest digest the registry accepted.
+    /// The manifest digest the registry accepted (for an image index, the
+    /// new index's).
     pub digest: Option<String>,
+    /// The published image's id, werf's `DockerImageID`: its config digest
+    /// (what the engine names it by; on a containerd image store, what that
+    /// store names it by), or for an image index the index's digest. Null
+    /// until it succeeds.
+    pub image_id: Option<String>,
     /// Tries of the target's steps so far, retries and reruns after a restart included.
     pub attempts: i64,
     pub error: Option<String>,
@@ -157,6 +168,8 @@ pub struct ClaimedTarget {
     pub read_repos: Vec<String>,
     /// The job's own choice of way; `None` takes the service's.
     pub publish_via: Option<PublishVia>,
+    /// The platforms to publish of an index; empty: every one.
+    pub platforms: Vec<Platform>,
 }
 
 /// How a target's run ended.
@@ -164,6 +177,8 @@ pub struct ClaimedTarget {
 pub enum TargetOutcome {
     Succeeded {
         digest: String,
+        /// The published image's id (`Target::image_id`), where known.
+        image_id: Option<String>,
         up_to_date: bool,
         /// Which way it was published; `None` when it was up to date.
         published_via: Option<PublishedVia>,

@@ -13,6 +13,7 @@ use super::model::{ClaimedTarget, InstanceStatus, Job, JobImage, JobPage, Target
 use super::queue::Claim;
 use super::{LIVE_WITHIN, StoreResult};
 use crate::domain::naming::RepoMode;
+use crate::domain::platform::Platform;
 use crate::domain::publish_via::{PublishVia, PublishedVia};
 use crate::domain::spec::TagStrategy;
 use crate::domain::status::{JobStatus, TargetStatus};
@@ -54,6 +55,7 @@ pub(super) struct JobRow {
     callback_url: Option<String>,
     publish_via: Option<String>,
     engine: Option<String>,
+    platforms: Option<String>,
 }
 
 impl JobRow {
@@ -80,6 +82,11 @@ impl JobRow {
             targets,
             deliveries,
             engine: self.engine,
+            platforms: self
+                .platforms
+                .map(|platforms| serde_json::from_str(&platforms))
+                .transpose()
+                .context("bad platforms in the database")?,
         })
     }
 }
@@ -116,6 +123,7 @@ pub(super) struct TargetRow {
     reference: Option<String>,
     status: String,
     digest: Option<String>,
+    image_id: Option<String>,
     attempts: i64,
     error: Option<String>,
     attempt_errors: String,
@@ -139,6 +147,7 @@ impl TargetRow {
             reference: self.reference,
             status: parse_enum(&self.status, TargetStatus::parse, "target status")?,
             digest: self.digest,
+            image_id: self.image_id,
             attempts: self.attempts,
             error: self.error,
             attempt_errors: serde_json::from_str(&self.attempt_errors)
@@ -187,6 +196,7 @@ pub(super) struct ClaimedRow {
     required_labels: String,
     read_repos: String,
     publish_via: Option<String>,
+    platforms: Option<String>,
 }
 
 /// A target with its job and image, as a lane needs it; the dialect's
@@ -197,7 +207,7 @@ pub(super) const CLAIMED: &str =
         t.prior_image_id, t.created_image_id, t.staging_reference, t.image_position,
         i.source_image_id, i.source_digest, t.claim_token, t.previous_prior_image_id,
         t.previous_created_image_id, t.credentials_wait_until,
-        j.use_service_credentials, j.required_labels, j.read_repos, j.publish_via
+        j.use_service_credentials, j.required_labels, j.read_repos, j.publish_via, j.platforms
  FROM targets t JOIN jobs j ON j.id = t.job_id
       JOIN job_images i ON i.job_id = t.job_id AND i.position = t.image_position
  WHERE t.id = ";
@@ -238,8 +248,38 @@ impl ClaimedRow {
             read_repos: serde_json::from_str(&self.read_repos)
                 .context("bad read_repos in the database")?,
             publish_via: optional_enum(self.publish_via, PublishVia::parse, "publish via")?,
+            platforms: platforms_of(self.platforms)?,
         })
     }
+}
+
+/// A job's `platforms` column: a JSON array of platforms, or null for all.
+fn platforms_of(column: Option<String>) -> StoreResult<Vec<Platform>> {
+    let Some(column) = column else {
+        return Ok(Vec::new());
+    };
+    let texts: Vec<String> =
+        serde_json::from_str(&column).context("bad platforms in the database")?;
+    texts
+        .iter()
+        .map(|text| {
+            Platform::parse(text)
+                .map_err(|error| anyhow::anyhow!("bad platform in the database: {error}"))
+        })
+        .collect()
+}
+
+/// The `platforms` column a plan's platforms are stored as.
+pub(super) fn platforms_column(platforms: &[Platform]) -> Option<String> {
+    (!platforms.is_empty()).then(|| {
+        serde_json::Value::from(
+            platforms
+                .iter()
+                .map(Platform::to_string)
+                .collect::<Vec<_>>(),
+        )
+        .to_string()
+    })
 }
 
 /// Also read from PostgreSQL's `json_agg` of the table's rows.

@@ -194,6 +194,7 @@ async fn history_of(db: &Db) -> serde_json::Value {
         .unwrap();
     let done = TargetOutcome::Succeeded {
         digest: "sha256:aa".to_owned(),
+        image_id: Some("sha256:cc".to_owned()),
         up_to_date: false,
         published_via: Some(crate::domain::publish_via::PublishedVia::Engine),
     };

@@ -260,6 +260,7 @@ async fn store_with_a_job(db: &Db) -> Store {
 fn succeeded() -> TargetOutcome {
     TargetOutcome::Succeeded {
         digest: "sha256:aa".to_owned(),
+        image_id: Some("sha256:cc".to_owned()),
         up_to_date: true,
         published_via: Some(PublishedVia::Engine),
     }
@@ -401,6 +402,7 @@ both_stores! {
         assert!(ClaimLost::is(&stale), "{stale:#}");
         let outcome = TargetOutcome::Succeeded {
             digest: "sha256:stale".to_owned(),
+            image_id: None,
             up_to_date: false,
             published_via: Some(PublishedVia::Engine),
         };
@@ -524,9 +526,13 @@ both_stores! {
         let job = queued(&store, new_job(serde_json::json!({
             "repo": "127.0.0.1:5000/a", "images": [{"name": "app", "source": "src:1"}],
             "tags": [{"strategy": "custom", "value": "v1"}],
-            "callback_url": "http://hooks.example/done"
+            "callback_url": "http://hooks.example/done",
+            "platforms": ["linux/arm64", "linux/arm/v7"]
         }))).await;
+        assert_eq!(job.platforms, Some(vec!["linux/arm64".to_owned(), "linux/arm/v7".to_owned()]));
         let target = store.claim_target(LEASE).await.unwrap().unwrap();
+        let platforms: Vec<String> = target.platforms.iter().map(ToString::to_string).collect();
+        assert_eq!(platforms, ["linux/arm64", "linux/arm/v7"]);
         store.record_tag_plan(&target.claim, Some("sha256:prior"), None, Some("staging:1")).await.unwrap();
         store.record_created_image(&target.claim, "sha256:made").await.unwrap();
         store.record_failed_attempt(&target.claim, "push", "refused", true).await.unwrap();
@@ -559,6 +565,9 @@ both_stores! {
 
         let done = store.get_job(job.id).await.unwrap().unwrap();
         assert_eq!(done.targets[0].warnings, ["w1"]);
+        assert_eq!(done.targets[0].digest.as_deref(), Some("sha256:aa"));
+        assert_eq!(done.targets[0].image_id.as_deref(), Some("sha256:cc"));
+        assert_eq!(done.platforms, job.platforms);
         assert_eq!(done.targets[0].attempt_errors.len(), 1);
         assert!(done.finished_at.is_some() && done.started_at.is_some());
         assert_eq!(done.deliveries.len(), 1);

@@ -12,6 +12,7 @@ use crate::credentials::RegistryAuth;
 use crate::domain::access::{Patterns, missing_labels};
 use crate::domain::labels::{LabelInput, werf_labels};
 use crate::domain::naming::{Repository, content_tag, target_reference};
+use crate::domain::platform::Platform;
 use crate::domain::publish_via::{PublishedVia, Seed, may_skip_engine};
 use crate::domain::retry::{FailureKind, classify_engine_error, classify_registry_message};
 use crate::domain::source::{RegistrySource, ResolvedSource};
@@ -23,7 +24,9 @@ use crate::engine::{
 };
 use crate::metrics::StepOutcome;
 use crate::progress::Progress;
-use crate::registry::{LayersFrom, ManifestForm, RegistryError, RegistryImage, Written};
+use crate::registry::{
+    LayersFrom, ManifestForm, RegistryError, RegistryImage, RemoteImage, Written,
+};
 use crate::store::{Bound, ClaimedTarget, TargetOutcome};
 
 use super::{LOG_LIMIT, WorkerContext};
@@ -204,7 +207,7 @@ pub async fn run(
         return Ok(Finish::Deferred);
     };
 
-    let auth = match run.before_writing(&reference, &source).await? {
+    let auth = match run.before_writing(&reference, &source.id, None).await? {
         Ok(auth) => auth,
         Err(finish) => return Ok(finish),
     };
@@ -265,10 +268,16 @@ pub async fn run(
             },
             manifest: ManifestForm::Engine,
         };
-        match run.write_registry_side(&reference, &wanted, &auth).await? {
+        let write = || ctx.registry.write_image(&reference, &wanted, &auth);
+        match run.write_registry_side(&reference, &auth, write).await? {
             Ok(Some(digest)) => {
                 info!(%digest, image_id = %image.id, from = %seed.repository, "published registry-side");
-                return conclude(Ok((digest, PublishedVia::Registry)), Vec::new());
+                let published = Published {
+                    digest,
+                    image_id: Some(image.id),
+                    via: PublishedVia::Registry,
+                };
+                return conclude(Ok(published), Vec::new());
             }
             Ok(None) => mount_refused = true,
             Err(stop) => return conclude(Err(stop), Vec::new()),
@@ -375,21 +384,33 @@ pub async fn run(
             .await?;
     }
 
-    conclude(
-        published.map(|digest| (digest, PublishedVia::Engine)),
-        warnings,
-    )
+    let published = published.map(|digest| Published {
+        digest,
+        image_id: created,
+        via: PublishedVia::Engine,
+    });
+    conclude(published, warnings)
 }
 
-/// How a run ends: `published` is the digest and the way it was published,
-/// or why there is none; `warnings` are what the untag could not clean up.
-fn conclude(
-    published: Result<(String, PublishedVia), Stop>,
-    warnings: Vec<String>,
-) -> anyhow::Result<Finish> {
+/// A target published: the digest the registry serves for it, the image's
+/// id (`Target::image_id`) where known, and the way it went.
+struct Published {
+    digest: String,
+    image_id: Option<String>,
+    via: PublishedVia,
+}
+
+/// How a run ends: what was published, or why nothing was; `warnings` are
+/// what the untag could not clean up.
+fn conclude(published: Result<Published, Stop>, warnings: Vec<String>) -> anyhow::Result<Finish> {
     let outcome = match published {
-        Ok((digest, via)) => TargetOutcome::Succeeded {
+        Ok(Published {
             digest,
+            image_id,
+            via,
+        }) => TargetOutcome::Succeeded {
+            digest,
+            image_id,
             up_to_date: false,
             published_via: Some(via),
         },
@@ -552,13 +573,15 @@ impl Run<'_> {
 
     /// What comes before anything is written: the reference in the job's
     /// registry and that registry allowed, the credentials, and werf's
-    /// up-to-date rule unless the target is forced. `Err` is how the run
-    /// ends instead (not allowed, already published, no credentials, a
-    /// cancel).
+    /// up-to-date rule unless the target is forced (`signature` is the
+    /// content signature the image gets; `platforms`, for an index, those
+    /// its images are of). `Err` is how the run ends instead (not allowed,
+    /// already published, no credentials, a cancel).
     async fn before_writing(
         &self,
         reference: &str,
-        source: &SourceImage,
+        signature: &str,
+        platforms: Option<&[Platform]>,
     ) -> anyhow::Result<Result<RegistryAuth, Finish>> {
         if let Err(message) = self.check_registry(reference) {
             return conclude(Err(Stop::Failed(message)), Vec::new()).map(Err);
@@ -568,11 +591,14 @@ impl Run<'_> {
             Err(message) => return conclude(Err(Stop::Failed(message)), Vec::new()).map(Err),
         };
         if !self.target.force
-            && let Some(digest) = self.up_to_date(reference, source, &auth).await
+            && let Some(remote) = self
+                .up_to_date(reference, signature, platforms, &auth)
+                .await
         {
-            info!(%digest, "registry already up to date; not published again");
+            info!(digest = %remote.digest, "registry already up to date; not published again");
             let outcome = TargetOutcome::Succeeded {
-                digest,
+                digest: remote.digest,
+                image_id: Some(remote.image_id),
                 up_to_date: true,
                 published_via: None,
             };
@@ -643,15 +669,18 @@ impl Run<'_> {
             .map_err(|error| format!("push: {error:#}"))
     }
 
-    /// werf's rule: a tag whose image carries the source id as its content
-    /// signature is already published. A registry that cannot answer is no
-    /// reason to fail: the push will meet (and retry) the same problem.
+    /// werf's rule: a tag whose image carries the source's id as its
+    /// content signature is already published; for an index, a tag holding
+    /// an index of the same platforms whose images all carry it. A registry
+    /// that cannot answer is no reason to fail: the push will meet (and
+    /// retry) the same problem.
     async fn up_to_date(
         &self,
         reference: &str,
-        source: &SourceImage,
+        signature: &str,
+        platforms: Option<&[Platform]>,
         auth: &RegistryAuth,
-    ) -> Option<String> {
+    ) -> Option<RemoteImage> {
         let read = tokio::time::timeout(
             self.ctx.timeouts.tag,
             self.ctx.registry.image(reference, auth),
@@ -663,9 +692,10 @@ impl Run<'_> {
         };
         match read {
             Ok(Ok(Some(remote)))
-                if remote.content_signature.as_deref() == Some(source.id.as_str()) =>
+                if remote.content_signature.as_deref() == Some(signature)
+                    && remote.platforms.as_deref() == platforms =>
             {
-                Some(remote.digest)
+                Some(remote)
             }
             Ok(Ok(_)) => None,
             Ok(Err(error)) => {
@@ -757,23 +787,28 @@ impl Run<'_> {
         .await
     }
 
-    /// Writes `wanted` under `reference` registry-side and reads it back.
-    /// `Ok(None)`: a layer could not be mounted into the reference's
-    /// repository, nothing was tagged, and the engine path is to publish
-    /// the target. Store failures abort the run.
-    async fn write_registry_side(
+    /// Writes an image or index under `reference` registry-side (`write`
+    /// is one try of it) and reads it back. `Ok(None)`: a layer could not
+    /// be mounted into the reference's repository, nothing was tagged, and
+    /// the engine path is to publish the target. Store failures abort the
+    /// run.
+    async fn write_registry_side<Write, Fut>(
         &self,
         reference: &str,
-        wanted: &RegistryImage<'_>,
         auth: &RegistryAuth,
-    ) -> anyhow::Result<Result<Option<String>, Stop>> {
+        write: Write,
+    ) -> anyhow::Result<Result<Option<String>, Stop>>
+    where
+        Write: Fn() -> Fut,
+        Fut: Future<Output = Result<Written, RegistryError>>,
+    {
         let ctx = self.ctx;
         ctx.store
             .set_step(&self.target.claim, TargetStatus::Pushing)
             .await?;
         let written = self
             .step("push", ctx.timeouts.push, OnCancel::Interrupt, || async {
-                Ok(ctx.registry.write_image(reference, wanted, auth).await?)
+                Ok(write().await?)
             })
             .await;
         let digest = match written {

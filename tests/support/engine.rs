@@ -1,7 +1,11 @@
 //! Test-side view of the real engine: make source images, read what is left.
 
+use std::collections::BTreeMap;
+
+use bollard::auth::DockerCredentials;
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptions, TagImageOptionsBuilder,
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptions, RemoveImageOptions,
+    TagImageOptionsBuilder,
 };
 use bollard::{Docker, body_full};
 use bytes::Bytes;
@@ -22,6 +26,18 @@ pub struct LocalImage {
     pub layers: Vec<String>,
 }
 
+/// An image as an engine that pulled it keeps it.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub labels: BTreeMap<String, String>,
+    pub diff_ids: Vec<String>,
+    /// `os/arch`.
+    pub platform: String,
+    /// The platform's variant, where the engine reports one (dockerd 20.10,
+    /// API 1.41, reports none).
+    pub variant: Option<String>,
+}
+
 impl TestEngine {
     pub fn connect() -> TestEngine {
         Self::connect_to(&TestEnv::get().docker_host)
@@ -33,7 +49,11 @@ impl TestEngine {
             major_version: 1,
             minor_version: 41,
         };
-        let docker = Docker::connect_with_unix(host, 120, &version).expect("test engine");
+        let docker = Docker::connect_with_unix(host, 120, &version)
+            .expect("test engine")
+            // The engine decodes X-Registry-Auth as URL-safe base64 (a pull
+            // with credentials).
+            .with_request_modifier(publishd::engine::url_safe_registry_auth);
         TestEngine { docker }
     }
 
@@ -132,6 +152,66 @@ impl TestEngine {
             );
         }
         self.image(&reference).await.expect("built image").id
+    }
+
+    /// Pulls `reference` for `platform` (with `credentials`, a username
+    /// and password, if given), reads what the engine kept, and removes it
+    /// again.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        platform: &str,
+        credentials: Option<(&str, &str)>,
+    ) -> Pulled {
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(reference)
+            .platform(platform)
+            .build();
+        let credentials = credentials.map(|(username, password)| DockerCredentials {
+            username: Some(username.to_owned()),
+            password: Some(password.to_owned()),
+            serveraddress: reference.split('/').next().map(str::to_owned),
+            ..Default::default()
+        });
+        let mut stream = self.docker.create_image(Some(options), None, credentials);
+        while let Some(item) = stream.next().await {
+            let item =
+                item.unwrap_or_else(|error| panic!("pulling {reference} ({platform}): {error}"));
+            assert!(
+                item.error_detail.is_none(),
+                "pulling {reference} ({platform}): {:?}",
+                item.error_detail
+            );
+        }
+        let inspect = self
+            .docker
+            .inspect_image(reference)
+            .await
+            .unwrap_or_else(|error| panic!("{reference} pulled but not there: {error}"));
+        let platform = format!(
+            "{}/{}",
+            inspect.os.clone().unwrap_or_default(),
+            inspect.architecture.clone().unwrap_or_default()
+        );
+        let variant = inspect
+            .variant
+            .clone()
+            .filter(|variant| !variant.is_empty());
+        self.docker
+            .remove_image(reference, None::<RemoveImageOptions>, None)
+            .await
+            .unwrap_or_else(|error| panic!("removing the pulled {reference}: {error}"));
+        Pulled {
+            labels: inspect
+                .config
+                .and_then(|config| config.labels)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            diff_ids: inspect.root_fs.and_then(|fs| fs.layers).unwrap_or_default(),
+            platform,
+            variant,
+        }
     }
 
     pub async fn image(&self, name: &str) -> Option<LocalImage> {

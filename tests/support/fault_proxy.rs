@@ -48,6 +48,9 @@ pub enum Faults {
     UploadsElsewhere { to: SocketAddr },
     /// publishd's challenges name a token server (`realm`) on `to`.
     RealmElsewhere { to: SocketAddr },
+    /// Manifests with zstd-compressed layers are refused as invalid, as
+    /// registries that do not know zstd refuse them.
+    RefuseZstd,
 }
 
 enum Fault {
@@ -59,6 +62,7 @@ enum Fault {
     Redirect(String),
     MoveUpload(SocketAddr),
     MoveRealm(SocketAddr),
+    RefuseZstd,
 }
 
 /// The request came from publishd itself, not from an engine's push.
@@ -96,7 +100,8 @@ impl FaultProxy {
                 | Faults::RefuseMounts
                 | Faults::RedirectManifestReads { .. }
                 | Faults::UploadsElsewhere { .. }
-                | Faults::RealmElsewhere { .. } => fastrand::Rng::with_seed(0),
+                | Faults::RealmElsewhere { .. }
+                | Faults::RefuseZstd => fastrand::Rng::with_seed(0),
             }),
             injected: injected.clone(),
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
@@ -170,6 +175,9 @@ impl State {
                 && request.uri().path().ends_with("/blobs/uploads/"))
             .then_some(Fault::MoveUpload(to)),
             Faults::RealmElsewhere { to } => from_publishd(request).then_some(Fault::MoveRealm(to)),
+            Faults::RefuseZstd => (request.method() == hyper::Method::PUT
+                && request.uri().path().contains("/manifests/"))
+            .then_some(Fault::RefuseZstd),
             Faults::Random { rate, latency, .. } => {
                 let mut rng = self.rng.lock().unwrap();
                 if rng.f64() >= rate {
@@ -249,6 +257,24 @@ impl State {
                     })
                     .await;
             }
+            Some(Fault::RefuseZstd) => {
+                let (parts, body) = request.into_parts();
+                let body = body
+                    .collect()
+                    .await
+                    .map_err(std::io::Error::other)?
+                    .to_bytes();
+                if names_zstd_layer(&body) {
+                    self.injected.fetch_add(1, Ordering::Relaxed);
+                    let refusal = r#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":"unsupported layer media type application/vnd.oci.image.layer.v1.tar+zstd"}]}"#;
+                    return Ok(Response::builder()
+                        .status(StatusCode::BAD_REQUEST)
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(refusal)))
+                        .unwrap());
+                }
+                return self.send_upstream(parts, body).await;
+            }
             Some(Fault::WrongDigest) => {
                 self.injected.fetch_add(1, Ordering::Relaxed);
                 let mut response = self.forward(request).await?;
@@ -295,6 +321,14 @@ impl State {
             .await
             .map_err(std::io::Error::other)?
             .to_bytes();
+        self.send_upstream(parts, body).await
+    }
+
+    async fn send_upstream(
+        &self,
+        parts: hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<Full<Bytes>>, std::io::Error> {
         let path = parts
             .uri
             .path_and_query()
@@ -322,4 +356,9 @@ impl State {
             .to_bytes();
         Ok(Response::from_parts(parts, Full::new(body)))
     }
+}
+
+/// Whether a manifest names a zstd-compressed layer.
+fn names_zstd_layer(manifest: &[u8]) -> bool {
+    manifest.windows(9).any(|window| window == b"tar+zstd\"")
 }

@@ -9,6 +9,7 @@ pub mod bystander;
 pub mod engine;
 pub mod fault_proxy;
 pub mod hostile_registry;
+pub mod images;
 pub mod procs;
 pub mod registry;
 pub mod tcp_cut;

@@ -7,6 +7,10 @@ use sha2::{Digest, Sha256};
 
 const MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
                               application/vnd.oci.image.manifest.v1+json";
+const ALL_MANIFEST_TYPES: &str = "application/vnd.docker.distribution.manifest.v2+json, \
+                                  application/vnd.oci.image.manifest.v1+json, \
+                                  application/vnd.docker.distribution.manifest.list.v2+json, \
+                                  application/vnd.oci.image.index.v1+json";
 
 pub struct Registry {
     host: String,
@@ -173,10 +177,11 @@ impl Registry {
                 manifest.to_vec(),
             )
             .await;
+        let status = response.status();
+        let answer = response.text().await.unwrap_or_default();
         assert_eq!(
-            response.status(),
-            201,
-            "putting {repository}:{tag_or_digest}"
+            status, 201,
+            "putting {repository}:{tag_or_digest}: {answer}"
         );
         format!("sha256:{}", hex::encode(Sha256::digest(manifest)))
     }
@@ -252,6 +257,30 @@ impl Registry {
                 "{reference}"
             );
         }
+    }
+
+    /// What `repository` serves for `tag_or_digest`, any manifest or index
+    /// format accepted: its digest and bytes, or `None`.
+    pub async fn raw_manifest(
+        &self,
+        repository: &str,
+        tag_or_digest: &str,
+    ) -> Option<(String, Vec<u8>)> {
+        let response = self
+            .get(
+                &format!("{repository}/manifests/{tag_or_digest}"),
+                Some(ALL_MANIFEST_TYPES),
+            )
+            .await;
+        if response.status() == StatusCode::NOT_FOUND {
+            return None;
+        }
+        assert_eq!(response.status(), 200, "{repository}:{tag_or_digest}");
+        let digest = response.headers()["docker-content-digest"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        Some((digest, response.bytes().await.unwrap().to_vec()))
     }
 
     /// The image stored under `digest` in `repository`.

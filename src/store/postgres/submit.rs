@@ -14,6 +14,7 @@ use super::cut_off;
 use crate::domain::naming::reference_key;
 use crate::domain::publish_via::PublishVia;
 use crate::store::batch::Batcher;
+use crate::store::rows::platforms_column;
 use crate::store::sql::SqlStore;
 use crate::store::{AuditEntry, AuditOf, Created, NewJob, StoreResult, now, queued_job};
 
@@ -58,6 +59,7 @@ struct JobRecord<'a> {
     publish_via: Option<&'a str>,
     engine: Option<&'a str>,
     accepted_by: Option<String>,
+    platforms: Option<String>,
     images: Vec<ImageRecord<'a>>,
     targets: Vec<TargetRecord<'a>>,
     /// The audit records of the outcomes the call writes itself.
@@ -143,6 +145,7 @@ fn record<'a>(submission: &'a Submission, created_at: &'a str, accepted_by: Uuid
         publish_via: plan.publish_via.map(PublishVia::as_str),
         engine: new.engine.as_deref(),
         accepted_by: new.has_registry_auth.then(|| accepted_by.to_string()),
+        platforms: platforms_column(&plan.platforms),
         images: plan
             .images
             .iter()

@@ -519,22 +519,31 @@ where
         outcome: &TargetOutcome,
         warnings: &[String],
     ) -> StoreResult<JobStatus> {
-        let (status, digest, error, up_to_date, via) = match outcome {
+        let (status, digest, image_id, error, up_to_date, via) = match outcome {
             TargetOutcome::Succeeded {
                 digest,
+                image_id,
                 up_to_date,
                 published_via,
             } => (
                 "succeeded",
                 Some(digest.clone()),
+                image_id.clone(),
                 None,
                 *up_to_date,
                 published_via.map(PublishedVia::as_str),
             ),
-            TargetOutcome::Failed { error } => ("failed", None, Some(bounded(error)), false, None),
-            TargetOutcome::Cancelled => {
-                ("cancelled", None, Some("cancelled".to_owned()), false, None)
+            TargetOutcome::Failed { error } => {
+                ("failed", None, None, Some(bounded(error)), false, None)
             }
+            TargetOutcome::Cancelled => (
+                "cancelled",
+                None,
+                None,
+                Some("cancelled".to_owned()),
+                false,
+                None,
+            ),
         };
         let warnings: Vec<String> = warnings.iter().map(|w| bounded(w)).collect();
         let warnings = serde_json::to_string(&warnings)?;
@@ -542,7 +551,8 @@ where
         let sql = format!(
             "UPDATE targets SET status = $1, digest = $2, error = $3, up_to_date = $4,
                                 published_via = $5, warnings = {},
-                                finished_at = $7, claim_token = NULL, {} = NULL
+                                finished_at = $7, claim_token = NULL, {} = NULL,
+                                image_id = $10
              WHERE id = $8 AND claim_token = $9 AND status IN {IN_FLIGHT}
              RETURNING job_id",
             D::json_concat("targets.warnings", "$6"),
@@ -562,6 +572,7 @@ where
                         .bind(now())
                         .bind(claim.target_id)
                         .bind(&claim.token)
+                        .bind(image_id)
                         .fetch_optional(&mut *conn)
                         .await
                         .context("finishing a target")?

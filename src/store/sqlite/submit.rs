@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::domain::naming::reference_key;
 use crate::domain::publish_via::PublishVia;
-use crate::store::rows::parse_uuid;
+use crate::store::rows::{parse_uuid, platforms_column};
 use crate::store::sql::{Dialect, SqlStore};
 use crate::store::{Created, IN_FLIGHT, NewJob, StoreResult, now, queued_job};
 
@@ -66,9 +66,9 @@ pub(super) async fn insert_job(
         "INSERT INTO jobs (id, status, repo, repo_mode, force, has_registry_auth,
                            idempotency_key, spec_hash, created_at, submitted_by,
                            use_service_credentials, required_labels, read_repos,
-                           callback_url, publish_via, engine, accepted_by)
+                           callback_url, publish_via, engine, accepted_by, platforms)
          VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                 $16)",
+                 $16, $17)",
     )
     .bind(new.id.to_string())
     .bind(new.plan.repo.as_str())
@@ -91,6 +91,7 @@ pub(super) async fn insert_job(
     .bind(new.plan.publish_via.map(PublishVia::as_str))
     .bind(new.engine.clone())
     .bind(new.has_registry_auth.then(|| accepted_by.to_string()))
+    .bind(platforms_column(&new.plan.platforms))
     .execute(&mut *conn)
     .await;
     inserted.context("inserting the job")?;
