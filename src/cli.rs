@@ -56,6 +56,10 @@ pub const FOLLOW_WAIT_TIMEOUT: u64 = 3600;
 /// without `--wait`) retry an unreachable service by default.
 pub const ANSWER_WAIT_TIMEOUT: u64 = 30;
 
+/// How long a command retries a service it has not reached once (a wrong
+/// `--server`) before it gives up, by default.
+pub const CONNECT_TIMEOUT: u64 = 60;
+
 /// What every client command needs to talk to the service. An empty
 /// `$PUBLISHD_*` variable is no value, as an empty `$WERF_*` one is.
 #[derive(Debug, Clone, Args)]
@@ -74,6 +78,11 @@ pub struct ClientArgs {
     /// [default: 3600 for publish --wait and watch, 30 for the others].
     #[arg(long, value_name = "SECONDS")]
     pub wait_timeout: Option<u64>,
+    /// Give up after this many seconds when the service has not answered
+    /// once (a wrong --server, a service that is not there): once it has,
+    /// --wait-timeout alone bounds the wait, through its restarts.
+    #[arg(long, env = "PUBLISHD_CONNECT_TIMEOUT", value_name = "SECONDS", default_value_t = CONNECT_TIMEOUT)]
+    pub connect_timeout: u64,
 }
 
 impl ClientArgs {

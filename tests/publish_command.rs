@@ -269,7 +269,11 @@ async fn a_service_killed_and_restarted_while_waiting_is_waited_out() {
     let workers = [("PUBLISHD_WORKERS", "1")];
     let server = Server::start(dir.path(), 0, &workers).await;
     let flags = fresh_image_flags("cmd-restart", 6).await;
-    let mut client = Running::start(&server.base, &strs(&flags));
+    // Once the service has answered, --connect-timeout no longer applies:
+    // the restart below takes longer than it.
+    let mut args = strs(&flags);
+    args.extend(["--connect-timeout", "1"]);
+    let mut client = Running::start(&server.base, &args);
     let accepted = client.wait_for("accepted; waiting").await;
     let id = accepted.split(' ').nth(1).unwrap().to_owned();
 
@@ -319,6 +323,42 @@ async fn a_service_not_up_yet_is_waited_for_and_gets_one_job() {
         "the generated key is shown: {finished}"
     );
     assert_eq!(server.jobs().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_service_never_reached_is_given_up_after_the_connect_timeout() {
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    // --wait's own limit is an hour; the service was never there.
+    let output = publish_command(
+        &nowhere,
+        &[
+            "-i",
+            "reg/acme",
+            "--image",
+            "a=b",
+            "--tag-custom",
+            "v1",
+            "--wait",
+            "--connect-timeout",
+            "2",
+        ],
+    )
+    .output()
+    .await
+    .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("gave up after 2s (--connect-timeout): the service has not answered once")
+            && stderr.contains("is --server right?"),
+        "{stderr}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}: {stderr}"
+    );
 }
 
 #[tokio::test]

@@ -20,7 +20,8 @@ pub enum Exit {
     /// to cancel.
     Refused,
     /// The service could not be reached or understood, or the job did not
-    /// end, within `--wait-timeout`: the outcome is unknown.
+    /// end, within `--wait-timeout` (a service that never answered: within
+    /// `--connect-timeout`): the outcome is unknown.
     Unreachable,
     /// Interrupted (SIGINT or SIGTERM) while following a job: the client
     /// detached and the job goes on (or was cancelled on request first).
@@ -64,7 +65,8 @@ impl Exit {
             }
             Exit::Unreachable => {
                 "unreachable: the service could not be reached, or the job did not end, \
-                 within --wait-timeout; the outcome is unknown"
+                 within --wait-timeout (never answered: within --connect-timeout); the outcome \
+                 is unknown"
             }
             Exit::Detached => {
                 "detached: interrupted (Ctrl-C, SIGTERM) while following; the job goes on \

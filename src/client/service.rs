@@ -6,7 +6,9 @@
 //! `Retry-After`) until `--wait-timeout`. Jobs are durable, so following
 //! simply resumes after a restart; a submission whose outcome is unknown is
 //! sent again with the same Idempotency-Key, which can only answer the job
-//! it may have created.
+//! it may have created. A service that has never answered at all (a wrong
+//! `--server`) is given up on after `--connect-timeout`: an hour of
+//! retrying an address that was never right helps nobody.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// Longest one request may take (for the event stream: until its headers):
 /// a service that hangs is retried, not waited on forever.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest one connection attempt may take: an address that drops the
+/// connection is tried again soon, within `--connect-timeout`.
+const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Service {
     client: reqwest::Client,
@@ -32,6 +37,10 @@ pub struct Service {
     /// When the command gives up: `--wait-timeout` after it started.
     pub deadline: Instant,
     pub wait_timeout: u64,
+    /// When the command gives up on a service that has not answered once:
+    /// `--connect-timeout` after it started; `None` once it has answered.
+    connect_deadline: Option<Instant>,
+    connect_timeout: u64,
     backoff: Duration,
     /// Whether the last request was retried, to say when the service is back.
     retrying: bool,
@@ -50,9 +59,11 @@ enum Attempt {
     /// An answer that is not a blip: success, or a refusal to report.
     Answer(Answer),
     /// A blip: try again after `after`, or after the backoff if `None`.
+    /// `answered`: the service did answer (a 5xx, a 429), so it is there.
     Retry {
         why: String,
         after: Option<Duration>,
+        answered: bool,
     },
 }
 
@@ -69,14 +80,18 @@ impl Service {
         }
         let client = reqwest::Client::builder()
             .default_headers(headers)
+            .connect_timeout(CONNECT_ATTEMPT_TIMEOUT)
             .build()
             .map_err(|error| Failure::unreachable(anyhow!(error).context("an HTTP client")))?;
         let wait_timeout = args.wait_timeout(follows);
+        let now = Instant::now();
         Ok(Service {
             client,
             base: args.server(),
-            deadline: Instant::now() + Duration::from_secs(wait_timeout),
+            deadline: now + Duration::from_secs(wait_timeout),
             wait_timeout,
+            connect_deadline: Some(now + Duration::from_secs(args.connect_timeout)),
+            connect_timeout: args.connect_timeout,
             backoff: FIRST_BACKOFF,
             retrying: false,
         })
@@ -115,7 +130,16 @@ impl Service {
                     self.answered();
                     return Ok(answer);
                 }
-                Attempt::Retry { why, after } => self.pause(doing, &why, after).await?,
+                Attempt::Retry {
+                    why,
+                    after,
+                    answered,
+                } => {
+                    if answered {
+                        self.reached();
+                    }
+                    self.pause(doing, &why, after).await?
+                }
             }
         }
     }
@@ -156,6 +180,7 @@ impl Service {
                 }
             };
             let status = response.status();
+            self.reached();
             if status.is_success() {
                 self.answered();
                 return Ok(response);
@@ -178,7 +203,8 @@ impl Service {
     }
 
     /// Waits before the next try, saying why on stderr; gives up (as
-    /// unreachable) at the deadline.
+    /// unreachable) at the deadline, or at the connect deadline while the
+    /// service has never answered.
     pub async fn pause(
         &mut self,
         doing: &str,
@@ -186,6 +212,18 @@ impl Service {
         after: Option<Duration>,
     ) -> Result<(), Failure> {
         let left = self.left();
+        let connect_left = self
+            .connect_deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        if connect_left.is_some_and(|left| left.is_zero()) && !left.is_zero() {
+            return Err(Failure::unreachable(anyhow!(
+                "{doing} at {}: gave up after {}s (--connect-timeout): the service has not \
+                 answered once: {why}; is --server right?",
+                self.base,
+                self.connect_timeout
+            )));
+        }
+        let left = left.min(connect_left.unwrap_or(left));
         if left.is_zero() {
             return Err(Failure::unreachable(anyhow!(
                 "{doing} at {}: gave up after {}s: {why}",
@@ -210,7 +248,14 @@ impl Service {
         REQUEST_TIMEOUT.min(self.left()).max(Duration::from_secs(1))
     }
 
+    /// The service answered something: from now on only `--wait-timeout`
+    /// bounds the wait, through restarts and outages.
+    fn reached(&mut self) {
+        self.connect_deadline = None;
+    }
+
     fn answered(&mut self) {
+        self.reached();
         if self.retrying {
             eprintln!("service answering again");
         }
@@ -238,6 +283,7 @@ async fn attempt(request: RequestBuilder, timeout: Duration) -> Result<Attempt, 
             return Ok(Attempt::Retry {
                 why: blip(&error, timeout),
                 after: None,
+                answered: false,
             });
         }
     };
@@ -249,6 +295,7 @@ async fn attempt(request: RequestBuilder, timeout: Duration) -> Result<Attempt, 
             return Ok(Attempt::Retry {
                 why: blip(&error, timeout),
                 after: None,
+                answered: true,
             });
         }
     };
@@ -266,6 +313,7 @@ async fn attempt(request: RequestBuilder, timeout: Duration) -> Result<Attempt, 
         Attempt::Retry {
             why: format!("service answered {}", message(status, &json)),
             after,
+            answered: true,
         }
     } else {
         Attempt::Answer(Answer {
@@ -383,6 +431,7 @@ mod tests {
             token: None,
             output: Output::Text,
             wait_timeout: Some(1),
+            connect_timeout: 60,
         };
         let mut service = Service::new(&args, true).unwrap();
         let mut base = FIRST_BACKOFF;
@@ -401,6 +450,7 @@ mod tests {
             token: Some(String::new()),
             output: Output::Text,
             wait_timeout: None,
+            connect_timeout: 60,
         };
         assert_eq!(args.server(), crate::cli::DEFAULT_SERVER);
         assert_eq!(args.token(), None);
