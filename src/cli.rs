@@ -180,6 +180,20 @@ pub struct PublishArgs {
     /// Push even when the registry already holds the tag for the same build.
     #[arg(long)]
     pub force: bool,
+    /// Of a source that is an image index, publish only this platform's
+    /// image (os/arch or os/arch/variant, e.g. linux/arm64) and its
+    /// attestations. Repeatable; every one must be in every source.
+    #[arg(long = "platform", value_name = "OS/ARCH[/VARIANT]")]
+    pub platforms: Vec<String>,
+    /// Write werf v1.1's publish report of the job here when it succeeds:
+    /// for each image its last published tag, with DockerRepo, DockerTag
+    /// and DockerImageID (and DockerImageDigest). Implies --wait
+    /// [env: WERF_PUBLISH_REPORT_PATH].
+    #[arg(long, value_name = "FILE")]
+    pub publish_report_path: Option<std::path::PathBuf>,
+    /// The report's format: json, the only one werf v1.1 has.
+    #[arg(long, value_name = "json", default_value = "json", value_parser = ["json"])]
+    pub publish_report_format: String,
     /// `engine`: every target through the engine; `auto`: registry-side
     /// where it gives the same image (default: the service's choice).
     #[arg(long, value_name = "auto|engine", value_parser = parse_publish_via)]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::binary::{Server, free_port};
 use support::engine::TestEngine;
+use support::images::{Format, push_index, push_platform_image};
 use support::registry::Registry;
 use support::{HangingRegistry, TestApp, TestEnv, app_job, unique};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -359,6 +360,111 @@ async fn a_service_never_reached_is_given_up_after_the_connect_timeout() {
         took >= Duration::from_secs(2) && took < Duration::from_secs(10),
         "{took:?}: {stderr}"
     );
+}
+
+#[tokio::test]
+async fn the_publish_report_is_werf_v1_1s() {
+    let env = TestEnv::get();
+    let engine = TestEngine::connect();
+    let registry = Registry::open(&env.registry);
+    let app = TestApp::spawn().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Two images built locally, and an index a remote builder pushed, of
+    // which one platform is published.
+    let (backend, frontend) = (unique("report-b"), unique("report-f"));
+    let backend_id = engine.import_image(&backend, "b1", &[]).await;
+    let frontend_id = engine.import_image(&frontend, "b1", &[]).await;
+    let repository = unique("ci/report");
+    let mut entries = Vec::new();
+    for platform in ["linux/amd64", "linux/arm64"] {
+        let image = push_platform_image(&registry, &repository, platform, Format::Oci).await;
+        entries.push(image.descriptor());
+    }
+    let (index, _) = push_index(&registry, &repository, "b1", Format::Oci, &entries).await;
+    let repo = format!("{}/{}", env.registry, unique("report"));
+    let path = dir.path().join("report.json");
+    let output = run_publish(
+        &app,
+        &[
+            "-i",
+            &repo,
+            "--image",
+            &format!("backend={backend}:b1"),
+            "--image",
+            &format!("frontend={frontend}:b1"),
+            "--image",
+            &format!("multi=docker://{}/{repository}:b1", env.registry),
+            "--tag-custom",
+            "v1",
+            "--tag-content",
+            "--platform",
+            "linux/arm64",
+            "--publish-report-path",
+            path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    // The report is of the job's end: asking for one is waiting for it.
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("publish report written to"));
+
+    // werf writes each image's record at each tag: the last, here the
+    // content tag, is what stays. DockerImageID is the published image's
+    // config digest (the image id), an index's own digest for an index.
+    let mut expected = String::from(r#"{"Images":{"#);
+    for (name, content_id) in [
+        ("backend", &backend_id),
+        ("frontend", &frontend_id),
+        ("multi", &index),
+    ] {
+        let tag = content_id.trim_start_matches("sha256:");
+        let (served, bytes) = registry
+            .raw_manifest(&format!("{}/{name}", repo.split_once('/').unwrap().1), tag)
+            .await
+            .expect("published");
+        let manifest: Value = serde_json::from_slice(&bytes).unwrap();
+        let image_id = match manifest["config"]["digest"].as_str() {
+            Some(config) => config.to_owned(),
+            None => served.clone(),
+        };
+        if name != "backend" {
+            expected.push(',');
+        }
+        expected.push_str(&format!(
+            r#""{name}":{{"WerfImageName":"{name}","DockerRepo":"{repo}/{name}","DockerTag":"{tag}","DockerImageID":"{image_id}","DockerImageDigest":"{served}"}}"#
+        ));
+    }
+    expected.push_str("}}\n");
+    assert_eq!(text(&std::fs::read(&path).unwrap()), expected);
+
+    // Monorepo: the repo, and the image name in the tag.
+    let path = dir.path().join("monorepo.json");
+    let output = run_publish(
+        &app,
+        &[
+            "-i",
+            &repo,
+            "--images-repo-mode",
+            "monorepo",
+            "--image",
+            &format!("api={backend}:b1"),
+            "--tag-custom",
+            "v1",
+            "--tag-git-branch",
+            "main",
+            "--publish-report-path",
+            path.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let report: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let record = &report["Images"]["api"];
+    assert_eq!(record["DockerRepo"], repo.as_str());
+    assert_eq!(record["DockerTag"], "api-main");
+    let pushed = registry.pushed(&format!("{repo}:api-main")).await.unwrap();
+    assert_eq!(record["DockerImageID"], pushed.manifest["config"]["digest"]);
+    assert_eq!(record["DockerImageDigest"], pushed.digest.as_str());
 }
 
 #[tokio::test]

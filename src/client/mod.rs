@@ -5,6 +5,7 @@
 
 mod exit;
 mod follow;
+mod publish_report;
 mod report;
 mod service;
 mod spec;
@@ -94,7 +95,8 @@ pub async fn publish(args: PublishArgs) -> Exit {
 async fn submit(args: PublishArgs) -> Result<Exit, Failure> {
     let env = spec::WerfEnv::from_vars(std::env::vars_os());
     let body = spec::job_spec(&args, &env).map_err(Failure::usage)?;
-    let wait = spec::waits(&args);
+    let wait = spec::waits(&args, &env);
+    let report_path = spec::report_path(&args, &env);
     if args.interrupt.cancel_on_interrupt && !wait {
         return Err(Failure::usage(anyhow!(
             "--cancel-on-interrupt applies while waiting: add --wait"
@@ -134,7 +136,16 @@ async fn submit(args: PublishArgs) -> Result<Exit, Failure> {
     }
     eprintln!("job {id} accepted; waiting");
     let job = follow::follow(&mut service, &id, &submitted.json, args.interrupt).await?;
-    Ok(report_end(&job, args.client.output))
+    let exit = report_end(&job, args.client.output);
+    if let Some(path) = report_path {
+        if exit != Exit::Succeeded {
+            eprintln!("no publish report: the job did not succeed");
+        } else {
+            publish_report::write(&job.json, &path).map_err(Failure::usage)?;
+            eprintln!("publish report written to {}", path.display());
+        }
+    }
+    Ok(exit)
 }
 
 /// `publishd watch`: follows an existing job as `publish --wait` does.

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+use std::path::PathBuf;
 
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
@@ -69,9 +70,20 @@ pub fn old_spellings(args: &PublishArgs) -> bool {
 }
 
 /// Whether the step follows the job to its end: asked with `--wait`, or
-/// invoked with the old spellings, which always waited.
-pub fn waits(args: &PublishArgs) -> bool {
-    args.wait || old_spellings(args)
+/// invoked with the old spellings, which always waited, or asked for a
+/// publish report, which is made of the job's end.
+pub fn waits(args: &PublishArgs, env: &WerfEnv) -> bool {
+    args.wait || old_spellings(args) || report_path(args, env).is_some()
+}
+
+/// Where werf's publish report goes: `--publish-report-path`, else
+/// `$WERF_PUBLISH_REPORT_PATH` (which the old spellings ignore).
+pub fn report_path(args: &PublishArgs, env: &WerfEnv) -> Option<PathBuf> {
+    match &args.publish_report_path {
+        Some(path) if !path.as_os_str().is_empty() => Some(path.clone()),
+        _ if old_spellings(args) => None,
+        _ => env.get("WERF_PUBLISH_REPORT_PATH").map(PathBuf::from),
+    }
 }
 
 /// werf v1.1's `auto` images repo mode for `repo` (its
@@ -207,6 +219,9 @@ pub fn job_spec(args: &PublishArgs, env: &WerfEnv) -> anyhow::Result<Value> {
     if let Some(url) = present(&args.callback_url) {
         spec["callback_url"] = json!(url);
     }
+    if !args.platforms.is_empty() {
+        spec["platforms"] = json!(args.platforms);
+    }
     Ok(spec)
 }
 
@@ -312,7 +327,51 @@ mod tests {
                 "engine": "runner-7",
             })
         );
-        assert!(!waits(&args));
+        assert!(!waits(&args, &WerfEnv::default()));
+    }
+
+    #[test]
+    fn a_publish_report_makes_the_step_wait_and_platforms_go_to_the_job() {
+        let args = parse(&[
+            "-i=reg/acme",
+            "--image=a",
+            "--tag-custom=v1",
+            "--platform=linux/amd64",
+            "--platform=linux/arm/v7",
+        ]);
+        let none = WerfEnv::default();
+        assert_eq!(
+            job_spec(&args, &none).unwrap()["platforms"],
+            json!(["linux/amd64", "linux/arm/v7"])
+        );
+        assert!(!waits(&args, &none));
+        let vars = env(&[("WERF_PUBLISH_REPORT_PATH", "/tmp/werf.json")]);
+        assert_eq!(
+            report_path(&args, &vars),
+            Some(PathBuf::from("/tmp/werf.json"))
+        );
+        assert!(waits(&args, &vars));
+        let flagged = parse(&[
+            "-i=reg/acme",
+            "--image=a",
+            "--tag-custom=v1",
+            "--publish-report-path=/tmp/flag.json",
+        ]);
+        assert_eq!(
+            report_path(&flagged, &vars),
+            Some(PathBuf::from("/tmp/flag.json"))
+        );
+        let old = parse(&["--repo=reg/acme", "--image=a", "--tag=custom:v1"]);
+        assert_eq!(report_path(&old, &vars), None);
+        let bad = Cli::try_parse_from([
+            "publishd",
+            "publish",
+            "-i=r",
+            "--image=a",
+            "--tag-custom=v1",
+            "--publish-report-format=yaml",
+        ]);
+        assert!(bad.is_err());
     }
 
     #[test]
@@ -389,7 +448,7 @@ mod tests {
                 "tags": [{"strategy": "git-branch", "value": "feature/x:y"}, {"strategy": "content"}]
             })
         );
-        assert!(waits(&args));
+        assert!(waits(&args, &WerfEnv::default()));
         // Without a mode they named multirepo, even where auto would not.
         let hub = parse(&["--repo=acme/shop", "--image=a", "--tag=custom:v1"]);
         let vars = env(&[("WERF_IMAGES_REPO_MODE", "monorepo")]);
