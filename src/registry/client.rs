@@ -264,10 +264,14 @@ impl HttpRegistry {
             let Some(challenge) = challenge else {
                 return Ok(response);
             };
-            let (value, lifetime) = self
+            let (value, lifetime, granted) = self
                 .authorization(registry, &endpoint, &challenge, auth, &scope)
                 .await?;
-            lock(&self.tokens).insert(key.clone(), (Instant::now() + lifetime, value.clone()));
+            // Kept under the scope the token was asked for: a HEAD's
+            // challenge names `pull` only, and a pull token kept as the
+            // push scope's would be sent with a concurrent upload.
+            let granted_key: TokenKey = (registry.to_owned(), auth.fingerprint(), granted);
+            lock(&self.tokens).insert(granted_key, (Instant::now() + lifetime, value.clone()));
             authorization = Some(value);
             answered_challenge = true;
         }
@@ -286,7 +290,8 @@ impl HttpRegistry {
     }
 
     /// The `Authorization` value that answers `challenge` of `registry`,
-    /// and how long it may be reused.
+    /// how long it may be reused, and the scope it was asked for (the
+    /// challenge's, else `scope`).
     async fn authorization(
         &self,
         registry: &str,
@@ -294,7 +299,7 @@ impl HttpRegistry {
         challenge: &Challenge,
         auth: &RegistryAuth,
         scope: &str,
-    ) -> Result<(String, Duration), RegistryError> {
+    ) -> Result<(String, Duration, String), RegistryError> {
         let (realm, service, wanted_scope) = match challenge {
             Challenge::Basic => {
                 let Some((username, password)) = auth.basic() else {
@@ -303,7 +308,11 @@ impl HttpRegistry {
                         "unauthorized: the registry wants a username and password, and none are configured for it",
                     ));
                 };
-                return Ok((basic(username, password), STATIC_CREDENTIAL_LIFETIME));
+                return Ok((
+                    basic(username, password),
+                    STATIC_CREDENTIAL_LIFETIME,
+                    scope.to_owned(),
+                ));
             }
             Challenge::Bearer {
                 realm,
@@ -312,7 +321,11 @@ impl HttpRegistry {
             } => (realm, service, wanted.as_deref().unwrap_or(scope)),
         };
         if let Some(token) = auth.bearer_token() {
-            return Ok((format!("Bearer {token}"), STATIC_CREDENTIAL_LIFETIME));
+            return Ok((
+                format!("Bearer {token}"),
+                STATIC_CREDENTIAL_LIFETIME,
+                scope.to_owned(),
+            ));
         }
         // A registry names its token server, which gets the credentials
         // publishd holds for the registry: only one on the registry's own
@@ -392,7 +405,7 @@ impl HttpRegistry {
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_TOKEN_LIFETIME)
             .saturating_sub(TOKEN_MARGIN);
-        Ok((format!("Bearer {token}"), lifetime))
+        Ok((format!("Bearer {token}"), lifetime, wanted_scope.to_owned()))
     }
 
     async fn manifest(
