@@ -1344,6 +1344,11 @@ impl HttpRegistry {
         carried: &CarriedManifest,
         from: &LayersFrom<'_>,
     ) -> Result<(), RegistryError> {
+        // Another target of the job wrote it there already (a registry
+        // holds a manifest only with its blobs).
+        if self.holds_manifest(reference, auth, digest).await? {
+            return Ok(());
+        }
         for blob in &carried.blobs {
             if let Some(why) = self.ensure_layer(reference, auth, blob, from).await? {
                 return Err(RegistryError::new(
@@ -1362,6 +1367,30 @@ impl HttpRegistry {
         )
         .await?;
         Ok(())
+    }
+
+    /// Whether `reference`'s repository holds the manifest `digest` (read
+    /// with the token the writes use).
+    async fn holds_manifest(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        digest: &str,
+    ) -> Result<bool, RegistryError> {
+        let scope = format!("repository:{}:pull,push", reference.repository());
+        let path = format!("/v2/{}/manifests/{digest}", reference.repository());
+        let response = self
+            .send_scoped(reference, auth, &scope, |client, base| {
+                client
+                    .head(format!("{base}{path}"))
+                    .header(ACCEPT, MANIFEST_TYPES)
+            })
+            .await?;
+        match response.status() {
+            status if status.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(status_error(response, &format!("checking manifest {digest}")).await),
+        }
     }
 
     /// Puts `body` (of `media_type`) as `tag_or_digest` in `reference`'s
