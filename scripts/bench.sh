@@ -8,6 +8,11 @@
 #   A_auto      the same with --publish-via auto (registry-side publishing)
 #   A_registry  the same from a docker://REGISTRY/REPO@sha256:... source,
 #               publishd run with --docker-host none
+#   A_index     the same from a two-platform index as BuildKit pushes it
+#               (linux/amd64 and linux/arm64, each with its provenance
+#               attestation), written into the registry by this script:
+#               each target is two labelled platform manifests and configs,
+#               the two attestations carried, and a new index
 #               (A_auto and A_registry: "n/a (not implemented)" for a
 #               binary without them: `serve --help` names --publish-via, and
 #               a docker:// source is not refused with a 422)
@@ -137,7 +142,7 @@ run_id=$(date +%s)-$$
 cat >"$dir/drive.py" <<'PY'
 """Helpers of scripts/bench.sh: drives publishd over HTTP, makes the E
 image, reads wrk's output, and prints the table."""
-import hashlib, http.client, io, json, math, os, re, sys, tarfile, time
+import gzip, hashlib, http.client, io, json, math, os, re, sys, tarfile, time
 from datetime import datetime
 
 
@@ -210,6 +215,71 @@ def jobs(url, repo, source, n, prefix, expect, publish_via=None, per_job=4):
         sys.exit(1)
 
 
+def registry_put(reg, method, path, body, content_type):
+    conn = http.client.HTTPConnection(reg, timeout=60)
+    conn.request(method, path, body=body, headers={"Content-Type": content_type})
+    reply = conn.getresponse()
+    reply.read()
+    if reply.status not in (201, 202):
+        sys.exit(f"{method} {path}: HTTP {reply.status}")
+    return reply
+
+
+def push_index(reg, repo):
+    """Writes into REG/REPO what BuildKit pushes for --platform
+    linux/amd64,linux/arm64 with provenance: two images of one fresh
+    layer each, their attestation manifests, and an OCI index over them;
+    prints the index's digest."""
+    def blob(data):
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        started = registry_put(reg, "POST", f"/v2/{repo}/blobs/uploads/", b"", "application/octet-stream")
+        location = started.getheader("Location")
+        location = location[location.index("/v2/"):] if "://" in location else location
+        joint = "&" if "?" in location else "?"
+        registry_put(reg, "PUT", f"{location}{joint}digest={digest}", data, "application/octet-stream")
+        return {"size": len(data), "digest": digest}
+
+    def manifest(document):
+        data = json.dumps(document).encode()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        registry_put(reg, "PUT", f"/v2/{repo}/manifests/{digest}", data, document["mediaType"])
+        return {"mediaType": document["mediaType"], "size": len(data), "digest": digest}
+
+    oci = "application/vnd.oci.image.manifest.v1+json"
+    images, attestations = [], []
+    for arch in ("amd64", "arm64"):
+        tar = io.BytesIO()
+        with tarfile.open(fileobj=tar, mode="w") as t:
+            data = os.urandom(4096)
+            info = tarfile.TarInfo("app.bin")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        diff_id = "sha256:" + hashlib.sha256(tar.getvalue()).hexdigest()
+        layer = blob(gzip.compress(tar.getvalue()))
+        config = blob(json.dumps({"architecture": arch, "os": "linux", "config": {"Cmd": ["/app.bin"]},
+                                  "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode())
+        image = manifest({"schemaVersion": 2, "mediaType": oci,
+                          "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+                          "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}]})
+        images.append({**image, "platform": {"architecture": arch, "os": "linux"}})
+        statement = blob(json.dumps({"_type": "https://in-toto.io/Statement/v0.1",
+                                     "predicateType": "https://slsa.dev/provenance/v0.2",
+                                     "subject": [{"name": f"pkg:docker/{repo}?platform=linux%2F{arch}",
+                                                  "digest": {"sha256": image["digest"][7:]}}],
+                                     "predicate": {}}).encode())
+        att_config = blob(json.dumps({"architecture": "unknown", "os": "unknown", "config": {},
+                                      "rootfs": {"type": "layers", "diff_ids": [statement["digest"]]}}).encode())
+        attestation = manifest({"schemaVersion": 2, "mediaType": oci,
+                                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **att_config},
+                                "layers": [{"mediaType": "application/vnd.in-toto+json", **statement}]})
+        attestations.append({**attestation, "platform": {"architecture": "unknown", "os": "unknown"},
+                             "annotations": {"vnd.docker.reference.digest": image["digest"],
+                                             "vnd.docker.reference.type": "attestation-manifest"}})
+    index = manifest({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                      "manifests": images + attestations})
+    print(index["digest"])
+
+
 def probe(url, body):
     """POSTs a job; prints the status and the error message."""
     status, answer = Api(url).call("POST", "/api/v1/jobs", json.loads(body))
@@ -276,6 +346,7 @@ TARGETS = {
     "A_engine": ("B_load", ">=", 0.85, "ratio"),
     "A_auto": ("D4", ">=", 1.5, "ratio"),
     "A_registry": ("D4", ">=", 2.0, "ratio"),
+    "A_index": ("D4", ">=", 1.0, "ratio"),
     "E_publishd": ("E_docker", "<=", 1.1, "ratio"),
     "F_post": (None, ">=", 10000, "value"),
     "F_get": (None, ">=", 25000, "value"),
@@ -334,6 +405,8 @@ if __name__ == "__main__":
         jobs(url, repo, source, int(n), prefix, expect, via or None)
     elif command == "probe":
         probe(*rest)
+    elif command == "push-index":
+        push_index(*rest)
     elif command == "save-tar":
         save_tar(rest[0], rest[1], int(rest[2]), int(rest[3]))
     elif command == "wrk":
@@ -473,6 +546,17 @@ if ((has_publish_via)) && [ "${probe%% *}" = 202 ]; then
 else
   echo "   docker:// source answered: $probe" >&2
   record A_registry "publishd, $n targets from a docker:// source" "n/a (not implemented)" targets/s
+fi
+
+row=A_index
+index_source=docker://$reg/bench-$run_id/index@$(py push-index "$reg" "bench-$run_id/index")
+probe=$(py probe "$url" "{\"repo\":\"$reg/bench-$run_id/a-index-probe\",\"images\":[{\"name\":\"app\",\"source\":\"$index_source\"}],\"tags\":[{\"strategy\":\"custom\",\"value\":\"probe\"}]}")
+if [ "${probe%% *}" = 202 ]; then
+  out=$(run_jobs "$reg/bench-$run_id/a-index" "$index_source" a pushed "")
+  record A_index "publishd, $n targets from a 2-platform index with attestations" "$(field "$out" per_second)" targets/s
+else
+  echo "   docker:// index answered: $probe" >&2
+  record A_index "publishd, $n targets from a 2-platform index with attestations" "n/a (not implemented)" targets/s
 fi
 stop_server
 
