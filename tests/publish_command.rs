@@ -327,42 +327,6 @@ async fn a_service_not_up_yet_is_waited_for_and_gets_one_job() {
 }
 
 #[tokio::test]
-async fn a_service_never_reached_is_given_up_after_the_connect_timeout() {
-    let nowhere = format!("http://127.0.0.1:{}", free_port());
-    let started = Instant::now();
-    // --wait's own limit is an hour; the service was never there.
-    let output = publish_command(
-        &nowhere,
-        &[
-            "-i",
-            "reg/acme",
-            "--image",
-            "a=b",
-            "--tag-custom",
-            "v1",
-            "--wait",
-            "--connect-timeout",
-            "2",
-        ],
-    )
-    .output()
-    .await
-    .unwrap();
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(5), "{stderr}");
-    assert!(
-        stderr.contains("gave up after 2s (--connect-timeout): the service has not answered once")
-            && stderr.contains("is --server right?"),
-        "{stderr}"
-    );
-    let took = started.elapsed();
-    assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
-        "{took:?}: {stderr}"
-    );
-}
-
-#[tokio::test]
 async fn the_publish_report_is_werf_v1_1s() {
     let env = TestEnv::get();
     let engine = TestEngine::connect();
@@ -1112,12 +1076,10 @@ async fn usage_errors_exit_2_before_anything_is_sent() {
 
 #[tokio::test]
 async fn an_unreachable_service_or_a_job_that_does_not_end_in_time_exits_5() {
+    // Never reached: given up after --wait-timeout, or after --connect-timeout.
     let nowhere = format!("http://127.0.0.1:{}", free_port());
-    let started = Instant::now();
-    let output = client_command(
-        "publish",
-        &nowhere,
-        &[
+    let publish = |limit: &'static [&'static str]| {
+        let mut args = vec![
             "-i",
             "reg/acme",
             "--image",
@@ -1125,17 +1087,32 @@ async fn an_unreachable_service_or_a_job_that_does_not_end_in_time_exits_5() {
             "--tag-custom",
             "v1",
             "--wait",
-            "--wait-timeout",
-            "2",
-        ],
-    )
-    .output()
-    .await
-    .unwrap();
+        ];
+        args.extend(limit);
+        client_command("publish", &nowhere, &args).output()
+    };
+    let started = Instant::now();
+    let output = publish(&["--wait-timeout", "2"]).await.unwrap();
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("service unreachable"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(10), "{stderr}");
+    // --wait's own limit is an hour, but a service never reached is given
+    // up on after --connect-timeout.
+    let started = Instant::now();
+    let output = publish(&["--connect-timeout", "2"]).await.unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(5), "{stderr}");
+    assert!(
+        stderr.contains("gave up after 2s (--connect-timeout): the service has not answered once")
+            && stderr.contains("is --server right?"),
+        "{stderr}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(10),
+        "{took:?}: {stderr}"
+    );
     let status = client_command("status", &nowhere, &["--wait-timeout", "1", "x"])
         .output()
         .await

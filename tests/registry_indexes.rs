@@ -148,13 +148,7 @@ async fn assert_index(
         assert_eq!(pushed.label("built-by"), Some("ci"));
         assert_eq!(pushed.config["config"]["Env"], json!(["MODE=ci"]));
         assert_eq!(pushed.diff_ids(), image.diff_ids);
-        let layers: Vec<&str> = pushed.manifest["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|layer| layer["digest"].as_str().unwrap())
-            .collect();
-        assert_eq!(layers, image.layers, "{}", image.platform);
+        assert_eq!(pushed.layer_digests(), image.layers, "{}", image.platform);
         new_digests.push((image.digest.clone(), new.to_owned()));
     }
     for (written, (entry, image)) in written.iter().zip(&expected) {

@@ -29,13 +29,7 @@ async fn assert_published_from(reader: &Registry, job: &Value, source: &Built) {
         // The builder's config and layers, untouched but for the labels.
         assert_eq!(pushed.label("built-by"), Some("ci"));
         assert_eq!(pushed.config["config"]["Env"], json!(["MODE=ci"]));
-        let layers: Vec<&str> = pushed.manifest["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|layer| layer["digest"].as_str().unwrap())
-            .collect();
-        assert_eq!(layers, source.layers, "{reference}");
+        assert_eq!(pushed.layer_digests(), source.layers, "{reference}");
         let repository = reference
             .split_once('/')
             .unwrap()

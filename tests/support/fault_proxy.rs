@@ -207,11 +207,7 @@ impl State {
                         r#"{{"errors":[{{"code":"UNAVAILABLE","message":"injected {status}"}}]}}"#
                     ))
                 };
-                return Ok(Response::builder()
-                    .status(status)
-                    .header("content-type", "application/json")
-                    .body(Full::new(body))
-                    .unwrap());
+                return Ok(json_answer(status, body));
             }
             Some(Fault::Reset) => {
                 self.injected.fetch_add(1, Ordering::Relaxed);
@@ -259,19 +255,11 @@ impl State {
             }
             Some(Fault::RefuseZstd) => {
                 let (parts, body) = request.into_parts();
-                let body = body
-                    .collect()
-                    .await
-                    .map_err(std::io::Error::other)?
-                    .to_bytes();
+                let body = collected(body).await?;
                 if names_zstd_layer(&body) {
                     self.injected.fetch_add(1, Ordering::Relaxed);
                     let refusal = r#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":"unsupported layer media type application/vnd.oci.image.layer.v1.tar+zstd"}]}"#;
-                    return Ok(Response::builder()
-                        .status(StatusCode::BAD_REQUEST)
-                        .header("content-type", "application/json")
-                        .body(Full::new(Bytes::from(refusal)))
-                        .unwrap());
+                    return Ok(json_answer(StatusCode::BAD_REQUEST, Bytes::from(refusal)));
                 }
                 return self.send_upstream(parts, body).await;
             }
@@ -316,11 +304,7 @@ impl State {
         request: Request<Incoming>,
     ) -> Result<Response<Full<Bytes>>, std::io::Error> {
         let (parts, body) = request.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map_err(std::io::Error::other)?
-            .to_bytes();
+        let body = collected(body).await?;
         self.send_upstream(parts, body).await
     }
 
@@ -361,4 +345,22 @@ impl State {
 /// Whether a manifest names a zstd-compressed layer.
 fn names_zstd_layer(manifest: &[u8]) -> bool {
     manifest.windows(9).any(|window| window == b"tar+zstd\"")
+}
+
+/// A request's whole body.
+async fn collected(body: Incoming) -> Result<Bytes, std::io::Error> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes())
+}
+
+/// A registry's JSON answer of `status`.
+fn json_answer(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(body))
+        .unwrap()
 }

@@ -35,6 +35,19 @@ impl Pushed {
         self.config["config"]["Labels"][name].as_str()
     }
 
+    /// The manifest's layer digests, in order.
+    pub fn layer_digests(&self) -> Vec<&str> {
+        self.manifest["layers"]
+            .as_array()
+            .map(|layers| {
+                layers
+                    .iter()
+                    .map(|layer| layer["digest"].as_str().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn diff_ids(&self) -> Vec<String> {
         self.config["rootfs"]["diff_ids"]
             .as_array()
