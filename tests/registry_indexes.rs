@@ -393,6 +393,9 @@ async fn a_docker_manifest_list_is_published_as_a_manifest_list() {
             index["mediaType"],
             "application/vnd.docker.distribution.manifest.list.v2+json"
         );
+        // Up to date with a variant among its platforms.
+        let again = app.run_job(&spec).await;
+        assert_eq!(again["targets"][0]["up_to_date"], true, "{again:#}");
         let credentials = spec
             .get("registry_auth")
             .map(|_| (env.auth_user.as_str(), env.auth_password.as_str()));

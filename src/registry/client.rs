@@ -840,15 +840,18 @@ impl Registry for HttpRegistry {
         auth: &RegistryAuth,
     ) -> Result<Option<Source>, RegistryError> {
         let reference = parse(reference)?;
-        let cache_key = reference.digest().map(|digest| {
+        let key_of = |digest: &str| {
             (
                 reference.registry().to_owned(),
                 reference.repository().to_owned(),
                 auth.fingerprint(),
                 digest.to_owned(),
             )
-        });
-        if let Some(found) = cache_key.as_ref().and_then(|key| self.sources.get(key)) {
+        };
+        if let Some(found) = reference
+            .digest()
+            .and_then(|digest| self.sources.get(&key_of(digest)))
+        {
             return Ok(Some(found));
         }
         let Some(read) = self.read_manifest(&reference, auth).await? else {
@@ -872,9 +875,9 @@ impl Registry for HttpRegistry {
             } else {
                 Source::Image(self.source_manifest(&reference, auth, read, &whole).await?)
             };
-        if let Some(key) = cache_key {
-            self.sources.insert(key, &source);
-        }
+        // Kept by its digest however it was named: a job's targets read by
+        // that digest what its submission read by tag.
+        self.sources.insert(key_of(source.digest()), &source);
         Ok(Some(source))
     }
 

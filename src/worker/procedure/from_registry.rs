@@ -68,11 +68,11 @@ impl Run<'_> {
         // platforms; a single image when it holds a single image.
         let platforms: Option<Vec<Platform>> = match &read {
             Source::Image(_) => None,
-            Source::Index(_) => Some(
+            Source::Index(index) => Some(
                 chosen
                     .images
                     .iter()
-                    .filter_map(|(_, manifest, _)| manifest.platform.clone())
+                    .filter_map(|(position, _, _)| index.entries[*position].platform.clone())
                     .collect(),
             ),
         };
