@@ -6,6 +6,7 @@
 mod support;
 
 use serde_json::{Value, json};
+use support::fault_proxy::{FaultProxy, Faults};
 use support::registry::{Built, DOCKER_MANIFEST, OCI_MANIFEST, Registry, push_source};
 use support::{TestApp, TestEnv, unique};
 
@@ -159,6 +160,44 @@ async fn a_source_in_another_registry_is_copied_into_the_target_registry() {
         .await
         .unwrap();
     assert_eq!(pushed.manifest["mediaType"], DOCKER_MANIFEST);
+}
+
+#[tokio::test]
+async fn layers_gone_before_the_manifest_is_put_are_put_back_on_the_next_try() {
+    let env = TestEnv::get();
+    let reader = Registry::open(&env.registry);
+    let source = push_source(&reader, &unique("ci/app"), "gc", OCI_MANIFEST).await;
+    // The registry itself refuses the manifest: the proxy deletes its
+    // layers from the target repository just before the first PUT.
+    let proxy = FaultProxy::start(&env.registry, Faults::LayersGoneOnce).await;
+    let app = spawn_engineless().await;
+    let repository = unique("pub");
+    let job = app
+        .run_job(&json!({
+            "repo": format!("{}/{repository}", proxy.address),
+            "images": [{"name": "app", "source": format!("docker://{}/{}@{}", env.registry, source.repository, source.digest)}],
+            "tags": [{"strategy": "custom", "value": "v1"}],
+        }))
+        .await;
+    assert_eq!(proxy.injected(), 1);
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let target = &job["targets"][0];
+    assert_eq!(target["attempts"], 2, "{job:#}");
+    let refused = target["attempt_errors"][0]["error"].as_str().unwrap();
+    assert!(refused.contains("MANIFEST_BLOB_UNKNOWN"), "{refused}");
+    // Published as if through the registry itself, layers and all.
+    let reference = target["reference"].as_str().unwrap();
+    let pushed = reader
+        .pushed(&reference.replace(&proxy.address.to_string(), &env.registry))
+        .await
+        .unwrap();
+    assert_eq!(pushed.layer_digests(), source.layers);
+    for layer in &source.layers {
+        assert!(
+            reader.has_blob(&format!("{repository}/app"), layer).await,
+            "{layer}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -51,6 +51,10 @@ pub enum Faults {
     /// Manifests with zstd-compressed layers are refused as invalid, as
     /// registries that do not know zstd refuse them.
     RefuseZstd,
+    /// The first manifest publishd puts finds its layers gone: the proxy
+    /// deletes them from the repository (as garbage collection would)
+    /// just before it forwards the manifest, which the registry refuses.
+    LayersGoneOnce,
 }
 
 enum Fault {
@@ -63,6 +67,7 @@ enum Fault {
     MoveUpload(SocketAddr),
     MoveRealm(SocketAddr),
     RefuseZstd,
+    DeleteLayers,
 }
 
 /// The request came from publishd itself, not from an engine's push.
@@ -101,7 +106,8 @@ impl FaultProxy {
                 | Faults::RedirectManifestReads { .. }
                 | Faults::UploadsElsewhere { .. }
                 | Faults::RealmElsewhere { .. }
-                | Faults::RefuseZstd => fastrand::Rng::with_seed(0),
+                | Faults::RefuseZstd
+                | Faults::LayersGoneOnce => fastrand::Rng::with_seed(0),
             }),
             injected: injected.clone(),
             client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
@@ -178,6 +184,14 @@ impl State {
             Faults::RefuseZstd => (request.method() == hyper::Method::PUT
                 && request.uri().path().contains("/manifests/"))
             .then_some(Fault::RefuseZstd),
+            Faults::LayersGoneOnce => (from_publishd(request)
+                && request.method() == hyper::Method::PUT
+                && request.uri().path().contains("/manifests/")
+                && self
+                    .injected
+                    .compare_exchange(0, 1, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok())
+            .then_some(Fault::DeleteLayers),
             Faults::Random { rate, latency, .. } => {
                 let mut rng = self.rng.lock().unwrap();
                 if rng.f64() >= rate {
@@ -260,6 +274,30 @@ impl State {
                     self.injected.fetch_add(1, Ordering::Relaxed);
                     let refusal = r#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":"unsupported layer media type application/vnd.oci.image.layer.v1.tar+zstd"}]}"#;
                     return Ok(json_answer(StatusCode::BAD_REQUEST, Bytes::from(refusal)));
+                }
+                return self.send_upstream(parts, body).await;
+            }
+            Some(Fault::DeleteLayers) => {
+                let (parts, body) = request.into_parts();
+                let body = collected(body).await?;
+                let manifest: serde_json::Value =
+                    serde_json::from_slice(&body).map_err(std::io::Error::other)?;
+                let path = parts.uri.path();
+                let repository = &path["/v2/".len()..path.find("/manifests/").unwrap()];
+                for layer in manifest["layers"].as_array().into_iter().flatten() {
+                    let digest = layer["digest"].as_str().unwrap();
+                    let delete = Request::delete(format!(
+                        "http://{}/v2/{repository}/blobs/{digest}",
+                        self.upstream
+                    ))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                    let answer = self
+                        .client
+                        .request(delete)
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    assert_eq!(answer.status(), StatusCode::ACCEPTED, "deleting {digest}");
                 }
                 return self.send_upstream(parts, body).await;
             }
