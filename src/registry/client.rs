@@ -98,6 +98,28 @@ struct Endpoint {
 /// Registry, credentials (by fingerprint: no secret as a key) and scope.
 type TokenKey = (String, [u8; 32], String);
 
+/// The cache key of a token for `scope` in `registry` with `auth`. The
+/// scope is put in one order: Docker's registry names a challenge's
+/// actions (and resources) in an order that changes from one answer to
+/// the next (`push,pull` or `pull,push`), and a token kept under one
+/// spelling must be found under the other.
+fn token_key(registry: &str, auth: &RegistryAuth, scope: &str) -> TokenKey {
+    let mut resources: Vec<String> = scope
+        .split_whitespace()
+        .map(|resource| match resource.rsplit_once(':') {
+            Some((named, actions)) => {
+                let mut actions: Vec<&str> = actions.split(',').collect();
+                actions.sort_unstable();
+                actions.dedup();
+                format!("{named}:{}", actions.join(","))
+            }
+            None => resource.to_owned(),
+        })
+        .collect();
+    resources.sort_unstable();
+    (registry.to_owned(), auth.fingerprint(), resources.join(" "))
+}
+
 /// The parts of a registry's error body that say what went wrong.
 #[derive(Deserialize)]
 struct ErrorBody {
@@ -241,7 +263,7 @@ impl HttpRegistry {
         let registry = reference.registry();
         let endpoint = self.endpoint(registry).await?;
         let scope = scope.to_owned();
-        let key: TokenKey = (registry.to_owned(), auth.fingerprint(), scope.clone());
+        let key = token_key(registry, auth, &scope);
         let mut authorization = self.cached_token(&key);
         let mut answered_challenge = false;
         loop {
@@ -270,7 +292,7 @@ impl HttpRegistry {
             // Kept under the scope the token was asked for: a HEAD's
             // challenge names `pull` only, and a pull token kept as the
             // push scope's would be sent with a concurrent upload.
-            let granted_key: TokenKey = (registry.to_owned(), auth.fingerprint(), granted);
+            let granted_key = token_key(registry, auth, &granted);
             lock(&self.tokens).insert(granted_key, (Instant::now() + lifetime, value.clone()));
             authorization = Some(value);
             answered_challenge = true;
@@ -593,7 +615,7 @@ impl HttpRegistry {
         // upload's start obtained is the one for this scope; an upload on
         // another origin gets none.
         let endpoint = self.endpoint(reference.registry()).await?;
-        let key: TokenKey = (reference.registry().to_owned(), auth.fingerprint(), scope);
+        let key = token_key(reference.registry(), auth, &scope);
         let (client, url, authorization) = match &upload {
             UploadUrl::Own(url) => (&endpoint.client, url, self.cached_token(&key)),
             UploadUrl::Foreign(url) => (&self.foreign, url, None),
@@ -1838,6 +1860,20 @@ fn transport_error_kind(error: &reqwest::Error) -> FailureKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_kept_under_one_spelling_of_its_scope() {
+        let auth = RegistryAuth::anonymous();
+        let key = |scope| token_key("r", &auth, scope).2;
+        // Docker's registry, asked the same twice (measured: 1 of 12).
+        assert_eq!(key("repository:a:push,pull"), key("repository:a:pull,push"));
+        assert_eq!(
+            key("repository:b:pull repository:a:push,pull"),
+            key("repository:a:pull,push repository:b:pull")
+        );
+        assert_ne!(key("repository:a:pull"), key("repository:a:pull,push"));
+        assert_ne!(key("repository:a:pull"), key("repository:b:pull"));
+    }
 
     #[test]
     fn manifest_paths_use_the_normalised_repository() {
