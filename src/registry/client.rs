@@ -1788,9 +1788,10 @@ const MANIFEST_BLOB_UNKNOWN: &str = "MANIFEST_BLOB_UNKNOWN";
 /// of its error body (bounded), classified by status, but for
 /// `MANIFEST_BLOB_UNKNOWN`: publishd puts a manifest only after making
 /// each of its blobs present, so a blob the registry no longer knows was
-/// lost since (collected, or read by Docker's registry while a concurrent
-/// mount rewrote its link, measured under `scripts/bench.sh`'s A_index),
-/// and the next try, which looks for each blob again, puts it back.
+/// lost since (collected; or, seen once in `scripts/bench.sh`'s A_index
+/// with `DIGEST_INVALID`, its link read by Docker's registry while a
+/// concurrent mount rewrote it), and the next try, which looks for each
+/// blob again, puts it back.
 async fn status_error(response: Response, doing: &str) -> RegistryError {
     let status = response.status();
     let body = read_limited(response, SMALL_ANSWER_LIMIT, "an error")
