@@ -41,7 +41,7 @@ pub use model::{
 };
 pub use queue::{Bound, Claim, ClaimLost, Release, Released, TakeOver};
 
-use crate::domain::publish_via::Seed;
+use crate::domain::publish_via::{Seed, SeedKey};
 use crate::domain::source::ResolvedSource;
 use crate::domain::spec::Plan;
 use crate::domain::status::{JobStatus, TargetStatus};
@@ -525,6 +525,16 @@ pub trait Records: Send + Sync {
     /// the job's targets from here on.
     async fn credentials_arrived(&self, job_id: Uuid) -> StoreResult<()>;
 
+    /// Puts back a target whose source's seed another run is making: it is
+    /// not claimed again before `retry_at`, or before `wake_targets` wakes
+    /// it. Not a run, nor a try; cancelled instead if its job was.
+    async fn wait_for_seed(&self, claim: &Claim, retry_at: &str) -> StoreResult<()>;
+
+    /// The waiting targets `ids` may be claimed at once (the seed they
+    /// waited for is there, or its maker gave up); targets not pending, or
+    /// waiting for credentials, stay as they are.
+    async fn wake_targets(&self, ids: &[i64]) -> StoreResult<()>;
+
     /// Takes a target in flight over from the run that held it, if
     /// `condition` holds, with a fresh claim for recovery to use: from then
     /// on every write of the old run changes nothing.
@@ -622,18 +632,12 @@ pub trait Records: Send + Sync {
         batch: u32,
     ) -> StoreResult<Deleted>;
 
-    /// The seed of `source_image_id` in `registry`, if the engine pushed it there.
-    async fn seed(&self, source_image_id: &str, registry: &str) -> StoreResult<Option<Seed>>;
+    /// The seed `key` names, if the engine pushed one.
+    async fn seed(&self, key: &SeedKey) -> StoreResult<Option<Seed>>;
 
     /// Records (or replaces: the last push that left the layers somewhere is
-    /// the best place to mount them from) the seed of `source_image_id` in
-    /// `registry`.
-    async fn record_seed(
-        &self,
-        source_image_id: &str,
-        registry: &str,
-        seed: &Seed,
-    ) -> StoreResult<()>;
+    /// the best place to mount them from) the seed `key` names.
+    async fn record_seed(&self, key: &SeedKey, seed: &Seed) -> StoreResult<()>;
 }
 
 /// Makes a submission's audit record from what the store did with it.

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::domain::naming::reference_key;
-use crate::domain::publish_via::{Descriptor, PublishedVia, Seed};
+use crate::domain::publish_via::{Descriptor, PublishedVia, Seed, SeedKey};
 use crate::domain::source::ResolvedSource;
 use crate::domain::spec::{JobSpec, Limits, plan};
 
@@ -658,6 +658,23 @@ both_stores! {
         assert_eq!(again.credentials_wait_until, None);
     }
 
+    async fn a_target_waits_for_a_seed_until_woken(db: Db) {
+        let store = store_with_a_job(&db).await;
+        let target = store.claim_target(LEASE).await.unwrap().unwrap();
+        let later = format_time(time::OffsetDateTime::now_utc() + Duration::from_secs(3600));
+        store.wait_for_seed(&target.claim, &later).await.unwrap();
+        let other = store.claim_target(LEASE).await.unwrap().unwrap();
+        assert_ne!(other.id, target.id);
+        assert!(store.claim_target(LEASE).await.unwrap().is_none());
+        // Waking a target in flight changes nothing of it.
+        store.wake_targets(&[target.id, other.id]).await.unwrap();
+        let again = store.claim_target(LEASE).await.unwrap().unwrap();
+        assert_eq!(again.id, target.id);
+        assert_eq!(again.attempts, 1, "the wait was not a try");
+        assert_eq!(again.credentials_wait_until, None);
+        assert!(store.renew_lease(&other.claim, LEASE).await.unwrap());
+    }
+
     // On a shared database an instance claims only jobs on its engine (or
     // on none); alone with its file, publishd claims every job, whatever
     // its engine's name, so that a renamed engine strands nothing.
@@ -704,8 +721,17 @@ both_stores! {
         let store = db.open().await;
         store.ping().await.unwrap();
         store.heartbeat().await.unwrap();
-        assert!(store.seed("sha256:s", "r.example").await.unwrap().is_none());
+        let key = |engine: &str| SeedKey {
+            source_image_id: "sha256:s".to_owned(),
+            registry: "r.example".to_owned(),
+            engine: engine.to_owned(),
+        };
+        let (docker20, docker26) = (key("docker 20.10.24 classic load"), key("docker 26.1.5 containerd build"));
+        assert!(store.seed(&docker20).await.unwrap().is_none());
         let seed = |repository: &str| Seed {
+            manifest: "{\n   \"schemaVersion\": 2\n}".to_owned(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
+            config: "{\"config\":{}}".to_owned(),
             layers: vec![Descriptor {
                 media_type: "application/vnd.oci.image.layer.v1.tar+gzip".to_owned(),
                 size: 3,
@@ -713,11 +739,12 @@ both_stores! {
             }],
             repository: repository.to_owned(),
         };
-        store.record_seed("sha256:s", "r.example", &seed("one")).await.unwrap();
-        store.record_seed("sha256:s", "r.example", &seed("two")).await.unwrap();
-        let kept = store.seed("sha256:s", "r.example").await.unwrap().unwrap();
-        assert_eq!(kept.repository, "two");
-        assert_eq!(kept.layers.len(), 1);
+        store.record_seed(&docker20, &seed("one")).await.unwrap();
+        store.record_seed(&docker20, &seed("two")).await.unwrap();
+        let kept = store.seed(&docker20).await.unwrap().unwrap();
+        assert_eq!(kept, seed("two"), "the last one, byte for byte");
+        // Another engine format is another seed.
+        assert!(store.seed(&docker26).await.unwrap().is_none());
         for outcome in ["reloaded", "failed", "reloaded"] {
             store
                 .record_audit(AuditEntry {

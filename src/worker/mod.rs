@@ -4,6 +4,7 @@
 
 mod cancellations;
 pub mod procedure;
+mod seed_turns;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,7 @@ use crate::store::{
     Claim, ClaimLost, ClaimedTarget, Release, Released, Store, TakeOver, TargetOutcome,
 };
 use procedure::{Finish, Signals, restore_reference};
+pub use seed_turns::SeedTurns;
 
 /// Everything a lane needs.
 pub struct WorkerContext {
@@ -57,6 +59,8 @@ pub struct WorkerContext {
     /// Where push progress goes, for the event streams.
     pub progress: ProgressHub,
     pub metrics: Metrics,
+    /// Which run makes the seed of a source, and who waits for it.
+    pub seed_turns: SeedTurns,
     /// How long a claim holds without being renewed. A lane renews it every
     /// third of that; one that cannot stops its work a third before it ends,
     /// so the run that takes the target over never meets it.
@@ -69,6 +73,9 @@ const LOG_LIMIT: usize = 2048;
 
 /// How often an idle lane looks for work it was not woken for.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How soon a target waiting for a seed is claimed again if nothing woke it
+/// (the run making the seed died with its process).
+const SEED_RECHECK: Duration = Duration::from_secs(5);
 /// How soon a target waiting for its job's credentials is looked at again.
 const CREDENTIAL_RECHECK: Duration = Duration::from_secs(5);
 
@@ -373,6 +380,28 @@ async fn conclude_run(ctx: &WorkerContext, target: &ClaimedTarget, finish: anyho
                 Err(error) => {
                     error!(error = format!("{error:#}"), "recording the outcome failed");
                 }
+            }
+        }
+        Ok(Finish::AwaitSeed { key, turn }) => {
+            let retry_at =
+                crate::store::format_time(time::OffsetDateTime::now_utc() + SEED_RECHECK);
+            match ctx.store.wait_for_seed(claim, &retry_at).await {
+                Ok(()) => {
+                    info!("waiting for the engine's push of its source to the registry (a seed)");
+                    // The turn ended before the target was back: nobody woke it.
+                    if !ctx.seed_turns.is_held(&key, turn)
+                        && let Err(error) = ctx.store.wake_targets(&[target.id]).await
+                    {
+                        warn!(
+                            error = format!("{error:#}"),
+                            "waking a target that waited for a seed"
+                        );
+                    }
+                }
+                Err(error) => warn!(
+                    error = format!("{error:#}"),
+                    "putting the target back to wait for a seed"
+                ),
             }
         }
         Ok(Finish::Deferred) => {

@@ -1,7 +1,12 @@
 //! Test-side view of the real engine: make source images, read what is left.
 
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE;
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptions, TagImageOptionsBuilder,
+    BuildImageOptionsBuilder, CreateImageOptionsBuilder, ListImagesOptions, RemoveImageOptions,
+    TagImageOptionsBuilder,
 };
 use bollard::{Docker, body_full};
 use bytes::Bytes;
@@ -12,6 +17,17 @@ use super::TestEnv;
 
 pub struct TestEngine {
     pub docker: Docker,
+    /// The engine's socket, for what bollard cannot send (`pull`).
+    host: String,
+}
+
+/// What an engine stored of an image it pulled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    pub labels: BTreeMap<String, String>,
+    pub diff_ids: Vec<String>,
+    pub os: String,
+    pub architecture: String,
 }
 
 /// What a test needs to know of a local image.
@@ -34,7 +50,10 @@ impl TestEngine {
             minor_version: 41,
         };
         let docker = Docker::connect_with_unix(host, 120, &version).expect("test engine");
-        TestEngine { docker }
+        TestEngine {
+            docker,
+            host: host.to_owned(),
+        }
     }
 
     /// `docker import` of a one-file tarball with unique content: an image
@@ -146,6 +165,62 @@ impl TestEngine {
             config,
             layers: inspect.root_fs.and_then(|fs| fs.layers).unwrap_or_default(),
         })
+    }
+
+    /// Pulls `reference` (`REGISTRY/REPO:TAG`) the way `docker pull` does,
+    /// with `auth` (user, password) for the registry if given; answers what
+    /// the engine stored, and removes it again. Through curl: bollard sends
+    /// `X-Registry-Auth` in the alphabet the engine does not read.
+    pub async fn pull(&self, reference: &str, auth: Option<(&str, &str)>) -> Pulled {
+        let (repository, tag) = reference.rsplit_once(':').unwrap();
+        let registry = reference.split('/').next().unwrap();
+        let credentials = match auth {
+            Some((username, password)) => serde_json::json!({
+                "username": username, "password": password, "serveraddress": registry
+            }),
+            None => serde_json::json!({}),
+        };
+        let header = URL_SAFE.encode(credentials.to_string());
+        let mut url = reqwest::Url::parse("http://d/images/create").unwrap();
+        url.query_pairs_mut()
+            .append_pair("fromImage", repository)
+            .append_pair("tag", tag);
+        let socket = self.host.trim_start_matches("unix://").to_owned();
+        let output = tokio::process::Command::new("curl")
+            .args(["-sS", "--unix-socket", &socket, "-X", "POST", "-H"])
+            .arg(format!("X-Registry-Auth: {header}"))
+            .arg(url.as_str())
+            .output()
+            .await
+            .expect("curl runs");
+        let answer = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success() && !answer.contains("\"error"),
+            "{} could not pull {reference}: {answer}{}",
+            self.host,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let inspect = self
+            .docker
+            .inspect_image(reference)
+            .await
+            .unwrap_or_else(|error| panic!("{} pulled no {reference}: {error}", self.host));
+        let pulled = Pulled {
+            labels: inspect
+                .config
+                .and_then(|config| config.labels)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            diff_ids: inspect.root_fs.and_then(|fs| fs.layers).unwrap_or_default(),
+            os: inspect.os.unwrap_or_default(),
+            architecture: inspect.architecture.unwrap_or_default(),
+        };
+        self.docker
+            .remove_image(reference, None::<RemoveImageOptions>, None)
+            .await
+            .unwrap_or_else(|error| panic!("removing the pulled {reference}: {error}"));
+        pulled
     }
 
     pub async fn tag(&self, image: &str, reference: &str) {

@@ -9,11 +9,13 @@ use uuid::Uuid;
 
 use super::{Dialect, SqlStore};
 use crate::domain::status::JobStatus;
+use crate::store::queue::fenced;
 use crate::store::rows::{
     CLAIMED, ClaimedRow, DeliveryRow, ImageRow, JobRow, TargetRow, job_of, page_of,
 };
 use crate::store::{
-    AuditEntry, Bound, ClaimedTarget, Deleted, IN_FLIGHT, Job, JobPage, PageKey, StoreResult, now,
+    AuditEntry, Bound, Claim, ClaimedTarget, Deleted, IN_FLIGHT, Job, JobPage, PageKey,
+    StoreResult, now,
 };
 
 /// Targets one retention batch may delete (with their events, about six
@@ -52,6 +54,53 @@ where
     for<'r> &'r str: sqlx::ColumnIndex<D::Row>,
     usize: sqlx::ColumnIndex<D::Row>,
 {
+    /// Puts a claimed target back (`wait_for_credentials`, `wait_for_seed`),
+    /// not claimed again before `retry_at`: not a run, nor a try, and
+    /// cancelled instead if its job was. A credentials wait keeps the end
+    /// of its first wait.
+    pub(super) async fn put_back(
+        &self,
+        claim: &Claim,
+        retry_at: &str,
+        credentials_wait_until: Option<&str>,
+    ) -> StoreResult<()> {
+        let (claim, wait_until, retry_at) = (
+            claim.clone(),
+            credentials_wait_until.map(str::to_owned),
+            retry_at.to_owned(),
+        );
+        let cancelled = "(SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)";
+        let sql = format!(
+            "UPDATE targets SET
+                 status = CASE WHEN {cancelled} THEN 'cancelled' ELSE 'pending' END,
+                 error = CASE WHEN {cancelled} THEN 'cancelled' ELSE error END,
+                 finished_at = CASE WHEN {cancelled} THEN $1 ELSE NULL END,
+                 attempts = attempts - 1, runs = runs - 1,
+                 claim_token = NULL, {} = NULL, not_before = $2,
+                 credentials_wait_until = COALESCE(credentials_wait_until, $3)
+             WHERE id = $4 AND claim_token = $5 AND status IN {IN_FLIGHT}",
+            D::LEASE_COLUMN,
+        );
+        D::write_single(
+            self,
+            Box::new(move |conn| {
+                Box::pin(async move {
+                    let result = sqlx::query(&sql)
+                        .bind(now())
+                        .bind(retry_at)
+                        .bind(wait_until)
+                        .bind(claim.target_id)
+                        .bind(&claim.token)
+                        .execute(&mut *conn)
+                        .await
+                        .context("putting a target back to wait")?;
+                    fenced(D::rows_affected(&result), &claim)
+                })
+            }),
+        )
+        .await
+    }
+
     /// Makes the read transaction just begun read one snapshot.
     pub(super) async fn snapshot(conn: &mut D::Connection) -> StoreResult<()> {
         if let Some(sql) = D::SNAPSHOT {
