@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test file uses a different part of this module
 
 pub mod binary;
+pub mod buildkit;
 pub mod bystander;
 pub mod engine;
 pub mod fault_proxy;
