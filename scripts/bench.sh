@@ -6,6 +6,13 @@
 #               --workers 4, all through the engine (--publish-via engine
 #               where the binary has it); first submit to last job finished
 #   A_auto      the same with --publish-via auto (registry-side publishing)
+#   A_auto_26   A_auto on dockerd 26 with the containerd image store
+#   A_fresh     the typical pipeline: N targets in jobs of one fresh image
+#               each (its own 256 KB layer, not in the registry) x 4 tags,
+#               --workers 4, --publish-via auto; A_fresh_26 on dockerd 26
+#   D4_fresh    skopeo copy, 4 at once, over the same images and tags;
+#               D4_fresh_26 from dockerd 26 (docker save + skopeo copy
+#               docker-archive:, since skopeo 1.9 speaks too old an API)
 #   A_registry  the same from a docker://REGISTRY/REPO@sha256:... source,
 #               publishd run with --docker-host none
 #               (A_auto and A_registry: "n/a (not implemented)" for a
@@ -162,11 +169,14 @@ def jobs(url, repo, source, n, prefix, expect, publish_via=None, per_job=4):
     """Submits N targets in jobs of PER_JOB tags, waits for all of them,
     answers the time from the first submit to the last job's end."""
     api = Api(url)
+    # "@FILE": one source per job, from FILE's lines.
+    sources = open(source[1:]).read().split() if source.startswith("@") else None
     specs = []
     for j in range(math.ceil(n / per_job)):
         tags = [{"strategy": "custom", "value": f"{prefix}-{j}-{k}"}
                 for k in range(min(per_job, n - j * per_job))]
-        spec = {"repo": repo, "images": [{"name": "app", "source": source}], "tags": tags}
+        image = sources[j] if sources else source
+        spec = {"repo": repo, "images": [{"name": "app", "source": image}], "tags": tags}
         if publish_via:
             spec["publish_via"] = publish_via
         specs.append(spec)
@@ -275,6 +285,9 @@ def wrk(path):
 TARGETS = {
     "A_engine": ("B_load", ">=", 0.85, "ratio"),
     "A_auto": ("D4", ">=", 1.5, "ratio"),
+    "A_auto_26": ("D4", ">=", 1.5, "ratio"),
+    "A_fresh": ("D4_fresh", ">=", 1.5, "ratio"),
+    "A_fresh_26": ("D4_fresh_26", ">=", 1.5, "ratio"),
     "A_registry": ("D4", ">=", 2.0, "ratio"),
     "E_publishd": ("E_docker", "<=", 1.1, "ratio"),
     "F_post": (None, ">=", 10000, "value"),
@@ -425,7 +438,9 @@ row=setup
 # The small source image, and its seed push: every row starts with the
 # registry holding its one layer, as in the issue's measurements.
 mkdir -p "$dir/img" && head -c 4096 /dev/urandom >"$dir/img/blob"
-tar -C "$dir/img" -c . | docker import - "bench/src:$run_id" >/dev/null
+# Kept: A_auto_26 imports the same image on dockerd 26.
+tar -C "$dir/img" -c . >"$dir/src.tar"
+docker import - "bench/src:$run_id" <"$dir/src.tar" >/dev/null
 src=bench/src:$run_id
 docker tag "$src" "$reg/bench-$run_id/seed:1"
 docker push -q "$reg/bench-$run_id/seed:1" >/dev/null
@@ -507,6 +522,76 @@ started=$(now)
 seq 1 "$n" | xargs -P 4 -I{} bash -c 'skopeo_one d4 "d4-$1"' _ {}
 record D4 "skopeo copy, 4 at once" \
   "$("$py3" -c "import sys; print($n / (float(sys.argv[2]) - float(sys.argv[1])))" "$started" "$(now)")" targets/s
+
+# fresh_images HOST FILE: N/4 images of one fresh 256 KB layer each on the
+# engine at HOST (imported, as a build's result), their names in FILE.
+fresh_images() {
+  local host=$1 file=$2 i
+  : >"$file"
+  for i in $(seq 1 $(((n + 3) / 4))); do
+    rm -rf "$dir/fresh" && mkdir -p "$dir/fresh"
+    head -c 262144 /dev/urandom >"$dir/fresh/layer.bin"
+    tar -C "$dir/fresh" -c . | "$docker26" --host "$host" import - "bench/fresh-$i:$run_id" >/dev/null
+    echo "bench/fresh-$i:$run_id" >>"$file"
+  done
+}
+# fresh_rows SUFFIX HOST: A_fresh and D4_fresh on the engine at HOST, and
+# A_auto there for dockerd 26 (SUFFIX _26).
+fresh_rows() {
+  local suffix=$1 host=$2 engine_name
+  engine_name=$([ -z "$suffix" ] && echo "dockerd 20.10" || echo "dockerd 26, containerd store")
+  if [ -n "$suffix" ]; then
+    row=A_auto$suffix
+    "$docker26" --host "$host" import - "bench/src:$run_id" <"$dir/src.tar" >/dev/null
+    start_server "a-auto$suffix" --workers 4 --docker-host "$host" --publish-via auto
+    out=$(run_jobs "$reg/bench-$run_id/a-auto$suffix" "$src" a pushed auto)
+    record "A_auto$suffix" "publishd, $n targets, --publish-via auto, $engine_name" "$(field "$out" per_second)" targets/s \
+      "{\"ways\": $("$py3" -c 'import json,sys; print(json.dumps(json.loads(sys.argv[1])["ways"]))' "$out")}"
+    stop_server
+  fi
+  row=A_fresh$suffix
+  fresh_images "$host" "$dir/fresh-a$suffix"
+  start_server "a-fresh$suffix" --workers 4 --docker-host "$host" --publish-via auto
+  out=$(run_jobs "$reg/bench-$run_id/a-fresh$suffix" "@$dir/fresh-a$suffix" f pushed auto)
+  record "A_fresh$suffix" "publishd, $n targets, jobs of 1 fresh image x 4 tags, $engine_name" "$(field "$out" per_second)" targets/s
+  stop_server
+  row=D4_fresh$suffix
+  fresh_images "$host" "$dir/fresh-d$suffix"
+  fresh_copy "$host" "$src" "$reg/bench-$run_id/d4-fresh$suffix/app:warm"
+  # Tag by tag over the images: 4 copies of one new blob at once fail on
+  # docker-registry 2.8 ("blob unknown"), so the 4 at once copy different
+  # images, and an image's later tags find its layer there.
+  awk '{ image[NR] = $0 } END { for (k = 0; k < 4; k++) for (i = 1; i <= NR; i++) print image[i], "f-" i "-" k }' \
+    "$dir/fresh-d$suffix" | head -n "$n" >"$dir/pairs$suffix"
+  started=$(now)
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  xargs -P 4 -L 1 bash -c 'fresh_copy "$0" "$2" "$1/app:$3"' "$host" "$reg/bench-$run_id/d4-fresh$suffix" \
+    <"$dir/pairs$suffix"
+  record "D4_fresh$suffix" "skopeo copy, 4 at once, the same fresh images and tags, $engine_name" \
+    "$("$py3" -c "import sys; print($n / (float(sys.argv[2]) - float(sys.argv[1])))" "$started" "$(now)")" targets/s
+}
+# fresh_copy HOST IMAGE REFERENCE: skopeo copies IMAGE from the engine at
+# HOST to the registry. skopeo's docker-daemon transport reads the image
+# with `GET /images/{name}/get` (docker save) over API 1.22, below dockerd
+# 26's minimum (1.24, which DOCKER_MIN_API_VERSION cannot lower): there the
+# docker 26 CLI makes the same request (`docker save`) and skopeo copies
+# from the archive it wrote, the same work in two processes.
+fresh_copy() {
+  if [ "$1" = "$DOCKER_HOST" ]; then
+    skopeo copy -q --src-daemon-host "$1" --dest-tls-verify=false "docker-daemon:$2" "docker://$3" >/dev/null
+  else
+    local archive
+    archive=$(mktemp "$dir/save.XXXXXX")
+    "$docker26" --host "$1" save -o "$archive" "$2"
+    skopeo copy -q --dest-tls-verify=false "docker-archive:$archive" "docker://$3" >/dev/null
+    rm -f "$archive"
+  fi
+}
+docker26=$PUBLISHD_TEST_DOCKER_CLI
+export -f fresh_copy
+export DOCKER_HOST dir docker26
+fresh_rows "" "$DOCKER_HOST"
+fresh_rows _26 "$PUBLISHD_TEST_DOCKER26_HOST"
 
 row=E
 e_mb=$((3 * e_layer_mb))
