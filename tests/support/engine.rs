@@ -237,11 +237,20 @@ impl TestEngine {
 
     /// Every local name that starts with `prefix`.
     pub async fn names_under(&self, prefix: &str) -> Vec<String> {
-        let images = self
-            .docker
-            .list_images(None::<ListImagesOptions>)
-            .await
-            .expect("list images");
+        // dockerd 26's containerd store fails a listing that meets an image
+        // another test is removing at that moment ("content digest ...:
+        // not found"): list again.
+        let mut tries = 0;
+        let images = loop {
+            match self.docker.list_images(None::<ListImagesOptions>).await {
+                Ok(images) => break images,
+                Err(error) if tries < 5 && error.to_string().contains("not found") => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("list images: {error}"),
+            }
+        };
         images
             .into_iter()
             .flat_map(|image| image.repo_tags)
