@@ -205,8 +205,13 @@ def jobs(url, repo, source, n, prefix, expect, publish_via=None, per_job=4):
     ok = [t for t in targets if t["status"] == "succeeded"]
     up_to_date = sum(1 for t in ok if t.get("up_to_date"))
     ways = sorted({str(t.get("publish_via", t.get("published_via", "-"))) for t in ok})
+    # How many went each way: through the engine, registry-side, or none (up to date).
+    via = {}
+    for t in ok:
+        via[str(t.get("published_via"))] = via.get(str(t.get("published_via")), 0) + 1
     result = {"targets": len(targets), "succeeded": len(ok), "up_to_date": up_to_date,
-              "seconds": seconds, "per_second": len(targets) / seconds, "ways": ways}
+              "seconds": seconds, "per_second": len(targets) / seconds, "ways": ways,
+              "via": via}
     print(json.dumps(result))
     bad = [t for t in targets if t["status"] != "succeeded"]
     if bad:
@@ -523,6 +528,8 @@ seq 1 "$n" | xargs -P 4 -I{} bash -c 'skopeo_one d4 "d4-$1"' _ {}
 record D4 "skopeo copy, 4 at once" \
   "$("$py3" -c "import sys; print($n / (float(sys.argv[2]) - float(sys.argv[1])))" "$started" "$(now)")" targets/s
 
+# via DRIVER_JSON: the record's extra field of how many targets went which way.
+via() { "$py3" -c 'import json,sys; print(json.dumps({"via": json.loads(sys.argv[1])["via"]}))' "$1"; }
 # fresh_images HOST FILE: N/4 images of one fresh 256 KB layer each on the
 # engine at HOST (imported, as a build's result), their names in FILE.
 fresh_images() {
@@ -546,14 +553,16 @@ fresh_rows() {
     start_server "a-auto$suffix" --workers 4 --docker-host "$host" --publish-via auto
     out=$(run_jobs "$reg/bench-$run_id/a-auto$suffix" "$src" a pushed auto)
     record "A_auto$suffix" "publishd, $n targets, --publish-via auto, $engine_name" "$(field "$out" per_second)" targets/s \
-      "{\"ways\": $("$py3" -c 'import json,sys; print(json.dumps(json.loads(sys.argv[1])["ways"]))' "$out")}"
+      "$(via "$out")"
     stop_server
   fi
   row=A_fresh$suffix
   fresh_images "$host" "$dir/fresh-a$suffix"
   start_server "a-fresh$suffix" --workers 4 --docker-host "$host" --publish-via auto
   out=$(run_jobs "$reg/bench-$run_id/a-fresh$suffix" "@$dir/fresh-a$suffix" f pushed auto)
-  record "A_fresh$suffix" "publishd, $n targets, jobs of 1 fresh image x 4 tags, $engine_name" "$(field "$out" per_second)" targets/s
+  record "A_fresh$suffix" "publishd, $n targets, jobs of 1 fresh image x 4 tags, $engine_name" "$(field "$out" per_second)" targets/s \
+    "$(via "$out")"
+  echo "   A_fresh$suffix went: $(via "$out")" >&2
   stop_server
   row=D4_fresh$suffix
   fresh_images "$host" "$dir/fresh-d$suffix"
