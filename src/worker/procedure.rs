@@ -122,6 +122,9 @@ impl From<EngineError> for Failure {
     fn from(error: EngineError) -> Failure {
         let kind = match &error {
             EngineError::Unreachable(_) => FailureKind::Outage,
+            // A target left from a run with an engine, met by a publishd
+            // without one: it cannot run here, and waiting would hold a lane.
+            EngineError::Absent => FailureKind::Permanent,
             EngineError::Api { status, message } => classify_engine_error(*status, message),
             EngineError::Push(message) => classify_registry_message(message),
             EngineError::Protocol(_) => FailureKind::Transient,
