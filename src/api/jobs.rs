@@ -21,7 +21,7 @@ use crate::domain::access::{Principal, check_submission};
 use crate::domain::spec::{Callback, Plan};
 use crate::domain::spec::{JobSpec, RegistryAuthSpec, plan};
 use crate::domain::status::JobStatus;
-use crate::store::{AuditEntry, Cancelled, Created, Job, JobPage, NewJob, Submitter};
+use crate::store::{AuditEntry, Cancelled, Created, Job, JobFilter, JobPage, NewJob, Submitter};
 use crate::webhooks::Fenced;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -517,11 +517,12 @@ pub async fn list_jobs(
         .transpose()?;
     let limit = page_limit(params.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
     let cursor = page_cursor(params.cursor.as_deref())?;
-    let submitted_by = caller.lists_jobs_of();
-    let mut page = state
-        .store
-        .list_jobs(status, submitted_by, limit, cursor)
-        .await?;
+    let filter = JobFilter {
+        status,
+        submitted_by: caller.lists_jobs_of().map(str::to_owned),
+        ..JobFilter::default()
+    };
+    let mut page = state.store.list_jobs(&filter, limit, cursor).await?;
     page.jobs = page
         .jobs
         .into_iter()

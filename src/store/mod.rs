@@ -13,6 +13,8 @@ mod audit;
 mod batch;
 mod events;
 pub mod model;
+#[cfg(test)]
+mod page_plans;
 mod postgres;
 mod queue;
 mod read_cache;
@@ -36,8 +38,8 @@ pub use events::{
     AttemptResult, Delivery, DeliveryAttempt, DeliveryOutcome, DueDelivery, Event, UnderWay,
 };
 pub use model::{
-    AttemptError, ClaimedTarget, Deleted, EngineStatus, InstanceStatus, Job, JobImage, JobPage,
-    QueueCounts, Target, TargetOutcome,
+    AttemptError, ClaimedTarget, Deleted, EngineStatus, InstanceStatus, Job, JobFilter, JobImage,
+    JobPage, QueueCounts, SEARCH_WINDOW, Target, TargetOutcome,
 };
 pub use queue::{Bound, Claim, ClaimLost, Release, Released, TakeOver};
 
@@ -417,27 +419,12 @@ pub trait Records: Send + Sync {
 
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<Job>>;
 
-    /// Jobs newest first; `before` is the last id of the previous page. Ids are
-    /// uuid v7, so their order is creation order and the cursor is stable
-    /// while new jobs arrive.
+    /// Jobs newest first, of those `filter` selects; `before` is the last
+    /// id of the previous page. Ids are uuid v7, so their order is creation
+    /// order and the cursor is stable while new jobs arrive.
     async fn list_jobs(
         &self,
-        status: Option<JobStatus>,
-        submitted_by: Option<&str>,
-        limit: u32,
-        before: Option<Uuid>,
-    ) -> StoreResult<JobPage> {
-        self.search_jobs(status, submitted_by, None, limit, before)
-            .await
-    }
-
-    /// `list_jobs` of the jobs whose repository or one of whose references
-    /// contains `search`.
-    async fn search_jobs(
-        &self,
-        status: Option<JobStatus>,
-        submitted_by: Option<&str>,
-        search: Option<&str>,
+        filter: &JobFilter,
         limit: u32,
         before: Option<Uuid>,
     ) -> StoreResult<JobPage>;
@@ -643,28 +630,12 @@ pub trait Records: Send + Sync {
 /// Makes a submission's audit record from what the store did with it.
 pub type AuditOf = Box<dyn Fn(&Created) -> AuditEntry + Send + Sync>;
 
-/// What a page of `search_jobs` was asked with.
+/// What a page of `list_jobs` was asked with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PageKey {
-    pub status: Option<JobStatus>,
-    pub submitted_by: Option<String>,
-    pub search: Option<String>,
+    pub filter: JobFilter,
     pub limit: u32,
     pub before: Option<Uuid>,
-}
-
-impl PageKey {
-    /// A LIKE pattern (escaped with `\`) that matches the searched text
-    /// itself, wherever it is.
-    fn pattern(&self) -> Option<String> {
-        self.search.as_deref().map(|text| {
-            let escaped = text
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            format!("%{escaped}%")
-        })
-    }
 }
 
 fn now() -> String {

@@ -338,7 +338,7 @@ both_stores! {
 
     async fn reads_are_never_older_than_the_database(db: Db) {
         let store = store_with_a_job(&db).await;
-        let page = store.list_jobs(None, None, 10, None).await.unwrap();
+        let page = store.list_jobs(&JobFilter::default(), 10, None).await.unwrap();
         let id = page.jobs[0].id;
         let before = store.get_job(id).await.unwrap().unwrap();
         assert_eq!(before.targets[0].status, TargetStatus::Pending);
@@ -347,7 +347,7 @@ both_stores! {
         let after = store.get_job(id).await.unwrap().unwrap();
         assert_eq!(after.status, JobStatus::Running);
         queued(&store, job_of("127.0.0.1:5000/b", &["v1"])).await;
-        let page = store.list_jobs(None, None, 10, None).await.unwrap();
+        let page = store.list_jobs(&JobFilter::default(), 10, None).await.unwrap();
         assert_eq!(page.jobs.len(), 2);
         assert_eq!(page.jobs[1].status, JobStatus::Running);
     }
@@ -357,24 +357,54 @@ both_stores! {
         for repo in ["127.0.0.1:5000/alpha", "127.0.0.1:5000/beta", "127.0.0.1:5000/gamma"] {
             queued(&store, job_of(repo, &["v1"])).await;
         }
-        let first = store.list_jobs(None, None, 2, None).await.unwrap();
+        let first = store.list_jobs(&JobFilter::default(), 2, None).await.unwrap();
         assert_eq!(first.jobs.len(), 2);
         assert!(first.jobs[0].repo.ends_with("gamma"));
         let cursor = Uuid::parse_str(first.next_cursor.as_deref().unwrap()).unwrap();
-        let rest = store.list_jobs(None, None, 2, Some(cursor)).await.unwrap();
+        let rest = store.list_jobs(&JobFilter::default(), 2, Some(cursor)).await.unwrap();
         assert_eq!(rest.jobs.len(), 1);
         assert!(rest.next_cursor.is_none());
         assert_eq!(rest.jobs[0].targets.len(), 1);
         assert_eq!(rest.jobs[0].images.len(), 1);
-        let found = store.search_jobs(None, None, Some("BETA"), 10, None).await.unwrap();
-        assert_eq!(found.jobs.len(), 1);
-        let none = store.search_jobs(None, None, Some("%"), 10, None).await.unwrap();
-        assert!(none.jobs.is_empty());
-        let queued_jobs = store.list_jobs(Some(JobStatus::Queued), Some(""), 10, None).await.unwrap();
-        assert_eq!(queued_jobs.jobs.len(), 3);
+        let list = |filter: JobFilter| {
+            let store = store.clone();
+            async move {
+                let page = store.list_jobs(&filter, 10, None).await.unwrap();
+                page.jobs.iter().map(|job| job.repo.rsplit('/').next().unwrap().to_owned()).collect::<Vec<_>>()
+            }
+        };
+        let search = |text: &str| JobFilter { search: Some(text.to_owned()), ..JobFilter::default() };
+        assert_eq!(list(search("BETA")).await, ["beta"]);
+        assert!(list(search("%")).await.is_empty());
+        let prefix = |text: &str| JobFilter { repo_prefix: Some(text.to_owned()), ..JobFilter::default() };
+        assert_eq!(list(prefix("127.0.0.1:5000/")).await, ["gamma", "beta", "alpha"]);
+        assert_eq!(list(prefix("127.0.0.1:5000/b")).await, ["beta"]);
+        assert_eq!(list(prefix("127.0.0.1:5000/beta")).await, ["beta"]);
+        assert!(list(prefix("127.0.0.1:5000/betas")).await.is_empty());
+        assert!(list(prefix("127.0.0.1:5000/B")).await.is_empty());
+        let queued_of = |submitter: &str| JobFilter {
+            status: Some(JobStatus::Queued),
+            submitted_by: Some(submitter.to_owned()),
+            ..JobFilter::default()
+        };
+        assert_eq!(list(queued_of("")).await.len(), 3);
+        assert!(list(queued_of("someone")).await.is_empty());
+        // One target of beta fails: beta has a failed target, and is
+        // failed, whatever the other filters.
+        let claimed = store.claim_target(LEASE).await.unwrap().unwrap();
+        let outcome = TargetOutcome::Failed { error: "x".to_owned() };
+        store.finish_target(&claimed.claim, &outcome, &[]).await.unwrap();
+        let failed = JobFilter { has_failed_target: true, ..JobFilter::default() };
+        let first_repo = claimed.repo.rsplit('/').next().unwrap().to_owned();
+        assert_eq!(list(failed.clone()).await, [first_repo.as_str()]);
+        let failed_job = JobFilter { status: Some(JobStatus::Failed), submitted_by: Some(String::new()), ..failed.clone() };
+        assert_eq!(list(failed_job).await, [first_repo.as_str()]);
+        let failed_and_queued = JobFilter { status: Some(JobStatus::Queued), ..failed };
+        assert!(list(failed_and_queued).await.is_empty());
+        assert_eq!(list(JobFilter { status: Some(JobStatus::Queued), ..JobFilter::default() }).await.len(), 2);
         let counts = store.queue_counts().await.unwrap();
-        assert_eq!(counts.targets_queued, 3);
-        assert_eq!(counts.jobs.get(&JobStatus::Queued), Some(&3));
+        assert_eq!(counts.targets_queued, 2);
+        assert_eq!(counts.jobs.get(&JobStatus::Queued), Some(&2));
     }
 
     async fn leases_expire_on_the_stores_clock_and_lost_claims_write_nothing(db: Db) {
@@ -863,7 +893,7 @@ postgres_only! {
         let claimed = claimed.lock().unwrap().clone();
         assert_eq!(claimed.len(), 20);
         assert!(claimed.values().all(|&times| times == 1), "{claimed:?}");
-        let page = a.list_jobs(None, None, 100, None).await.unwrap();
+        let page = a.list_jobs(&JobFilter::default(), 100, None).await.unwrap();
         assert!(page.jobs.iter().all(|job| job.status == JobStatus::Succeeded));
         assert_eq!(a.queue_counts().await.unwrap().targets_queued, 0);
     }
@@ -914,7 +944,7 @@ postgres_only! {
                 _ => panic!("round {round}: not one new job and one existing"),
             }
         }
-        let page = a.list_jobs(None, None, 100, None).await.unwrap();
+        let page = a.list_jobs(&JobFilter::default(), 100, None).await.unwrap();
         assert_eq!(page.jobs.len(), 10);
     }
 

@@ -28,6 +28,7 @@ use super::auth::principal_of;
 use crate::domain::access::Principal;
 use crate::domain::status::JobStatus;
 use crate::engine::{Engine, NoEngine};
+use crate::store::JobFilter;
 use std::sync::Arc;
 
 const SCRIPT: &str = include_str!("../../../assets/ui/app.js");
@@ -70,12 +71,13 @@ async fn jobs(
         .as_deref()
         .and_then(|c| Uuid::parse_str(c).ok());
     let search = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
-    let submitted_by = caller.lists_jobs_of();
-    match state
-        .store
-        .search_jobs(status, submitted_by, search, PAGE_SIZE, cursor)
-        .await
-    {
+    let filter = JobFilter {
+        status,
+        submitted_by: caller.lists_jobs_of().map(str::to_owned),
+        search: search.map(str::to_owned),
+        ..JobFilter::default()
+    };
+    match state.store.list_jobs(&filter, PAGE_SIZE, cursor).await {
         Ok(page) => html(
             StatusCode::OK,
             pages::jobs(&page, status, search.unwrap_or("")),

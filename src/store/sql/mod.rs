@@ -8,6 +8,9 @@
 
 mod jobs;
 
+#[cfg(test)]
+pub(super) use jobs::{PageSql, page_index, rows_of_jobs_sql};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +26,8 @@ use super::rows::{AuditRow, EngineTargetsRow, EventRow, parse_enum};
 use super::{
     AuditEntry, AuditOf, AuditPage, Bound, Cancelled, Claim, ClaimLost, ClaimedTarget, Created,
     Deleted, DeliveryAttempt, DeliveryOutcome, DueDelivery, EngineStatus, Event, IN_FLIGHT,
-    Instance, InstanceStatus, Job, JobPage, NewJob, PageKey, QueueCounts, Records, Release,
-    Released, StoreResult, TakeOver, TargetOutcome, UnderWay, bounded, engines_of, now,
+    Instance, InstanceStatus, Job, JobFilter, JobPage, NewJob, PageKey, QueueCounts, Records,
+    Release, Released, StoreResult, TakeOver, TargetOutcome, UnderWay, bounded, engines_of, now,
 };
 use crate::domain::publish_via::{PublishedVia, Seed, SeedKey};
 use crate::domain::source::ResolvedSource;
@@ -63,6 +66,10 @@ pub(super) trait Dialect: Database + Sized {
     const ILIKE: &'static str;
     /// Appended to a SELECT of rows one instance takes for itself.
     const SKIP_LOCKED: &'static str;
+    /// Whether a table's name in a FROM may name the index to read it
+    /// through (SQLite's `INDEXED BY`): the statement then fails rather
+    /// than scan if the index cannot serve it.
+    const INDEXED_BY: bool;
     /// Makes a read transaction just begun read one snapshot throughout
     /// (SQLite's read transactions do already).
     const SNAPSHOT: Option<&'static str>;
@@ -105,6 +112,14 @@ pub(super) trait Dialect: Database + Sized {
     async fn heartbeat(store: &SqlStore<Self>) -> StoreResult<()>;
     /// A job whole, as of one moment.
     async fn read_job(store: &SqlStore<Self>, id: Uuid) -> StoreResult<Option<Job>>;
+    /// The jobs `sql` selects (rows of `jobs`; `values` bound to `$1`,
+    /// `$2`, ...), whole, as of one moment (the caller's transaction's,
+    /// if it has one).
+    async fn read_jobs(
+        conn: &mut Self::Connection,
+        sql: &str,
+        values: &[String],
+    ) -> StoreResult<Vec<Job>>;
     async fn leave(store: &SqlStore<Self>) -> StoreResult<()>;
     async fn live_engines(store: &SqlStore<Self>) -> StoreResult<Vec<String>>;
     /// The instances, each with the engine it drives.
@@ -282,18 +297,14 @@ where
         Ok(job)
     }
 
-    async fn search_jobs(
+    async fn list_jobs(
         &self,
-        status: Option<JobStatus>,
-        submitted_by: Option<&str>,
-        search: Option<&str>,
+        filter: &JobFilter,
         limit: u32,
         before: Option<Uuid>,
     ) -> StoreResult<JobPage> {
         let key = PageKey {
-            status,
-            submitted_by: submitted_by.map(str::to_owned),
-            search: search.map(str::to_owned),
+            filter: filter.clone(),
             limit,
             before,
         };
