@@ -780,6 +780,42 @@ async fn status_and_list_show_jobs_as_text() {
     );
     assert_eq!(only_failed.lines().count(), 1, "{only_failed}");
     assert!(only_failed.starts_with(failed_id), "{only_failed}");
+    // Every filter at once: nothing has "it's" in it.
+    let filtered = run_client(
+        &app,
+        "list",
+        &[
+            "--has-failed-target",
+            "--submitted-by",
+            "",
+            "--repo-prefix",
+            &repo,
+            "--search",
+            "it's",
+            "--limit",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(text(&filtered.stdout), "", "nothing has it's in its name");
+    let with_failed = run_client(
+        &app,
+        "list",
+        &[
+            "--has-failed-target",
+            "--repo-prefix",
+            &repo,
+            "--limit",
+            "1",
+        ],
+    )
+    .await;
+    assert!(text(&with_failed.stdout).starts_with(failed_id));
+    assert!(
+        !text(&with_failed.stderr).contains("next page"),
+        "the succeeded job has no failed target: {}",
+        text(&with_failed.stderr)
+    );
 }
 
 #[tokio::test]
