@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Brings up, privately, the real parts the integration tests talk to:
-#   - two Docker engines (Debian's docker.io): `docker`, the one the tests
-#     publish through, and `empty`, with no images, for schemathesis;
+#   - two Docker engines (Debian 12's docker.io 20.10, classic image store):
+#     `docker`, the one the tests publish through by default, and `empty`,
+#     with no images, for schemathesis;
+#   - `docker26`: Debian 13's dockerd 26 with the containerd image store,
+#     its own containerd, and the docker 26 CLI with buildx (BuildKit) for
+#     the tests' builds (see fetch_docker26);
 #   - five registries (Debian's docker-registry 2.8):
 #       open       127.0.0.1, plain HTTP, no auth; manifests may name
 #                  layers by URL (foreign layers)
@@ -17,7 +21,8 @@
 #   - a PostgreSQL server (Debian's postgresql) on 127.0.0.1, trust auth,
 #     whose superuser `publishd` the tests use to make their own databases.
 #
-#   scripts/test-env.sh install    install the Debian packages all this needs
+#   scripts/test-env.sh install    install the Debian packages all this needs,
+#                                  and fetch docker 26 into the cache
 #                                  (needs the network: run it before the
 #                                  namespace)
 #   scripts/test-env.sh up DIR     start everything under DIR, write DIR/env
@@ -46,6 +51,10 @@ insecure_name=insecure-registry.publishd.test
 token_service=publishd-test-registry
 token_issuer=publishd-test-token-server
 token_server_bin=${CARGO_TARGET_DIR:-$repo/target}/debug/token-server
+# What install downloads once and up only reads (scripts/container-test.sh
+# keeps its Debian base here too).
+cache=${PUBLISHD_TEST_CACHE:-/var/cache/publishd-test}
+docker26_root=$cache/docker26/root
 
 # command:package pairs, or /path/glob:package for what is not on PATH
 # (Debian keeps the PostgreSQL server in /usr/lib/postgresql/VERSION/bin);
@@ -91,6 +100,70 @@ install() {
     useradd --system --user-group --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin "$pg_own_user"
   fi
+  fetch_docker26
+}
+
+# fetch_docker26: Debian 13's Docker 26 (dockerd and the CLI), containerd
+# and buildx, extracted under $docker26_root, which `up` runs from; nothing
+# is installed into the system. The packages come with `apt-get download`
+# through a private sources list, package lists and archive directory under
+# $cache/docker26 (Debian 13 from the mirror this machine's apt uses for
+# Debian, or PUBLISHD_TEST_DEBIAN_MIRROR), so the host's apt state is
+# neither read nor changed. A complete extraction is kept: a cached machine
+# downloads nothing. runc is not fetched: Debian 13's needs glibc 2.38,
+# which Debian 12 lacks; the host's runc (a dependency of docker.io) is
+# what dockerd 26 finds on PATH, and the tests' builds (FROM scratch, COPY,
+# LABEL) never start a container anyway.
+docker26_packages=(docker.io docker-cli containerd docker-buildx)
+fetch_docker26() {
+  [ -e "$docker26_root/.complete" ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "docker 26 is not in $cache (run as root to fetch it)" >&2
+    exit 1
+  fi
+  local c=$cache/docker26 mirror
+  mirror=${PUBLISHD_TEST_DEBIAN_MIRROR:-$(debian_mirror)}
+  mkdir -p "$c/lists/partial" "$c/archives/partial"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" >"$c/sources.list"
+  local apt=(apt-get -q -o "Dir::Etc::sourcelist=$c/sources.list" -o Dir::Etc::sourceparts=-
+    -o "Dir::State::Lists=$c/lists" -o "Dir::Cache::archives=$c/archives"
+    -o APT::Sandbox::User=root)
+  echo "fetching Debian 13's ${docker26_packages[*]} from $mirror into $c" >&2
+  "${apt[@]}" update >"$c/apt.log" 2>&1 || { cat "$c/apt.log" >&2; exit 1; }
+  rm -f "$c"/archives/*.deb
+  (cd "$c/archives" && "${apt[@]}" download "${docker26_packages[@]}") >>"$c/apt.log" 2>&1 ||
+    { cat "$c/apt.log" >&2; exit 1; }
+  local root deb
+  root=$(mktemp -d "$c/root.XXXXXX")
+  for deb in "$c"/archives/*.deb; do
+    dpkg-deb -x "$deb" "$root"
+  done
+  # The versions the tests and the docs speak of; a newer Debian 13 point
+  # release keeps them (stable), anything else is a change to look at.
+  check_version "$root/usr/sbin/dockerd --version" 'Docker version 26\.1\.'
+  check_version "$root/usr/bin/docker --version" 'Docker version 26\.1\.'
+  check_version "$root/usr/bin/containerd --version" ' 1\.7\.'
+  check_version "$root/usr/libexec/docker/cli-plugins/docker-buildx version" ' 0\.13\.'
+  touch "$root/.complete"
+  rm -rf "$docker26_root"
+  mv "$root" "$docker26_root"
+  # The extraction is what is kept.
+  rm -rf "$c/lists" "$c/archives"
+}
+
+# debian_mirror: the URI this machine's apt uses for Debian's main archive.
+debian_mirror() {
+  local codename uri
+  codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+  uri=$(apt-get indextargets --format '$(REPO_URI)' "Origin: Debian" "Codename: $codename" 2>/dev/null | head -n 1)
+  echo "${uri:-http://deb.debian.org/debian/}"
+}
+
+# check_version COMMAND REGEX: COMMAND runs here and prints REGEX.
+check_version() {
+  local out
+  out=$($1 2>&1) && grep -Eq "$2" <<<"$out" ||
+    { echo "fetched docker 26: \`$1\` printed \`$out\`, expected /$2/" >&2; exit 1; }
 }
 
 # postgres_bin: the newest server's bin directory (initdb, postgres,
@@ -122,6 +195,10 @@ check_setup() {
   fi
   if ! postgres_user >/dev/null; then
     echo "no user to run PostgreSQL as; run scripts/test-env.sh install first" >&2
+    exit 1
+  fi
+  if [ ! -e "$docker26_root/.complete" ]; then
+    echo "docker 26 is not in $cache; run scripts/test-env.sh install first" >&2
     exit 1
   fi
   if ! mountpoint -q /etc/docker || [ "$(resolve "$tls_name")" != 192.0.2.10 ] ||
@@ -225,6 +302,28 @@ start_dockerd() {
     >"$dir/$name/log" 2>&1 &
   wait_for "dockerd ($name)" "curl -sf --unix-socket $sock http://d/_ping" $! ||
     { tail -n 30 "$dir/$name/log" >&2; exit 1; }
+}
+
+# start_docker26 INSECURE_REGISTRY: dockerd 26 from $docker26_root with the
+# containerd image store (its own --config-file, so no daemon.json of the
+# host's is read), on $dir/d26.sock. With the extracted usr/bin and usr/sbin
+# first on PATH it starts the containerd it came with, under its own data
+# and exec roots; its own containerd namespaces keep its images and
+# BuildKit's apart from any other containerd's. It reads the TLS registry's
+# CA from /etc/docker/certs.d like the `docker` engine and gets the same
+# insecure registry. $dir/docker26/config is the DOCKER_CONFIG of the
+# docker 26 CLI the tests build with: buildx is its CLI plugin there.
+start_docker26() {
+  local d=$dir/docker26
+  mkdir -p "$d/config/cli-plugins"
+  echo '{"features":{"containerd-snapshotter":true}}' >"$d/daemon.json"
+  ln -s "$docker26_root/usr/libexec/docker/cli-plugins/docker-buildx" "$d/config/cli-plugins/docker-buildx"
+  PATH=$docker26_root/usr/bin:$docker26_root/usr/sbin:$PATH start_dockerd docker26 "$dir/d26.sock" \
+    --config-file "$d/daemon.json" --insecure-registry "$1" \
+    --containerd-namespace publishd-test-docker26 \
+    --containerd-plugins-namespace publishd-test-docker26-plugins
+  curl -sf --unix-socket "$dir/d26.sock" http://d/info | grep -q '"driver-type","io.containerd.snapshotter.v1"' ||
+    { echo "dockerd 26 does not use the containerd image store" >&2; exit 1; }
 }
 
 # start_podman REGISTRY...: `podman system service` on $dir/p.sock with its
@@ -392,6 +491,7 @@ up() {
   # A second engine with no images at all, for the schemathesis run: no
   # generated job can name an image that exists, so nothing is ever pushed.
   start_dockerd empty "$dir/e.sock"
+  start_docker26 "$insecure_name:$insecure_port"
 
   start_podman "127.0.0.1:$open_port" "127.0.0.1:$auth_port" "127.0.0.1:$token_port" \
     "$insecure_name:$insecure_port"
@@ -424,6 +524,9 @@ HELPER
   cat >"$dir/env" <<ENV
 export PUBLISHD_TEST_DOCKER_HOST=unix://$dir/d.sock
 export PUBLISHD_TEST_EMPTY_DOCKER_HOST=unix://$dir/e.sock
+export PUBLISHD_TEST_DOCKER26_HOST=unix://$dir/d26.sock
+export PUBLISHD_TEST_DOCKER_CLI=$docker26_root/usr/bin/docker
+export PUBLISHD_TEST_DOCKER_CONFIG=$dir/docker26/config
 export PUBLISHD_TEST_REGISTRY=127.0.0.1:$open_port
 export PUBLISHD_TEST_AUTH_REGISTRY=127.0.0.1:$auth_port
 export PUBLISHD_TEST_AUTH_USER=$user
@@ -482,7 +585,7 @@ down() {
     kill -QUIT "$(cat "$dir/postgres/pid")" 2>/dev/null || true
   fi
   local name pidfiles=()
-  for name in podman token-server open auth token tls insecure docker empty postgres; do
+  for name in podman token-server open auth token tls insecure docker empty docker26 postgres; do
     pidfiles+=("$dir/$name/pid")
   done
   stop_pidfiles "${pidfiles[@]}"

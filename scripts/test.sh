@@ -10,18 +10,28 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== installing what the tests need"
+# phase NAME: closes the phase before (its elapsed seconds) and opens NAME.
+phase_name='' phase_started=$SECONDS
+phase() {
+  if [ -n "$phase_name" ]; then
+    echo "== ($((SECONDS - phase_started))s) $phase_name"
+  fi
+  phase_name=$1 phase_started=$SECONDS
+  echo "== $1"
+}
+
+phase "installing what the tests need (and docker 26, cached in /var/cache/publishd-test)"
 scripts/test-env.sh install
 scripts/schemathesis.sh install
-echo "== the container test's Debian base (debootstrap, cached in /var/cache/publishd-test)"
+phase "the container test's Debian base (debootstrap, cached in /var/cache/publishd-test)"
 scripts/container-test.sh base
 
-echo "== cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --all --check
-echo "== cargo clippy"
+phase "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== cargo build"
+phase "cargo build"
 cargo build --workspace --all-targets --locked
 
-echo "== tests, in a private network and mount namespace"
+phase "tests, in a private network and mount namespace"
 exec scripts/test-ns.sh scripts/test-isolated.sh "$@"

@@ -291,6 +291,19 @@ pub struct ListArgs {
     /// Only jobs in this status.
     #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "cancelled"])]
     pub status: Option<String>,
+    /// Only jobs with at least one failed target (finished or not).
+    #[arg(long)]
+    pub has_failed_target: bool,
+    /// Only jobs of this submitter (a token's name).
+    #[arg(long)]
+    pub submitted_by: Option<String>,
+    /// Only jobs whose repository starts with this text.
+    #[arg(long)]
+    pub repo_prefix: Option<String>,
+    /// Only jobs whose repository or one of whose references contains this
+    /// text, ignoring case (a page looks through at most 10,000 jobs).
+    #[arg(long)]
+    pub search: Option<String>,
     /// How many jobs (1 to 100).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub limit: u32,

@@ -20,7 +20,7 @@ use crate::progress::ProgressHub;
 use crate::registry::{HttpRegistry, Registry};
 use crate::store::{AuditEntry, HEARTBEAT, Instance, Location, Store};
 use crate::webhooks::{CallbackFence, Webhooks};
-use crate::worker::{Cancellations, WorkerContext, WorkerPool};
+use crate::worker::{Cancellations, SeedTurns, WorkerContext, WorkerPool};
 
 pub struct Application {
     listener: TcpListener,
@@ -148,6 +148,7 @@ impl Application {
             warnings: warnings.into(),
         });
         let context = Arc::new(WorkerContext {
+            seed_turns: SeedTurns::new(store.clone(), wake.clone()),
             store,
             registry,
             engine: engine.unwrap_or_else(|| Arc::new(NoEngine)),

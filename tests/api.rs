@@ -122,6 +122,12 @@ async fn bad_input_gets_the_error_shape_and_the_field() {
     assert_eq!((code, error["field"].as_str()), (422, Some("status")));
     let limit = app.get("/api/v1/jobs?limit=0").await;
     assert_eq!(error_of(limit).await.0, 422);
+    let failed = app.get("/api/v1/jobs?has_failed_target=yes").await;
+    let (code, error) = error_of(failed).await;
+    assert_eq!(
+        (code, error["field"].as_str()),
+        (422, Some("has_failed_target"))
+    );
 }
 
 #[tokio::test]
@@ -231,6 +237,39 @@ async fn listing_pages_newest_first_with_a_stable_cursor() {
         .await
         .unwrap();
     assert!(page["jobs"].as_array().unwrap().is_empty());
+    // The other filters, each through its index: the five failed jobs
+    // (each's one target failed) are the repository's, found by a prefix of
+    // it and by a search in any case; another prefix finds none.
+    let ids_of = |query: String| {
+        let app = &app;
+        async move {
+            let page: Value = app.get(&query).await.json().await.unwrap();
+            page["jobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|job| job["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let (prefix, name) = repo.rsplit_once('/').unwrap();
+    let failed = "/api/v1/jobs?status=failed&has_failed_target=true&limit=100";
+    for filter in [
+        format!("&repo_prefix={prefix}/{}", &name[..name.len() - 2]),
+        format!("&repo_prefix={repo}"),
+        format!("&q={}", name.to_uppercase()),
+    ] {
+        let found = ids_of(format!("{failed}{filter}")).await;
+        assert!(
+            ids.iter().all(|id| found.contains(id)),
+            "{filter}: {found:?}"
+        );
+    }
+    assert!(
+        ids_of(format!("{failed}&repo_prefix={repo}x"))
+            .await
+            .is_empty()
+    );
 }
 
 #[tokio::test]

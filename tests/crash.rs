@@ -6,7 +6,7 @@ mod support;
 use serde_json::{Value, json};
 use support::binary::Server;
 use support::engine::TestEngine;
-use support::registry::Registry;
+use support::registry::{OCI_MANIFEST, Registry, push_source};
 use support::{TestEnv, app_job, unique};
 
 #[tokio::test]
@@ -123,4 +123,70 @@ async fn sigterm_drains_running_steps_and_the_next_start_finishes() {
         assert_eq!(pushed.digest, target["digest"].as_str().unwrap());
     }
     server.terminate().await;
+}
+
+/// Killed mid-push and started again without its engine (`--docker-host
+/// none`), publishd cannot undo what the dead run left on the engine: it
+/// says so on that target instead of waiting for the engine, fails the
+/// targets that need one (they could never run here) and publishes what
+/// needs none meanwhile. On a shared database, what needs the engine is
+/// left to the instances that drive it.
+#[tokio::test]
+async fn a_restart_without_the_engine_after_a_crash_mid_push_still_publishes() {
+    let env = TestEnv::get();
+    let engine = TestEngine::connect();
+    let dir = tempfile::tempdir().unwrap();
+    let repository = unique("no-engine");
+    let repo = format!("{}/{repository}", env.registry);
+    let name = unique("no-engine-src");
+    engine.import_image(&name, "b1", &[]).await;
+    let tags: Vec<Value> = (0..8)
+        .map(|t| json!({"strategy": "custom", "value": format!("v{t}")}))
+        .collect();
+
+    let server = Server::start(dir.path(), 0, &[]).await;
+    let local = server
+        .submit(&json!({"repo": repo, "images": [{"name": "app", "source": format!("{name}:b1")}], "tags": tags}))
+        .await;
+    let pushing = server
+        .kill_when(std::slice::from_ref(&local), |s| {
+            s.iter().any(|s| s == "pushing")
+        })
+        .await;
+    assert!(pushing, "the kill did not land mid-push");
+
+    let server = Server::start(dir.path(), 1, &[("DOCKER_HOST", "none")]).await;
+    let registry = Registry::open(&env.registry);
+    let source = push_source(&registry, &unique("no-engine-remote"), "b1", OCI_MANIFEST).await;
+    let remote = server
+        .submit(&json!({"repo": repo,
+                        "images": [{"name": "remote", "source": format!("docker://{}/{}@{}", env.registry, source.repository, source.digest)}],
+                        "tags": [{"strategy": "custom", "value": "v1"}]}))
+        .await;
+    let job = server.wait_finished(&remote).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    registry.assert_holds(&job).await;
+
+    // On a shared database the local job is its engine's: this instance,
+    // which drives none, leaves it to that engine's instances.
+    if support::postgres_store() {
+        return;
+    }
+    let interrupted = server.wait_finished(&local).await;
+    assert_eq!(interrupted["status"], "failed", "{interrupted:#}");
+    let targets = interrupted["targets"].as_array().unwrap();
+    for target in targets {
+        let error = target["error"].as_str().unwrap_or_default();
+        assert!(error.contains("--docker-host none"), "{interrupted:#}");
+    }
+    let warned = targets
+        .iter()
+        .flat_map(|target| target["warnings"].as_array().unwrap())
+        .filter_map(Value::as_str)
+        .filter(|warning| warning.contains("could not clean up the engine"))
+        .count();
+    assert!(
+        warned >= 1,
+        "an interrupted target says what was left: {interrupted:#}"
+    );
 }

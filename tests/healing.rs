@@ -123,6 +123,10 @@ async fn a_panicking_lane_is_replaced_and_its_target_becomes_a_dead_letter() {
     let name = unique("panic");
     engine.import_image(&name, "b1", &[]).await;
     let source = format!("{name}:b1");
+    // The doomed job's source is its own: a seed the healthy job's push
+    // left would let its later runs skip the engine that kills them.
+    let doomed_name = unique("panic-doomed");
+    engine.import_image(&doomed_name, "b1", &[]).await;
     let deadly = unique("deadly");
     let faulty = Faulty {
         panic_on: Some(deadly.clone()),
@@ -137,7 +141,7 @@ async fn a_panicking_lane_is_replaced_and_its_target_becomes_a_dead_letter() {
     let doomed = app
         .submit(&app_job(
             &format!("{}/{deadly}", env.registry),
-            &source,
+            &format!("{doomed_name}:b1"),
             &["v1"],
         ))
         .await;

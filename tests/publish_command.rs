@@ -589,11 +589,23 @@ async fn waits_with_werf_flags_telling_each_step_then_each_reference_with_its_di
     .await;
     assert_eq!(finished.code, Some(0), "{finished}");
     assert_eq!(check_reports(&finished.stdout).await, 2, "{finished}");
-    for reference in [
+    // One target goes through the engine (and untags); the other, written
+    // registry-side from its push, is told its steps too.
+    let references = [
         format!("{repo}/app:v1"),
         format!("{repo}/app:feature-login-71b29127"),
-    ] {
-        for step in ["tagging", "pushing", "untagging"] {
+    ];
+    let untagged = references
+        .iter()
+        .filter(|reference| {
+            finished
+                .stderr
+                .contains(&format!("{:<10}{reference}\n", "untagging"))
+        })
+        .count();
+    assert_eq!(untagged, 1, "{finished}");
+    for reference in references {
+        for step in ["tagging", "pushing"] {
             let line = format!("{step:<10}{reference}\n");
             assert!(finished.stderr.contains(&line), "{line:?}: {finished}");
         }
@@ -878,6 +890,42 @@ async fn status_and_list_show_jobs_as_text() {
     );
     assert_eq!(only_failed.lines().count(), 1, "{only_failed}");
     assert!(only_failed.starts_with(failed_id), "{only_failed}");
+    // Every filter at once: nothing has "it's" in it.
+    let filtered = run_client(
+        &app,
+        "list",
+        &[
+            "--has-failed-target",
+            "--submitted-by",
+            "",
+            "--repo-prefix",
+            &repo,
+            "--search",
+            "it's",
+            "--limit",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(text(&filtered.stdout), "", "nothing has it's in its name");
+    let with_failed = run_client(
+        &app,
+        "list",
+        &[
+            "--has-failed-target",
+            "--repo-prefix",
+            &repo,
+            "--limit",
+            "1",
+        ],
+    )
+    .await;
+    assert!(text(&with_failed.stdout).starts_with(failed_id));
+    assert!(
+        !text(&with_failed.stderr).contains("next page"),
+        "the succeeded job has no failed target: {}",
+        text(&with_failed.stderr)
+    );
 }
 
 #[tokio::test]

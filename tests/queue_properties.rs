@@ -34,8 +34,8 @@ use publishd::domain::naming::reference_key;
 use publishd::domain::spec::{JobSpec, Limits, TagStrategy, plan};
 use publishd::domain::status::{JobStatus, TargetStatus, job_status};
 use publishd::store::{
-    Bound, Cancelled, Claim, ClaimLost, ClaimedTarget, Created, Job, NewJob, Release, Released,
-    Store, TakeOver, Target, TargetOutcome,
+    Bound, Cancelled, Claim, ClaimLost, ClaimedTarget, Created, Job, JobFilter, NewJob, Release,
+    Released, Store, TakeOver, Target, TargetOutcome,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -356,7 +356,7 @@ impl Harness {
     async fn snapshot(&self, focus: Option<i64>, full: bool) -> Snapshot {
         let store = self.store();
         let page = store
-            .list_jobs(None, None, 1000, None)
+            .list_jobs(&JobFilter::default(), 1000, None)
             .await
             .expect("list_jobs");
         assert!(page.next_cursor.is_none());

@@ -187,10 +187,16 @@ async fn assert_pulled(
     credentials: Option<(&str, &str)>,
 ) {
     for image in &built.images {
-        let pulled = engine.pull(reference, image.platform, credentials).await;
+        let pulled = engine
+            .pull(reference, Some(image.platform), credentials)
+            .await;
         let mut platform = image.platform.splitn(3, '/');
-        let os_arch = format!("{}/{}", platform.next().unwrap(), platform.next().unwrap());
-        assert_eq!(pulled.platform, os_arch, "{reference}");
+        let os_arch = (platform.next().unwrap(), platform.next().unwrap());
+        assert_eq!(
+            (pulled.os.as_str(), pulled.architecture.as_str()),
+            os_arch,
+            "{reference}"
+        );
         if let Some(variant) = &pulled.variant {
             assert_eq!(Some(variant.as_str()), platform.next(), "{reference}");
         }
@@ -352,7 +358,7 @@ async fn two_platforms_are_published_with_and_without_attestations() {
         let again = app.run_job(&subset).await;
         assert_eq!(again["targets"][0]["up_to_date"], true, "{again:#}");
         let arm64 = TestEngine::connect()
-            .pull(&format!("{repo}/app:v1"), "linux/arm64", None)
+            .pull(&format!("{repo}/app:v1"), Some("linux/arm64"), None)
             .await;
         assert_eq!(arm64.diff_ids, built.images[1].diff_ids);
     }

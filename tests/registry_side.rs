@@ -1,9 +1,14 @@
 //! Registry-side publishing: once the engine has pushed an image to a
 //! registry, its further targets there are written by publishd's own
-//! registry client. The result must be the image the engine path publishes:
-//! each case publishes the same targets both ways and requires the same
-//! manifest digests, manifest and config bytes, and labels, on the open, the
-//! htpasswd and the token registry; a refused mount falls back to the engine.
+//! registry client, in the format of that push. The result must be the
+//! image the engine path publishes: each case publishes the same targets
+//! both ways and requires the same images (on the load method byte for
+//! byte, digests included; on the build method the same but for the build's
+//! time), on the open, the htpasswd and the token registry, on whichever
+//! dockerd the tests run on (`PUBLISHD_TEST_ENGINE`); every registry-side
+//! target is pulled by the other dockerd and by Podman. A refused mount
+//! falls back to the engine; of the targets of one source without a seed,
+//! one goes through the engine and the others wait for its seed.
 
 mod support;
 
@@ -14,19 +19,14 @@ use base64::engine::general_purpose::STANDARD;
 use publishd::engine::TagMethod;
 use serde_json::{Value, json};
 use support::binary::Server;
-use support::engine::TestEngine;
+use support::engine::{Pulled, TestEngine};
 use support::fault_proxy::{FaultProxy, Faults};
 use support::registry::{Pushed, Registry};
-use support::{TestApp, TestEnv, unique};
+use support::{TestApp, TestEnv, effective_tag_method, unique};
 
-/// One lane, so which target seeds and which follow is fixed; the load tag
-/// method, the one whose config registry-side publishing reproduces.
+/// One lane, so which target seeds and which follow is fixed.
 async fn spawn_app() -> TestApp {
-    TestApp::spawn_with(|settings| {
-        settings.workers = 1;
-        settings.tag_method = TagMethod::Load;
-    })
-    .await
+    TestApp::spawn_with(|settings| settings.workers = 1).await
 }
 
 /// A new source image of two layers, with empty-layer history (ENV, CMD).
@@ -81,37 +81,132 @@ fn ways(job: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// What the registry holds under each of the job's references.
-async fn held(reader: &Registry, job: &Value) -> BTreeMap<String, Pushed> {
+/// What the registry holds under each of the job's references; each
+/// registry-side target is pulled by clients we did not write, through
+/// `pulls` (see `Pulls`).
+async fn held(reader: &Registry, job: &Value, pulls: &Pulls<'_>) -> BTreeMap<String, Pushed> {
     reader.assert_holds(job).await;
     let mut held = BTreeMap::new();
-    for (reference, _) in ways(job) {
+    for (reference, via) in ways(job) {
         let pushed = reader.pushed(&reference).await.unwrap();
         assert_eq!(
             pushed.label("werf-docker-image-name"),
             Some(reference.as_str())
         );
+        // What the engine pushes: OCI on the containerd store.
+        let media_type = if TestEnv::get().engine.containerd_store() {
+            "application/vnd.oci.image.manifest.v1+json"
+        } else {
+            "application/vnd.docker.distribution.manifest.v2+json"
+        };
+        assert_eq!(pushed.manifest["mediaType"], media_type, "{reference}");
+        if via == "registry" {
+            pulls.check(&reference, &pushed).await;
+        }
         held.insert(reference, pushed);
     }
     held
 }
 
-/// The two publications are the same images, byte for byte.
+/// How the other engines reach what a test published: its registry's host
+/// as pulled (the real registry behind a fault proxy), and credentials.
+struct Pulls<'a> {
+    host: Option<&'a str>,
+    auth: Option<(&'a str, &'a str)>,
+}
+
+const OPEN: Pulls<'static> = Pulls {
+    host: None,
+    auth: None,
+};
+
+impl Pulls<'_> {
+    /// `reference` pulled by the other dockerd and by Podman: each stores
+    /// the labels, layers and platform of the image the registry holds.
+    async fn check(&self, reference: &str, pushed: &Pushed) {
+        let env = TestEnv::get();
+        let reference = match self.host {
+            Some(host) => format!("{host}/{}", reference.split_once('/').unwrap().1),
+            None => reference.to_owned(),
+        };
+        let expected = Pulled {
+            labels: serde_json::from_value(pushed.config["config"]["Labels"].clone()).unwrap(),
+            diff_ids: pushed.diff_ids(),
+            os: pushed.config["os"].as_str().unwrap().to_owned(),
+            architecture: pushed.config["architecture"].as_str().unwrap().to_owned(),
+            variant: pushed.config["variant"].as_str().map(str::to_owned),
+        };
+        let other = TestEngine::connect_to(&env.engine.other().host());
+        assert_eq!(
+            other.pull(&reference, None, self.auth).await,
+            expected,
+            "{reference} as the other dockerd pulled it"
+        );
+        match &env.podman {
+            Ok(host) => assert_eq!(
+                TestEngine::connect_to(host)
+                    .pull(&reference, None, self.auth)
+                    .await,
+                expected,
+                "{reference} as Podman pulled it"
+            ),
+            Err(reason) => eprintln!("Podman cannot run here, so it pulled nothing: {reason}"),
+        }
+    }
+}
+
+/// The two publications are the same images: byte for byte on the load
+/// method; on the build method, whose builds stamp their time, the same
+/// configs but for the times, and the same manifests but for the config's
+/// digest and size.
 fn assert_same(a: &BTreeMap<String, Pushed>, b: &BTreeMap<String, Pushed>, what: &str) {
     assert_eq!(a.len(), b.len());
     for (reference, a) in a {
         let b = &b[reference];
-        assert_eq!(a.digest, b.digest, "{what}: manifest digest of {reference}");
-        assert_eq!(
-            a.manifest_bytes, b.manifest_bytes,
-            "{what}: manifest of {reference}"
-        );
-        assert_eq!(
-            a.config_bytes, b.config_bytes,
-            "{what}: config of {reference}"
-        );
         assert_eq!(a.config["config"]["Labels"], b.config["config"]["Labels"]);
+        assert_eq!(a.diff_ids(), b.diff_ids(), "{what}: layers of {reference}");
+        if effective_tag_method() == TagMethod::Load {
+            assert_eq!(a.digest, b.digest, "{what}: manifest digest of {reference}");
+            assert_eq!(
+                a.manifest_bytes, b.manifest_bytes,
+                "{what}: manifest of {reference}"
+            );
+            assert_eq!(
+                a.config_bytes, b.config_bytes,
+                "{what}: config of {reference}"
+            );
+        } else {
+            assert_eq!(
+                untimed(&a.config),
+                untimed(&b.config),
+                "{what}: config of {reference}"
+            );
+            assert_eq!(
+                unconfigured(&a.manifest),
+                unconfigured(&b.manifest),
+                "{what}: manifest of {reference}"
+            );
+        }
     }
+}
+
+/// A config without the times a build stamps.
+fn untimed(config: &Value) -> Value {
+    let mut config = config.clone();
+    config.as_object_mut().unwrap().remove("created");
+    for entry in config["history"].as_array_mut().into_iter().flatten() {
+        entry.as_object_mut().unwrap().remove("created");
+    }
+    config
+}
+
+/// A manifest without its config's digest and size.
+fn unconfigured(manifest: &Value) -> Value {
+    let mut manifest = manifest.clone();
+    let config = manifest["config"].as_object_mut().unwrap();
+    config.remove("digest");
+    config.remove("size");
+    manifest
 }
 
 /// Publishes `base` three times: with `auto` from a fresh source (the first
@@ -119,7 +214,13 @@ fn assert_same(a: &BTreeMap<String, Pushed>, b: &BTreeMap<String, Pushed>, what:
 /// written registry-side), then forced through the engine, then forced with
 /// `auto` again (every target registry-side now); all three leave the same
 /// images. Answers the first job.
-async fn equivalence(app: &TestApp, reader: &Registry, repo: &str, base: &Value) -> Value {
+async fn equivalence(
+    app: &TestApp,
+    reader: &Registry,
+    pulls: &Pulls<'_>,
+    repo: &str,
+    base: &Value,
+) -> Value {
     let engine = TestEngine::connect();
     let first = app
         .run_job(&with(base, json!({"publish_via": "auto"})))
@@ -134,7 +235,7 @@ async fn equivalence(app: &TestApp, reader: &Registry, repo: &str, base: &Value)
     for target in first["targets"].as_array().unwrap() {
         assert_eq!(target["attempt_errors"], json!([]), "{first:#}");
     }
-    let registry_side = held(reader, &first).await;
+    let registry_side = held(reader, &first, pulls).await;
 
     let second = app
         .run_job(&with(base, json!({"publish_via": "engine", "force": true})))
@@ -144,7 +245,7 @@ async fn equivalence(app: &TestApp, reader: &Registry, repo: &str, base: &Value)
         ways(&second).iter().all(|(_, via)| via == "engine"),
         "{second:#}"
     );
-    let through_engine = held(reader, &second).await;
+    let through_engine = held(reader, &second, pulls).await;
     assert_same(&registry_side, &through_engine, "registry-side vs engine");
 
     let third = app
@@ -157,7 +258,7 @@ async fn equivalence(app: &TestApp, reader: &Registry, repo: &str, base: &Value)
     );
     assert_same(
         &through_engine,
-        &held(reader, &third).await,
+        &held(reader, &third, pulls).await,
         "seeded auto vs engine",
     );
 
@@ -178,7 +279,7 @@ async fn named_multirepo_targets_are_the_engines_images() {
         &[(Some("app"), &source), (Some("worker"), &source)],
         &["v1", "v2"],
     );
-    let first = equivalence(&app, &Registry::open(&env.registry), &repo, &base).await;
+    let first = equivalence(&app, &Registry::open(&env.registry), &OPEN, &repo, &base).await;
     assert_eq!(
         first["targets"][2]["reference"],
         format!("{repo}/worker:v1")
@@ -192,7 +293,7 @@ async fn nameless_targets_are_the_engines_images() {
     let source = source_image(&TestEngine::connect()).await;
     let repo = format!("{}/{}", env.registry, unique("nameless"));
     let base = job(&repo, "multirepo", &[(None, &source)], &["v1", "v2", "v3"]);
-    equivalence(&app, &Registry::open(&env.registry), &repo, &base).await;
+    equivalence(&app, &Registry::open(&env.registry), &OPEN, &repo, &base).await;
 }
 
 #[tokio::test]
@@ -207,7 +308,7 @@ async fn monorepo_targets_are_the_engines_images() {
         &[(Some("app"), &source), (Some("worker"), &source)],
         &["v1", "v2"],
     );
-    let first = equivalence(&app, &Registry::open(&env.registry), &repo, &base).await;
+    let first = equivalence(&app, &Registry::open(&env.registry), &OPEN, &repo, &base).await;
     assert_eq!(
         first["targets"][3]["reference"],
         format!("{repo}:worker-v2")
@@ -240,7 +341,7 @@ async fn a_later_job_mounts_from_the_seeds_repository() {
         ways(&first).iter().all(|(_, via)| via == "registry"),
         "{first:#}"
     );
-    let registry_side = held(&reader, &first).await;
+    let registry_side = held(&reader, &first, &OPEN).await;
     let engine = app
         .run_job(&with(
             &later,
@@ -249,7 +350,7 @@ async fn a_later_job_mounts_from_the_seeds_repository() {
         .await;
     assert_same(
         &registry_side,
-        &held(&reader, &engine).await,
+        &held(&reader, &engine, &OPEN).await,
         "mounted vs engine",
     );
 }
@@ -270,7 +371,11 @@ async fn htpasswd_registry_with_the_jobs_credentials() {
         json!({"registry_auth": {"username": env.auth_user, "password": env.auth_password}}),
     );
     let reader = Registry::with_auth(&env.auth_registry, &env.auth_user, &env.auth_password);
-    equivalence(&app, &reader, &repo, &base).await;
+    let pulls = Pulls {
+        host: None,
+        auth: Some((&env.auth_user, &env.auth_password)),
+    };
+    equivalence(&app, &reader, &pulls, &repo, &base).await;
 }
 
 #[tokio::test]
@@ -288,7 +393,11 @@ async fn token_registry_with_the_docker_config() {
         &["v1", "v2"],
     );
     let reader = Registry::with_auth(&env.token_registry, &env.auth_user, &env.auth_password);
-    equivalence(&app, &reader, &repo, &base).await;
+    let pulls = Pulls {
+        host: None,
+        auth: Some((&env.auth_user, &env.auth_password)),
+    };
+    equivalence(&app, &reader, &pulls, &repo, &base).await;
 }
 
 /// A registry that answers a mount with an upload: the target goes through
@@ -329,7 +438,11 @@ async fn a_refused_mount_falls_back_to_the_engine() {
     let further = job(&repo, "multirepo", &[(Some("app"), &source)], &["v2"]);
     let registry_side = app.run_job(&further).await;
     assert_eq!(ways(&registry_side)[0].1, "registry", "{registry_side:#}");
-    let registry_side = held(&reader, &registry_side).await;
+    let upstream = Pulls {
+        host: Some(&env.registry),
+        auth: None,
+    };
+    let registry_side = held(&reader, &registry_side, &upstream).await;
     let through_engine = app
         .run_job(&with(
             &further,
@@ -338,7 +451,7 @@ async fn a_refused_mount_falls_back_to_the_engine() {
         .await;
     assert_same(
         &registry_side,
-        &held(&reader, &through_engine).await,
+        &held(&reader, &through_engine, &upstream).await,
         "after a refused mount",
     );
     assert!(engine.names_under(&repo).await.is_empty());
@@ -351,7 +464,6 @@ async fn the_services_choice_and_the_jobs() {
     let env = TestEnv::get();
     let app = TestApp::spawn_with(|settings| {
         settings.workers = 1;
-        settings.tag_method = TagMethod::Load;
         settings.publish_via = publishd::domain::publish_via::PublishVia::Engine;
     })
     .await;
@@ -411,7 +523,7 @@ async fn sigkill_mid_registry_side_target_is_rerun() {
     let source = source_image(&engine).await;
     let dir = tempfile::tempdir().unwrap();
     let repo = format!("{host}/{}", unique("killed"));
-    let settings = [("PUBLISHD_TAG_METHOD", "load"), ("PUBLISHD_WORKERS", "1")];
+    let settings = [("PUBLISHD_WORKERS", "1")];
 
     let server = Server::start(dir.path(), 0, &settings).await;
     let seed = server
@@ -435,7 +547,11 @@ async fn sigkill_mid_registry_side_target_is_rerun() {
     assert_eq!(target["published_via"], "registry", "{rerun:#}");
     assert_eq!(target["runs"], 2, "{rerun:#}");
     assert_eq!(target["warnings"], json!([]), "{rerun:#}");
-    let registry_side = held(&reader, &rerun).await;
+    let upstream = Pulls {
+        host: Some(&env.registry),
+        auth: None,
+    };
+    let registry_side = held(&reader, &rerun, &upstream).await;
     assert!(engine.names_under(&repo).await.is_empty());
 
     let through_engine = server
@@ -447,7 +563,96 @@ async fn sigkill_mid_registry_side_target_is_rerun() {
     let through_engine = server.wait_finished(&through_engine).await;
     assert_same(
         &registry_side,
-        &held(&reader, &through_engine).await,
+        &held(&reader, &through_engine, &upstream).await,
         "rerun after SIGKILL",
     );
+}
+
+/// Several lanes, and two jobs of one source submitted at once: of their
+/// six targets one goes through the engine, and the others wait for its
+/// seed and are written registry-side.
+#[tokio::test]
+async fn targets_without_a_seed_wait_for_the_first_push() {
+    let env = TestEnv::get();
+    let app = TestApp::spawn_with(|settings| settings.workers = 4).await;
+    let engine = TestEngine::connect();
+    let source = source_image(&engine).await;
+    let repo = format!("{}/{}", env.registry, unique("turns"));
+    let ids = [
+        app.submit(&job(
+            &repo,
+            "multirepo",
+            &[(Some("app"), &source)],
+            &["a1", "a2", "a3"],
+        ))
+        .await,
+        app.submit(&job(
+            &repo,
+            "multirepo",
+            &[(Some("worker"), &source)],
+            &["b1", "b2", "b3"],
+        ))
+        .await,
+    ];
+    let mut all = Vec::new();
+    for id in &ids {
+        let job = app.wait_finished(id).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        held(&Registry::open(&env.registry), &job, &OPEN).await;
+        all.extend(ways(&job));
+    }
+    let through_engine: Vec<_> = all.iter().filter(|(_, via)| via == "engine").collect();
+    assert_eq!(through_engine.len(), 1, "{all:?}");
+    assert_eq!(all.len(), 6);
+    assert!(engine.names_under(&repo).await.is_empty());
+}
+
+/// The first push of a source fails for good (the registry denies it): the
+/// next target takes the turn, its push seeds, and the rest follow it
+/// registry-side.
+#[tokio::test]
+async fn a_failed_first_push_hands_the_turn_to_the_next_target() {
+    let env = TestEnv::get();
+    let proxy = FaultProxy::start(&env.registry, Faults::DenyFirstManifestPuts(1)).await;
+    let host = format!("127.0.0.1:{}", proxy.address.port());
+    let app = TestApp::spawn_with(|settings| settings.workers = 2).await;
+    let source = source_image(&TestEngine::connect()).await;
+    let repo = format!("{host}/{}", unique("handed"));
+    let job = app
+        .run_job(&job(
+            &repo,
+            "multirepo",
+            &[(Some("app"), &source)],
+            &["v1", "v2", "v3"],
+        ))
+        .await;
+    assert_eq!(job["status"], "failed", "{job:#}");
+    assert_eq!(proxy.injected(), 1);
+    let targets = job["targets"].as_array().unwrap();
+    let denied: Vec<_> = targets.iter().filter(|t| t["status"] == "failed").collect();
+    assert_eq!(denied.len(), 1, "{job:#}");
+    // dockerd 20.10 reports the registry's error code, dockerd 26 its status.
+    let error = denied[0]["error"].as_str().unwrap();
+    assert!(
+        error.contains("denied") || error.contains("403 Forbidden"),
+        "{job:#}"
+    );
+    let mut ways: Vec<_> = targets
+        .iter()
+        .filter(|t| t["status"] == "succeeded")
+        .map(|t| t["published_via"].as_str().unwrap())
+        .collect();
+    ways.sort();
+    assert_eq!(ways, ["engine", "registry"], "{job:#}");
+    let upstream = Pulls {
+        host: Some(&env.registry),
+        auth: None,
+    };
+    let reader = Registry::open(&host);
+    for target in targets.iter().filter(|t| t["published_via"] == "registry") {
+        let reference = target["reference"].as_str().unwrap();
+        upstream
+            .check(reference, &reader.pushed(reference).await.unwrap())
+            .await;
+    }
 }

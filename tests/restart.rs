@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use publishd::domain::labels::{LabelInput, werf_labels};
 use publishd::domain::spec::{JobSpec, Limits, plan};
-use publishd::engine::{DockerEngine, Engine, LabelledImage};
+use publishd::engine::{DockerEngine, Engine, LabelBuild, LabelledImage, TagMethod};
 use publishd::store::{Created, NewJob};
 use serde_json::{Value, json};
 use support::engine::TestEngine;
 use support::registry::Registry;
-use support::{HangingRegistry, TestApp, TestEnv, app_job, unique};
+use support::{HangingRegistry, TestApp, TestEnv, app_job, effective_tag_method, unique};
 
 #[tokio::test]
 async fn queued_jobs_run_after_a_restart_and_an_interrupted_push_is_recovered() {
@@ -137,13 +137,36 @@ async fn a_crash_after_the_tag_step_is_undone_and_the_users_image_restored() {
             tag: "v1",
             source_image_id: &source.id,
         });
-        let image = LabelledImage::new(&source, &labels);
-        store
-            .record_tag_plan(&target.claim, Some(&my_image), Some(&image.id), None)
-            .await
-            .unwrap();
-        docker.load_image(&image, &reference).await.unwrap();
-        assert_eq!(engine.image(&reference).await.unwrap().id, image.id);
+        // What the engine's tag method records and makes: the load's id is
+        // known before, the build's temporary name is.
+        let created = match effective_tag_method() {
+            TagMethod::Build => {
+                let staging = format!("publishd-staging/{}:test", unique("crash"));
+                store
+                    .record_tag_plan(&target.claim, Some(&my_image), None, Some(&staging))
+                    .await
+                    .unwrap();
+                let build = LabelBuild::new(&source.id, &labels);
+                let id = docker.build_image(&build, &staging).await.unwrap();
+                store
+                    .record_created_image(&target.claim, &id)
+                    .await
+                    .unwrap();
+                docker.tag_image(&id, &reference).await.unwrap();
+                docker.remove_reference(&staging).await.unwrap();
+                id
+            }
+            _ => {
+                let image = LabelledImage::new(&source, &labels);
+                store
+                    .record_tag_plan(&target.claim, Some(&my_image), Some(&image.id), None)
+                    .await
+                    .unwrap();
+                docker.load_image(&image, &reference).await.unwrap();
+                image.id
+            }
+        };
+        assert_eq!(engine.image(&reference).await.unwrap().id, created);
     }
 
     let app = TestApp::spawn_in(dir.path(), |_| {}).await;

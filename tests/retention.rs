@@ -269,8 +269,10 @@ async fn jobs_finished_long_ago_go_with_all_their_rows_and_the_rest_stay() {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap();
         sqlx::query(
-            "INSERT INTO seeds (source_image_id, registry, layers, repository, recorded_at)
-             VALUES (?, '127.0.0.1:1', '[]', 'r', ?)",
+            "INSERT INTO seeds (source_image_id, registry, engine, manifest, media_type,
+                                config, layers, repository, recorded_at)
+             VALUES (?, '127.0.0.1:1', 'docker 20.10 classic load', '{}',
+                     'application/vnd.docker.distribution.manifest.v2+json', '{}', '[]', 'r', ?)",
         )
         .bind(source)
         .bind(at)

@@ -234,6 +234,17 @@ async fn teams_see_cancel_and_replay_only_their_own_jobs() {
             .iter()
             .all(|job| job["id"] != id_a.as_str())
     );
+    // Nor when team B names team A: a publisher lists its own jobs only.
+    let (status, refused) = get(&app, &teams.b.token, "/api/v1/jobs?submitted_by=team-a").await;
+    assert_eq!(
+        (status, refused["error"]["field"].as_str()),
+        (403, Some("submitted_by"))
+    );
+    let (status, own) = get(&app, &teams.a.token, "/api/v1/jobs?submitted_by=team-a").await;
+    assert_eq!(
+        (status, own["jobs"][0]["id"].as_str()),
+        (200, Some(id_a.as_str()))
+    );
     // Team A's key replayed by team B reaches only team B's own jobs.
     let b_source = format!("{}/app:b1", teams.b.sources);
     engine

@@ -14,7 +14,7 @@ use publishd::store::{Created, NewJob, Store};
 use serde_json::{Value, json};
 use support::engine::TestEngine;
 use support::registry::{Pushed, Registry};
-use support::{TestApp, TestEnv, app_job, unique};
+use support::{TestApp, TestEngineKind, TestEnv, app_job, unique};
 
 /// Publishes `source` to `reference`'s repository with `method` (forced, so
 /// that a second method really pushes) and answers what the registry holds.
@@ -195,4 +195,29 @@ async fn podman_publishes_through_the_build() {
     }
     assert!(podman.names_under(&repo).await.is_empty());
     assert_eq!(job["images"][0]["source_image_id"], source.as_str());
+    // One target seeds, the other is written registry-side from Podman's
+    // push; both dockerds pull it as the registry holds it.
+    let mut ways: Vec<_> = job["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|target| target["published_via"].as_str().unwrap())
+        .collect();
+    ways.sort();
+    assert_eq!(ways, ["engine", "registry"], "{job:#}");
+    for target in job["targets"].as_array().unwrap() {
+        let reference = target["reference"].as_str().unwrap();
+        let pushed = registry.pushed(reference).await.unwrap();
+        for kind in [TestEngineKind::Docker20, TestEngineKind::Docker26] {
+            let pulled = TestEngine::connect_to(&kind.host())
+                .pull(reference, None, None)
+                .await;
+            assert_eq!(pulled.diff_ids, pushed.diff_ids(), "{kind:?}: {reference}");
+            assert_eq!(
+                serde_json::to_value(&pulled.labels).unwrap(),
+                pushed.config["config"]["Labels"],
+                "{kind:?}: {reference}"
+            );
+        }
+    }
 }

@@ -208,33 +208,48 @@ async fn a_job_is_followed_live_and_its_page_shows_the_registrys_digests() {
     assert_eq!(browser.serious_violations().await, Vec::<String>::new());
     browser.screenshots("jobs").await;
 
-    // Search by repository or reference, and filter by status, through the form.
+    // Search by repository or reference, and filter by status, by a failed
+    // target and by repository prefix, through the form.
     let repo_path = repo.split_once('/').unwrap().1.to_owned();
-    for (status, search, shown) in [
-        ("", repo_path.as_str(), true),
-        ("", "app:v2", true),
-        ("", "no-such-repository", false),
-        ("failed", repo_path.as_str(), false),
-        ("succeeded", repo_path.as_str(), true),
+    let (parent, _) = repo.rsplit_once('/').unwrap();
+    let other = format!("{repo}-other");
+    for (status, failed, prefix, search, shown) in [
+        ("", false, "", repo_path.as_str(), true),
+        ("", false, "", "app:v2", true),
+        ("", false, "", "no-such-repository", false),
+        ("failed", false, "", repo_path.as_str(), false),
+        ("succeeded", false, "", repo_path.as_str(), true),
+        ("", false, parent, "", true),
+        ("succeeded", false, repo.as_str(), "app:v1", true),
+        ("", false, other.as_str(), "", false),
+        ("", true, parent, "", false),
     ] {
         browser
             .client
             .execute(
                 "document.getElementById('status').value = arguments[0];
-                 document.getElementById('q').value = arguments[1];
+                 document.getElementById('failed').checked = arguments[1];
+                 document.getElementById('repo').value = arguments[2];
+                 document.getElementById('q').value = arguments[3];
                  return true;",
-                vec![json!(status), json!(search)],
+                vec![json!(status), json!(failed), json!(prefix), json!(search)],
             )
             .await
             .unwrap();
         browser.click(".filters button").await;
         browser
             .wait_until(
+                // The page the form asked for, not the one before it.
                 &format!(
-                    "location.search.includes('q=') && \
-                     Boolean(document.querySelector('#job-{id}')) === {shown}"
+                    "(() => {{ const asked = new URLSearchParams(location.search);
+                       return asked.get('status') === {status:?} && asked.get('repo') === {prefix:?}
+                         && asked.get('q') === {search:?}
+                         && (asked.get('failed') === 'true') === {failed}
+                         && Boolean(document.querySelector('#job-{id}')) === {shown}; }})()"
                 ),
-                &format!("status {status:?}, search {search:?}"),
+                &format!(
+                    "status {status:?}, failed {failed}, prefix {prefix:?}, search {search:?}"
+                ),
             )
             .await;
     }

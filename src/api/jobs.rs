@@ -21,7 +21,7 @@ use crate::domain::access::{Principal, check_submission};
 use crate::domain::spec::{Callback, Plan};
 use crate::domain::spec::{JobSpec, RegistryAuthSpec, plan};
 use crate::domain::status::JobStatus;
-use crate::store::{AuditEntry, Cancelled, Created, Job, JobPage, NewJob, Submitter};
+use crate::store::{AuditEntry, Cancelled, Created, Job, JobFilter, JobPage, NewJob, Submitter};
 use crate::webhooks::Fenced;
 
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -477,6 +477,19 @@ pub struct ListParams {
     /// Only jobs in this status.
     #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
+    /// `true`: only jobs with at least one failed target (finished or not).
+    #[param(value_type = Option<bool>)]
+    has_failed_target: Option<String>,
+    /// Only jobs of this submitter (a token's name); a publisher token
+    /// lists its own jobs only, and naming another is forbidden.
+    submitted_by: Option<String>,
+    /// Only jobs whose repository starts with this text (case counts).
+    repo_prefix: Option<String>,
+    /// Only jobs whose repository or one of whose target references
+    /// contains this text, ignoring ASCII case. A page looks through at most
+    /// 10,000 jobs (newest first, of those the other filters select): it
+    /// may hold fewer than `limit` jobs and still have a `next_cursor`.
+    q: Option<String>,
     /// Page size (default 20).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     limit: Option<String>,
@@ -494,6 +507,7 @@ pub struct ListParams {
         (status = 200, description = "A page of jobs", body = JobPage),
         (status = 400, description = "Unreadable query string", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 403, description = "A publisher token named another submitter", body = ErrorBody),
         (status = 422, description = "Invalid parameter", body = ErrorBody),
         (status = 503, description = "The database is busy; see Retry-After", body = ErrorBody,
          headers(("Retry-After" = String, description = "Seconds to wait"))),
@@ -515,19 +529,50 @@ pub async fn list_jobs(
                 .ok_or_else(|| ApiError::invalid("status", format!("unknown status {value:?}")))
         })
         .transpose()?;
+    let has_failed_target = match params.has_failed_target.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::invalid("has_failed_target", "true or false")),
+    };
+    let filter = JobFilter {
+        status,
+        has_failed_target,
+        submitted_by: params.submitted_by,
+        repo_prefix: params.repo_prefix.filter(|prefix| !prefix.is_empty()),
+        search: params.q.filter(|text| !text.is_empty()),
+    };
+    let filter = visible_jobs(&caller, filter)?;
     let limit = page_limit(params.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?;
     let cursor = page_cursor(params.cursor.as_deref())?;
-    let submitted_by = caller.lists_jobs_of();
-    let mut page = state
-        .store
-        .list_jobs(status, submitted_by, limit, cursor)
-        .await?;
+    let mut page = state.store.list_jobs(&filter, limit, cursor).await?;
     page.jobs = page
         .jobs
         .into_iter()
         .map(|job| as_seen_by(&caller, job))
         .collect();
     Ok(Json(page))
+}
+
+/// `filter` restricted to the jobs the caller may see: a publisher's own.
+pub(super) fn visible_jobs(caller: &Principal, filter: JobFilter) -> Result<JobFilter, ApiError> {
+    let Some(own) = caller.lists_jobs_of() else {
+        return Ok(filter);
+    };
+    if filter
+        .submitted_by
+        .as_deref()
+        .is_some_and(|asked| asked != own)
+    {
+        return Err(ApiError::Forbidden {
+            field: Some("submitted_by".to_owned()),
+            rule: "role".to_owned(),
+            message: "a publisher token lists its own jobs only".to_owned(),
+        });
+    }
+    Ok(JobFilter {
+        submitted_by: Some(own.to_owned()),
+        ..filter
+    })
 }
 
 /// Cancel a job.

@@ -192,9 +192,7 @@ pub async fn status(args: JobArgs) -> Exit {
 pub async fn list(args: ListArgs) -> Exit {
     async fn run(args: ListArgs) -> Result<Exit, Failure> {
         let mut query = vec![("limit", args.limit.to_string())];
-        if let Some(status) = &args.status {
-            query.push(("status", status.clone()));
-        }
+        query.extend(filters(&args));
         if let Some(cursor) = &args.cursor {
             query.push(("cursor", cursor.clone()));
         }
@@ -238,14 +236,52 @@ pub async fn cancel(args: JobArgs) -> Exit {
     finish(run(args).await, output)
 }
 
+/// The query parameters of `list`'s filters.
+fn filters(args: &ListArgs) -> Vec<(&'static str, String)> {
+    let mut query = Vec::new();
+    if let Some(status) = &args.status {
+        query.push(("status", status.clone()));
+    }
+    if args.has_failed_target {
+        query.push(("has_failed_target", "true".to_owned()));
+    }
+    for (name, value) in [
+        ("submitted_by", &args.submitted_by),
+        ("repo_prefix", &args.repo_prefix),
+        ("q", &args.search),
+    ] {
+        if let Some(value) = value {
+            query.push((name, value.clone()));
+        }
+    }
+    query
+}
+
 /// `next page: publishd list ... --cursor C`: the command that lists the
 /// page after this one.
 fn next_page(server: &str, args: &ListArgs, cursor: &str) -> String {
     let mut command = format!("next page: publishd list --server {server}");
-    if let Some(status) = &args.status {
-        command += &format!(" --status {status}");
+    for (name, value) in filters(args) {
+        command += &match name {
+            "has_failed_target" => " --has-failed-target".to_owned(),
+            "q" => format!(" --search {}", shell_word(&value)),
+            _ => format!(" --{} {}", name.replace('_', "-"), shell_word(&value)),
+        };
     }
     command + &format!(" --limit {} --cursor {cursor}", args.limit)
+}
+
+/// `text` as one word of a POSIX shell command line.
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/:._-@".contains(c));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
 
 /// Prints an answer: `text` of it, or as sent.
@@ -263,4 +299,39 @@ async fn read_job(service: &mut Service, id: &str) -> Result<Answer, Failure> {
             client.get(format!("{base}/api/v1/jobs/{id}"))
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    #[test]
+    fn the_next_page_keeps_every_filter_as_one_word_each() {
+        let cli = Cli::try_parse_from([
+            "publishd",
+            "list",
+            "--status",
+            "failed",
+            "--has-failed-target",
+            "--submitted-by",
+            "team a",
+            "--repo-prefix",
+            "registry.example.com/acme/",
+            "--search",
+            "it's",
+        ])
+        .unwrap();
+        let Command::List(args) = cli.command else {
+            panic!("not a list: {cli:?}")
+        };
+        assert_eq!(
+            next_page("http://127.0.0.1:8080", &args, "C"),
+            "next page: publishd list --server http://127.0.0.1:8080 --status failed \
+             --has-failed-target --submitted-by 'team a' \
+             --repo-prefix registry.example.com/acme/ --search 'it'\\''s' --limit 20 --cursor C"
+        );
+    }
 }

@@ -67,22 +67,40 @@ pub struct Descriptor {
     pub digest: String,
 }
 
-/// What the engine pushed of a source image to one registry: the layers of
-/// its manifest there, and a repository that holds them.
+/// What the engine pushed of a source image to one registry: the manifest
+/// and the config exactly as the registry holds them (the template of the
+/// source's further targets there), the manifest's layers, and a repository
+/// that holds them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seed {
+    pub manifest: String,
+    /// The manifest's media type (Docker schema 2 or OCI, as the engine pushed).
+    pub media_type: String,
+    pub config: String,
     pub layers: Vec<Descriptor>,
     pub repository: String,
 }
 
-/// Whether a target may skip the engine at all. The job's choice wins over
-/// the service's. Only the load tag method qualifies: there the labelled
-/// config is the source's config plus the labels, byte for byte what
-/// publishd computes, so writing it to the registry gives the very image
-/// (and digest) the engine path would push. A build's config is the
-/// builder's (it may add an `Env`, and stamps times), known only after it ran.
-pub fn may_skip_engine(job: Option<PublishVia>, service: PublishVia, config_known: bool) -> bool {
-    job.unwrap_or(service) == PublishVia::Auto && config_known
+/// Which seed a target may use: one the engine pushed of its source to its
+/// registry, in the format of the engine the target would go through. The
+/// format is what decides the pushed bytes: the engine's product, version
+/// and image store, and the tag method (a load keeps the source's config,
+/// a build is the builder's), so an engine upgrade never mixes formats.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SeedKey {
+    pub source_image_id: String,
+    /// `host[:port]`, as in references.
+    pub registry: String,
+    /// e.g. `docker 26.1.5 containerd build` (`engine::EngineDescription::seed_format`).
+    pub engine: String,
+}
+
+/// Whether a target may skip the engine at all: the job's choice wins over
+/// the service's. Where it may, a target whose source the engine has pushed
+/// to its registry before (a seed) is written registry-side, in the format
+/// of that push.
+pub fn may_skip_engine(job: Option<PublishVia>, service: PublishVia) -> bool {
+    job.unwrap_or(service) == PublishVia::Auto
 }
 
 #[cfg(test)]
@@ -90,13 +108,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_job_wins_and_only_a_known_config_skips_the_engine() {
+    fn the_job_wins() {
         use PublishVia::{Auto, Engine};
-        assert!(may_skip_engine(None, Auto, true));
-        assert!(!may_skip_engine(None, Engine, true));
-        assert!(may_skip_engine(Some(Auto), Engine, true));
-        assert!(!may_skip_engine(Some(Engine), Auto, true));
-        assert!(!may_skip_engine(Some(Auto), Auto, false));
+        assert!(may_skip_engine(None, Auto));
+        assert!(!may_skip_engine(None, Engine));
+        assert!(may_skip_engine(Some(Auto), Engine));
+        assert!(!may_skip_engine(Some(Engine), Auto));
     }
 
     #[test]

@@ -95,6 +95,80 @@ impl LabelledImage {
     pub fn config(&self) -> &[u8] {
         &self.config
     }
+
+    /// The image a build of `LabelBuild` made for one target (`built`: its
+    /// config as the engine pushed it), made the image of a sibling target
+    /// of the same source, labelled `labels`: what a build with `labels`
+    /// would give, but for the build's time. werf's labels are set in
+    /// `config` (and in `container_config`, where the builder copies
+    /// them, as Podman does), and the history entry that records the
+    /// build's `LABEL` instruction is made to record the sibling's. `None`
+    /// when `built` does not carry the labels' keys or its history has no
+    /// record of the instruction in a form publishd knows: no sibling is
+    /// made from it then.
+    pub fn relabelled(built: &[u8], labels: &BTreeMap<String, String>) -> Option<LabelledImage> {
+        let mut config: Value = serde_json::from_slice(built).ok()?;
+        let built_labels: BTreeMap<String, String> = labels
+            .keys()
+            .map(|key| {
+                let value = config["config"]["Labels"][key].as_str()?;
+                Some((key.clone(), value.to_owned()))
+            })
+            .collect::<Option<_>>()?;
+        // What ends with the build's instruction, rewritten to end with the
+        // sibling's; the same text, or none.
+        let rewrite = |text: &mut Value| -> bool {
+            let Some(written) = text.as_str() else {
+                return false;
+            };
+            let rewritten = RECORDED_LABEL_FORMS.iter().find_map(|form| {
+                let prefix = written.strip_suffix(&label_instruction(&built_labels, *form))?;
+                Some(format!("{prefix}{}", label_instruction(labels, *form)))
+            });
+            rewritten
+                .map(|rewritten| *text = Value::String(rewritten))
+                .is_some()
+        };
+        let history = config.get_mut("history")?.as_array_mut()?;
+        let recorded = history
+            .iter_mut()
+            .rev()
+            .find_map(|entry| entry.get_mut("created_by").filter(|text| text.is_string()))
+            .is_some_and(&rewrite);
+        if !recorded {
+            return None;
+        }
+        // dockerd 20.10's classic builder also keeps the instruction as the
+        // last word of `container_config.Cmd`.
+        if let Some(last) = config
+            .pointer_mut("/container_config/Cmd")
+            .and_then(Value::as_array_mut)
+            .and_then(|cmd| cmd.last_mut())
+        {
+            rewrite(last);
+        }
+        for part in ["config", "container_config"] {
+            if let Some(Value::Object(current)) =
+                config.get_mut(part).and_then(|part| part.get_mut("Labels"))
+            {
+                if part == "container_config"
+                    && !built_labels.keys().all(|key| current.contains_key(key))
+                {
+                    continue;
+                }
+                for (key, value) in labels {
+                    current.insert(key.clone(), Value::String(value.clone()));
+                }
+            }
+        }
+        let layer_count = config["rootfs"]["diff_ids"].as_array()?.len();
+        let bytes = serde_json::to_vec(&config).ok()?;
+        Some(LabelledImage {
+            id: format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+            config: bytes,
+            layer_count,
+        })
+    }
 }
 
 /// A build of the labelled image: `FROM` the source image by id (so a name
@@ -107,11 +181,11 @@ pub struct LabelBuild {
 impl LabelBuild {
     pub fn new(source_id: &str, labels: &BTreeMap<String, String>) -> LabelBuild {
         // The bare hex is what `FROM` takes as an image id on every engine.
-        let mut dockerfile = format!("FROM {}\nLABEL", source_id.trim_start_matches("sha256:"));
-        for (key, value) in labels {
-            dockerfile.push_str(&format!(" {}={}", quoted(key), quoted(value)));
-        }
-        dockerfile.push('\n');
+        let dockerfile = format!(
+            "FROM {}\n{}\n",
+            source_id.trim_start_matches("sha256:"),
+            label_instruction(labels, quoted)
+        );
         LabelBuild { dockerfile }
     }
 
@@ -126,6 +200,20 @@ impl LabelBuild {
         archive.into_inner()
     }
 }
+
+/// The `LABEL` instruction of `labels`, each key and value written by `write`.
+fn label_instruction(labels: &BTreeMap<String, String>, write: fn(&str) -> String) -> String {
+    let mut instruction = "LABEL".to_owned();
+    for (key, value) in labels {
+        instruction.push_str(&format!(" {}={}", write(key), write(value)));
+    }
+    instruction
+}
+
+/// How a builder records the `LABEL` instruction of a `LabelBuild` in the
+/// image's history (`created_by` ends with it): as written (Podman's
+/// buildah), or as dockerd's classic builder parsed it, unquoted.
+const RECORDED_LABEL_FORMS: [fn(&str) -> String; 2] = [quoted, str::to_owned];
 
 /// A Dockerfile string in double quotes: `\`, `"` and `$` (which LABEL
 /// would expand as a variable) escaped, so a value arrives as written.
@@ -212,6 +300,83 @@ mod tests {
             .map(|entry| entry.unwrap().path().unwrap().display().to_string())
             .collect();
         assert_eq!(names, ["Dockerfile"]);
+    }
+
+    #[test]
+    fn a_builds_image_is_relabelled_for_a_sibling() {
+        let first = BTreeMap::from([
+            ("werf-docker-image-name".to_owned(), "reg/app:v1".to_owned()),
+            ("werf-image-tag".to_owned(), "v 1".to_owned()),
+        ]);
+        let second = BTreeMap::from([
+            ("werf-docker-image-name".to_owned(), "reg/app:v2".to_owned()),
+            ("werf-image-tag".to_owned(), "v2".to_owned()),
+        ]);
+        // dockerd's classic builder records the instruction unquoted;
+        // buildah as written, and copies the labels into container_config.
+        for (created_by, copied) in [
+            (
+                "/bin/sh -c #(nop)  LABEL werf-docker-image-name=reg/app:v1 werf-image-tag=v 1",
+                false,
+            ),
+            (
+                "/bin/sh -c #(nop) LABEL \"werf-docker-image-name\"=\"reg/app:v1\" \"werf-image-tag\"=\"v 1\"",
+                true,
+            ),
+        ] {
+            let mut labels = json!({"keep": "me"});
+            for (key, value) in &first {
+                labels[key] = json!(value);
+            }
+            let mut built = json!({
+                "architecture": "amd64",
+                "config": {"Env": ["PATH=/bin"], "Labels": labels},
+                "rootfs": {"type": "layers", "diff_ids": ["sha256:aa"]},
+                "history": [{"created_by": "COPY a /a"},
+                            {"created_by": created_by, "empty_layer": true}]
+            });
+            if copied {
+                built["container_config"] = json!({"Labels": labels});
+            }
+            let sibling =
+                LabelledImage::relabelled(&serde_json::to_vec(&built).unwrap(), &second).unwrap();
+            let config: Value = serde_json::from_slice(sibling.config()).unwrap();
+            let expected = json!({"keep": "me", "werf-docker-image-name": "reg/app:v2",
+                                  "werf-image-tag": "v2"});
+            assert_eq!(config["config"]["Labels"], expected);
+            assert_eq!(config["config"]["Env"], json!(["PATH=/bin"]));
+            assert_eq!(config["history"][0], json!({"created_by": "COPY a /a"}));
+            let recorded = config["history"][1]["created_by"].as_str().unwrap();
+            assert!(
+                recorded.contains("reg/app:v2") && !recorded.contains("v1"),
+                "{recorded}"
+            );
+            if copied {
+                assert_eq!(config["container_config"]["Labels"], expected);
+            }
+            assert_eq!(sibling.layer_count, 1);
+            // Back again: the first target's config, as the build made it.
+            let back = LabelledImage::relabelled(sibling.config(), &first).unwrap();
+            let back: Value = serde_json::from_slice(back.config()).unwrap();
+            assert_eq!(back, built);
+        }
+    }
+
+    #[test]
+    fn a_build_without_a_record_of_its_labels_has_no_siblings() {
+        let labels = BTreeMap::from([("werf-image".to_owned(), "true".to_owned())]);
+        let unlabelled = json!({"config": {}, "rootfs": {"diff_ids": []},
+                                "history": [{"created_by": "LABEL werf-image=true"}]});
+        let unrecorded = json!({"config": {"Labels": {"werf-image": "true"}},
+                                "rootfs": {"diff_ids": []},
+                                "history": [{"created_by": "LABEL other=thing"}]});
+        for built in [unlabelled, unrecorded] {
+            let bytes = serde_json::to_vec(&built).unwrap();
+            assert!(
+                LabelledImage::relabelled(&bytes, &labels).is_none(),
+                "{built}"
+            );
+        }
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub enum EngineError {
     /// The engine could not be reached at all.
     #[error("docker engine unreachable: {0}")]
     Unreachable(String),
+    /// There is no engine to reach (`--docker-host none`), and there will be
+    /// none for as long as this process runs: nothing waits for it.
+    #[error("{NO_ENGINE}")]
+    Absent,
     /// The engine answered with an error.
     #[error("docker engine error (HTTP {status}): {message}")]
     Api { status: u16, message: String },

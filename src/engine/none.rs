@@ -17,7 +17,7 @@ pub const NO_ENGINE: &str =
 pub struct NoEngine;
 
 fn none<T>() -> Result<T, EngineError> {
-    Err(EngineError::Unreachable(NO_ENGINE.to_owned()))
+    Err(EngineError::Absent)
 }
 
 #[async_trait]

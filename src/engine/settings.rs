@@ -129,6 +129,29 @@ pub struct EngineDescription {
     pub registries: RegistrySettings,
 }
 
+impl EngineDescription {
+    /// What decides the bytes this engine pushes for a labelled image made
+    /// by `method`: its product, version and image store, and the method.
+    /// Seeds are kept per format, so an engine upgrade never mixes them.
+    pub fn seed_format(&self, method: TagMethod) -> String {
+        let (product, version) = match &self.product {
+            EngineProduct::Docker { version } => ("docker", version),
+            EngineProduct::Podman { version } => ("podman", version),
+        };
+        let store = match self.image_store {
+            ImageStore::Classic => "classic",
+            ImageStore::Containerd => "containerd",
+            ImageStore::Podman => "podman",
+        };
+        let method = match method {
+            TagMethod::Auto => "auto",
+            TagMethod::Load => "load",
+            TagMethod::Build => "build",
+        };
+        format!("{product} {version} {store} {method}")
+    }
+}
+
 /// The parts of `GET /version` read here.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]

@@ -829,33 +829,6 @@ impl Registry for HttpRegistry {
         }
     }
 
-    async fn pushed_layers(
-        &self,
-        reference: &str,
-        digest: &str,
-        auth: &RegistryAuth,
-    ) -> Result<Option<Vec<Descriptor>>, RegistryError> {
-        let reference = parse(reference)?;
-        let path = format!("/v2/{}/manifests/{digest}", reference.repository());
-        let response = self
-            .send(&reference, auth, |client, base| {
-                client
-                    .get(format!("{base}{path}"))
-                    .header(ACCEPT, MANIFEST_TYPES)
-            })
-            .await?;
-        match response.status() {
-            status if status.is_success() => {}
-            StatusCode::NOT_FOUND => return Ok(None),
-            _ => return Err(status_error(response, "reading a pushed manifest").await),
-        }
-        let body = read_limited(response, MANIFEST_LIMIT, "a manifest").await?;
-        if sha256_digest(&body) != digest {
-            return Ok(None);
-        }
-        Ok(manifest::reproducible_layers(&body))
-    }
-
     async fn source_image(
         &self,
         reference: &str,
@@ -924,17 +897,6 @@ impl Registry for HttpRegistry {
         }
         let config_digest = sha256_digest(image.config);
         let (body, media_type) = match image.manifest {
-            ManifestForm::Engine => {
-                let config = Descriptor {
-                    media_type: manifest::CONFIG_V1.to_owned(),
-                    size: image.config.len() as u64,
-                    digest: config_digest,
-                };
-                (
-                    manifest::render(&config, image.layers),
-                    manifest::MANIFEST_V2,
-                )
-            }
             ManifestForm::Like(source) => (
                 relabelled(source, &config_digest, image.config.len())?,
                 source.media_type.as_str(),
@@ -1482,8 +1444,8 @@ impl HttpRegistry {
     }
 }
 
-/// A source's manifest with the labelled config (of `config_digest`, `size`
-/// bytes) in place of its own.
+/// A manifest its writer made (a source's, a seed's) with the labelled
+/// config (of `config_digest`, `size` bytes) in place of its own.
 fn relabelled(
     source: &SourceManifest,
     config_digest: &str,
@@ -1492,7 +1454,7 @@ fn relabelled(
     manifest::with_config(&source.manifest, config_digest, size).map_err(|error| {
         RegistryError::new(
             FailureKind::Permanent,
-            format!("rewriting the source's manifest: {error}"),
+            format!("rewriting the manifest: {error}"),
         )
     })
 }

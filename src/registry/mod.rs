@@ -4,10 +4,10 @@
 //! insecure-registry settings, `certs.d`), and authenticated the way the
 //! engine does (basic, or a Bearer token from the registry's token server,
 //! with a password or by exchanging an identity token). It also writes
-//! images registry-side: a labelled config and a manifest in the engine's
-//! own format, next to layers the engine pushed before, and publishes
-//! registry sources, single images and image indexes, wholly in the
-//! registry.
+//! images registry-side: a labelled config and a manifest in the format of
+//! the engine's own push (or the remote builder's), next to layers the
+//! engine (or the builder) pushed before, and publishes registry sources,
+//! single images and image indexes, wholly in the registry.
 
 mod challenge;
 mod client;
@@ -43,8 +43,9 @@ pub struct RemoteImage {
 /// An image to write registry-side.
 #[derive(Debug, Clone, Copy)]
 pub struct RegistryImage<'a> {
-    /// The labelled config: for a local source the very bytes the engine
-    /// path would load (and push), so its digest is that path's image id.
+    /// The labelled config: for a local source on the load method the very
+    /// bytes the engine path would load (and push), so its digest is that
+    /// path's image id.
     pub config: &'a [u8],
     /// The layers, as the manifest lists them.
     pub layers: &'a [Descriptor],
@@ -69,10 +70,9 @@ pub struct LayersFrom<'a> {
 /// The manifest a registry-side write puts.
 #[derive(Debug, Clone, Copy)]
 pub enum ManifestForm<'a> {
-    /// Docker schema 2 exactly as dockerd pushes it: the engine path's digest.
-    Engine,
-    /// The source's own manifest (its format, its layers' annotations) with
-    /// the labelled config in place of its config.
+    /// A manifest its writer made (a registry source's builder, or the
+    /// engine's push of a seed), byte for byte, with the labelled config in
+    /// place of its config: its format, layout and annotations stay.
     Like(&'a SourceManifest),
 }
 
@@ -271,16 +271,6 @@ pub trait Registry: Send + Sync + 'static {
         reference: &str,
         auth: &RegistryAuth,
     ) -> Result<Option<RemoteImage>, RegistryError>;
-
-    /// The layers of the manifest `digest` in `reference`'s repository, if
-    /// it is in the engine's format and publishd reproduces it byte for
-    /// byte (else `None`: its siblings cannot be written registry-side).
-    async fn pushed_layers(
-        &self,
-        reference: &str,
-        digest: &str,
-        auth: &RegistryAuth,
-    ) -> Result<Option<Vec<Descriptor>>, RegistryError>;
 
     /// The image or index `reference` (a tag or a digest) names, with
     /// every manifest and config it needs, or `None` if there is none. What

@@ -13,6 +13,8 @@ mod audit;
 mod batch;
 mod events;
 pub mod model;
+#[cfg(test)]
+mod page_plans;
 mod postgres;
 mod queue;
 mod read_cache;
@@ -36,12 +38,12 @@ pub use events::{
     AttemptResult, Delivery, DeliveryAttempt, DeliveryOutcome, DueDelivery, Event, UnderWay,
 };
 pub use model::{
-    AttemptError, ClaimedTarget, Deleted, EngineStatus, InstanceStatus, Job, JobImage, JobPage,
-    QueueCounts, Target, TargetOutcome,
+    AttemptError, ClaimedTarget, Deleted, EngineStatus, InstanceStatus, Job, JobFilter, JobImage,
+    JobPage, QueueCounts, SEARCH_WINDOW, Target, TargetOutcome,
 };
 pub use queue::{Bound, Claim, ClaimLost, Release, Released, TakeOver};
 
-use crate::domain::publish_via::Seed;
+use crate::domain::publish_via::{Seed, SeedKey};
 use crate::domain::source::ResolvedSource;
 use crate::domain::spec::Plan;
 use crate::domain::status::{JobStatus, TargetStatus};
@@ -417,27 +419,12 @@ pub trait Records: Send + Sync {
 
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<Job>>;
 
-    /// Jobs newest first; `before` is the last id of the previous page. Ids are
-    /// uuid v7, so their order is creation order and the cursor is stable
-    /// while new jobs arrive.
+    /// Jobs newest first, of those `filter` selects; `before` is the last
+    /// id of the previous page. Ids are uuid v7, so their order is creation
+    /// order and the cursor is stable while new jobs arrive.
     async fn list_jobs(
         &self,
-        status: Option<JobStatus>,
-        submitted_by: Option<&str>,
-        limit: u32,
-        before: Option<Uuid>,
-    ) -> StoreResult<JobPage> {
-        self.search_jobs(status, submitted_by, None, limit, before)
-            .await
-    }
-
-    /// `list_jobs` of the jobs whose repository or one of whose references
-    /// contains `search`.
-    async fn search_jobs(
-        &self,
-        status: Option<JobStatus>,
-        submitted_by: Option<&str>,
-        search: Option<&str>,
+        filter: &JobFilter,
         limit: u32,
         before: Option<Uuid>,
     ) -> StoreResult<JobPage>;
@@ -524,6 +511,16 @@ pub trait Records: Send + Sync {
     /// be claimed at once, and this instance, which holds them now, claims
     /// the job's targets from here on.
     async fn credentials_arrived(&self, job_id: Uuid) -> StoreResult<()>;
+
+    /// Puts back a target whose source's seed another run is making: it is
+    /// not claimed again before `retry_at`, or before `wake_targets` wakes
+    /// it. Not a run, nor a try; cancelled instead if its job was.
+    async fn wait_for_seed(&self, claim: &Claim, retry_at: &str) -> StoreResult<()>;
+
+    /// The waiting targets `ids` may be claimed at once (the seed they
+    /// waited for is there, or its maker gave up); targets not pending, or
+    /// waiting for credentials, stay as they are.
+    async fn wake_targets(&self, ids: &[i64]) -> StoreResult<()>;
 
     /// Takes a target in flight over from the run that held it, if
     /// `condition` holds, with a fresh claim for recovery to use: from then
@@ -622,45 +619,23 @@ pub trait Records: Send + Sync {
         batch: u32,
     ) -> StoreResult<Deleted>;
 
-    /// The seed of `source_image_id` in `registry`, if the engine pushed it there.
-    async fn seed(&self, source_image_id: &str, registry: &str) -> StoreResult<Option<Seed>>;
+    /// The seed `key` names, if the engine pushed one.
+    async fn seed(&self, key: &SeedKey) -> StoreResult<Option<Seed>>;
 
     /// Records (or replaces: the last push that left the layers somewhere is
-    /// the best place to mount them from) the seed of `source_image_id` in
-    /// `registry`.
-    async fn record_seed(
-        &self,
-        source_image_id: &str,
-        registry: &str,
-        seed: &Seed,
-    ) -> StoreResult<()>;
+    /// the best place to mount them from) the seed `key` names.
+    async fn record_seed(&self, key: &SeedKey, seed: &Seed) -> StoreResult<()>;
 }
 
 /// Makes a submission's audit record from what the store did with it.
 pub type AuditOf = Box<dyn Fn(&Created) -> AuditEntry + Send + Sync>;
 
-/// What a page of `search_jobs` was asked with.
+/// What a page of `list_jobs` was asked with.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct PageKey {
-    pub status: Option<JobStatus>,
-    pub submitted_by: Option<String>,
-    pub search: Option<String>,
+    pub filter: JobFilter,
     pub limit: u32,
     pub before: Option<Uuid>,
-}
-
-impl PageKey {
-    /// A LIKE pattern (escaped with `\`) that matches the searched text
-    /// itself, wherever it is.
-    fn pattern(&self) -> Option<String> {
-        self.search.as_deref().map(|text| {
-            let escaped = text
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            format!("%{escaped}%")
-        })
-    }
 }
 
 fn now() -> String {

@@ -189,11 +189,36 @@ pub enum TargetOutcome {
     Cancelled,
 }
 
+/// Which jobs a list shows: every filter given holds for each. Each
+/// combination is read through an index (`store/sql/jobs.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct JobFilter {
+    pub status: Option<JobStatus>,
+    /// Only jobs with at least one failed target (finished or not).
+    pub has_failed_target: bool,
+    /// The submitter's token name ('' when the service has no tokens).
+    pub submitted_by: Option<String>,
+    /// Only jobs whose repository starts with this, byte for byte.
+    pub repo_prefix: Option<String>,
+    /// Only jobs whose repository or one of whose references contains
+    /// this, ignoring ASCII case; a page looks through at most
+    /// `SEARCH_WINDOW` jobs.
+    pub search: Option<String>,
+}
+
+/// The most jobs one page of a search looks through, newest first, of those
+/// the other filters select: a substring is found by no index, so a search
+/// costs the same at a million jobs as at ten thousand. A page that looked
+/// through as many and found fewer than it asked for still has a
+/// `next_cursor`, from where it stopped.
+pub const SEARCH_WINDOW: u32 = 10_000;
+
 /// A page of jobs, newest first.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct JobPage {
     pub jobs: Vec<Job>,
-    /// Pass as `cursor` for the next page; null on the last page.
+    /// Pass as `cursor` for the next page; null on the last page. A search
+    /// (`q`) may answer fewer jobs than `limit` with a cursor still to follow.
     pub next_cursor: Option<String>,
 }
 

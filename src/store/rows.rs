@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::audit::AuditEvent;
 use super::events::{Delivery, DueDelivery, Event};
-use super::model::{ClaimedTarget, InstanceStatus, Job, JobImage, JobPage, Target};
+use super::model::{ClaimedTarget, InstanceStatus, Job, JobImage, Target};
 use super::queue::Claim;
 use super::{LIVE_WITHIN, StoreResult};
 use crate::domain::naming::RepoMode;
@@ -419,17 +419,13 @@ pub(super) fn job_of(
     job.into_job(images, targets, deliveries)
 }
 
-/// A page of jobs from the rows of up to `limit + 1` jobs (one more says
-/// there is a next page) and the rows of theirs.
-pub(super) fn page_of(
-    mut jobs: Vec<JobRow>,
+/// Jobs from their rows and the rows of theirs, in the order of `jobs`.
+pub(super) fn jobs_of(
+    jobs: Vec<JobRow>,
     images: Vec<ImageRow>,
     targets: Vec<TargetRow>,
     deliveries: Vec<DeliveryRow>,
-    limit: u32,
-) -> StoreResult<JobPage> {
-    let more = jobs.len() > limit as usize;
-    jobs.truncate(limit as usize);
+) -> StoreResult<Vec<Job>> {
     let mut images_by_job: HashMap<String, Vec<ImageRow>> = HashMap::new();
     for image in images {
         images_by_job
@@ -451,21 +447,14 @@ pub(super) fn page_of(
             .or_default()
             .push(delivery);
     }
-    let jobs = jobs
-        .into_iter()
+    jobs.into_iter()
         .map(|job| {
             let images = images_by_job.remove(&job.id).unwrap_or_default();
             let targets = targets_by_job.remove(&job.id).unwrap_or_default();
             let deliveries = deliveries_by_job.remove(&job.id).unwrap_or_default();
             job_of(job, images, targets, deliveries)
         })
-        .collect::<StoreResult<Vec<_>>>()?;
-    let next_cursor = if more {
-        jobs.last().map(|job| job.id.to_string())
-    } else {
-        None
-    };
-    Ok(JobPage { jobs, next_cursor })
+        .collect()
 }
 
 /// An instance, with the age of its heartbeat on the database's clock.

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::domain::naming::reference_key;
-use crate::domain::publish_via::{Descriptor, PublishedVia, Seed};
+use crate::domain::publish_via::{Descriptor, PublishedVia, Seed, SeedKey};
 use crate::domain::source::ResolvedSource;
 use crate::domain::spec::{JobSpec, Limits, plan};
 
@@ -339,7 +339,7 @@ both_stores! {
 
     async fn reads_are_never_older_than_the_database(db: Db) {
         let store = store_with_a_job(&db).await;
-        let page = store.list_jobs(None, None, 10, None).await.unwrap();
+        let page = store.list_jobs(&JobFilter::default(), 10, None).await.unwrap();
         let id = page.jobs[0].id;
         let before = store.get_job(id).await.unwrap().unwrap();
         assert_eq!(before.targets[0].status, TargetStatus::Pending);
@@ -348,7 +348,7 @@ both_stores! {
         let after = store.get_job(id).await.unwrap().unwrap();
         assert_eq!(after.status, JobStatus::Running);
         queued(&store, job_of("127.0.0.1:5000/b", &["v1"])).await;
-        let page = store.list_jobs(None, None, 10, None).await.unwrap();
+        let page = store.list_jobs(&JobFilter::default(), 10, None).await.unwrap();
         assert_eq!(page.jobs.len(), 2);
         assert_eq!(page.jobs[1].status, JobStatus::Running);
     }
@@ -358,24 +358,54 @@ both_stores! {
         for repo in ["127.0.0.1:5000/alpha", "127.0.0.1:5000/beta", "127.0.0.1:5000/gamma"] {
             queued(&store, job_of(repo, &["v1"])).await;
         }
-        let first = store.list_jobs(None, None, 2, None).await.unwrap();
+        let first = store.list_jobs(&JobFilter::default(), 2, None).await.unwrap();
         assert_eq!(first.jobs.len(), 2);
         assert!(first.jobs[0].repo.ends_with("gamma"));
         let cursor = Uuid::parse_str(first.next_cursor.as_deref().unwrap()).unwrap();
-        let rest = store.list_jobs(None, None, 2, Some(cursor)).await.unwrap();
+        let rest = store.list_jobs(&JobFilter::default(), 2, Some(cursor)).await.unwrap();
         assert_eq!(rest.jobs.len(), 1);
         assert!(rest.next_cursor.is_none());
         assert_eq!(rest.jobs[0].targets.len(), 1);
         assert_eq!(rest.jobs[0].images.len(), 1);
-        let found = store.search_jobs(None, None, Some("BETA"), 10, None).await.unwrap();
-        assert_eq!(found.jobs.len(), 1);
-        let none = store.search_jobs(None, None, Some("%"), 10, None).await.unwrap();
-        assert!(none.jobs.is_empty());
-        let queued_jobs = store.list_jobs(Some(JobStatus::Queued), Some(""), 10, None).await.unwrap();
-        assert_eq!(queued_jobs.jobs.len(), 3);
+        let list = |filter: JobFilter| {
+            let store = store.clone();
+            async move {
+                let page = store.list_jobs(&filter, 10, None).await.unwrap();
+                page.jobs.iter().map(|job| job.repo.rsplit('/').next().unwrap().to_owned()).collect::<Vec<_>>()
+            }
+        };
+        let search = |text: &str| JobFilter { search: Some(text.to_owned()), ..JobFilter::default() };
+        assert_eq!(list(search("BETA")).await, ["beta"]);
+        assert!(list(search("%")).await.is_empty());
+        let prefix = |text: &str| JobFilter { repo_prefix: Some(text.to_owned()), ..JobFilter::default() };
+        assert_eq!(list(prefix("127.0.0.1:5000/")).await, ["gamma", "beta", "alpha"]);
+        assert_eq!(list(prefix("127.0.0.1:5000/b")).await, ["beta"]);
+        assert_eq!(list(prefix("127.0.0.1:5000/beta")).await, ["beta"]);
+        assert!(list(prefix("127.0.0.1:5000/betas")).await.is_empty());
+        assert!(list(prefix("127.0.0.1:5000/B")).await.is_empty());
+        let queued_of = |submitter: &str| JobFilter {
+            status: Some(JobStatus::Queued),
+            submitted_by: Some(submitter.to_owned()),
+            ..JobFilter::default()
+        };
+        assert_eq!(list(queued_of("")).await.len(), 3);
+        assert!(list(queued_of("someone")).await.is_empty());
+        // One target of beta fails: beta has a failed target, and is
+        // failed, whatever the other filters.
+        let claimed = store.claim_target(LEASE).await.unwrap().unwrap();
+        let outcome = TargetOutcome::Failed { error: "x".to_owned() };
+        store.finish_target(&claimed.claim, &outcome, &[]).await.unwrap();
+        let failed = JobFilter { has_failed_target: true, ..JobFilter::default() };
+        let first_repo = claimed.repo.rsplit('/').next().unwrap().to_owned();
+        assert_eq!(list(failed.clone()).await, [first_repo.as_str()]);
+        let failed_job = JobFilter { status: Some(JobStatus::Failed), submitted_by: Some(String::new()), ..failed.clone() };
+        assert_eq!(list(failed_job).await, [first_repo.as_str()]);
+        let failed_and_queued = JobFilter { status: Some(JobStatus::Queued), ..failed };
+        assert!(list(failed_and_queued).await.is_empty());
+        assert_eq!(list(JobFilter { status: Some(JobStatus::Queued), ..JobFilter::default() }).await.len(), 2);
         let counts = store.queue_counts().await.unwrap();
-        assert_eq!(counts.targets_queued, 3);
-        assert_eq!(counts.jobs.get(&JobStatus::Queued), Some(&3));
+        assert_eq!(counts.targets_queued, 2);
+        assert_eq!(counts.jobs.get(&JobStatus::Queued), Some(&2));
     }
 
     async fn leases_expire_on_the_stores_clock_and_lost_claims_write_nothing(db: Db) {
@@ -667,6 +697,23 @@ both_stores! {
         assert_eq!(again.credentials_wait_until, None);
     }
 
+    async fn a_target_waits_for_a_seed_until_woken(db: Db) {
+        let store = store_with_a_job(&db).await;
+        let target = store.claim_target(LEASE).await.unwrap().unwrap();
+        let later = format_time(time::OffsetDateTime::now_utc() + Duration::from_secs(3600));
+        store.wait_for_seed(&target.claim, &later).await.unwrap();
+        let other = store.claim_target(LEASE).await.unwrap().unwrap();
+        assert_ne!(other.id, target.id);
+        assert!(store.claim_target(LEASE).await.unwrap().is_none());
+        // Waking a target in flight changes nothing of it.
+        store.wake_targets(&[target.id, other.id]).await.unwrap();
+        let again = store.claim_target(LEASE).await.unwrap().unwrap();
+        assert_eq!(again.id, target.id);
+        assert_eq!(again.attempts, 1, "the wait was not a try");
+        assert_eq!(again.credentials_wait_until, None);
+        assert!(store.renew_lease(&other.claim, LEASE).await.unwrap());
+    }
+
     // On a shared database an instance claims only jobs on its engine (or
     // on none); alone with its file, publishd claims every job, whatever
     // its engine's name, so that a renamed engine strands nothing.
@@ -713,8 +760,17 @@ both_stores! {
         let store = db.open().await;
         store.ping().await.unwrap();
         store.heartbeat().await.unwrap();
-        assert!(store.seed("sha256:s", "r.example").await.unwrap().is_none());
+        let key = |engine: &str| SeedKey {
+            source_image_id: "sha256:s".to_owned(),
+            registry: "r.example".to_owned(),
+            engine: engine.to_owned(),
+        };
+        let (docker20, docker26) = (key("docker 20.10.24 classic load"), key("docker 26.1.5 containerd build"));
+        assert!(store.seed(&docker20).await.unwrap().is_none());
         let seed = |repository: &str| Seed {
+            manifest: "{\n   \"schemaVersion\": 2\n}".to_owned(),
+            media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
+            config: "{\"config\":{}}".to_owned(),
             layers: vec![Descriptor {
                 media_type: "application/vnd.oci.image.layer.v1.tar+gzip".to_owned(),
                 size: 3,
@@ -722,11 +778,12 @@ both_stores! {
             }],
             repository: repository.to_owned(),
         };
-        store.record_seed("sha256:s", "r.example", &seed("one")).await.unwrap();
-        store.record_seed("sha256:s", "r.example", &seed("two")).await.unwrap();
-        let kept = store.seed("sha256:s", "r.example").await.unwrap().unwrap();
-        assert_eq!(kept.repository, "two");
-        assert_eq!(kept.layers.len(), 1);
+        store.record_seed(&docker20, &seed("one")).await.unwrap();
+        store.record_seed(&docker20, &seed("two")).await.unwrap();
+        let kept = store.seed(&docker20).await.unwrap().unwrap();
+        assert_eq!(kept, seed("two"), "the last one, byte for byte");
+        // Another engine format is another seed.
+        assert!(store.seed(&docker26).await.unwrap().is_none());
         for outcome in ["reloaded", "failed", "reloaded"] {
             store
                 .record_audit(AuditEntry {
@@ -845,7 +902,7 @@ postgres_only! {
         let claimed = claimed.lock().unwrap().clone();
         assert_eq!(claimed.len(), 20);
         assert!(claimed.values().all(|&times| times == 1), "{claimed:?}");
-        let page = a.list_jobs(None, None, 100, None).await.unwrap();
+        let page = a.list_jobs(&JobFilter::default(), 100, None).await.unwrap();
         assert!(page.jobs.iter().all(|job| job.status == JobStatus::Succeeded));
         assert_eq!(a.queue_counts().await.unwrap().targets_queued, 0);
     }
@@ -896,7 +953,7 @@ postgres_only! {
                 _ => panic!("round {round}: not one new job and one existing"),
             }
         }
-        let page = a.list_jobs(None, None, 100, None).await.unwrap();
+        let page = a.list_jobs(&JobFilter::default(), 100, None).await.unwrap();
         assert_eq!(page.jobs.len(), 10);
     }
 

@@ -4,6 +4,7 @@
 
 mod cancellations;
 pub mod procedure;
+mod seed_turns;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,7 @@ use crate::store::{
     Claim, ClaimLost, ClaimedTarget, Release, Released, Store, TakeOver, TargetOutcome,
 };
 use procedure::{Finish, Signals, restore_reference};
+pub use seed_turns::SeedTurns;
 
 /// Everything a lane needs.
 pub struct WorkerContext {
@@ -57,6 +59,8 @@ pub struct WorkerContext {
     /// Where push progress goes, for the event streams.
     pub progress: ProgressHub,
     pub metrics: Metrics,
+    /// Which run makes the seed of a source, and who waits for it.
+    pub seed_turns: SeedTurns,
     /// How long a claim holds without being renewed. A lane renews it every
     /// third of that; one that cannot stops its work a third before it ends,
     /// so the run that takes the target over never meets it.
@@ -69,6 +73,9 @@ const LOG_LIMIT: usize = 2048;
 
 /// How often an idle lane looks for work it was not woken for.
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// How soon a target waiting for a seed is claimed again if nothing woke it
+/// (the run making the seed died with its process).
+const SEED_RECHECK: Duration = Duration::from_secs(5);
 /// How soon a target waiting for its job's credentials is looked at again.
 const CREDENTIAL_RECHECK: Duration = Duration::from_secs(5);
 
@@ -134,11 +141,26 @@ async fn supervise(
         let (ctx, stop) = (ctx.clone(), stop.clone());
         tasks.spawn(async move { reap_expired_leases(&ctx, &stop).await });
     }
-    // No lane claims before recovery: claiming first could clobber a
-    // user's image that a dead run's undo must put back.
-    tokio::select! {
-        _ = recover(&ctx, &stop) => {}
-        _ = abort.cancelled() => {}
+    // Lanes start at once, beside recovery: a target recovery has not
+    // undone yet stays in flight, so no lane can claim another target of
+    // its reference (one in flight per reference, `targets_one_in_flight_
+    // per_reference`) and clobber the image its undo must put back; every
+    // other target runs, also while the engine cannot be reached.
+    // Listed before any lane claims: what is in flight now was left by a
+    // process that died (recovery must never take over this one's runs).
+    let abandoned = match ctx.store.in_flight_targets().await {
+        Ok(ids) => ids,
+        Err(error) => {
+            warn!(
+                error = format!("{error:#}"),
+                "listing targets to recover failed; the lease reaper takes them once their leases run out"
+            );
+            Vec::new()
+        }
+    };
+    {
+        let ctx = ctx.clone();
+        tasks.spawn(async move { recover(&ctx, abandoned).await });
     }
     // Which lane a task is, and its slot, kept beside the JoinSet: a task
     // that panics yields only its id.
@@ -375,6 +397,28 @@ async fn conclude_run(ctx: &WorkerContext, target: &ClaimedTarget, finish: anyho
                 }
             }
         }
+        Ok(Finish::AwaitSeed { key, turn }) => {
+            let retry_at =
+                crate::store::format_time(time::OffsetDateTime::now_utc() + SEED_RECHECK);
+            match ctx.store.wait_for_seed(claim, &retry_at).await {
+                Ok(()) => {
+                    info!("waiting for the engine's push of its source to the registry (a seed)");
+                    // The turn ended before the target was back: nobody woke it.
+                    if !ctx.seed_turns.is_held(&key, turn)
+                        && let Err(error) = ctx.store.wake_targets(&[target.id]).await
+                    {
+                        warn!(
+                            error = format!("{error:#}"),
+                            "waking a target that waited for a seed"
+                        );
+                    }
+                }
+                Err(error) => warn!(
+                    error = format!("{error:#}"),
+                    "putting the target back to wait for a seed"
+                ),
+            }
+        }
         Ok(Finish::Deferred) => {
             info!("reference busy: back in the queue (or cancelled, if its job was)")
         }
@@ -447,46 +491,25 @@ async fn wait_for_credentials(ctx: &WorkerContext, target: &ClaimedTarget) {
     }
 }
 
-/// Targets found mid-step belong to a process that died: undo what their
-/// tag step left on the engine, then queue them again. Waits while the
-/// engine cannot be reached (claiming before could clobber a user's image);
-/// any other engine error is a warning on that target, which is queued
-/// again anyway, so one bad target never holds the queue.
-async fn recover(ctx: &WorkerContext, stop: &CancellationToken) {
-    let mut delay = Duration::from_millis(500);
-    loop {
-        let ids = match ctx.store.in_flight_targets().await {
-            Ok(ids) => ids,
-            Err(error) => {
-                warn!(
-                    error = format!("{error:#}"),
-                    "listing targets to recover failed"
-                );
-                Vec::new()
-            }
-        };
-        let mut waiting = false;
-        for id in &ids {
-            waiting |= !recover_abandoned(ctx, *id, TakeOver::Any, None).await;
+/// Targets found mid-step at start belong to a process that died: undo
+/// what their tag step left on the engine, then queue them again. One whose
+/// engine cannot be reached is given back with its lease run out, still in
+/// flight (its reference excluded, nothing else held), and the lease reaper
+/// tries it again; any other engine error is a warning on that target,
+/// which is queued again anyway, so one bad target never holds the queue.
+async fn recover(ctx: &WorkerContext, abandoned: Vec<i64>) {
+    let mut waiting = 0;
+    for id in &abandoned {
+        if !recover_abandoned(ctx, *id, TakeOver::Any, None).await {
+            waiting += 1;
         }
-        if !waiting {
-            if !ids.is_empty() {
-                info!(
-                    count = ids.len(),
-                    "recovered targets left running by a previous process"
-                );
-            }
-            return;
-        }
-        warn!(
-            ?delay,
-            "the engine cannot be reached; recovery waits for it"
+    }
+    if !abandoned.is_empty() {
+        info!(
+            count = abandoned.len(),
+            waiting_for_the_engine = waiting,
+            "recovered targets left running by a previous process"
         );
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.cancelled() => return,
-        }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -2,9 +2,11 @@
 //! retries per step and its clean-up guarantees. The only code that drives
 //! the engine for a job.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -13,7 +15,7 @@ use crate::domain::access::{Patterns, missing_labels};
 use crate::domain::labels::{LabelInput, werf_labels};
 use crate::domain::naming::{Repository, content_tag, target_reference};
 use crate::domain::platform::Platform;
-use crate::domain::publish_via::{PublishedVia, Seed, may_skip_engine};
+use crate::domain::publish_via::{PublishedVia, Seed, SeedKey, may_skip_engine};
 use crate::domain::retry::{FailureKind, classify_engine_error, classify_registry_message};
 use crate::domain::source::{RegistrySource, ResolvedSource};
 use crate::domain::spec::TagStrategy;
@@ -25,10 +27,12 @@ use crate::engine::{
 use crate::metrics::StepOutcome;
 use crate::progress::Progress;
 use crate::registry::{
-    LayersFrom, ManifestForm, RegistryError, RegistryImage, RemoteImage, Written,
+    LayersFrom, ManifestForm, RegistryError, RegistryImage, RemoteImage, Source, SourceManifest,
+    Written,
 };
 use crate::store::{Bound, ClaimedTarget, TargetOutcome};
 
+use super::seed_turns::TurnOrWait;
 use super::{LOG_LIMIT, WorkerContext};
 
 mod from_registry;
@@ -73,6 +77,10 @@ pub enum Finish {
     Abandon,
     /// The lease was lost: the run stopped where it was.
     LeaseLost,
+    /// Another run is making the seed of this target's source (its turn
+    /// `turn` of `key`): the target goes back to the queue to wait for it,
+    /// untouched.
+    AwaitSeed { key: SeedKey, turn: u64 },
 }
 
 /// What a cancel of the job does to a step.
@@ -116,6 +124,9 @@ impl From<EngineError> for Failure {
     fn from(error: EngineError) -> Failure {
         let kind = match &error {
             EngineError::Unreachable(_) => FailureKind::Outage,
+            // A target left from a run with an engine, met by a publishd
+            // without one: it cannot run here, and waiting would hold a lane.
+            EngineError::Absent => FailureKind::Permanent,
             EngineError::Api { status, message } => classify_engine_error(*status, message),
             EngineError::Push(message) => classify_registry_message(message),
             EngineError::Protocol(_) => FailureKind::Transient,
@@ -212,15 +223,16 @@ pub async fn run(
         Err(finish) => return Ok(finish),
     };
 
-    let method = match run
+    let description = match run
         .tries("tag", ctx.timeouts.tag, OnCancel::Interrupt, || async {
-            Ok(ctx.engine.describe().await?.image_store)
+            Ok(ctx.engine.describe().await?)
         })
         .await
     {
-        Ok(store) => ctx.tag_method.on(store),
+        Ok(description) => description,
         Err(stop) => return conclude(Err(stop), Vec::new()),
     };
+    let method = ctx.tag_method.on(description.image_store);
     let labels = werf_labels(&LabelInput {
         reference: &reference,
         strategy: target.strategy,
@@ -229,58 +241,78 @@ pub async fn run(
         source_image_id: &source.id,
     });
 
-    // Registry-side, when the engine has pushed this image to the registry
-    // before and the config the engine path would make is known exactly:
-    // the registry then gets the same config and manifest bytes the engine
-    // would push, and the engine is not touched (no tag, so no untag).
+    // Registry-side, when the engine (of this format) has pushed this
+    // source to the registry before: its push is the template, with this
+    // target's labelled config in place of its own; the engine is not
+    // touched (no tag, so no untag). Without a seed, one target of the
+    // source at a time goes through the engine to make one, and the others
+    // wait for it (`SeedTurns`).
     let registry = &run.repository.registry;
-    // Read once: it decides the way here and whether the push below records one.
+    let seed_key = SeedKey {
+        source_image_id: source.id.clone(),
+        registry: registry.clone(),
+        engine: description.seed_format(method),
+    };
     // A seed the submitter may not read is not mounted from: the engine
     // pushes, and its push records a seed of this repository.
-    let seed = match method {
-        TagMethod::Load => ctx.store.seed(&source.id, registry).await?,
-        _ => None,
-    }
-    .filter(|seed| {
+    let readable = |seed: &Seed| {
         run.may_read(&Repository {
             registry: registry.clone(),
             path: seed.repository.clone(),
         })
-    });
+    };
+    // Read once: it decides the way here and whether the push below records one.
+    let mut seed = ctx.store.seed(&seed_key).await?.filter(readable);
+    // Held until the run ends: its waiters are woken after the seed is recorded.
+    let mut _turn = None;
     let mut mount_refused = false;
-    if may_skip_engine(
-        target.publish_via,
-        ctx.publish_via,
-        method == TagMethod::Load,
-    ) && let Some(seed) = &seed
-        // One layer per diff id, or the manifest would not be this image's.
-        && seed.layers.len() == source.layer_count
-    {
-        let image = LabelledImage::new(&source, &labels);
-        let wanted = RegistryImage {
-            config: image.config(),
-            layers: &seed.layers,
-            layers_from: LayersFrom {
-                registry,
-                repository: &seed.repository,
-                auth: &auth,
-                copy: false,
-            },
-            manifest: ManifestForm::Engine,
-        };
-        let write = || ctx.registry.write_image(&reference, &wanted, &auth);
-        match run.write_registry_side(&reference, &auth, write).await? {
-            Ok(Some(digest)) => {
-                info!(%digest, image_id = %image.id, from = %seed.repository, "published registry-side");
-                let published = Published {
-                    digest,
-                    image_id: Some(image.id),
-                    via: PublishedVia::Registry,
-                };
-                return conclude(Ok(published), Vec::new());
+    if may_skip_engine(target.publish_via, ctx.publish_via) {
+        let key = &seed_key;
+        if seed.is_none() {
+            match ctx.seed_turns.take(key, target.id) {
+                TurnOrWait::Turn(turn) => {
+                    _turn = Some(turn);
+                    // One may have been recorded since the read above.
+                    seed = ctx.store.seed(key).await?.filter(readable);
+                }
+                TurnOrWait::Engine => {}
+                TurnOrWait::Wait { turn } => {
+                    return Ok(Finish::AwaitSeed {
+                        key: key.clone(),
+                        turn,
+                    });
+                }
             }
-            Ok(None) => mount_refused = true,
-            Err(stop) => return conclude(Err(stop), Vec::new()),
+        }
+        if let Some(seed) = &seed
+            && let Some(image) = sibling(method, &source, &labels, seed)
+        {
+            let template = template(seed);
+            let wanted = RegistryImage {
+                config: image.config(),
+                layers: &seed.layers,
+                layers_from: LayersFrom {
+                    registry,
+                    repository: &seed.repository,
+                    auth: &auth,
+                    copy: false,
+                },
+                manifest: ManifestForm::Like(&template),
+            };
+            let write = || ctx.registry.write_image(&reference, &wanted, &auth);
+            match run.write_registry_side(&reference, &auth, write).await? {
+                Ok(Some(digest)) => {
+                    info!(%digest, image_id = %image.id, from = %seed.repository, "published registry-side");
+                    let published = Published {
+                        digest,
+                        image_id: Some(image.id),
+                        via: PublishedVia::Registry,
+                    };
+                    return conclude(Ok(published), Vec::new());
+                }
+                Ok(None) => mount_refused = true,
+                Err(stop) => return conclude(Err(stop), Vec::new()),
+            }
         }
     }
 
@@ -375,12 +407,18 @@ pub async fn run(
 
     // The engine pushed a labelled image of the source: its layers are in
     // the registry now, and its further targets there can be written
-    // registry-side. Recorded once per source and registry (again after a
-    // refused mount: the layers are where this push left them).
-    if let (Ok(digest), TagMethod::Load) = (&published, method)
+    // registry-side. Recorded once per source, registry and engine format
+    // (again after a refused mount: the layers are where this push left
+    // them).
+    if let Ok(digest) = &published
         && (mount_refused || seed.is_none())
     {
-        run.record_seed(&reference, digest, &source.id, &auth)
+        let made = MadeBy {
+            method,
+            source: &source,
+            labels: &labels,
+        };
+        run.record_seed(&seed_key, &run.repository.path, digest, &made, &auth)
             .await?;
     }
 
@@ -833,39 +871,51 @@ impl Run<'_> {
         }
     }
 
-    /// Records the seed the engine's push of `reference` (as `digest`) left:
-    /// its layers, if its manifest is one publishd reproduces. Not being
-    /// able to read it only means further targets go through the engine.
+    /// Records the seed the engine's push (as `digest`, into `repository`)
+    /// left: the manifest and config the registry holds, if publishd can
+    /// write siblings from them (`sibling`). One it cannot use marks the
+    /// key unseedable, so its further targets go through the engine at once;
+    /// not being able to read it only means they do for now.
     async fn record_seed(
         &self,
-        reference: &str,
+        key: &SeedKey,
+        repository: &str,
         digest: &str,
-        source_id: &str,
+        made: &MadeBy<'_>,
         auth: &RegistryAuth,
     ) -> anyhow::Result<()> {
-        let read = tokio::time::timeout(
-            self.ctx.timeouts.tag,
-            self.ctx.registry.pushed_layers(reference, digest, auth),
-        )
-        .await;
+        let ctx = self.ctx;
+        let pushed = format!("{}/{repository}@{digest}", key.registry);
+        let read =
+            tokio::time::timeout(ctx.timeouts.tag, ctx.registry.source_image(&pushed, auth)).await;
         match read {
-            Ok(Ok(Some(layers))) => {
-                let seed = Seed {
-                    layers,
-                    repository: self.repository.path.clone(),
+            Ok(Ok(Some(pushed))) => {
+                // An index read back (what the containerd store pushes for
+                // a multi-platform or attested source) is no template of
+                // one image: its targets stay on the engine path.
+                let seed = match pushed {
+                    Source::Image(image) => made.seed(image, repository),
+                    Source::Index(_) => None,
                 };
-                self.ctx
-                    .store
-                    .record_seed(source_id, &self.repository.registry, &seed)
-                    .await?;
+                match seed {
+                    Some(seed) => ctx.store.record_seed(key, &seed).await?,
+                    None => {
+                        info!(%digest, "the pushed image is not one publishd writes siblings of; its further targets go through the engine");
+                        ctx.seed_turns.unseedable(key);
+                    }
+                }
             }
             Ok(Ok(None)) => {
-                info!(%digest, "the pushed manifest is not one publishd reproduces; no registry-side targets from it")
+                warn!(%digest, "the pushed manifest is not in the registry; no seed recorded")
+            }
+            Ok(Err(error)) if error.kind == FailureKind::Permanent => {
+                info!(error = %cut(&error.to_string(), LOG_LIMIT), "the pushed image is not one publishd writes siblings of; its further targets go through the engine");
+                ctx.seed_turns.unseedable(key);
             }
             Ok(Err(error)) => {
-                warn!(error = %cut(&error.to_string(), LOG_LIMIT), "reading the pushed manifest failed; no seed recorded")
+                warn!(error = %cut(&error.to_string(), LOG_LIMIT), "reading the pushed image failed; no seed recorded")
             }
-            Err(_) => warn!("reading the pushed manifest timed out; no seed recorded"),
+            Err(_) => warn!("reading the pushed image timed out; no seed recorded"),
         }
         Ok(())
     }
@@ -992,6 +1042,80 @@ impl Run<'_> {
                 _ = self.signals.stop.cancelled() => return Err(Stop::ShuttingDown),
             }
         }
+    }
+}
+
+/// How the engine path made the image whose push may become a seed.
+struct MadeBy<'a> {
+    method: TagMethod,
+    source: &'a SourceImage,
+    labels: &'a BTreeMap<String, String>,
+}
+
+impl MadeBy<'_> {
+    /// `pushed` (the engine's push, read back) as a seed, if publishd can
+    /// write siblings from it: on the load method the engine pushed the
+    /// very config publishd loaded, on the build method the build's record
+    /// of its labels can be rewritten (`LabelledImage::relabelled`); one
+    /// layer per diff id either way.
+    fn seed(&self, pushed: SourceManifest, repository: &str) -> Option<Seed> {
+        let ours = match self.method {
+            TagMethod::Load => {
+                LabelledImage::new(self.source, self.labels).config() == pushed.config.as_slice()
+            }
+            TagMethod::Build | TagMethod::Auto => {
+                LabelledImage::relabelled(&pushed.config, self.labels).is_some()
+            }
+        };
+        if !ours || pushed.layers.len() != self.source.layer_count {
+            return None;
+        }
+        Some(Seed {
+            manifest: String::from_utf8(pushed.manifest).ok()?,
+            media_type: pushed.media_type,
+            config: String::from_utf8(pushed.config).ok()?,
+            layers: pushed.layers,
+            repository: repository.to_owned(),
+        })
+    }
+}
+
+/// The labelled image of a sibling of the seed's target, labelled
+/// `labels`: on the load method the config the engine path loads (so the
+/// registry-side target's digest is the engine path's), on the build
+/// method the seed's build relabelled (the builder's config but for its
+/// time). `None` when the seed cannot make one.
+fn sibling(
+    method: TagMethod,
+    source: &SourceImage,
+    labels: &BTreeMap<String, String>,
+    seed: &Seed,
+) -> Option<LabelledImage> {
+    if seed.layers.len() != source.layer_count {
+        return None;
+    }
+    match method {
+        TagMethod::Load => Some(LabelledImage::new(source, labels)),
+        TagMethod::Build | TagMethod::Auto => {
+            LabelledImage::relabelled(seed.config.as_bytes(), labels)
+        }
+    }
+}
+
+/// The seed's manifest, as the template a registry-side write follows.
+fn template(seed: &Seed) -> SourceManifest {
+    let digest = |bytes: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+    SourceManifest {
+        digest: digest(seed.manifest.as_bytes()),
+        media_type: seed.media_type.clone(),
+        manifest: seed.manifest.clone().into_bytes(),
+        config: seed.config.clone().into_bytes(),
+        config_digest: digest(seed.config.as_bytes()),
+        layers: seed.layers.clone(),
+        platform: serde_json::from_str(&seed.config)
+            .ok()
+            .as_ref()
+            .and_then(Platform::from_json),
     }
 }
 

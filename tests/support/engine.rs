@@ -16,6 +16,8 @@ use super::TestEnv;
 
 pub struct TestEngine {
     pub docker: Docker,
+    /// The engine's socket, to say which engine failed.
+    host: String,
 }
 
 /// What a test needs to know of a local image.
@@ -27,12 +29,12 @@ pub struct LocalImage {
 }
 
 /// An image as an engine that pulled it keeps it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pulled {
     pub labels: BTreeMap<String, String>,
     pub diff_ids: Vec<String>,
-    /// `os/arch`.
-    pub platform: String,
+    pub os: String,
+    pub architecture: String,
     /// The platform's variant, where the engine reports one (dockerd 20.10,
     /// API 1.41, reports none).
     pub variant: Option<String>,
@@ -54,7 +56,10 @@ impl TestEngine {
             // The engine decodes X-Registry-Auth as URL-safe base64 (a pull
             // with credentials).
             .with_request_modifier(publishd::engine::url_safe_registry_auth);
-        TestEngine { docker }
+        TestEngine {
+            docker,
+            host: host.to_owned(),
+        }
     }
 
     /// `docker import` of a one-file tarball with unique content: an image
@@ -154,18 +159,19 @@ impl TestEngine {
         self.image(&reference).await.expect("built image").id
     }
 
-    /// Pulls `reference` for `platform` (with `credentials`, a username
-    /// and password, if given), reads what the engine kept, and removes it
+    /// Pulls `reference` (`REGISTRY/REPO:TAG`) for `platform` (the
+    /// engine's own if `None`), with `credentials` (a username and
+    /// password) if given; answers what the engine kept, and removes it
     /// again.
     pub async fn pull(
         &self,
         reference: &str,
-        platform: &str,
+        platform: Option<&str>,
         credentials: Option<(&str, &str)>,
     ) -> Pulled {
         let options = CreateImageOptionsBuilder::default()
             .from_image(reference)
-            .platform(platform)
+            .platform(platform.unwrap_or_default())
             .build();
         let credentials = credentials.map(|(username, password)| DockerCredentials {
             username: Some(username.to_owned()),
@@ -173,13 +179,13 @@ impl TestEngine {
             serveraddress: reference.split('/').next().map(str::to_owned),
             ..Default::default()
         });
+        let what = format!("{} pulling {reference} ({platform:?})", self.host);
         let mut stream = self.docker.create_image(Some(options), None, credentials);
         while let Some(item) = stream.next().await {
-            let item =
-                item.unwrap_or_else(|error| panic!("pulling {reference} ({platform}): {error}"));
+            let item = item.unwrap_or_else(|error| panic!("{what}: {error}"));
             assert!(
                 item.error_detail.is_none(),
-                "pulling {reference} ({platform}): {:?}",
+                "{what}: {:?}",
                 item.error_detail
             );
         }
@@ -187,20 +193,11 @@ impl TestEngine {
             .docker
             .inspect_image(reference)
             .await
-            .unwrap_or_else(|error| panic!("{reference} pulled but not there: {error}"));
-        let platform = format!(
-            "{}/{}",
-            inspect.os.clone().unwrap_or_default(),
-            inspect.architecture.clone().unwrap_or_default()
-        );
-        let variant = inspect
-            .variant
-            .clone()
-            .filter(|variant| !variant.is_empty());
+            .unwrap_or_else(|error| panic!("{what}: pulled but not there: {error}"));
         self.docker
             .remove_image(reference, None::<RemoveImageOptions>, None)
             .await
-            .unwrap_or_else(|error| panic!("removing the pulled {reference}: {error}"));
+            .unwrap_or_else(|error| panic!("{what}: removing it again: {error}"));
         Pulled {
             labels: inspect
                 .config
@@ -209,8 +206,9 @@ impl TestEngine {
                 .into_iter()
                 .collect(),
             diff_ids: inspect.root_fs.and_then(|fs| fs.layers).unwrap_or_default(),
-            platform,
-            variant,
+            os: inspect.os.unwrap_or_default(),
+            architecture: inspect.architecture.unwrap_or_default(),
+            variant: inspect.variant.filter(|variant| !variant.is_empty()),
         }
     }
 
@@ -242,11 +240,20 @@ impl TestEngine {
 
     /// Every local name that starts with `prefix`.
     pub async fn names_under(&self, prefix: &str) -> Vec<String> {
-        let images = self
-            .docker
-            .list_images(None::<ListImagesOptions>)
-            .await
-            .expect("list images");
+        // dockerd 26's containerd store fails a listing that meets an image
+        // another test is removing at that moment ("content digest ...:
+        // not found"): list again.
+        let mut tries = 0;
+        let images = loop {
+            match self.docker.list_images(None::<ListImagesOptions>).await {
+                Ok(images) => break images,
+                Err(error) if tries < 5 && error.to_string().contains("not found") => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("list images: {error}"),
+            }
+        };
         images
             .into_iter()
             .flat_map(|image| image.repo_tags)

@@ -36,6 +36,9 @@ pub enum Faults {
     WrongDigest,
     /// Manifest HEAD requests (digest read-backs) wait this long first.
     SlowReadBack(Duration),
+    /// The first this many manifest uploads are denied (403 `DENIED`), the
+    /// others pass: one push fails for good, the next ones succeed.
+    DenyFirstManifestPuts(usize),
     /// Cross-repository mounts are refused the way a registry that does not
     /// mount refuses them: the `mount` and `from` parameters are dropped,
     /// so the registry answers 202 with an upload instead of 201.
@@ -59,6 +62,7 @@ pub enum Faults {
 
 enum Fault {
     Status(StatusCode),
+    Denied,
     Reset,
     Delay(Duration),
     WrongDigest,
@@ -100,6 +104,7 @@ impl FaultProxy {
             rng: std::sync::Mutex::new(match faults {
                 Faults::Random { seed, .. } => fastrand::Rng::with_seed(seed),
                 Faults::ManifestPut(_)
+                | Faults::DenyFirstManifestPuts(_)
                 | Faults::WrongDigest
                 | Faults::SlowReadBack(_)
                 | Faults::RefuseMounts
@@ -160,6 +165,10 @@ impl State {
             Faults::ManifestPut(status) => (request.method() == hyper::Method::PUT
                 && request.uri().path().contains("/manifests/"))
             .then(|| Fault::Status(StatusCode::from_u16(status).unwrap())),
+            Faults::DenyFirstManifestPuts(count) => (request.method() == hyper::Method::PUT
+                && request.uri().path().contains("/manifests/")
+                && self.injected.load(Ordering::Relaxed) < count)
+                .then_some(Fault::Denied),
             Faults::WrongDigest => (request.method() == hyper::Method::HEAD
                 && request.uri().path().contains("/manifests/"))
             .then_some(Fault::WrongDigest),
@@ -222,6 +231,15 @@ impl State {
                     ))
                 };
                 return Ok(json_answer(status, body));
+            }
+            Some(Fault::Denied) => {
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                let body = r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
+                return Ok(Response::builder()
+                    .status(StatusCode::FORBIDDEN)
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap());
             }
             Some(Fault::Reset) => {
                 self.injected.fetch_add(1, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test file uses a different part of this module
 
 pub mod binary;
+pub mod buildkit;
 pub mod bystander;
 pub mod engine;
 pub mod fault_proxy;
@@ -35,9 +36,61 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// The dockerds of the test environment: which one the tests publish
+/// through is `PUBLISHD_TEST_ENGINE`'s choice, as `PUBLISHD_TEST_STORE`
+/// picks the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestEngineKind {
+    /// Debian 12's dockerd 20.10 with the classic image store (the default).
+    Docker20,
+    /// Debian 13's dockerd 26 with the containerd image store.
+    Docker26,
+}
+
+impl TestEngineKind {
+    /// The engine the tests publish through: `PUBLISHD_TEST_ENGINE`
+    /// (`docker20`, the default, or `docker26`).
+    pub fn chosen() -> TestEngineKind {
+        match std::env::var("PUBLISHD_TEST_ENGINE").as_deref() {
+            Ok("docker20") | Err(_) => TestEngineKind::Docker20,
+            Ok("docker26") => TestEngineKind::Docker26,
+            Ok(other) => panic!("PUBLISHD_TEST_ENGINE is docker20 or docker26, not {other:?}"),
+        }
+    }
+
+    /// The other dockerd: the one that pulls what this one published.
+    pub fn other(self) -> TestEngineKind {
+        match self {
+            TestEngineKind::Docker20 => TestEngineKind::Docker26,
+            TestEngineKind::Docker26 => TestEngineKind::Docker20,
+        }
+    }
+
+    /// Whether image ids are manifest (or index) digests, and pushes are
+    /// OCI manifests: the containerd image store.
+    pub fn containerd_store(self) -> bool {
+        self == TestEngineKind::Docker26
+    }
+
+    pub fn host(self) -> String {
+        env_var(match self {
+            TestEngineKind::Docker20 => "PUBLISHD_TEST_DOCKER_HOST",
+            TestEngineKind::Docker26 => "PUBLISHD_TEST_DOCKER26_HOST",
+        })
+    }
+}
+
+fn env_var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the integration tests through scripts/test.sh")
+    })
+}
+
 /// Addresses of the real parts, from the environment `scripts/test.sh` sets.
 #[derive(Debug, Clone)]
 pub struct TestEnv {
+    /// The engine the tests publish through (`TestEngineKind::chosen`).
+    pub engine: TestEngineKind,
     pub docker_host: String,
     pub registry: String,
     pub auth_registry: String,
@@ -59,13 +112,11 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn get() -> TestEnv {
-        let var = |name: &str| {
-            std::env::var(name).unwrap_or_else(|_| {
-                panic!("{name} is not set: run the integration tests through scripts/test.sh")
-            })
-        };
+        let var = env_var;
+        let engine = TestEngineKind::chosen();
         TestEnv {
-            docker_host: var("PUBLISHD_TEST_DOCKER_HOST"),
+            engine,
+            docker_host: engine.host(),
             registry: var("PUBLISHD_TEST_REGISTRY"),
             auth_registry: var("PUBLISHD_TEST_AUTH_REGISTRY"),
             auth_user: var("PUBLISHD_TEST_AUTH_USER"),
@@ -120,6 +171,17 @@ pub fn test_tag_method() -> TagMethod {
             TagMethod::parse(&value).expect("PUBLISHD_TEST_TAG_METHOD is auto, load or build")
         })
         .unwrap_or_default()
+}
+
+/// The tag method the test engine ends up using: `auto` is `load` on the
+/// classic image store and `build` on the containerd store.
+pub fn effective_tag_method() -> TagMethod {
+    let store = if TestEngineKind::chosen().containerd_store() {
+        publishd::engine::ImageStore::Containerd
+    } else {
+        publishd::engine::ImageStore::Classic
+    };
+    test_tag_method().on(store)
 }
 
 /// The store the tests run on: SQLite, unless the test script runs a group

@@ -28,6 +28,7 @@ use super::auth::principal_of;
 use crate::domain::access::Principal;
 use crate::domain::status::JobStatus;
 use crate::engine::{Engine, NoEngine};
+use crate::store::JobFilter;
 use std::sync::Arc;
 
 const SCRIPT: &str = include_str!("../../../assets/ui/app.js");
@@ -52,6 +53,9 @@ pub fn routes() -> Router<AppState> {
 #[derive(Debug, Deserialize)]
 struct JobsQuery {
     status: Option<String>,
+    failed: Option<String>,
+    submitter: Option<String>,
+    repo: Option<String>,
     q: Option<String>,
     cursor: Option<String>,
 }
@@ -64,22 +68,25 @@ async fn jobs(
     let Some(caller) = principal_of(&state.access, &headers) else {
         return sign_in("Jobs");
     };
-    let status = query.status.as_deref().and_then(JobStatus::parse);
     let cursor = query
         .cursor
         .as_deref()
         .and_then(|c| Uuid::parse_str(c).ok());
-    let search = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
-    let submitted_by = caller.lists_jobs_of();
-    match state
-        .store
-        .search_jobs(status, submitted_by, search, PAGE_SIZE, cursor)
-        .await
-    {
-        Ok(page) => html(
-            StatusCode::OK,
-            pages::jobs(&page, status, search.unwrap_or("")),
-        ),
+    let given = |text: Option<String>| {
+        text.map(|text| text.trim().to_owned())
+            .filter(|text| !text.is_empty())
+    };
+    // A publisher sees its own jobs only: the form has no submitter for it.
+    let own = caller.lists_jobs_of();
+    let filter = JobFilter {
+        status: query.status.as_deref().and_then(JobStatus::parse),
+        has_failed_target: query.failed.as_deref() == Some("true"),
+        submitted_by: own.map(str::to_owned).or(given(query.submitter)),
+        repo_prefix: given(query.repo),
+        search: given(query.q),
+    };
+    match state.store.list_jobs(&filter, PAGE_SIZE, cursor).await {
+        Ok(page) => html(StatusCode::OK, pages::jobs(&page, &filter, own.is_none())),
         Err(error) => trouble(&format!("{error:#}")),
     }
 }

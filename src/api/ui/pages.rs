@@ -5,7 +5,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use crate::domain::status::{JobStatus, TargetStatus};
 use crate::engine::EngineDescription;
-use crate::store::{Job, JobPage, Target};
+use crate::store::{Job, JobFilter, JobPage, Target};
 
 const STATUSES: [JobStatus; 5] = [
     JobStatus::Queued,
@@ -91,18 +91,33 @@ fn target_status(status: TargetStatus) -> Markup {
     html! { span class={ "status " (status.as_str()) } { (status.as_str()) } }
 }
 
-pub fn jobs(page: &JobPage, status: Option<JobStatus>, search: &str) -> Markup {
+/// The jobs page: `filter` as asked, in its form and its next page's link;
+/// the submitter field only for a caller who sees every submitter's jobs.
+pub fn jobs(page: &JobPage, filter: &JobFilter, submitter_field: bool) -> Markup {
     let attributes = MainAttributes {
         refresh: Some(2000),
         ..MainAttributes::default()
     };
+    let status = filter.status;
+    let search = filter.search.as_deref().unwrap_or("");
+    let repo_prefix = filter.repo_prefix.as_deref().unwrap_or("");
+    let submitter = filter.submitted_by.as_deref().unwrap_or("");
     let query = |cursor: &str| {
         let mut query = format!("?cursor={cursor}");
         if let Some(status) = status {
             query.push_str(&format!("&status={}", status.as_str()));
         }
-        if !search.is_empty() {
-            query.push_str(&format!("&q={}", url_escape(search)));
+        if filter.has_failed_target {
+            query.push_str("&failed=true");
+        }
+        for (name, value) in [
+            ("submitter", submitter),
+            ("repo", repo_prefix),
+            ("q", search),
+        ] {
+            if !value.is_empty() && (name != "submitter" || submitter_field) {
+                query.push_str(&format!("&{name}={}", url_escape(value)));
+            }
         }
         query
     };
@@ -120,6 +135,16 @@ pub fn jobs(page: &JobPage, status: Option<JobStatus>, search: &str) -> Markup {
                         option value=(each.as_str()) selected[status == Some(each)] { (each.as_str()) }
                     }
                 }
+                label {
+                    input id="failed" name="failed" type="checkbox" value="true" checked[filter.has_failed_target];
+                    " with a failed target"
+                }
+                @if submitter_field {
+                    label for="submitter" { "Submitter" }
+                    input id="submitter" name="submitter" type="text" value=(submitter);
+                }
+                label for="repo" { "Repository prefix" }
+                input id="repo" name="repo" type="text" value=(repo_prefix) placeholder="registry.example.com/acme/";
                 label for="q" { "Repository or reference" }
                 input id="q" name="q" type="search" value=(search) placeholder="registry.example.com/acme";
                 button type="submit" { "Show" }

@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::Postgres;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use uuid::Uuid;
 
 use super::rows::{DueDeliveryRow, InstanceRow, JobRow, job_of_json};
@@ -118,6 +118,7 @@ impl Dialect for Postgres {
     const SHARED: bool = true;
     const ILIKE: &'static str = "ILIKE";
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    const INDEXED_BY: bool = false;
     const SNAPSHOT: Option<&'static str> =
         Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
     const LEASE_COLUMN: &'static str = "lease_expires_at";
@@ -184,7 +185,24 @@ impl Dialect for Postgres {
     /// In one statement, so one round trip and one snapshot: the job's row
     /// with its targets, images and deliveries as JSON arrays.
     async fn read_job(store: &SqlStore<Postgres>, id: Uuid) -> StoreResult<Option<Job>> {
-        let row: Option<(JobRow, String, String, String)> = sqlx::query(
+        let mut conn = store.reader.acquire().await?;
+        let mut jobs = Self::read_jobs(
+            &mut conn,
+            "SELECT * FROM jobs WHERE id = $1",
+            &[id.to_string()],
+        )
+        .await
+        .context("loading a job")?;
+        Ok(jobs.pop())
+    }
+
+    /// In one statement: each job's rows of other tables as JSON arrays.
+    async fn read_jobs(
+        conn: &mut PgConnection,
+        sql: &str,
+        values: &[String],
+    ) -> StoreResult<Vec<Job>> {
+        let whole = format!(
             "SELECT j.*,
                     COALESCE((SELECT json_agg(i ORDER BY i.position) FROM job_images i
                               WHERE i.job_id = j.id), '[]')::text AS images_json,
@@ -192,25 +210,30 @@ impl Dialect for Postgres {
                               WHERE t.job_id = j.id), '[]')::text AS targets_json,
                     COALESCE((SELECT json_agg(d ORDER BY d.created_at) FROM deliveries d
                               WHERE d.job_id = j.id), '[]')::text AS deliveries_json
-             FROM jobs j WHERE j.id = $1",
-        )
-        .bind(id.to_string())
-        .try_map(|row: sqlx::postgres::PgRow| {
-            use sqlx::{FromRow, Row};
-            Ok((
-                JobRow::from_row(&row)?,
-                row.try_get("images_json")?,
-                row.try_get("targets_json")?,
-                row.try_get("deliveries_json")?,
-            ))
-        })
-        .fetch_optional(&store.reader)
-        .await
-        .context("loading a job")?;
-        row.map(|(job, images, targets, deliveries)| {
-            job_of_json(job, &images, &targets, &deliveries)
-        })
-        .transpose()
+             FROM ({sql}) AS j ORDER BY j.id DESC"
+        );
+        let mut query = sqlx::query(&whole);
+        for value in values {
+            query = query.bind(value.as_str());
+        }
+        let rows: Vec<(JobRow, String, String, String)> = query
+            .try_map(|row: sqlx::postgres::PgRow| {
+                use sqlx::{FromRow, Row};
+                Ok((
+                    JobRow::from_row(&row)?,
+                    row.try_get("images_json")?,
+                    row.try_get("targets_json")?,
+                    row.try_get("deliveries_json")?,
+                ))
+            })
+            .fetch_all(conn)
+            .await
+            .context("loading jobs")?;
+        rows.into_iter()
+            .map(|(job, images, targets, deliveries)| {
+                job_of_json(job, &images, &targets, &deliveries)
+            })
+            .collect()
     }
 
     /// Records that this instance is alive, on the database's clock, and

@@ -8,6 +8,9 @@
 
 mod jobs;
 
+#[cfg(test)]
+pub(super) use jobs::{PageSql, page_index, rows_of_jobs_sql};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +26,10 @@ use super::rows::{AuditRow, EngineTargetsRow, EventRow, parse_enum};
 use super::{
     AuditEntry, AuditOf, AuditPage, Bound, Cancelled, Claim, ClaimLost, ClaimedTarget, Created,
     Deleted, DeliveryAttempt, DeliveryOutcome, DueDelivery, EngineStatus, Event, IN_FLIGHT,
-    Instance, InstanceStatus, Job, JobPage, NewJob, PageKey, QueueCounts, Records, Release,
-    Released, StoreResult, TakeOver, TargetOutcome, UnderWay, bounded, engines_of, now,
+    Instance, InstanceStatus, Job, JobFilter, JobPage, NewJob, PageKey, QueueCounts, Records,
+    Release, Released, StoreResult, TakeOver, TargetOutcome, UnderWay, bounded, engines_of, now,
 };
-use crate::domain::publish_via::{PublishedVia, Seed};
+use crate::domain::publish_via::{PublishedVia, Seed, SeedKey};
 use crate::domain::source::ResolvedSource;
 use crate::domain::status::{JobStatus, TargetStatus};
 
@@ -63,6 +66,10 @@ pub(super) trait Dialect: Database + Sized {
     const ILIKE: &'static str;
     /// Appended to a SELECT of rows one instance takes for itself.
     const SKIP_LOCKED: &'static str;
+    /// Whether a table's name in a FROM may name the index to read it
+    /// through (SQLite's `INDEXED BY`): the statement then fails rather
+    /// than scan if the index cannot serve it.
+    const INDEXED_BY: bool;
     /// Makes a read transaction just begun read one snapshot throughout
     /// (SQLite's read transactions do already).
     const SNAPSHOT: Option<&'static str>;
@@ -105,6 +112,14 @@ pub(super) trait Dialect: Database + Sized {
     async fn heartbeat(store: &SqlStore<Self>) -> StoreResult<()>;
     /// A job whole, as of one moment.
     async fn read_job(store: &SqlStore<Self>, id: Uuid) -> StoreResult<Option<Job>>;
+    /// The jobs `sql` selects (rows of `jobs`; `values` bound to `$1`,
+    /// `$2`, ...), whole, as of one moment (the caller's transaction's,
+    /// if it has one).
+    async fn read_jobs(
+        conn: &mut Self::Connection,
+        sql: &str,
+        values: &[String],
+    ) -> StoreResult<Vec<Job>>;
     async fn leave(store: &SqlStore<Self>) -> StoreResult<()>;
     async fn live_engines(store: &SqlStore<Self>) -> StoreResult<Vec<String>>;
     /// The instances, each with the engine it drives.
@@ -282,18 +297,14 @@ where
         Ok(job)
     }
 
-    async fn search_jobs(
+    async fn list_jobs(
         &self,
-        status: Option<JobStatus>,
-        submitted_by: Option<&str>,
-        search: Option<&str>,
+        filter: &JobFilter,
         limit: u32,
         before: Option<Uuid>,
     ) -> StoreResult<JobPage> {
         let key = PageKey {
-            status,
-            submitted_by: submitted_by.map(str::to_owned),
-            search: search.map(str::to_owned),
+            filter: filter.clone(),
             limit,
             before,
         };
@@ -657,34 +668,37 @@ where
         wait_until: &str,
         retry_at: &str,
     ) -> StoreResult<()> {
-        let (claim, wait_until, retry_at) =
-            (claim.clone(), wait_until.to_owned(), retry_at.to_owned());
-        let cancelled = "(SELECT cancel_requested FROM jobs WHERE jobs.id = targets.job_id)";
+        self.put_back(claim, retry_at, Some(wait_until)).await
+    }
+
+    async fn wait_for_seed(&self, claim: &Claim, retry_at: &str) -> StoreResult<()> {
+        self.put_back(claim, retry_at, None).await
+    }
+
+    async fn wake_targets(&self, ids: &[i64]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
         let sql = format!(
-            "UPDATE targets SET
-                 status = CASE WHEN {cancelled} THEN 'cancelled' ELSE 'pending' END,
-                 error = CASE WHEN {cancelled} THEN 'cancelled' ELSE error END,
-                 finished_at = CASE WHEN {cancelled} THEN $1 ELSE NULL END,
-                 attempts = attempts - 1, runs = runs - 1,
-                 claim_token = NULL, {} = NULL, not_before = $2,
-                 credentials_wait_until = COALESCE(credentials_wait_until, $3)
-             WHERE id = $4 AND claim_token = $5 AND status IN {IN_FLIGHT}",
-            D::LEASE_COLUMN,
+            "UPDATE targets SET not_before = NULL
+             WHERE id IN ({}) AND status = 'pending' AND credentials_wait_until IS NULL",
+            placeholders.join(", ")
         );
+        let ids = ids.to_vec();
         D::write_single(
             self,
             Box::new(move |conn| {
                 Box::pin(async move {
-                    let result = sqlx::query(&sql)
-                        .bind(now())
-                        .bind(retry_at)
-                        .bind(wait_until)
-                        .bind(claim.target_id)
-                        .bind(&claim.token)
-                        .execute(&mut *conn)
+                    let mut query = sqlx::query(&sql);
+                    for id in ids {
+                        query = query.bind(id);
+                    }
+                    query
+                        .execute(conn)
                         .await
-                        .context("putting a target back to wait for credentials")?;
-                    fenced(D::rows_affected(&result), &claim)
+                        .context("waking targets that waited for a seed")?;
+                    Ok(())
                 })
             }),
         )
@@ -955,51 +969,57 @@ where
         .await
     }
 
-    async fn seed(&self, source_image_id: &str, registry: &str) -> StoreResult<Option<Seed>> {
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT layers, repository FROM seeds WHERE source_image_id = $1 AND registry = $2",
+    async fn seed(&self, key: &SeedKey) -> StoreResult<Option<Seed>> {
+        let row: Option<(String, String, String, String, String)> = sqlx::query_as(
+            "SELECT manifest, media_type, config, layers, repository FROM seeds
+             WHERE source_image_id = $1 AND registry = $2 AND engine = $3",
         )
-        .bind(source_image_id)
-        .bind(registry)
+        .bind(&key.source_image_id)
+        .bind(&key.registry)
+        .bind(&key.engine)
         .fetch_optional(&self.reader)
         .await
         .context("reading a seed")?;
-        let Some((layers, repository)) = row else {
+        let Some((manifest, media_type, config, layers, repository)) = row else {
             return Ok(None);
         };
         Ok(Some(Seed {
+            manifest,
+            media_type,
+            config,
             layers: serde_json::from_str(&layers).context("bad seed layers in the database")?,
             repository,
         }))
     }
 
-    async fn record_seed(
-        &self,
-        source_image_id: &str,
-        registry: &str,
-        seed: &Seed,
-    ) -> StoreResult<()> {
-        let (source_image_id, registry) = (source_image_id.to_owned(), registry.to_owned());
-        let (layers, repository) = (
+    async fn record_seed(&self, key: &SeedKey, seed: &Seed) -> StoreResult<()> {
+        let (key, seed, layers) = (
+            key.clone(),
+            seed.clone(),
             serde_json::to_string(&seed.layers)?,
-            seed.repository.clone(),
         );
         D::write_single(
             self,
             Box::new(move |conn| {
                 Box::pin(async move {
                     sqlx::query(
-                        "INSERT INTO seeds (source_image_id, registry, layers, repository,
-                                            recorded_at)
-                         VALUES ($1, $2, $3, $4, $5)
-                         ON CONFLICT (source_image_id, registry) DO UPDATE SET
-                             layers = excluded.layers, repository = excluded.repository,
+                        "INSERT INTO seeds (source_image_id, registry, engine, manifest,
+                                            media_type, config, layers, repository, recorded_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                         ON CONFLICT (source_image_id, registry, engine) DO UPDATE SET
+                             manifest = excluded.manifest, media_type = excluded.media_type,
+                             config = excluded.config, layers = excluded.layers,
+                             repository = excluded.repository,
                              recorded_at = excluded.recorded_at",
                     )
-                    .bind(source_image_id)
-                    .bind(registry)
+                    .bind(key.source_image_id)
+                    .bind(key.registry)
+                    .bind(key.engine)
+                    .bind(seed.manifest)
+                    .bind(seed.media_type)
+                    .bind(seed.config)
                     .bind(layers)
-                    .bind(repository)
+                    .bind(seed.repository)
                     .bind(now())
                     .execute(conn)
                     .await

@@ -20,7 +20,8 @@ use anyhow::Context;
 use async_trait::async_trait;
 use sqlx::Sqlite;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
 };
 use uuid::Uuid;
 
@@ -120,6 +121,7 @@ impl Dialect for Sqlite {
     const SHARED: bool = false;
     const ILIKE: &'static str = "LIKE";
     const SKIP_LOCKED: &'static str = "";
+    const INDEXED_BY: bool = true;
     const SNAPSHOT: Option<&'static str> = None;
     const LEASE_COLUMN: &'static str = "lease_expires_ms";
 
@@ -199,6 +201,19 @@ impl Dialect for Sqlite {
         let job = SqlStore::<Sqlite>::load_job(&mut tx, id).await?;
         tx.commit().await?;
         Ok(job)
+    }
+
+    /// Four statements in one read transaction (a savepoint of the
+    /// caller's, if it has one).
+    async fn read_jobs(
+        conn: &mut SqliteConnection,
+        sql: &str,
+        values: &[String],
+    ) -> StoreResult<Vec<Job>> {
+        let mut tx = sqlx::Connection::begin(conn).await?;
+        let jobs = SqlStore::<Sqlite>::load_jobs(&mut tx, sql, values).await?;
+        tx.commit().await?;
+        Ok(jobs)
     }
 
     /// Nothing to record: one publishd per file, and it is this one (the
