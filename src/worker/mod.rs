@@ -141,26 +141,11 @@ async fn supervise(
         let (ctx, stop) = (ctx.clone(), stop.clone());
         tasks.spawn(async move { reap_expired_leases(&ctx, &stop).await });
     }
-    // Lanes start at once, beside recovery: a target recovery has not
-    // undone yet stays in flight, so no lane can claim another target of
-    // its reference (one in flight per reference, `targets_one_in_flight_
-    // per_reference`) and clobber the image its undo must put back; every
-    // other target runs, also while the engine cannot be reached.
-    // Listed before any lane claims: what is in flight now was left by a
-    // process that died (recovery must never take over this one's runs).
-    let abandoned = match ctx.store.in_flight_targets().await {
-        Ok(ids) => ids,
-        Err(error) => {
-            warn!(
-                error = format!("{error:#}"),
-                "listing targets to recover failed; the lease reaper takes them once their leases run out"
-            );
-            Vec::new()
-        }
-    };
-    {
-        let ctx = ctx.clone();
-        tasks.spawn(async move { recover(&ctx, abandoned).await });
+    // No lane claims before recovery: claiming first could clobber a
+    // user's image that a dead run's undo must put back.
+    tokio::select! {
+        _ = recover(&ctx, &stop) => {}
+        _ = abort.cancelled() => {}
     }
     // Which lane a task is, and its slot, kept beside the JoinSet: a task
     // that panics yields only its id.
@@ -491,25 +476,46 @@ async fn wait_for_credentials(ctx: &WorkerContext, target: &ClaimedTarget) {
     }
 }
 
-/// Targets found mid-step at start belong to a process that died: undo
-/// what their tag step left on the engine, then queue them again. One whose
-/// engine cannot be reached is given back with its lease run out, still in
-/// flight (its reference excluded, nothing else held), and the lease reaper
-/// tries it again; any other engine error is a warning on that target,
-/// which is queued again anyway, so one bad target never holds the queue.
-async fn recover(ctx: &WorkerContext, abandoned: Vec<i64>) {
-    let mut waiting = 0;
-    for id in &abandoned {
-        if !recover_abandoned(ctx, *id, TakeOver::Any, None).await {
-            waiting += 1;
+/// Targets found mid-step belong to a process that died: undo what their
+/// tag step left on the engine, then queue them again. Waits while the
+/// engine cannot be reached (claiming before could clobber a user's image);
+/// any other engine error is a warning on that target, which is queued
+/// again anyway, so one bad target never holds the queue.
+async fn recover(ctx: &WorkerContext, stop: &CancellationToken) {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let ids = match ctx.store.in_flight_targets().await {
+            Ok(ids) => ids,
+            Err(error) => {
+                warn!(
+                    error = format!("{error:#}"),
+                    "listing targets to recover failed"
+                );
+                Vec::new()
+            }
+        };
+        let mut waiting = false;
+        for id in &ids {
+            waiting |= !recover_abandoned(ctx, *id, TakeOver::Any, None).await;
         }
-    }
-    if !abandoned.is_empty() {
-        info!(
-            count = abandoned.len(),
-            waiting_for_the_engine = waiting,
-            "recovered targets left running by a previous process"
+        if !waiting {
+            if !ids.is_empty() {
+                info!(
+                    count = ids.len(),
+                    "recovered targets left running by a previous process"
+                );
+            }
+            return;
+        }
+        warn!(
+            ?delay,
+            "the engine cannot be reached; recovery waits for it"
         );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
