@@ -34,9 +34,10 @@ phase "the publish group again, with the build tag method"
 PUBLISHD_TEST_TAG_METHOD=build cargo test --test publish --locked --offline -- "$@" 2>&1 |
   tee -a "$env_dir/cargo-test.log"
 
-phase "the publish, restart, crash, registry-side and registry-source groups again, through dockerd 26 (the containerd store)"
+phase "the publish, restart, crash, registry-side, registry-source and registry-index groups again, through dockerd 26 (the containerd store)"
 PUBLISHD_TEST_ENGINE=docker26 cargo test --locked --offline --no-fail-fast \
-  --test publish --test restart --test crash --test registry_side --test registry_sources -- "$@" 2>&1 |
+  --test publish --test restart --test crash --test registry_side --test registry_sources \
+  --test registry_indexes -- "$@" 2>&1 |
   tee -a "$env_dir/cargo-test.log"
 
 phase "the API, publish, restart, crash, reliability, webhook and registry-trust groups again, on PostgreSQL"
