@@ -279,28 +279,52 @@ async fn one_reference_is_never_published_by_two_instances_at_once() {
         let body = job_on(engine, &repo, &format!("{source}:b1"), &["v1"]);
         ids.push(server.submit(&body).await);
     }
+    // Each time a target was in flight, from its history: a target put
+    // back to wait (for a seed, or for its reference) keeps its first
+    // `started_at`, so the record's times are not its runs.
+    let mut windows = Vec::new();
     let mut runs = Vec::new();
     for id in &ids {
         let job = servers[0].wait_finished(id).await;
         assert_eq!(job["status"], "succeeded", "{job:#}");
-        let target = &job["targets"][0];
-        let started = target["started_at"].as_str().unwrap().to_owned();
-        let finished = target["finished_at"].as_str().unwrap().to_owned();
+        let mut since: Option<String> = None;
+        let mut last = None;
+        for event in servers[0].history(id).await {
+            if event["kind"] != "target" {
+                continue;
+            }
+            let at = event["at"].as_str().unwrap().to_owned();
+            let in_flight = matches!(
+                event["data"]["status"].as_str(),
+                Some("tagging" | "pushing" | "untagging")
+            );
+            match (in_flight, since.take()) {
+                (true, None) => since = Some(at),
+                (true, Some(start)) => since = Some(start),
+                (false, Some(start)) => {
+                    windows.push((start.clone(), at.clone(), id.clone()));
+                    last = Some((start, at));
+                }
+                (false, None) => {}
+            }
+        }
+        let (started, finished) = last.expect("the target ran");
         runs.push((
             started,
             finished,
             job["engine"].as_str().unwrap().to_owned(),
-            target["digest"].as_str().unwrap().to_owned(),
+            job["targets"][0]["digest"].as_str().unwrap().to_owned(),
         ));
     }
-    // The records' times (RFC 3339, fixed width: text order is time order).
-    runs.sort();
-    for pair in runs.windows(2) {
+    // The events' times (RFC 3339, fixed width: text order is time order).
+    windows.sort();
+    for pair in windows.windows(2) {
         assert!(
             pair[0].1 <= pair[1].0,
             "two runs of {repo}/app:v1 overlapped: {pair:?}"
         );
     }
+    runs.sort();
     // The tag in the registry is the image of the run that came last.
     let pushed = Registry::open(&env.registry)
         .pushed(&format!("{repo}/app:v1"))

@@ -119,6 +119,22 @@ impl Server {
             .unwrap()
     }
 
+    /// The job's stored history (`Accept: application/json`).
+    pub async fn history(&self, id: &str) -> Vec<Value> {
+        let url = format!("{}/api/v1/jobs/{id}/events", self.base);
+        let body: Value = self
+            .client
+            .get(url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["events"].as_array().expect("events").clone()
+    }
+
     /// Every job in the database, newest first.
     pub async fn jobs(&self) -> Vec<Value> {
         let url = format!("{}/api/v1/jobs?limit=100", self.base);
