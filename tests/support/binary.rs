@@ -107,46 +107,33 @@ impl Server {
         job["id"].as_str().unwrap().to_owned()
     }
 
-    pub async fn job(&self, id: &str) -> Value {
-        let url = format!("{}/api/v1/jobs/{id}", self.base);
+    /// The JSON answer to `GET path` (every API GET answers JSON to
+    /// `Accept: application/json`, the events too).
+    async fn get_json(&self, path: &str) -> Value {
         self.client
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// The job's stored history (`Accept: application/json`).
-    pub async fn history(&self, id: &str) -> Vec<Value> {
-        let url = format!("{}/api/v1/jobs/{id}/events", self.base);
-        let body: Value = self
-            .client
-            .get(url)
+            .get(format!("{}{path}", self.base))
             .header("accept", "application/json")
             .send()
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        self.get_json(&format!("/api/v1/jobs/{id}")).await
+    }
+
+    /// The job's stored history.
+    pub async fn history(&self, id: &str) -> Vec<Value> {
+        let body = self.get_json(&format!("/api/v1/jobs/{id}/events")).await;
         body["events"].as_array().expect("events").clone()
     }
 
     /// Every job in the database, newest first.
     pub async fn jobs(&self) -> Vec<Value> {
-        let url = format!("{}/api/v1/jobs?limit=100", self.base);
-        let page: Value = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = self.get_json("/api/v1/jobs?limit=100").await;
         page["jobs"].as_array().unwrap().clone()
     }
 
