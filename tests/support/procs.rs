@@ -118,19 +118,41 @@ impl PrivateRegistry {
         registry
     }
 
+    /// Starts the registry on its port again, and waits until it is the
+    /// one answering there. A connect to a port nobody listens on yet can
+    /// be made to itself (the kernel may pick that port as the source), and
+    /// a registry that finds its port so taken exits: then it is started
+    /// again, and a connection to itself is not taken for the registry.
     pub fn start_again(&mut self) {
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry starts");
-        self.child = Some(child);
-        let host = self.host.clone();
-        wait_until("private registry", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(&host).is_ok()
-        });
+        let start = Instant::now();
+        let log = self.config.with_file_name("registry.log");
+        loop {
+            let mut child = Command::new("docker-registry")
+                .arg("serve")
+                .arg(&self.config)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .expect("docker-registry starts");
+            while child.try_wait().unwrap().is_none() {
+                if let Ok(stream) = std::net::TcpStream::connect(&self.host)
+                    && stream.local_addr().ok() != stream.peer_addr().ok()
+                {
+                    self.child = Some(child);
+                    return;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "private registry did not come up"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "private registry keeps exiting: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
     }
 
     pub fn stop(&mut self) {
